@@ -1,0 +1,90 @@
+"""The ``eoq`` command line: ``eoq train``, ``eoq presets``.
+
+Every mistake a user can make (unknown names, bad numbers, missing data, bad checkpoints) ends in
+one line ``eoq: error: ...`` and exit status 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, TrainConfig
+from .data import DataError
+from .quantizers import QuantizationError
+from .spec import SpecError
+
+USER_ERRORS = (ConfigError, SpecError, DataError, CheckpointError, QuantizationError)
+
+
+def _add_train(sub):
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a ResNet on CIFAR-10", description="Train a ResNet on CIFAR-10.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=d.model, help="resnet20/32/44/56/110 (CIFAR) or resnet18/34/50")
+    p.add_argument("--norm", default=d.norm, help="bn | fixup | none")
+    p.add_argument("--preset", default=d.preset, help="fp32 | eoq | eoq-float-ends | wageubn, or a JSON spec file")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="down to 1 (online training)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--schedule", default=d.schedule, help="onecycle | cosine | step | constant")
+    p.add_argument("--warmup", type=float, default=d.warmup, help="fraction of steps of linear warm-up")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="1 - 2^-s for integer updates")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on conv/linear weights only")
+    p.add_argument("--scalar-lr-scale", type=float, default=d.scalar_lr_scale, help="Fixup scalars' lr factor")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--data", default=None, help="'embedded', an image-folder zip/dir or cifar-10-batches-py "
+                                                "(default: $EOQ_DATA or the shared JPEG zip)")
+    p.add_argument("--download", action="store_true", help="download official CIFAR-10 when not found")
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
+    p.add_argument("--out", default=d.out, help="run directory (metrics.csv, checkpoint.pt)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from .train import Interrupted, TrainingDiverged, train
+
+    keys = set(TrainConfig.__dataclass_fields__)
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
+    try:
+        run = train(cfg)
+    except TrainingDiverged as err:
+        print(f"eoq: error: {err}", file=sys.stderr)
+        return 3
+    except Interrupted as err:
+        print(f"eoq: {err}", file=sys.stderr)
+        return 128 + err.signum
+    last = run.rows[-1] if run.rows else None
+    if last:
+        print(f"final: epoch {last['epoch']}  test_acc {last['test_acc']:.2f}%  -> {cfg.out}/metrics.csv")
+    return 0
+
+
+def _presets(args) -> int:
+    from .presets import PRESETS, describe
+
+    print("\n\n".join(describe(s) for s in PRESETS.values()))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="eoq", description="EOQ Workbench: 8-bit integer training without BN.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    sub.add_parser("presets", help="print every quantization preset in full").set_defaults(func=_presets)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"eoq: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

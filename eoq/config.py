@@ -1,0 +1,79 @@
+"""Training configuration: one validated dataclass between the CLI and the training loop."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .models import MODELS, NORMS
+from .presets import load_spec
+from .schedule import SCHEDULES
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the option and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "resnet20"
+    norm: str = "fixup"
+    preset: str = "eoq"          # a preset name or a JSON spec file
+    engine: str = "sim"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.2
+    schedule: str = "onecycle"
+    warmup: float = 0.15
+    momentum: float = 0.875
+    weight_decay: float = 5e-4
+    scalar_lr_scale: float = 0.1
+    seed: int = 0
+    data: str | None = None
+    download: bool = False
+    train_limit: int | None = None
+    test_limit: int | None = None
+    augment: bool = True
+    out: str = "runs/default"
+    resume: bool = False
+    threads: int | None = None
+    checkpoint_every: int = 0    # steps between mid-epoch checkpoints (0: only at epoch ends)
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if self.engine not in ("sim",):
+            raise ConfigError(f"unknown engine {self.engine!r}; available: sim")
+        load_spec(self.preset)
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"--warmup must be a fraction in [0, 1), got {self.warmup}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0 or self.scalar_lr_scale <= 0:
+            raise ConfigError("--weight-decay must be >= 0 and --scalar-lr-scale > 0")
+        for name in ("train_limit", "test_limit", "threads"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        return self
+
+    # what must match for a checkpoint to be resumed into this configuration
+    IDENTITY = ("model", "norm", "preset", "batch_size", "seed", "train_limit")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,193 @@
+"""Quantized layers: Conv2d and Linear with quantized W, A, E and G, and the Fixup scalars.
+
+Forward:   out = conv(A(x), W(w))
+Backward:  e = E(dL/dout)                         error quantized where it arrives
+           dL/dx = conv_input_grad(e, W(w))       int8 E x int8 W (exact products)
+           dL/dw = G(conv_weight_grad(A(x), e))   int8 A x int8 E, then quantized to G bits
+The error passed to the input is not re-quantized here; it is quantized where it arrives at the
+output of the layer below. Layers whose spec is all-float take PyTorch's own fast path.
+
+Integer-stored tensors (weights under EOQ, Fixup scalars) carry a power-of-two LSB exponent in a
+buffer; the parameter's float value is always exactly ``codes * 2^exponent`` (the optimizer keeps
+it so), which is a lossless view of the int8 codes, not a master copy with extra precision.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import quantizers as Q
+from .spec import FLOAT, LayerQuant, TensorQuant, apply_quant
+
+
+@dataclass
+class GridParam:
+    """A parameter stored as integer codes: value = codes * 2^exponent, |codes| <= 2^(bits-1)-1."""
+
+    name: str
+    param: nn.Parameter
+    exponent: torch.Tensor  # 0-d float buffer of its module, the LSB exponent
+    bits: int
+    lr_scale: float = 1.0
+    weight_decay: bool = True
+    grad_quant: TensorQuant = FLOAT  # applied by the optimizer when the layer did not quantize G
+    update: TensorQuant = FLOAT
+
+    def codes(self) -> torch.Tensor:
+        """The integer codes (exact): value / 2^exponent."""
+        return (self.param.detach() * torch.exp2(-self.exponent)).round_()
+
+
+def init_exponent(value: torch.Tensor, bits: int, ref_max: float) -> float:
+    """Smallest LSB exponent e with max|value| <= (2^(bits-1)-1) * 2^e: no code saturates at init.
+
+    A tensor that is zero at init (Fixup's zero-initialised layers) uses ``ref_max`` instead."""
+    amax = float(value.detach().abs().max()) if value.numel() else 0.0
+    amax = amax if amax > 0 else ref_max
+    return float(math.ceil(math.log2(amax / Q.max_code(bits))))
+
+
+class _QuantizedLayer:
+    """Shared state of QConv2d/QLinear: resolved spec, RNG, storage exponent."""
+
+    quant: LayerQuant
+    generator: torch.Generator | None
+    store_bits: int | None
+    ref_max: float
+
+    def _setup_quant(self, ref_max: float) -> None:
+        self.quant = LayerQuant()
+        self.generator = None
+        self.store_bits = None
+        self.ref_max = ref_max
+        self.register_buffer("weight_exp", torch.zeros(()))
+
+    def forward_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """W as used in the forward: the stored codes as they are, or re-quantized to W bits."""
+        q = self.quant.W
+        if not q.enabled or (self.store_bits is not None and q.bits >= self.store_bits):
+            return w
+        return apply_quant(q, w, self.generator)
+
+    def grid_params(self, prefix: str) -> list[GridParam]:
+        if self.store_bits is None:
+            return []
+        out = [GridParam(prefix + "weight", self.weight, self.weight_exp, self.store_bits,
+                         update=self.quant.U)]
+        if getattr(self, "bias", None) is not None:
+            out.append(GridParam(prefix + "bias", self.bias, self.bias_exp, self.store_bits,
+                                 weight_decay=False, update=self.quant.U,
+                                 grad_quant=self.quant.G))
+        return out
+
+
+class _QuantConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, layer):
+        q = layer.quant
+        xq = apply_quant(q.A, x, layer.generator)
+        wq = layer.forward_weight(w)
+        ctx.save_for_backward(xq, wq)
+        ctx.layer = layer
+        return F.conv2d(xq, wq, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xq, wq = ctx.saved_tensors
+        layer = ctx.layer
+        e = apply_quant(layer.quant.E, grad_out, layer.generator)
+        gi, gw, _ = torch.ops.aten.convolution_backward(
+            e, xq, wq, None, layer.stride, layer.padding, layer.dilation, False, [0, 0],
+            layer.groups, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        if gw is not None:
+            gw = apply_quant(layer.quant.G, gw, layer.generator)
+        return gi, gw, None
+
+
+class QConv2d(nn.Conv2d, _QuantizedLayer):
+    """nn.Conv2d with EOQ quantization of W, A, E, G (no bias: ResNet convs have none)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        if bias:
+            raise ValueError("QConv2d has no bias: put a Fixup scalar or BN after it")
+        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self._setup_quant(3 * math.sqrt(2.0 / fan_in))
+
+    def forward(self, x):
+        if not self.quant.any:
+            return super().forward(x)
+        return _QuantConvFn.apply(x, self.weight, self)
+
+
+class _QuantLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, layer):
+        q = layer.quant
+        xq = apply_quant(q.A, x, layer.generator)
+        wq = layer.forward_weight(w)
+        ctx.save_for_backward(xq, wq)
+        ctx.layer = layer
+        ctx.has_bias = b is not None
+        return F.linear(xq, wq, b)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xq, wq = ctx.saved_tensors
+        layer = ctx.layer
+        e = apply_quant(layer.quant.E, grad_out, layer.generator)
+        gi = e @ wq if ctx.needs_input_grad[0] else None
+        gw = apply_quant(layer.quant.G, e.t() @ xq, layer.generator) if ctx.needs_input_grad[1] else None
+        gb = e.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gi, gw, gb, None
+
+
+class QLinear(nn.Linear, _QuantizedLayer):
+    """nn.Linear with EOQ quantization (the classifier). Its bias is integer-stored like W."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__(in_features, out_features, bias=bias)
+        self._setup_quant(3 * math.sqrt(1.0 / in_features))
+        if bias:
+            self.register_buffer("bias_exp", torch.zeros(()))
+
+    def forward(self, x):
+        if not self.quant.any:
+            return super().forward(x)
+        return _QuantLinearFn.apply(x, self.weight, self.bias, self)
+
+
+class Scalar(nn.Module):
+    """A Fixup scalar: a bias added to (``mode='bias'``) or a multiplier of (``'scale'``) its input.
+
+    Quantized as the spec's S kind: integer-stored on its own 8-bit grid under EOQ, or fake-
+    quantized (straight-through) when scalars are quantized but weights train in float."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        if mode not in ("bias", "scale"):
+            raise ValueError(f"Scalar mode must be 'bias' or 'scale', got {mode!r}")
+        self.mode = mode
+        self.value = nn.Parameter(torch.full((1,), 0.0 if mode == "bias" else 1.0))
+        self.register_buffer("exp", torch.zeros(()))
+        self.quant = FLOAT
+        self.stored = False
+        self.generator = None
+        self.update = self.grad_quant = FLOAT  # set by prepare() from the spec's U and G
+
+    def effective(self) -> torch.Tensor:
+        v = self.value
+        if self.quant.enabled and not self.stored:
+            v = v + (apply_quant(self.quant, v.detach(), self.generator) - v).detach()
+        return v
+
+    def forward(self, x):
+        v = self.effective()
+        return x + v if self.mode == "bias" else x * v
+
+    def extra_repr(self):
+        return self.mode

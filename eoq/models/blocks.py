@@ -1,0 +1,102 @@
+"""Residual blocks for every norm: 'bn' (conv-BN), 'fixup' (scalars, no norm), 'none' (bare).
+
+Fixup branch, as in the reference code (m = number of convs in the branch):
+    h = relu(conv_1(x + b_1a) + b_1b); ...; out = conv_m(h + b_ma) * scale + b_mb
+    y = relu(out + identity),  identity = x, or shortcut(x + b_1a) where the shape changes
+A shortcut is option A (subsample + zero-pad channels, CIFAR) or B (1x1 projection conv, + BN for
+'bn'; ImageNet layout).
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..batchnorm import QBatchNorm2d
+from ..layers import QConv2d, Scalar
+
+NORMS = ("bn", "fixup", "none")
+
+
+class ShortcutA(nn.Module):
+    """Option A: x[:, :, ::s, ::s] zero-padded to ``planes`` channels (no parameters)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.pad, self.stride = planes - in_planes, stride
+
+    def forward(self, x):
+        x = x[:, :, ::self.stride, ::self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.pad))
+
+
+def make_shortcut(kind: str, in_planes: int, planes: int, stride: int, norm: str) -> nn.Module:
+    if stride == 1 and in_planes == planes:
+        return nn.Identity()
+    if kind == "A":
+        return ShortcutA(in_planes, planes, stride)
+    conv = QConv2d(in_planes, planes, 1, stride=stride)
+    return nn.Sequential(conv, QBatchNorm2d(planes)) if norm == "bn" else conv
+
+
+class ResidualBlock(nn.Module):
+    """A residual block whose branch is ``convs`` (3x3-3x3 basic or 1x1-3x3-1x1 bottleneck)."""
+
+    expansion = 1
+
+    def __init__(self, convs: list[QConv2d], shortcut: nn.Module, norm: str):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
+        self.norm = norm
+        self.convs = nn.ModuleList(convs)
+        width = [c.out_channels for c in convs]
+        if norm == "bn":
+            self.bns = nn.ModuleList(QBatchNorm2d(w) for w in width)
+        if norm == "fixup":
+            self.biases_in = nn.ModuleList(Scalar("bias") for _ in convs)
+            self.biases_out = nn.ModuleList(Scalar("bias") for _ in convs)
+            self.scale = Scalar("scale")
+        self.shortcut = shortcut
+
+    def branch(self, x):
+        """F(x); for Fixup, x is the input before b_1a (b_1a is the first bias applied here)."""
+        last = len(self.convs) - 1
+        for i, conv in enumerate(self.convs):
+            if self.norm == "fixup":
+                x = self.biases_in[i](x)
+            x = conv(x)
+            if self.norm == "bn":
+                x = self.bns[i](x)
+            if self.norm == "fixup":
+                x = self.biases_out[i](self.scale(x) if i == last else x)
+            if i != last:
+                x = F.relu(x)
+        return x
+
+    def forward(self, x):
+        if isinstance(self.shortcut, nn.Identity):
+            identity = x
+        elif self.norm == "fixup":
+            identity = self.shortcut(self.biases_in[0](x))
+        else:
+            identity = self.shortcut(x)
+        return F.relu(self.branch(x) + identity)
+
+
+class BasicBlock(ResidualBlock):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: str, shortcut: str = "A"):
+        convs = [QConv2d(in_planes, planes, 3, stride=stride, padding=1),
+                 QConv2d(planes, planes, 3, padding=1)]
+        super().__init__(convs, make_shortcut(shortcut, in_planes, planes, stride, norm), norm)
+
+
+class Bottleneck(ResidualBlock):
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: str, shortcut: str = "B"):
+        out = planes * self.expansion
+        convs = [QConv2d(in_planes, planes, 1), QConv2d(planes, planes, 3, stride=stride, padding=1),
+                 QConv2d(planes, out, 1)]
+        super().__init__(convs, make_shortcut(shortcut, in_planes, out, stride, norm), norm)

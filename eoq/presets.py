@@ -1,0 +1,101 @@
+"""Named quantization presets (SPEC section 2). ``eoq presets`` prints them in full.
+
+The EOQ recipe is a reconstruction from the paper's abstract and the authors' predecessor code
+(WAGEUBN), WAGE and Fixup; every choice is a field of :class:`~eoq.spec.QuantSpec`, so a user can
+switch it from a JSON spec or per layer.
+"""
+from __future__ import annotations
+
+import json
+
+from .spec import QuantSpec, SpecError, TensorQuant
+
+_8N = TensorQuant(bits=8, rounding="nearest")
+_8S = TensorQuant(bits=8, rounding="stochastic")
+
+PRESETS: dict[str, QuantSpec] = {
+    "fp32": QuantSpec(
+        name="fp32",
+        description="No quantization: float32 weights, activations, gradients, errors and SGD updates."),
+    "eoq": QuantSpec(
+        name="eoq",
+        W=_8N, A=_8N, G=_8S, E=_8S, U=_8S, S=_8S,
+        M=TensorQuant(bits=16, rounding="stochastic"),
+        store_bits=8, lr_pow2=True,
+        description=("Full 8-bit EOQ (reconstruction): int8 weight codes with a per-layer power-of-two "
+                     "exponent and no float master copy; A by SQ nearest; E and G by SQ with stochastic "
+                     "rounding; int8 updates U in units of the weight LSB by stochastic rounding; Fixup "
+                     "scalars on their own 8-bit grids; momentum buffer 16-bit; learning rates rounded "
+                     "to powers of two. First conv and classifier are 8-bit too.")),
+    "eoq-float-ends": QuantSpec(
+        name="eoq-float-ends",
+        W=_8N, A=_8N, G=_8S, E=_8S, U=_8S, S=_8S,
+        M=TensorQuant(bits=16, rounding="stochastic"),
+        store_bits=8, lr_pow2=True,
+        layers=(("conv1", "float"), ("fc", "float")),
+        description="EOQ with the first conv and the classifier kept in float32, as WAGEUBN did."),
+    "wageubn": QuantSpec(
+        name="wageubn",
+        W=_8N, A=_8N, G=TensorQuant(bits=8, quantizer="cq", cq_c=128), E=_8S,
+        U=TensorQuant(bits=24, rounding="stochastic"),
+        store_bits=24, bn_stat_bits=16, bn_value_bits=8, bn_affine_bits=8,
+        layers=(("conv1", "float"), ("fc", "float")),
+        description=("WAGEUBN-style (reconstruction): BN kept and quantized (16-bit mean and std, 8-bit "
+                     "normalized value, gamma, beta), 8-bit W/A/E, CQ gradients, weights accumulated "
+                     "in 24 bits; first conv and classifier in float. Use with --norm bn.")),
+}
+
+
+def get_preset(name: str) -> QuantSpec:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise SpecError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def load_spec(name_or_path: str) -> QuantSpec:
+    """A preset name, or a path to a JSON file holding a spec (optionally {"base": preset, ...})."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    if not name_or_path.endswith(".json"):
+        return get_preset(name_or_path)
+    try:
+        with open(name_or_path) as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise SpecError(f"spec file {name_or_path!r} not found") from None
+    except json.JSONDecodeError as err:
+        raise SpecError(f"spec file {name_or_path!r} is not valid JSON: {err}") from None
+    if isinstance(data, dict) and "base" in data:
+        base = get_preset(data.pop("base")).to_dict()
+        base.update(data)
+        data = base
+    return QuantSpec.from_dict(data)
+
+
+def describe(spec: QuantSpec) -> str:
+    """A readable, complete listing of one spec."""
+    lines = [f"[{spec.name}]  {spec.description}"]
+    for kind in ("W", "A", "G", "E", "U", "S", "M"):
+        q = getattr(spec, kind)
+        if not q.enabled:
+            what = "float32"
+        elif kind == "U":
+            what = f"{q.bits}-bit integer codes in units of the weight LSB, {q.rounding} rounding"
+        elif q.quantizer == "cq":
+            what = f"{q.bits}-bit CQ(c={q.cq_c}), stochastic rounding"
+        else:
+            what = f"{q.bits}-bit {q.quantizer.upper()}, {q.rounding} rounding"
+        lines.append(f"  {kind}: {what}")
+    lines.append(f"  weight storage: {'float32 (SGD)' if spec.store_bits is None else f'{spec.store_bits}-bit integer codes'}")
+    if spec.bn_stat_bits or spec.bn_value_bits or spec.bn_affine_bits:
+        lines.append(f"  BN: mean/std {spec.bn_stat_bits}-bit, normalized {spec.bn_value_bits}-bit, "
+                     f"gamma/beta {spec.bn_affine_bits}-bit")
+    lines.append(f"  learning rate rounded to power of two: {spec.lr_pow2}")
+    if spec.store_bits is not None:
+        wp = spec.weight_policy
+        lines.append(f"  exponent policy: up one bit when > {wp.saturate_frac:g} of codes saturate, "
+                     f"down when 0 < max|code| < 2^(k-1-{wp.shrink_bits})")
+    for pattern, override in spec.layers:
+        lines.append(f"  layer {pattern}: {override}")
+    return "\n".join(lines)

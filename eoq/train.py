@@ -1,0 +1,200 @@
+"""The training loop: config -> data, model, spec, optimizer -> epochs -> metrics.csv + checkpoints.
+
+Output directory layout:
+    config.json      the configuration (with the resolved spec)
+    metrics.csv      one row per finished epoch (see metrics.py)
+    checkpoint.pt    the latest checkpoint (every epoch, and every N steps with checkpoint_every)
+A run resumed with ``resume=True`` continues from the checkpoint's epoch and step; data order,
+augmentation and stochastic rounding continue exactly (see augment.py), so the result is the same
+as the uninterrupted run's. SIGINT/SIGTERM save a checkpoint at the next step boundary and stop.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .atomic import atomic_write
+from .augment import eval_batches, steps_per_epoch, train_batches
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig
+from .data import load_cifar10
+from .metrics import write_metrics
+from .models import build_model
+from .optimizer import EOQSGD
+from .prepare import prepare
+from .presets import load_spec
+from .schedule import lr_at
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or weights became NaN/Inf; the last good checkpoint is kept."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved."""
+
+    def __init__(self, msg: str, signum: int):
+        super().__init__(msg)
+        self.signum = signum
+
+
+@dataclass
+class Run:
+    """Everything a training run holds in memory."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    optimizer: EOQSGD
+    generator: torch.Generator
+    data: object
+    epoch: int = 0
+    step: int = 0                     # batches done in the current epoch
+    sums: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0})
+    rows: list = field(default_factory=list)
+
+
+def build_run(cfg: TrainConfig) -> Run:
+    """Data, model (seeded init), spec bound to the model, optimizer, RNG for stochastic rounding."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data = load_cifar10(cfg.data, download=cfg.download).subset(cfg.train_limit, cfg.test_limit)
+    spec = load_spec(cfg.preset)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.norm, num_classes=len(data.classes))
+    generator = torch.Generator().manual_seed(cfg.seed + 7919)
+    prepare(model, spec, generator)
+    opt = EOQSGD(model, spec, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                 scalar_lr_scale=cfg.scalar_lr_scale, generator=generator)
+    return Run(cfg, model, opt, generator, data)
+
+
+def checkpoint_state(run: Run) -> dict:
+    return {"config": run.cfg.to_dict(), "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "generator": run.generator.get_state(),
+            "epoch": run.epoch, "step": run.step, "sums": dict(run.sums), "rows": list(run.rows)}
+
+
+def restore(run: Run, state: dict) -> None:
+    saved = state.get("config", {})
+    for key in TrainConfig.IDENTITY:
+        if saved.get(key) != getattr(run.cfg, key):
+            raise CheckpointError(f"checkpoint was made with {key}={saved.get(key)!r}, this run has "
+                                  f"{key}={getattr(run.cfg, key)!r}; resume with the same settings or use another --out")
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.generator.set_state(state["generator"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"checkpoint does not fit this model/preset: {str(err).splitlines()[0]}") from None
+    run.epoch, run.step = int(state["epoch"]), int(state["step"])
+    run.sums, run.rows = dict(state["sums"]), list(state["rows"])
+
+
+def evaluate(model: torch.nn.Module, images, labels, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in eval_batches(images, labels, batch_size):
+            correct += int((model(x).argmax(1) == y).sum())
+    model.train()
+    return 100.0 * correct / max(len(labels), 1)
+
+
+class _Signals:
+    """Turns SIGINT/SIGTERM into a flag checked between steps."""
+
+    def __init__(self):
+        self.received = None
+
+    def __enter__(self):
+        self.old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: TrainConfig, run: Run | None = None) -> Run:
+    """Train as ``cfg`` says; returns the finished run (its ``rows`` are the metrics)."""
+    run = run or build_run(cfg)
+    out = Path(cfg.out)
+    ckpt = out / "checkpoint.pt"
+    if cfg.resume:
+        restore(run, load_checkpoint(ckpt))
+    elif out.exists() and any((out / f).exists() for f in ("checkpoint.pt", "metrics.csv")):
+        raise ConfigError(f"output directory {str(out)!r} holds another run: pass --resume to continue it, "
+                          "or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "config.json", "w") as fh:
+        json.dump({"train": cfg.to_dict(), "spec": load_spec(cfg.preset).to_dict()}, fh, indent=1)
+
+    data, model, opt = run.data, run.model, run.optimizer
+    n_steps = steps_per_epoch(len(data.train_y), cfg.batch_size)
+    total = n_steps * cfg.epochs
+    model.train()
+    with _Signals() as signals:
+        while run.epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            bar = tqdm(total=n_steps, initial=run.step, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
+                       disable=not cfg.progress, leave=False, dynamic_ncols=True)
+            for step, x, y in train_batches(data.train_x, data.train_y, cfg.batch_size, cfg.seed,
+                                            run.epoch, run.step, cfg.augment):
+                lr = lr_at(run.epoch * n_steps + step, total, cfg.lr, cfg.schedule, cfg.warmup)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {loss.item()} at epoch {run.epoch + 1}, step {step + 1}; "
+                        f"the last good checkpoint is {str(ckpt)!r} (try a lower --lr)")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                run.step = step + 1
+                run.sums["loss"] += loss.item() * len(y)
+                run.sums["correct"] += int((logits.argmax(1) == y).sum())
+                run.sums["seen"] += len(y)
+                bar.update(1)
+                bar.set_postfix(loss=f"{run.sums['loss'] / run.sums['seen']:.3f}", lr=f"{lr:.3g}")
+                if signals.received is not None or (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
+                                                    and run.step < n_steps):
+                    run.sums["seconds"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    save_checkpoint(ckpt, checkpoint_state(run))
+                    if signals.received is not None:
+                        bar.close()
+                        raise Interrupted(f"interrupted at epoch {run.epoch + 1}, step {run.step}; checkpoint "
+                                          f"saved to {str(ckpt)!r}; continue with --resume", signals.received)
+            bar.close()
+            test_acc = evaluate(model, data.test_x, data.test_y)
+            seen = max(run.sums["seen"], 1)
+            row = {"epoch": run.epoch + 1, "train_loss": run.sums["loss"] / seen,
+                   "train_acc": 100.0 * run.sums["correct"] / seen, "test_acc": test_acc,
+                   "seconds": run.sums["seconds"] + time.perf_counter() - t0, "lr": lr, "steps": n_steps}
+            run.rows.append(row)
+            run.epoch, run.step = run.epoch + 1, 0
+            run.sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            save_checkpoint(ckpt, checkpoint_state(run))
+            write_metrics(out / "metrics.csv", run.rows)
+            tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  train {row['train_acc']:.2f}%  "
+                       f"test {row['test_acc']:.2f}%  {row['seconds']:.0f} s")
+    return run

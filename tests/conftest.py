@@ -1,0 +1,17 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ZIP = ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
+
+# decoded datasets are cached once per checkout, not in the user's home
+os.environ.setdefault("EOQ_CACHE", str(ROOT / ".pytest_cache" / "eoq-data"))
+
+
+@pytest.fixture(scope="session")
+def shared_zip() -> Path:
+    if not SHARED_ZIP.exists():
+        pytest.fail(f"the CIFAR-10 JPEG zip is expected at {SHARED_ZIP} (shared/data beside the checkout)")
+    return SHARED_ZIP

@@ -1,0 +1,41 @@
+"""The command line: presets listing, and one clear error line (exit 2) for each user mistake."""
+import pytest
+
+from eoq.cli import main
+
+
+def test_presets_lists_all(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("[fp32]", "[eoq]", "[eoq-float-ends]", "[wageubn]"):
+        assert name in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "resnet21"], "unknown model 'resnet21'"),
+    (["--norm", "ln"], "unknown norm 'ln'"),
+    (["--preset", "int4"], "unknown preset 'int4'"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--epochs", "-1"], "--epochs must be a positive integer"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--lr", "-0.1"], "--lr must be > 0"),
+    (["--schedule", "linear"], "unknown schedule"),
+    (["--data", "/nonexistent/cifar"], "does not exist"),
+    (["--momentum", "0.9"], "1 - 2^-s"),
+])
+def test_user_errors_are_one_line(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    code = main(["train", "--data", "embedded", "--train-limit", "32", "--epochs", "1", "--no-progress",
+                 "--out", str(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("eoq: error: ") and message in err and "\n" not in err
+    assert not (out / "checkpoint.pt").exists() and not (out / "metrics.csv").exists()
+
+
+def test_train_command_runs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "embedded", "--train-limit", "128", "--test-limit", "50",
+                 "--batch-size", "32", "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    assert "final: epoch 1" in capsys.readouterr().out
+    assert (out / "metrics.csv").exists()

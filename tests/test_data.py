@@ -1,0 +1,90 @@
+"""Data: every source form decodes to the same CIFAR-shaped arrays; bad sources give clear errors."""
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from eoq.data import CLASSES, DataError, load_cifar10
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_cifar10("embedded")
+
+
+def test_embedded_subset(embedded):
+    assert embedded.train_x.shape == (5000, 32, 32, 3) and embedded.train_x.dtype == np.uint8
+    assert embedded.test_x.shape == (1000, 32, 32, 3)
+    assert np.bincount(embedded.train_y).tolist() == [500] * 10
+    assert np.bincount(embedded.test_y).tolist() == [100] * 10
+
+
+def test_full_jpeg_zip(shared_zip, embedded):
+    ds = load_cifar10(shared_zip)
+    assert ds.train_x.shape == (50000, 32, 32, 3) and ds.test_x.shape == (10000, 32, 32, 3)
+    assert np.bincount(ds.train_y).tolist() == [5000] * 10
+    # the embedded subset is the first 500 images per class of the same files, byte for byte
+    first_airplanes = ds.train_x[ds.train_y == 0][:500]
+    assert np.array_equal(first_airplanes, embedded.train_x[:500])
+    # CIFAR-10 statistics (JPEG re-encoding moves them only slightly)
+    assert np.allclose(ds.train_x.mean((0, 1, 2)) / 255, [0.4914, 0.4822, 0.4465], atol=0.005)
+
+
+def test_python_format_and_image_folder_dir(tmp_path, embedded):
+    py = tmp_path / "cifar-10-batches-py"
+    py.mkdir()
+    chunks = np.array_split(np.arange(5000), 5)
+    for i, idx in enumerate(chunks, 1):
+        data = embedded.train_x[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1)
+        with open(py / f"data_batch_{i}", "wb") as fh:
+            pickle.dump({b"data": data, b"labels": embedded.train_y[idx].tolist()}, fh)
+    with open(py / "test_batch", "wb") as fh:
+        pickle.dump({b"data": embedded.test_x.transpose(0, 3, 1, 2).reshape(1000, -1),
+                     b"labels": embedded.test_y.tolist()}, fh)
+    for source in (tmp_path, py):
+        ds = load_cifar10(source, use_cache=False)
+        assert np.array_equal(ds.train_x, embedded.train_x) and np.array_equal(ds.test_y, embedded.test_y)
+
+    folder = tmp_path / "folder"
+    from PIL import Image
+    for part, x, y in (("train", embedded.train_x[:20], embedded.train_y[:20]),
+                       ("test", embedded.test_x[:10], embedded.test_y[:10])):
+        for i, (img, label) in enumerate(zip(x, y)):
+            d = folder / part / CLASSES[label]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i:04d}.png")
+    ds = load_cifar10(folder, use_cache=False)
+    assert ds.train_x.shape == (20, 32, 32, 3)
+    assert sorted(ds.train_y.tolist()) == sorted(embedded.train_y[:20].tolist())
+
+
+def test_missing_and_malformed_sources(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_cifar10(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="neither an image-folder"):
+        load_cifar10(tmp_path / "notes.txt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="not CIFAR-shaped"):
+        load_cifar10(empty)
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("train/giraffe/0.jpg", b"x")
+        z.writestr("test/giraffe/0.jpg", b"x")
+    with pytest.raises(DataError, match="not a CIFAR-10 class"):
+        load_cifar10(bad, use_cache=False)
+    corrupt = tmp_path / "corrupt.zip"
+    with zipfile.ZipFile(corrupt, "w") as z:
+        z.writestr("train/cat/0.jpg", b"not a jpeg")
+        z.writestr("test/cat/0.jpg", b"not a jpeg")
+    with pytest.raises(DataError, match="cannot decode"):
+        load_cifar10(corrupt, use_cache=False)
+
+
+def test_no_source_at_all(monkeypatch, tmp_path):
+    import eoq.data as D
+    monkeypatch.setattr(D, "default_source", lambda: None)
+    with pytest.raises(DataError, match="no CIFAR-10 found"):
+        load_cifar10()

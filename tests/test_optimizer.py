@@ -1,0 +1,152 @@
+"""EOQ optimizer: weights stay on their int8 grid, updates are int8 and unbiased, float path is SGD."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eoq.layers import QLinear
+from eoq.models import build_model
+from eoq.optimizer import EOQSGD, momentum_shift, pow2_round
+from eoq.prepare import grid_params, prepare
+from eoq.presets import get_preset
+from eoq.spec import SpecError, TensorQuant, WeightPolicy
+
+
+def train_steps(model, opt, steps, seed=0, batch=16):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(batch, 3, 32, 32, generator=gen)
+        y = torch.randint(0, 10, (batch,), generator=gen)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def assert_on_grid(model):
+    grids = grid_params(model)
+    assert grids
+    for g in grids:
+        codes = g.param.detach() / torch.exp2(g.exponent)
+        assert torch.equal(codes, codes.round()), g.name
+        assert codes.abs().max() <= 2 ** (g.bits - 1) - 1, g.name
+
+
+@pytest.mark.parametrize("preset", ["eoq", "eoq-float-ends"])
+def test_weights_stay_on_int8_grid_and_updates_are_int8(preset):
+    torch.manual_seed(0)
+    model = build_model("resnet20", "fixup")
+    gen = torch.Generator().manual_seed(0)
+    spec = get_preset(preset)
+    prepare(model, spec, gen)
+    assert_on_grid(model)
+    opt = EOQSGD(model, spec, lr=0.5, generator=gen)
+    for step in range(6):
+        train_steps(model, opt, 1, seed=step)
+        assert_on_grid(model)
+        for g in grid_params(model):
+            u = opt.state[g.param]["last_update"]
+            assert u.dtype == torch.int8 and u.abs().max() <= 127
+    moved = sum(int(opt.state[g.param]["last_update"].count_nonzero()) for g in grid_params(model))
+    assert moved > 0
+    # no float master copy: the optimizer keeps only the momentum buffer and the last int8 update
+    for g in grid_params(model):
+        assert set(opt.state[g.param]) <= {"momentum_buffer", "last_update"}
+
+
+def single_layer(value: float, exponent: int, n: int = 200_000, policy=WeightPolicy(saturate_frac=0.5)):
+    layer = QLinear(n, 1, bias=False)
+    spec = get_preset("eoq").with_changes(lr_pow2=False, M=TensorQuant(), weight_policy=policy,
+                                          G=TensorQuant(), W=TensorQuant(bits=8))
+    gen = torch.Generator().manual_seed(0)
+    prepare(layer, spec, gen)
+    with torch.no_grad():
+        layer.weight_exp.fill_(exponent)
+        layer.weight.fill_(value)
+    return layer, EOQSGD(layer, spec, lr=1.0, momentum=0.0, weight_decay=0.0, generator=gen)
+
+
+def test_update_is_unbiased_in_expectation():
+    """delta = 0.3 LSB: U = SR(0.3) in {0, 1}, mean 0.3 within 5 standard errors."""
+    lsb = 2.0 ** -8
+    layer, opt = single_layer(10 * lsb, -8)
+    layer.weight.grad = torch.full_like(layer.weight, 0.3 * lsb)
+    opt.step()
+    u = opt.state[layer.weight]["last_update"].float()
+    n = u.numel()
+    assert set(u.unique().tolist()) == {0.0, 1.0}
+    assert abs(float(u.mean()) - 0.3) < 5 * math.sqrt(0.21 / n)
+    assert torch.equal(layer.weight.detach(), (10 - u) * lsb)
+
+
+def test_large_update_clamped_to_127_and_codes_to_grid():
+    lsb = 2.0 ** -8
+    layer, opt = single_layer(0.0, -8, n=10)
+    layer.weight.grad = torch.full_like(layer.weight, 500 * lsb)
+    opt.step()
+    u = opt.state[layer.weight]["last_update"]
+    assert u.abs().max() == 127
+
+
+def test_exponent_moves_up_on_saturation_and_down_when_underused():
+    lsb = 2.0 ** -8
+    layer, opt = single_layer(120 * lsb, -8, n=1000, policy=WeightPolicy(saturate_frac=0.01))
+    layer.weight.grad = torch.full_like(layer.weight, -20 * lsb)   # pushes codes to +140 -> clamp 127
+    opt.step()
+    assert float(layer.weight_exp) == -7
+    codes = layer.weight.detach() / 2 ** -7
+    assert torch.equal(codes, codes.round()) and set(codes.unique().tolist()) <= {63.0, 64.0}
+    layer, opt = single_layer(20 * lsb, -8, n=1000)
+    layer.weight.grad = torch.zeros_like(layer.weight)
+    opt.step()                                                     # max code 20 < 32: one bit down, exact
+    assert float(layer.weight_exp) == -9
+    assert torch.equal(layer.weight.detach(), torch.full_like(layer.weight, 20 * lsb))
+
+
+def test_float_params_follow_torch_sgd():
+    torch.manual_seed(0)
+    a = build_model("resnet20", "bn")
+    b = build_model("resnet20", "bn")
+    b.load_state_dict(a.state_dict())
+    prepare(a, get_preset("fp32"))
+    ours = EOQSGD(a, get_preset("fp32"), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    decay = [p for p in b.parameters() if p.dim() > 1]
+    rest = [p for p in b.parameters() if p.dim() <= 1]
+    ref = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": rest, "weight_decay": 0.0}],
+                          lr=0.1, momentum=0.9)
+    train_steps(a, ours, 3)
+    train_steps(b, ref, 3)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_fixup_scalars_use_a_tenth_of_the_lr():
+    model = build_model("resnet20", "fixup")
+    prepare(model, get_preset("fp32"))
+    opt = EOQSGD(model, get_preset("fp32"), lr=0.1)
+    scal = [g for g in opt.param_groups if g["lr_scale"] == 0.1]
+    assert len(scal) == 1 and scal[0]["weight_decay"] == 0 and len(scal[0]["params"]) == 9 * 5 + 2
+    prepare(model, get_preset("eoq"))
+    opt = EOQSGD(model, get_preset("eoq"), lr=0.1)
+    scalars = [g for g in opt.grid.values() if g.name.endswith("value")]
+    assert len(scalars) == 47 and all(g.lr_scale == 0.1 and not g.weight_decay for g in scalars)
+
+
+def test_momentum_must_be_a_shift_for_integer_updates():
+    assert momentum_shift(0.875) == 3 and momentum_shift(0.0) is None
+    model = build_model("resnet20", "fixup")
+    prepare(model, get_preset("eoq"))
+    with pytest.raises(SpecError, match="1 - 2\\^-s"):
+        EOQSGD(model, get_preset("eoq"), lr=0.1, momentum=0.9)
+
+
+def test_pow2_round():
+    assert pow2_round(0.1) == 0.125 and pow2_round(0.2) == 0.25 and pow2_round(0.02) == 1 / 64
+    assert pow2_round(0.0) == 0.0
+
+
+def test_bad_hyperparameters():
+    model = build_model("resnet20", "fixup")
+    for kw in ({"lr": 0}, {"lr": -1}, {"lr": 0.1, "momentum": 1.0}, {"lr": 0.1, "weight_decay": -1}):
+        with pytest.raises(ValueError):
+            EOQSGD(model, get_preset("fp32"), **kw)

@@ -1,0 +1,194 @@
+"""Quantization primitives against hand-worked examples, float64 references and properties."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eoq import quantizers as Q
+
+finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
+arrays = st.lists(finite, min_size=1, max_size=64)
+bits = st.integers(min_value=2, max_value=16)
+
+
+def ref_sq(x: np.ndarray, k: int) -> np.ndarray:
+    """SPEC's SQ written directly in float64 with numpy (round half to even: np.round)."""
+    amax = np.abs(x).max()
+    r = 1.0 if amax == 0 else 2.0 ** max(np.round(np.log2(amax)), Q.MIN_EXPONENT)
+    s = 2.0 ** (1 - k)
+    return r * np.clip(np.round(x / r / s) * s, -1 + s, 1 - s)
+
+
+# ---- hand-worked examples -------------------------------------------------------------------
+
+def test_sigma_and_max_code():
+    assert Q.sigma(8) == 1 / 128 and Q.sigma(2) == 0.5
+    assert Q.max_code(8) == 127 and Q.max_code(2) == 1 and Q.max_code(16) == 32767
+
+
+def test_q_direct_rounds_half_to_even():
+    # k = 3: sigma = 0.25; 0.375 / 0.25 = 1.5 -> 2, 0.625 / 0.25 = 2.5 -> 2 (ties to even)
+    x = torch.tensor([0.375, 0.625, -0.125, 0.1])
+    assert Q.q_direct(x, 3).tolist() == [0.5, 0.5, -0.0, 0.0]
+
+
+def test_clip_symmetric():
+    x = torch.tensor([-2.0, -0.5, 0.75, 2.0])
+    assert Q.clip(x, 8).tolist() == [-127 / 128, -0.5, 0.75, 127 / 128]
+
+
+def test_shift_scale_examples():
+    assert float(Q.shift_scale(torch.tensor([0.3, -0.1]))) == 0.25   # log2 0.3 = -1.74 -> -2
+    assert float(Q.shift_scale(torch.tensor([3.0]))) == 4.0          # log2 3 = 1.58 -> 2
+    assert float(Q.shift_scale(torch.tensor([-5.0, 1.0]))) == 4.0    # log2 5 = 2.32 -> 2
+    assert float(Q.shift_scale(torch.zeros(4))) == 1.0               # defined for zeros
+    assert float(Q.shift_scale(torch.zeros(0))) == 1.0               # and for empty tensors
+
+
+def test_sq_hand_worked():
+    # max 0.3 -> R = 0.25, k = 4: sigma = 1/8, grid step R * sigma = 1/32, codes in [-7, 7]
+    x = torch.tensor([0.3, 0.1, -0.05, 0.01])
+    q = Q.sq_codes(x, 4)
+    # 0.3/0.25 = 1.2 -> clip to 7/8 -> code 7; 0.1*32 = 3.2 -> 3; -0.05*32 = -1.6 -> -2; 0.32 -> 0
+    assert q.codes.tolist() == [7, 3, -2, 0]
+    assert q.exponent == -5 and q.codes.dtype == torch.int8
+    assert Q.sq(x, 4).tolist() == [7 / 32, 3 / 32, -2 / 32, 0.0]
+
+
+def test_tiny_tensors_quantize_without_overflow():
+    # max|x| = 1e-40 (denormal): an unfloored scale 2^-(e+1-k) would overflow float32 to inf
+    x = torch.tensor([1e-40, 0.0, -3e-41])
+    assert torch.equal(Q.sq(x, 8), torch.zeros(3))
+    assert torch.equal(Q.sq(x, 8, "stochastic", torch.Generator().manual_seed(0)).abs(), torch.zeros(3))
+    y = torch.tensor([2.0 ** -90, 2.0 ** -91])   # above the floor: exact as usual
+    assert Q.sq(y, 8).tolist() == [2.0 ** -90 * 127 / 128, 2.0 ** -91]
+
+
+def test_sq_of_zeros_and_empty():
+    assert Q.sq(torch.zeros(5), 8).tolist() == [0.0] * 5
+    assert Q.sq(torch.zeros(0), 8).numel() == 0
+    assert Q.sq_codes(torch.zeros(3), 8).exponent == -7
+
+
+def test_fq_keeps_small_values_that_sq_flushes():
+    # max 1.0 -> R = 1, k = 8: unit u = 1/128. 0.001 * 128 = 0.128 (< 1: 7 fractional bits)
+    x = torch.tensor([1.0, 0.5, 0.001, -0.003])
+    assert Q.sq(x, 8)[2:].tolist() == [0.0, -0.0]
+    fqv = Q.fq(x, 8)
+    u = 1 / 128
+    assert fqv[2].item() == pytest.approx(round(0.128 * 128) / 128 * u, abs=0)
+    assert fqv[3].item() == pytest.approx(round(-0.384 * 128) / 128 * u, abs=0)
+    assert fqv[1].item() == 0.5 and fqv[0].item() == 127 / 128   # large range: integers, clipped at 127
+    q = Q.fq_codes(x, 8)
+    assert q.dequantize().tolist() == fqv.tolist()
+
+
+def test_cq_hand_worked():
+    g = torch.tensor([0.5, -0.25, 0.0])   # R = 0.5, c = 4: n = SR(4 * g / 0.5) = [4 -> clamp 3, -2, 0]
+    gen = torch.Generator().manual_seed(0)
+    q = Q.cq_codes(g, 8, 4, gen)
+    assert q.codes.tolist() == [3, -2, 0] and q.exponent == -3
+    with pytest.raises(Q.QuantizationError):
+        Q.cq(g, 8, 3)
+
+
+def test_stochastic_round_uses_floor_of_y_plus_u():
+    gen = torch.Generator().manual_seed(1)
+    u = torch.rand(5, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0.2, 1.5, -0.7, 3.0, -2.25])
+    assert torch.equal(Q.stochastic_round(y, gen), torch.floor(y + u))
+
+
+@pytest.mark.parametrize("bad", [1, 25, 0, 8.0, True, "8"])
+def test_bad_bit_widths_rejected(bad):
+    with pytest.raises(Q.QuantizationError, match="bit width"):
+        Q.sq(torch.ones(3), bad)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_is_a_clear_error(value):
+    with pytest.raises(Q.QuantizationError, match="NaN or Inf"):
+        Q.sq(torch.tensor([1.0, value]), 8)
+
+
+def test_bad_rounding_rejected():
+    with pytest.raises(Q.QuantizationError, match="rounding"):
+        Q.round_(torch.ones(2), "up")
+
+
+# ---- float64 reference and properties -------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(arrays, bits)
+def test_sq_matches_float64_reference(values, k):
+    x = np.array(values, np.float32)
+    got = Q.sq(torch.from_numpy(x), k).double().numpy()
+    np.testing.assert_array_equal(got, ref_sq(x.astype(np.float64), k))
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays, bits, st.sampled_from(Q.ROUNDINGS), st.integers(0, 2 ** 31))
+def test_sq_codes_on_grid_and_in_range(values, k, rounding, seed):
+    x = torch.tensor(values)
+    q = Q.sq_codes(x, k, rounding, torch.Generator().manual_seed(seed))
+    assert int(q.codes.abs().max()) <= Q.max_code(k)
+    r = float(Q.shift_scale(x))
+    assert q.exponent == round(math.log2(r)) + 1 - k and q.exponent >= Q.MIN_EXPONENT + 1 - k
+    v = Q.sq(x, k, rounding, torch.Generator().manual_seed(seed))
+    assert torch.equal(q.dequantize(), v)            # integer view and float view agree exactly
+    assert float(v.abs().max()) <= r * (1 - Q.sigma(k))
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays, st.integers(2, 8), st.integers(0, 2 ** 31))
+def test_fq_and_cq_codes_on_grid(values, k, seed):
+    x = torch.tensor(values)
+    f = Q.fq_codes(x, k)
+    assert torch.equal(f.dequantize(), Q.fq(x, k))
+    assert int(f.codes.abs().max()) <= Q.max_code(k) * 2 ** Q.FQ_FRACTION_BITS
+    c = 2 ** (k - 1)
+    q = Q.cq_codes(x, k, c, torch.Generator().manual_seed(seed))
+    assert int(q.codes.abs().max()) <= c - 1
+    assert torch.equal(q.dequantize(), Q.cq(x, k, c, torch.Generator().manual_seed(seed)))
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays, bits, st.integers(0, 2 ** 31))
+def test_same_seed_same_result(values, k, seed):
+    x = torch.tensor(values)
+    a = Q.sq(x, k, "stochastic", torch.Generator().manual_seed(seed))
+    b = Q.sq(x, k, "stochastic", torch.Generator().manual_seed(seed))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("y", [0.3, -1.7, 5.01, 0.5, -0.999])
+def test_stochastic_rounding_is_unbiased(y):
+    """Mean of n draws of SR(y) is within 5 standard errors of y (SR's variance is p(1-p) <= 1/4)."""
+    n = 200_000
+    gen = torch.Generator().manual_seed(123)
+    draws = Q.stochastic_round(torch.full((n,), y, dtype=torch.float64), gen)
+    p = y - math.floor(y)
+    se = math.sqrt(p * (1 - p) / n)
+    assert abs(float(draws.mean()) - y) <= 5 * se + 1e-12
+    assert set(draws.unique().tolist()) <= {math.floor(y), math.floor(y) + 1}
+
+
+def test_stochastic_sq_is_unbiased_inside_the_clip_range():
+    x = torch.linspace(-0.9, 0.9, 101)
+    x[0] = -1.0  # fixes R = 1
+    n = 4000
+    gen = torch.Generator().manual_seed(7)
+    mean = sum(Q.sq(x, 4, "stochastic", gen) for _ in range(n)) / n
+    step = 2 ** -3
+    inside = x.abs() <= 1 - step
+    se = step / 2 / math.sqrt(n)
+    assert float((mean - x)[inside].abs().max()) < 5 * se
+
+
+def test_fixed_grid_clamps_and_rounds():
+    x = torch.tensor([0.0, 0.3, -10.0, 0.0078125])
+    # LSB 2^-4, 4 bits: codes in [-7, 7]
+    assert Q.fixed_grid(x, -4, 4).tolist() == [0.0, 5 / 16, -7 / 16, 0.0]

@@ -1,0 +1,111 @@
+"""Training loop on real (embedded) CIFAR-10 images: metrics, checkpoints, exact resume, kill -9."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eoq.checkpoint import CheckpointError, load_checkpoint
+from eoq.config import ConfigError, TrainConfig
+from eoq.metrics import COLUMNS, read_metrics
+from eoq.train import TrainingDiverged, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(data="embedded", train_limit=256, test_limit=200, batch_size=64, progress=False)
+
+
+def cfg(tmp_path, name, **kw):
+    return TrainConfig(**{**SMALL, "out": str(tmp_path / name), **kw})
+
+
+@pytest.mark.parametrize("preset,norm", [("eoq", "fixup"), ("fp32", "bn"), ("wageubn", "bn")])
+def test_short_run_writes_metrics_and_checkpoint(tmp_path, preset, norm):
+    run = train(cfg(tmp_path, "r", preset=preset, norm=norm, epochs=2, lr=0.05, train_limit=512))
+    rows = read_metrics(tmp_path / "r" / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(COLUMNS) <= set(rows[0])
+    assert all(0 <= r["test_acc"] <= 100 and r["train_loss"] > 0 for r in rows)
+    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert state["epoch"] == 2 and state["config"]["preset"] == preset
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]   # it learns
+    assert run.rows == state["rows"]
+
+
+def test_resume_after_an_epoch_is_bit_exact(tmp_path, monkeypatch):
+    import eoq.train as T
+
+    whole = train(cfg(tmp_path, "whole", epochs=2))
+    real = T.train_batches
+
+    def crash_in_epoch_2(*args, **kw):
+        if args[4] == 1:        # epoch index
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(T, "train_batches", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path, "parts", epochs=2))
+    monkeypatch.setattr(T, "train_batches", real)
+    parts = train(cfg(tmp_path, "parts", epochs=2, resume=True))
+    for (k, a), b in zip(whole.model.state_dict().items(), parts.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(whole.rows) == strip(parts.rows)
+
+
+def test_batch_size_one_trains(tmp_path):
+    run = train(cfg(tmp_path, "online", batch_size=1, train_limit=24, test_limit=20, epochs=1))
+    assert run.rows[0]["steps"] == 24
+
+
+def test_divergence_is_reported_with_the_step(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"at epoch 1, step \d+"):
+        train(cfg(tmp_path, "nan", preset="fp32", norm="none", lr=1e8, warmup=0.0, schedule="constant", epochs=1))
+
+
+def test_output_dir_and_resume_mistakes(tmp_path):
+    train(cfg(tmp_path, "a", epochs=1, train_limit=64))
+    with pytest.raises(ConfigError, match="holds another run"):
+        train(cfg(tmp_path, "a", epochs=1, train_limit=64))
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(cfg(tmp_path, "b", epochs=1, resume=True))
+    with pytest.raises(CheckpointError, match="model='resnet20'"):
+        train(cfg(tmp_path, "a", epochs=2, train_limit=64, model="resnet32", resume=True))
+    ckpt = tmp_path / "a" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        train(cfg(tmp_path, "a", epochs=2, train_limit=64, resume=True))
+
+
+def _cli(out, *extra):
+    return [sys.executable, "-m", "eoq", "train", "--data", "embedded", "--train-limit", "640",
+            "--test-limit", "100", "--batch-size", "16", "--epochs", "1", "--threads", "1",
+            "--checkpoint-every", "4", "--no-progress", "--out", str(out), *extra]
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run(_cli(tmp_path / "ref"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_cli(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 12:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(ckpt)                      # whatever moment it died, the checkpoint loads
+    assert state["epoch"] == 0 and 0 < state["step"] < 40, state["step"]
+    assert not (tmp_path / "killed" / "metrics.csv").exists()
+    subprocess.run(_cli(tmp_path / "killed", "--resume"), check=True, env=env, capture_output=True)
+    a = load_checkpoint(tmp_path / "ref" / "checkpoint.pt")
+    b = load_checkpoint(ckpt)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert a["rows"][0]["test_acc"] == b["rows"][0]["test_acc"]
+    assert [p.name for p in (tmp_path / "killed").iterdir() if p.name.endswith(".tmp")] == []
