@@ -1,4 +1,4 @@
-"""The ``eoq`` command line: ``eoq train``, ``eoq presets``.
+"""The ``eoq`` command line: ``eoq train``, ``eoq presets``, ``eoq cost``.
 
 Every mistake a user can make (unknown names, bad numbers, missing data, bad checkpoints) ends in
 one line ``eoq: error: ...`` and exit status 2; no traceback.
@@ -73,11 +73,37 @@ def _presets(args) -> int:
     return 0
 
 
+def _cost(args) -> int:
+    from analysis.cost_report import report
+    from analysis.cost_tables import TableError
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    from .models import MODELS
+
+    if args.model not in MODELS:
+        raise ConfigError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+    try:
+        text, r = report(args.model, args.batch_size, args.table, args.out)
+    except TableError as err:
+        raise ConfigError(str(err)) from None
+    print(text)
+    print(f"norm power ratio (fp32 BN / EOQ Fixup) = {r['norm']['power_ratio']:.1f}")
+    print(f"norm speed ratio (fp32 BN / EOQ Fixup) = {r['norm']['speed_ratio']:.1f}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="eoq", description="EOQ Workbench: 8-bit integer training without BN.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     sub.add_parser("presets", help="print every quantization preset in full").set_defaults(func=_presets)
+    c = sub.add_parser("cost", help="op counts, energy and latency of a training step: fp32+BN vs EOQ+Fixup")
+    c.add_argument("--model", default="resnet20")
+    c.add_argument("--batch-size", type=int, default=128)
+    c.add_argument("--table", default=None, help="JSON file overriding energy_pj / cycles entries")
+    c.add_argument("--out", default=None, help="also write the markdown report and figures here")
+    c.set_defaults(func=_cost)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -30,6 +30,7 @@ class GridParam:
 
     name: str
     param: nn.Parameter
+    owner: nn.Module
     exponent: torch.Tensor  # 0-d float buffer of its module, the LSB exponent
     bits: int
     lr_scale: float = 1.0
@@ -71,15 +72,15 @@ class _QuantizedLayer:
         q = self.quant.W
         if not q.enabled or (self.store_bits is not None and q.bits >= self.store_bits):
             return w
-        return apply_quant(q, w, self.generator)
+        return apply_quant(q, w, self.generator, "W", self)
 
     def grid_params(self, prefix: str) -> list[GridParam]:
         if self.store_bits is None:
             return []
-        out = [GridParam(prefix + "weight", self.weight, self.weight_exp, self.store_bits,
+        out = [GridParam(prefix + "weight", self.weight, self, self.weight_exp, self.store_bits,
                          update=self.quant.U)]
         if getattr(self, "bias", None) is not None:
-            out.append(GridParam(prefix + "bias", self.bias, self.bias_exp, self.store_bits,
+            out.append(GridParam(prefix + "bias", self.bias, self, self.bias_exp, self.store_bits,
                                  weight_decay=False, update=self.quant.U,
                                  grad_quant=self.quant.G))
         return out
@@ -89,7 +90,7 @@ class _QuantConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, layer):
         q = layer.quant
-        xq = apply_quant(q.A, x, layer.generator)
+        xq = apply_quant(q.A, x, layer.generator, "A", layer)
         wq = layer.forward_weight(w)
         ctx.save_for_backward(xq, wq)
         ctx.layer = layer
@@ -99,12 +100,12 @@ class _QuantConvFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         xq, wq = ctx.saved_tensors
         layer = ctx.layer
-        e = apply_quant(layer.quant.E, grad_out, layer.generator)
+        e = apply_quant(layer.quant.E, grad_out, layer.generator, "E", layer)
         gi, gw, _ = torch.ops.aten.convolution_backward(
             e, xq, wq, None, layer.stride, layer.padding, layer.dilation, False, [0, 0],
             layer.groups, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
         if gw is not None:
-            gw = apply_quant(layer.quant.G, gw, layer.generator)
+            gw = apply_quant(layer.quant.G, gw, layer.generator, "G", layer)
         return gi, gw, None
 
 
@@ -128,7 +129,7 @@ class _QuantLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, layer):
         q = layer.quant
-        xq = apply_quant(q.A, x, layer.generator)
+        xq = apply_quant(q.A, x, layer.generator, "A", layer)
         wq = layer.forward_weight(w)
         ctx.save_for_backward(xq, wq)
         ctx.layer = layer
@@ -139,9 +140,9 @@ class _QuantLinearFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         xq, wq = ctx.saved_tensors
         layer = ctx.layer
-        e = apply_quant(layer.quant.E, grad_out, layer.generator)
+        e = apply_quant(layer.quant.E, grad_out, layer.generator, "E", layer)
         gi = e @ wq if ctx.needs_input_grad[0] else None
-        gw = apply_quant(layer.quant.G, e.t() @ xq, layer.generator) if ctx.needs_input_grad[1] else None
+        gw = apply_quant(layer.quant.G, e.t() @ xq, layer.generator, "G", layer) if ctx.needs_input_grad[1] else None
         gb = e.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gi, gw, gb, None
 
@@ -182,7 +183,7 @@ class Scalar(nn.Module):
     def effective(self) -> torch.Tensor:
         v = self.value
         if self.quant.enabled and not self.stored:
-            v = v + (apply_quant(self.quant, v.detach(), self.generator) - v).detach()
+            v = v + (apply_quant(self.quant, v.detach(), self.generator, "S", self) - v).detach()
         return v
 
     def forward(self, x):

@@ -118,12 +118,12 @@ class EOQSGD(torch.optim.Optimizer):
 
     def _grid_step(self, p, grid: GridParam, group):
         gen, spec = self.generator, self.spec
-        g = apply_quant(grid.grad_quant, p.grad, gen)
+        g = apply_quant(grid.grad_quant, p.grad, gen, "G", grid.owner)
         if grid.weight_decay and group["weight_decay"]:
             g = g.add(p, alpha=group["weight_decay"])
         v = self._momentum(p, g, group["momentum"])
         if spec.M.enabled and group["momentum"]:
-            v.copy_(apply_quant(spec.M, v, gen))
+            v.copy_(apply_quant(spec.M, v, gen, "M", grid.owner))
         inv_lsb = torch.exp2(-grid.exponent)
         u_max = max_code(grid.update.bits)
         update = round_(v * (self.effective_lr(group, grid) * inv_lsb), grid.update.rounding, gen)

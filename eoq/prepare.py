@@ -26,6 +26,7 @@ def _snap(param: nn.Parameter, exp_buf: torch.Tensor, bits: int, ref_max: float)
 
 def prepare(model: nn.Module, spec: QuantSpec, generator: torch.Generator | None = None) -> nn.Module:
     for name, m in model.named_modules():
+        m.eoq_name = name
         if isinstance(m, (QConv2d, QLinear)):
             m.quant = spec.layer(name)
             m.generator = generator
@@ -54,7 +55,7 @@ def grid_params(model: nn.Module) -> list[GridParam]:
         if isinstance(m, (QConv2d, QLinear)):
             out.extend(m.grid_params(prefix))
         elif isinstance(m, Scalar) and m.stored:
-            out.append(GridParam(prefix + "value", m.value, m.exp, m.quant.bits,
+            out.append(GridParam(prefix + "value", m.value, m, m.exp, m.quant.bits,
                                  lr_scale=SCALAR_LR_SCALE, weight_decay=False,
                                  grad_quant=m.grad_quant, update=m.update))
     return out

@@ -16,6 +16,7 @@ import fnmatch
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from . import quantizers as Q
+from .observe import OBSERVERS
 from .quantizers import ROUNDINGS, QuantizationError, check_bits
 
 QUANTIZERS = ("sq", "fq", "cq")
@@ -209,10 +210,23 @@ class QuantSpec:
         return replace(self, **changes)
 
 
-def apply_quant(q: TensorQuant, x, generator=None):
-    """Quantize ``x`` as ``q`` says (float in, float on the grid out); identity for float kinds."""
+def apply_quant(q: TensorQuant, x, generator=None, kind: str = "", owner=None):
+    """Quantize ``x`` as ``q`` says (float in, float on the grid out); identity for float kinds.
+
+    ``kind`` (W, A, G, E, U, S, M) and ``owner`` (the module) are passed to attached observers."""
     if not q.enabled:
         return x
+    if OBSERVERS:
+        for obs in OBSERVERS:
+            obs.before(kind, owner)
+        out = _quantize(q, x, generator)
+        for obs in OBSERVERS:
+            obs.after(kind, q, x, out, owner)
+        return out
+    return _quantize(q, x, generator)
+
+
+def _quantize(q: TensorQuant, x, generator):
     if q.quantizer == "sq":
         return Q.sq(x, q.bits, q.rounding, generator)
     if q.quantizer == "fq":

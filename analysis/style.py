@@ -1,0 +1,33 @@
+"""One paper style for every figure: readable fonts, light grid, PNG and PDF side by side."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = {
+    "figure.dpi": 110, "savefig.dpi": 200, "font.size": 10, "axes.titlesize": 11,
+    "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9,
+    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+    "lines.linewidth": 1.6, "savefig.bbox": "tight",
+}
+COLORS = {"fp32+BN": "#1f77b4", "fp32+Fixup": "#2ca02c", "EOQ": "#d62728"}
+
+
+def figure(ncols: int = 1, width: float = 4.2, height: float = 3.2):
+    plt.rcParams.update(STYLE)
+    return plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False, layout="constrained")
+
+
+def save(fig, path_stem) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.pdf``; returns both paths."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in out:
+        fig.savefig(p)
+    plt.close(fig)
+    return out

@@ -1,0 +1,103 @@
+"""Cost model: GEMM MACs against FlopCounterMode, BN against a hand count, tables, CLI."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from analysis.cost import CostTally, count_bn, count_training_step
+from analysis.cost_tables import TableError, load_tables
+from eoq.batchnorm import QBatchNorm2d
+from eoq.cli import main
+from eoq.models import build_model
+from eoq.optimizer import EOQSGD
+from eoq.prepare import prepare
+from eoq.presets import get_preset
+
+
+def flops(model, x, y, backward: bool) -> float:
+    fc = FlopCounterMode(display=False)
+    with fc:
+        loss = F.cross_entropy(model(x), y)
+        if backward:
+            loss.backward()
+    model.zero_grad(set_to_none=True)
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("name,norm,preset", [("resnet20", "bn", "fp32"), ("resnet20", "fixup", "eoq"),
+                                              ("resnet18", "fixup", "eoq"), ("resnet18", "bn", "fp32")])
+def test_gemm_macs_equal_flop_counter(name, norm, preset):
+    torch.manual_seed(0)
+    model = build_model(name, norm)
+    spec = get_preset(preset)
+    prepare(model, spec, torch.Generator().manual_seed(0))
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
+    fwd = flops(model, x, y, backward=False)
+    total = flops(model, x, y, backward=True)
+    tally = count_training_step(model, EOQSGD(model, spec, lr=0.1), x, y)
+    assert tally.macs("forward") == fwd / 2
+    assert tally.macs(("backward_error", "weight_grad")) == (total - fwd) / 2
+    assert tally.macs("weight_grad") == tally.macs("forward")       # every weight gets a gradient
+    assert tally.macs("backward_error") < tally.macs("forward")     # the input image needs no error
+
+
+def test_bn_counts_of_one_layer_equal_a_hand_count():
+    """BN over (N, C, H, W) = (2, 3, 4, 4): m = 32 values per channel, mC = 96, C = 3.
+
+    forward adds: sum for the mean 96, x - mu 96, sum of squares 96, + beta 96, + eps 3,
+                  running mean/var 6                                                  = 393
+    forward mults: squares 96, x_hat = (x - mu) * (1/std) 96, gamma * x_hat 96, running stats 15 = 303
+    forward div: mean 3, variance 3, 1/std 3 = 9;  sqrt: 3
+    weight grad: dbeta adds 96; dgamma mults 96 + adds 96                       adds 192, mults 96
+    input grad: (dy - dbeta/m - x_hat dgamma/m) adds 192; x_hat * (dgamma/m) 96 and * gamma/std 96
+                mults, plus gamma * (1/std) per channel 3                       adds 192, mults 195
+                dbeta/m and dgamma/m: div 6
+    """
+    t = CostTally()
+    count_bn(t, "bn", (2, 3, 4, 4), QBatchNorm2d(3), needs_input_grad=True)
+    got = {}
+    for (_, _, phase, op, fmt), n in t.counts.items():
+        if op not in ("read", "write"):
+            assert fmt == "fp32"
+            got[(phase, op)] = got.get((phase, op), 0) + n
+    assert got == {("forward", "add"): 393, ("forward", "mult"): 303, ("forward", "div"): 9,
+                   ("forward", "sqrt"): 3, ("weight_grad", "add"): 192, ("weight_grad", "mult"): 96,
+                   ("backward_error", "add"): 192, ("backward_error", "mult"): 195,
+                   ("backward_error", "div"): 6}
+
+
+def test_norm_part_of_eoq_has_no_sqrt_or_division():
+    torch.manual_seed(0)
+    model = build_model("resnet20", "fixup")
+    spec = get_preset("eoq")
+    prepare(model, spec)
+    t = count_training_step(model, EOQSGD(model, spec, lr=0.1), torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    ops = {(op, fmt) for (_, cat, _, op, fmt), _ in t.select(category="norm")}
+    assert not any(op in ("sqrt", "div") for op, _ in ops)
+    assert not any(fmt.startswith("fp") for op, fmt in ops if op not in ("read", "write"))
+
+
+def test_tables_override_and_errors(tmp_path):
+    energy, cycles = load_tables()
+    assert energy["add"]["fp32"] == 0.9 and energy["mult"]["int8"] == 0.2 and energy["mult"]["int32"] == 3.1
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"energy_pj": {"sqrt": {"fp32": 99}}, "cycles": {"div": {"fp32": 7}}}))
+    energy, cycles = load_tables(str(path))
+    assert energy["sqrt"]["fp32"] == 99 and cycles["div"]["fp32"] == 7 and energy["add"]["fp32"] == 0.9
+    for bad in ({"energy_pj": {"sqr": {"fp32": 1}}}, {"energy_pj": {"sqrt": {"fp64": 1}}},
+                {"energy_pj": {"sqrt": {"fp32": -1}}}, {"power": {}}):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(TableError):
+            load_tables(str(path))
+
+
+def test_cost_command_ends_with_the_two_ratio_lines(capsys, tmp_path):
+    assert main(["cost", "--model", "resnet20", "--batch-size", "4", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("norm power ratio (fp32 BN / EOQ Fixup) = ")
+    assert lines[-1].startswith("norm speed ratio (fp32 BN / EOQ Fixup) = ")
+    assert float(lines[-2].split("=")[1]) > 1 and float(lines[-1].split("=")[1]) > 1
+    assert (tmp_path / "cost_energy_resnet20.png").exists() and (tmp_path / "cost_resnet20.md").exists()
+    assert main(["cost", "--model", "resnet21"]) == 2
