@@ -30,6 +30,7 @@ from .models import build_model
 from .optimizer import EOQSGD
 from .prepare import prepare
 from .presets import load_spec
+from .quantizers import QuantizationError
 from .schedule import lr_at
 
 
@@ -160,15 +161,20 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Run:
                 lr = lr_at(run.epoch * n_steps + step, total, cfg.lr, cfg.schedule, cfg.warmup)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss became {loss.item()} at epoch {run.epoch + 1}, step {step + 1}; "
-                        f"the last good checkpoint is {str(ckpt)!r} (try a lower --lr)")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                try:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                    if not torch.isfinite(loss):
+                        raise QuantizationError(f"loss became {loss.item()}")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                except QuantizationError as err:  # NaN/Inf met by a quantizer or in the loss
+                    last = (f"the last good checkpoint is {str(ckpt)!r}" if ckpt.exists()
+                            else "no checkpoint was written yet")
+                    what = str(err).split(":")[0]
+                    raise TrainingDiverged(f"{what} at epoch {run.epoch + 1}, step {step + 1}; "
+                                           f"{last} (try a lower --lr or a longer --warmup)") from None
                 run.step = step + 1
                 run.sums["loss"] += loss.item() * len(y)
                 run.sums["correct"] += int((logits.argmax(1) == y).sum())

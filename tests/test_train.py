@@ -87,25 +87,53 @@ def _cli(out, *extra):
             "--checkpoint-every", "4", "--no-progress", "--out", str(out), *extra]
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    subprocess.run(_cli(tmp_path / "ref"), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_cli(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoint.pt"
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ref"
+    subprocess.run(_cli(out), check=True, env=ENV, capture_output=True)
+    return load_checkpoint(out / "checkpoint.pt")
+
+
+def _stop_mid_epoch(out, sig):
+    """Start a run, send ``sig`` once a mid-epoch checkpoint at step >= 12 exists; return the exit code."""
+    proc = subprocess.Popen(_cli(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = out / "checkpoint.pt"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 12:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
-    state = load_checkpoint(ckpt)                      # whatever moment it died, the checkpoint loads
+    return proc.returncode, proc.stderr.read().decode()
+
+
+def _resume_and_compare(out, reference):
+    subprocess.run(_cli(out, "--resume"), check=True, env=ENV, capture_output=True)
+    state = load_checkpoint(out / "checkpoint.pt")
+    for k, v in reference["model"].items():
+        assert torch.equal(v, state["model"][k]), k
+    assert reference["rows"][0]["test_acc"] == state["rows"][0]["test_acc"]
+    assert reference["rows"][0]["train_loss"] == state["rows"][0]["train_loss"]
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference):
+    out = tmp_path / "killed"
+    code, _ = _stop_mid_epoch(out, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    state = load_checkpoint(out / "checkpoint.pt")     # whatever moment it died, the checkpoint loads
     assert state["epoch"] == 0 and 0 < state["step"] < 40, state["step"]
-    assert not (tmp_path / "killed" / "metrics.csv").exists()
-    subprocess.run(_cli(tmp_path / "killed", "--resume"), check=True, env=env, capture_output=True)
-    a = load_checkpoint(tmp_path / "ref" / "checkpoint.pt")
-    b = load_checkpoint(ckpt)
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    assert a["rows"][0]["test_acc"] == b["rows"][0]["test_acc"]
-    assert [p.name for p in (tmp_path / "killed").iterdir() if p.name.endswith(".tmp")] == []
+    assert not (out / "metrics.csv").exists()
+    _resume_and_compare(out, reference)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference):
+    out = tmp_path / "terminated"
+    code, err = _stop_mid_epoch(out, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM and "continue with --resume" in err, err
+    assert "Traceback" not in err
+    _resume_and_compare(out, reference)
