@@ -73,14 +73,18 @@ class ResidualBlock(nn.Module):
                 x = F.relu(x)
         return x
 
-    def forward(self, x):
+    def residual(self, x):
+        """The residual unit x -> F(x) + shortcut(x), before the block's final ReLU."""
         if isinstance(self.shortcut, nn.Identity):
             identity = x
         elif self.norm == "fixup":
             identity = self.shortcut(self.biases_in[0](x))
         else:
             identity = self.shortcut(x)
-        return F.relu(self.branch(x) + identity)
+        return self.branch(x) + identity
+
+    def forward(self, x):
+        return F.relu(self.residual(x))
 
 
 class BasicBlock(ResidualBlock):
