@@ -29,7 +29,6 @@ from torch.utils.module_tracker import ModuleTracker
 
 from eoq.batchnorm import QBatchNorm2d
 from eoq.layers import QConv2d, QLinear, Scalar
-from eoq.observe import observing
 from eoq.spec import TensorQuant
 
 PHASES = ("forward", "backward_error", "weight_grad", "update")

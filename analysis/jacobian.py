@@ -105,8 +105,8 @@ def rademacher(shape, generator, dtype=torch.float32) -> torch.Tensor:
     return torch.randint(0, 2, shape, generator=generator).to(dtype).mul_(2).sub_(1)
 
 
-def hutchinson(f, xs: torch.Tensor, probes: int = 1, generator: torch.Generator | None = None) -> PhiEstimate:
-    """Matrix-free phi1/phi2 from ||J^T v||^2 and ||J J^T v||^2, batched over samples x probes."""
+def hutchinson_terms(f, xs: torch.Tensor, probes: int = 1, generator: torch.Generator | None = None):
+    """Per (probe, sample) estimates ||J^T v||^2 / N_out and ||J J^T v||^2 / N_out, and (N_in, N_out)."""
     if probes < 1:
         raise JacobianError("probes must be >= 1")
     _check_finite(xs, "the block input")
@@ -118,11 +118,19 @@ def hutchinson(f, xs: torch.Tensor, probes: int = 1, generator: torch.Generator 
     V = rademacher((X.shape[0], *y0.shape[1:]), gen, xs.dtype)
     u, w = _vjp_jvp(f, X, V)
     _check_finite(u, "J^T v")
-    t1 = u.flatten(1).pow(2).sum(1) / n_out
-    t2 = w.flatten(1).pow(2).sum(1) / n_out
+    return u.flatten(1).pow(2).sum(1) / n_out, w.flatten(1).pow(2).sum(1) / n_out, (n_in, n_out)
+
+
+def from_terms(t1: torch.Tensor, t2: torch.Tensor, n_in: int, n_out: int, samples: int) -> PhiEstimate:
     p1, c1 = _mean_ci(t1)
     p2, c2 = _mean_ci(t2)
-    return PhiEstimate(p1, c1, p2, c2, n_in, n_out, "hutchinson", len(xs), probes)
+    return PhiEstimate(p1, c1, p2, c2, n_in, n_out, "hutchinson", samples, len(t1) // max(samples, 1))
+
+
+def hutchinson(f, xs: torch.Tensor, probes: int = 1, generator: torch.Generator | None = None) -> PhiEstimate:
+    """Matrix-free phi1/phi2 from ||J^T v||^2 and ||J J^T v||^2, batched over samples x probes."""
+    t1, t2, (n_in, n_out) = hutchinson_terms(f, xs, probes, generator)
+    return from_terms(t1, t2, n_in, n_out, len(xs))
 
 
 def slq(f, x: torch.Tensor, probes: int = 8, steps: int = 40, generator: torch.Generator | None = None) -> PhiEstimate:

@@ -44,6 +44,8 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--qstats-every", type=int, default=0,
+                   help="record quantization-error statistics every N steps into OUT/qstats (0: off)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_train)
 
@@ -53,8 +55,14 @@ def _train(args) -> int:
 
     keys = set(TrainConfig.__dataclass_fields__)
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
+    observers = ()
+    if cfg.qstats_every:
+        from analysis.qstats import QStatsCollector
+
+        cfg.validate()
+        observers = (QStatsCollector(cfg.qstats_every),)
     try:
-        run = train(cfg)
+        run = train(cfg, observers=observers)
     except TrainingDiverged as err:
         print(f"eoq: error: {err}", file=sys.stderr)
         return 3

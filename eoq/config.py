@@ -36,6 +36,7 @@ class TrainConfig:
     resume: bool = False
     threads: int | None = None
     checkpoint_every: int = 0    # steps between mid-epoch checkpoints (0: only at epoch ends)
+    qstats_every: int = 0        # steps between quantization-statistics samples (0: off)
     progress: bool = True
 
     def validate(self) -> "TrainConfig":
@@ -65,6 +66,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if self.qstats_every < 0:
+            raise ConfigError(f"--qstats-every must be >= 0, got {self.qstats_every}")
         return self
 
     # what must match for a checkpoint to be resumed into this configuration

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .layers import GridParam, Scalar
+from .observe import OBSERVERS
 from .prepare import SCALAR_LR_SCALE, grid_params
 from .quantizers import MIN_EXPONENT, max_code, round_
 from .spec import QuantSpec, SpecError, apply_quant
@@ -126,11 +127,15 @@ class EOQSGD(torch.optim.Optimizer):
             v.copy_(apply_quant(spec.M, v, gen, "M", grid.owner))
         inv_lsb = torch.exp2(-grid.exponent)
         u_max = max_code(grid.update.bits)
-        update = round_(v * (self.effective_lr(group, grid) * inv_lsb), grid.update.rounding, gen)
-        update.clamp_(-u_max, u_max)
+        delta = v * (self.effective_lr(group, grid) * inv_lsb)        # in units of the weight LSB
+        update = round_(delta, grid.update.rounding, gen).clamp_(-u_max, u_max)
         self.state[p]["last_update"] = update.to(torch.int8 if grid.update.bits <= 8 else torch.int32)
         k_max = max_code(grid.bits)
-        codes = (p * inv_lsb).round_().sub_(update).clamp_(-k_max, k_max)
+        codes = (p * inv_lsb).round_()
+        for obs in OBSERVERS:
+            obs.after("U", grid.update, delta, update, grid.owner, weight_codes=codes,
+                      weight=(float(grid.exponent), grid.bits))
+        codes = codes.sub_(update).clamp_(-k_max, k_max)
         codes = self._rescale(codes, grid, k_max)
         p.copy_(codes.mul_(torch.exp2(grid.exponent)))
 

@@ -10,6 +10,7 @@ as the uninterrupted run's. SIGINT/SIGTERM save a checkpoint at the next step bo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -27,6 +28,7 @@ from .config import ConfigError, TrainConfig
 from .data import load_cifar10
 from .metrics import write_metrics
 from .models import build_model
+from .observe import observing
 from .optimizer import EOQSGD
 from .prepare import prepare
 from .presets import load_spec
@@ -133,8 +135,12 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def train(cfg: TrainConfig, run: Run | None = None) -> Run:
-    """Train as ``cfg`` says; returns the finished run (its ``rows`` are the metrics)."""
+def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Run:
+    """Train as ``cfg`` says; returns the finished run (its ``rows`` are the metrics).
+
+    ``observers`` are attached to the quantization hook (eoq/observe.py) for the whole run; those
+    with ``step_begin(global_step)`` hear of every step, those with ``save(dir)`` save into
+    ``out/qstats`` after every epoch."""
     run = run or build_run(cfg)
     out = Path(cfg.out)
     ckpt = out / "checkpoint.pt"
@@ -151,7 +157,9 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Run:
     n_steps = steps_per_epoch(len(data.train_y), cfg.batch_size)
     total = n_steps * cfg.epochs
     model.train()
-    with _Signals() as signals:
+    with _Signals() as signals, contextlib.ExitStack() as stack:
+        for obs in observers:
+            stack.enter_context(observing(obs))
         while run.epoch < cfg.epochs:
             t0 = time.perf_counter()
             bar = tqdm(total=n_steps, initial=run.step, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
@@ -159,6 +167,9 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Run:
             for step, x, y in train_batches(data.train_x, data.train_y, cfg.batch_size, cfg.seed,
                                             run.epoch, run.step, cfg.augment):
                 lr = lr_at(run.epoch * n_steps + step, total, cfg.lr, cfg.schedule, cfg.warmup)
+                for obs in observers:
+                    if hasattr(obs, "step_begin"):
+                        obs.step_begin(run.epoch * n_steps + step)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 try:
@@ -201,6 +212,9 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Run:
             run.sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
             save_checkpoint(ckpt, checkpoint_state(run))
             write_metrics(out / "metrics.csv", run.rows)
+            for obs in observers:
+                if hasattr(obs, "save"):
+                    obs.save(out / "qstats")
             tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  train {row['train_acc']:.2f}%  "
                        f"test {row['test_acc']:.2f}%  {row['seconds']:.0f} s")
     return run

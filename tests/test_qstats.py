@@ -1,0 +1,73 @@
+"""Quantization-error statistics against hand-computed values, and collection during training."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.qstats import QStatsCollector, read_qstats, tensor_stats
+from eoq.cli import main
+from eoq.spec import TensorQuant
+
+
+@pytest.mark.parametrize("k", [4, 6, 8, 10])
+def test_uniform_input_sqnr_is_602_k_db(k):
+    """x ~ U(-1, 1): R = 1, step D = 2^(1-k): rounding noise D^2/12 gives 20 k log10 2 = 6.02 k dB; the
+    clip at 1 - D sends [1 - D/2, 1] (probability D/2) to the top code with mean square error 7 D^2/12,
+    so noise = D^2/12 (1 + 3D) and SQNR = 6.02 k - 10 log10(1 + 3D)."""
+    x = torch.rand(400_000, generator=torch.Generator().manual_seed(k), dtype=torch.float64) * 2 - 1
+    x[0] = 1.0
+    q = TensorQuant(bits=k)
+    from eoq.quantizers import sq
+    row, hist = tensor_stats("A", q, x, sq(x, k))
+    step = 2.0 ** (1 - k)
+    assert row["sqnr_db"] == pytest.approx(20 * k * math.log10(2) - 10 * math.log10(1 + 3 * step), abs=0.05)
+    assert row["exponent"] == 1 - k and abs(row["bias"]) < 1e-3
+    assert hist["values"].sum() == x.numel() and hist["codes"].sum() == x.numel()
+
+
+def test_saturation_and_zero_fractions_are_counted_exactly():
+    """900 values in [-0.9, 0.9] (none saturate: clip at 127/128), 100 at +-1.4 (all saturate, R = 1);
+    and 50 tiny values below half an LSB (2^-8) that round to zero."""
+    g = torch.Generator().manual_seed(0)
+    inner = torch.rand(900, generator=g) * 1.8 - 0.9
+    outer = torch.tensor([1.4, -1.4] * 50)
+    tiny = torch.full((50,), 2.0 ** -10)
+    x = torch.cat([inner, outer, tiny])
+    from eoq.quantizers import sq
+    row, _ = tensor_stats("E", TensorQuant(bits=8), x, sq(x, 8))
+    assert row["saturated"] == pytest.approx(100 / 1050)
+    inner_zero = int((inner.abs() < 2 ** -8).sum())
+    assert row["zeroed"] == pytest.approx((50 + inner_zero) / 1050)
+
+
+def test_collector_samples_every_n_steps_and_records_updates():
+    c = QStatsCollector(every=3)
+    owner = torch.nn.Module()
+    owner.eoq_name = "layer"
+    q = TensorQuant(bits=8, rounding="stochastic")
+    for step in range(7):
+        c.step_begin(step)
+        delta = torch.tensor([0.0, 0.2, 0.0, 3.0])
+        u = torch.tensor([0.0, 0.0, 0.0, 3.0])
+        c.after("U", q, delta, u, owner, weight_codes=torch.tensor([10.0, -20.0, 0.0, 127.0]), weight=(-9.0, 8))
+    assert sorted({r["step"] for r in c.rows}) == [0, 3, 6]
+    u_rows = [r for r in c.rows if r["kind"] == "U"]
+    w_rows = [r for r in c.rows if r["kind"] == "W"]
+    assert u_rows[0]["zero_updates"] == 0.75
+    assert u_rows[0]["update_weight_ratio"] == pytest.approx(3 / math.sqrt(100 + 400 + 127 ** 2))
+    assert w_rows[0]["saturated"] == 0.25 and w_rows[0]["zeroed"] == 0.25 and w_rows[0]["exponent"] == -9
+
+
+def test_training_with_collection(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "embedded", "--train-limit", "128", "--test-limit", "32", "--batch-size", "32",
+                 "--epochs", "1", "--no-progress", "--qstats-every", "2", "--out", str(out)]) == 0
+    rows = read_qstats(out / "qstats")
+    kinds = {r["kind"] for r in rows}
+    assert {"A", "E", "G", "U", "W", "S", "M"} <= kinds
+    assert sorted({int(r["step"]) for r in rows}) == [0, 2]
+    a = [r for r in rows if r["kind"] == "A"]
+    assert all(10 < r["sqnr_db"] < 60 for r in a)
+    hist = np.load(out / "qstats" / "qstats_hist.npz")
+    assert any(k.endswith("/E/values") for k in hist.files)
