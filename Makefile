@@ -1,8 +1,12 @@
-# make run   : the main job on the embedded CIFAR-10 subset (no network, no GPU)
-# make test  : the test suite
+# make run   : the main job, end to end on the embedded CIFAR-10 subset (no network, no GPU, a few minutes):
+#              trains fp32+BN, fp32+Fixup and 8-bit EOQ briefly, measures isometry and quantization error,
+#              counts the cost, and writes reports/quickstart/REPORT.md with its figures
+# make test  : the test suite (CI runs exactly this through .ci/run)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+Q := runs/quickstart
+TRAIN := $(BIN)/eoq train --data embedded --model resnet20 --epochs 3 --threads 2 --no-progress
 
 $(BIN)/eoq: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -13,7 +17,14 @@ $(BIN)/eoq: pyproject.toml constraints.txt
 install: $(BIN)/eoq
 
 run: install
-	$(BIN)/eoq train --data embedded --model resnet20 --norm fixup --preset eoq --epochs 3 --out runs/quickstart --threads 2
+	rm -rf $(Q)
+	$(TRAIN) --norm bn --preset fp32 --out $(Q)/bn_fp32
+	$(TRAIN) --norm fixup --preset fp32 --out $(Q)/fixup_fp32
+	$(TRAIN) --norm fixup --preset eoq --qstats-every 20 --out $(Q)/fixup_eoq
+	$(BIN)/python -m analysis.isometry_experiment --data embedded --depths 20 32 --steps 20 --images 16 \
+	    --threads 2 --out $(Q)/isometry
+	$(BIN)/eoq report $(Q)/bn_fp32 $(Q)/fixup_fp32 $(Q)/fixup_eoq --isometry $(Q)/isometry \
+	    --qstats $(Q)/fixup_eoq --out reports/quickstart --title "Quickstart report (embedded CIFAR-10 subset, 3 epochs)"
 
 test: install
 	$(BIN)/python -m pytest -q

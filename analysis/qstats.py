@@ -94,7 +94,7 @@ class QStatsCollector:
         row, hists = tensor_stats(kind, q, x, out, self.bins)
         layer = getattr(owner, "eoq_name", "?")
         row = {"step": self.step, "layer": layer, "kind": kind, **row,
-               "zero_updates": "", "update_weight_ratio": ""}
+               "zero_updates": float("nan"), "update_weight_ratio": float("nan")}
         if kind == "U":
             u = out.detach().double()
             row["zero_updates"] = float((u == 0).double().mean())
@@ -117,7 +117,7 @@ class QStatsCollector:
                           "numel": c.numel(), "sqnr_db": float("nan"), "rel_error": 0.0, "bias": 0.0,
                           "saturated": float((c.abs() >= m).double().mean()),
                           "zeroed": float((c == 0).double().mean()), "exponent": exponent,
-                          "zero_updates": "", "update_weight_ratio": ""})
+                          "zero_updates": float("nan"), "update_weight_ratio": float("nan")})
         if self.histograms:
             lo = int(c.min()) if c.numel() else 0
             ci = c.long().numpy()

@@ -1,4 +1,4 @@
-"""The ``eoq`` command line: ``eoq train``, ``eoq presets``, ``eoq cost``.
+"""The ``eoq`` command line: ``eoq train``, ``eoq presets``, ``eoq cost``, ``eoq report``.
 
 Every mistake a user can make (unknown names, bad numbers, missing data, bad checkpoints) ends in
 one line ``eoq: error: ...`` and exit status 2; no traceback.
@@ -102,6 +102,20 @@ def _cost(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from pathlib import Path
+
+    from analysis.report import build_report
+
+    for r in args.runs:
+        if not (Path(r) / "metrics.csv").exists():
+            raise ConfigError(f"{r!r} is not a finished run directory (no metrics.csv)")
+    path = build_report(args.runs, args.out, args.isometry, args.qstats, args.cost_model, args.cost_batch,
+                        args.title, " ".join(["eoq", "report"] + (args.argv or [])))
+    print(f"report written to {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="eoq", description="EOQ Workbench: 8-bit integer training without BN.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,7 +127,17 @@ def main(argv=None) -> int:
     c.add_argument("--table", default=None, help="JSON file overriding energy_pj / cycles entries")
     c.add_argument("--out", default=None, help="also write the markdown report and figures here")
     c.set_defaults(func=_cost)
+    r = sub.add_parser("report", help="figures and REPORT.md from run directories and analysis outputs")
+    r.add_argument("runs", nargs="*", help="run directories (eoq train --out)")
+    r.add_argument("--out", default="reports", help="where REPORT.md and the figures go")
+    r.add_argument("--isometry", default=None, help="output directory of analysis.isometry_experiment")
+    r.add_argument("--qstats", default=None, help="a run directory trained with --qstats-every")
+    r.add_argument("--cost-model", default="resnet20")
+    r.add_argument("--cost-batch", type=int, default=128)
+    r.add_argument("--title", default="EOQ Workbench report")
+    r.set_defaults(func=_report)
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[2:]
     try:
         return args.func(args)
     except USER_ERRORS as err:

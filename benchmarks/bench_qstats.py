@@ -1,0 +1,62 @@
+"""Overhead of quantization statistics collected every 50 steps (EOQ ResNet-20, batch 128, 2 threads).
+
+Medians (one run, same process) of: a plain training step; a step with the collector attached but
+not sampling; a sampled step. With sampling every N = 50 steps the overhead per step is
+    ((idle - plain) + (sampled - plain) / N) / plain.
+Last line: ``qstats overhead = <fraction>``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from analysis.qstats import QStatsCollector  # noqa: E402
+from benchmarks.common import median_time, setup  # noqa: E402
+from eoq.models import build_model  # noqa: E402
+from eoq.observe import observing  # noqa: E402
+from eoq.optimizer import EOQSGD  # noqa: E402
+from eoq.prepare import prepare  # noqa: E402
+from eoq.presets import get_preset  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    setup(args.threads)
+    torch.manual_seed(0)
+    model = build_model("resnet20", "fixup")
+    spec = get_preset("eoq")
+    gen = torch.Generator().manual_seed(0)
+    prepare(model, spec, gen)
+    opt = EOQSGD(model, spec, lr=0.05, generator=gen)
+    x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    collector = QStatsCollector(args.every)
+    plain = median_time(step, args.repeats, warmup=2)
+    with observing(collector):
+        collector.step_begin(1)
+        idle = median_time(step, args.repeats)
+        collector.step_begin(0)
+        sampled = median_time(step, max(args.repeats // 3, 3))
+    overhead = ((idle - plain) + (sampled - plain) / args.every) / plain
+    print(f"plain step {plain * 1e3:.1f} ms, collector idle {idle * 1e3:.1f} ms, sampled step {sampled * 1e3:.1f} ms "
+          f"({len(collector.rows)} rows recorded)")
+    print(f"qstats overhead = {max(overhead, 0.0):.4f}")
+
+
+if __name__ == "__main__":
+    main()
