@@ -41,6 +41,20 @@ DEFAULT_CYCLES = {
     "sqrt": {"int8": 10, "int16": 10, "int32": 20, "fp16": 10, "fp32": 20},
     "shift": {f: 1 for f in FORMATS}, "rand": {f: 1 for f in FORMATS},
 }
+ASSUMPTIONS = (
+    "int8/int32/fp16/fp32 add and multiply energies: Horowitz, ISSCC 2014, 45 nm",
+    "int16 add 0.05 pJ and multiply 0.8 pJ: interpolated (add ~ linear, multiply ~ quadratic in bits)",
+    "comparison costs an add of the same format; a shift costs an int8 add",
+    "division and square root cost 10 multiplies of the same format (iterative units, ~10 steps): "
+    "no Horowitz figure exists",
+    "one random byte for stochastic rounding costs an int8 add (LFSR)",
+    "SRAM 1.25 pJ/byte (10 pJ per 64-bit access, Horowitz's 8 KB SRAM); reported apart from the ratios",
+    "cycles: int add/cmp/shift/int8 mult 1, int16 mult 2, int32 mult 3, fp16 add 2 / mult 3, fp32 add 3 / "
+    "mult 4, int8/int16/fp16 div and sqrt 10, int32/fp32 div and sqrt 20 (assumed serial datapath)",
+    "power ratio = energy ratio per training step (equal throughput assumed)",
+    "quantized networks hold values between layers as int32 (accumulators), the loss in fp32; Fixup "
+    "scalars act on 8-bit codes (int8 multiply, int16 add), BN's WAGEUBN variant in int16/int8",
+)
 SOURCES = {
     "energy": "Horowitz, ISSCC 2014 (45 nm) for int8/int32/fp16/fp32 add and mult and memory; "
               "int16, comparison, shift, division, square root and random bits are assumptions "

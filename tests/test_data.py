@@ -69,18 +69,13 @@ def test_missing_and_malformed_sources(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match="not CIFAR-shaped"):
         load_cifar10(empty)
-    bad = tmp_path / "bad.zip"
-    with zipfile.ZipFile(bad, "w") as z:
-        z.writestr("train/giraffe/0.jpg", b"x")
-        z.writestr("test/giraffe/0.jpg", b"x")
-    with pytest.raises(DataError, match="not a CIFAR-10 class"):
-        load_cifar10(bad, use_cache=False)
-    corrupt = tmp_path / "corrupt.zip"
-    with zipfile.ZipFile(corrupt, "w") as z:
-        z.writestr("train/cat/0.jpg", b"not a jpeg")
-        z.writestr("test/cat/0.jpg", b"not a jpeg")
-    with pytest.raises(DataError, match="cannot decode"):
-        load_cifar10(corrupt, use_cache=False)
+    for name, cls, message in (("bad.zip", "giraffe", "not a CIFAR-10 class"), ("corrupt.zip", "cat", "cannot decode")):
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as z:
+            for part in ("train", "test"):
+                z.writestr(f"{part}/{cls}/0.jpg", b"not a jpeg")
+        with pytest.raises(DataError, match=message):
+            load_cifar10(path, use_cache=False)
 
 
 def test_no_source_at_all(monkeypatch, tmp_path):
