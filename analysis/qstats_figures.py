@@ -1,7 +1,8 @@
 """Figures and a table from a run's quantization statistics (``OUT/qstats``; see qstats.py).
 
     python -m analysis.qstats_figures RUN_DIR --out reports/qstats [--layer NAME]
-heatmap: median SQNR (dB) per layer (rows) and tensor kind (columns) over the sampled steps;
+heatmap: median SQNR (dB) per conv/linear layer (rows) and tensor kind (columns) over the sampled steps
+(Fixup scalars are in the summary table);
 curves: median over layers of SQNR, saturation and zero fractions per kind against the step;
 histograms: one layer's values of A, E and G at the last sample, with the quantization grid's
 clip range (+-(M + 1/2) LSB) drawn in, and its update codes.
@@ -47,7 +48,7 @@ def summary_table(rows) -> str:
 
 def plot_heatmap(rows, stem):
     kinds = [k for k in ("A", "E", "G", "U", "M") if any(r["kind"] == k for r in rows)]
-    layers = list(dict.fromkeys(r["layer"] for r in rows if r["kind"] in kinds))
+    layers = list(dict.fromkeys(r["layer"] for r in rows if r["kind"] == "A"))   # conv and linear layers
     grid = np.full((len(layers), len(kinds)), np.nan)
     for i, layer in enumerate(layers):
         for j, k in enumerate(kinds):
@@ -57,7 +58,7 @@ def plot_heatmap(rows, stem):
     im = ax.imshow(grid, aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set_yticks(range(len(layers)), [layer or "(model)" for layer in layers], fontsize=6)
-    ax.set(xlabel="tensor kind", title="median SQNR per layer and kind")
+    ax.set(xlabel="tensor kind", title="median SQNR, conv and linear layers")
     ax.grid(False)
     fig.colorbar(im, ax=ax, label="SQNR (dB)")
     return save(fig, stem)
