@@ -95,7 +95,6 @@ def count_bn(t: CostTally, name: str, shape, m: QBatchNorm2d, needs_input_grad: 
     """
     n, c = shape[0], shape[1]
     mc = n * c * int(torch.tensor(shape[2:]).prod()) if len(shape) > 2 else n * c
-    per = mc // c
     quant = m.stat_bits is not None
     stat = "int16" if quant else "fp32"
     elem = "int16" if quant else "fp32"
@@ -119,7 +118,6 @@ def count_bn(t: CostTally, name: str, shape, m: QBatchNorm2d, needs_input_grad: 
         t.add(name, "norm", "backward_error", "div", stat, 2 * c)
         t.add(name, "norm", "backward_error", "read", "byte", 2 * mc * b)
         t.add(name, "norm", "backward_error", "write", "byte", mc * b)
-    del per
 
 
 def count_quantizer(t: CostTally, name: str, phase: str, q: TensorQuant, numel: int, src: str = "int32") -> None:
