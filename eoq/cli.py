@@ -6,6 +6,7 @@ one line ``eoq: error: ...`` and exit status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from .checkpoint import CheckpointError
@@ -111,7 +112,7 @@ def _report(args) -> int:
         if not (Path(r) / "metrics.csv").exists():
             raise ConfigError(f"{r!r} is not a finished run directory (no metrics.csv)")
     path = build_report(args.runs, args.out, args.isometry, args.qstats, args.cost_model, args.cost_batch,
-                        args.title, " ".join(["eoq", "report"] + (args.argv or [])))
+                        args.title, shlex.join(["eoq", "report"] + (args.argv or [])))
     print(f"report written to {path}")
     return 0
 
