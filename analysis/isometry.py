@@ -72,7 +72,8 @@ def chain(model) -> list[tuple[str, str, object]]:
             + [("head", "head", model.head)])
 
 
-def _inputs(seq, images):
+def chain_inputs(seq, images) -> list:
+    """The input of every function of ``seq`` when ``images`` run through the chain."""
     xs, x = [], images
     with torch.no_grad():
         for _, _, fn in seq:
@@ -101,7 +102,7 @@ def measure_blocks(model: nn.Module, images: torch.Tensor, method: str = "hutchi
     rows = []
     with straight_through(model):
         seq = chain(model)
-        for (name, kind, fn), x in zip(seq, _inputs(seq, images)):
+        for (name, kind, fn), x in zip(seq, chain_inputs(seq, images)):
             todo = [(name, kind, fn)]
             if kind == "block":
                 todo.append((name, "residual", blocks[name].residual))

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from eoq.augment import to_float, train_batches
@@ -27,10 +26,10 @@ from eoq.models import build_model
 from eoq.optimizer import EOQSGD
 from eoq.prepare import prepare
 from eoq.presets import get_preset
-from eoq.quantizers import QuantizationError
+from eoq.train import TrainingDiverged, train_step
 
 from . import theorems
-from .isometry import chain, end_to_end, freeze_batchnorm, measure_blocks, quantized_backward_gains, serial_product
+from .isometry import chain, chain_inputs, end_to_end, freeze_batchnorm, measure_blocks, quantized_backward_gains, serial_product
 from .jacobian import slq
 from .style import figure, save
 
@@ -44,13 +43,8 @@ def train_steps(model, opt, data, steps: int, batch: int, seed: int) -> bool:
     while done < steps:
         for _, x, y in train_batches(data.train_x, data.train_y, batch, seed, epoch):
             try:
-                loss = F.cross_entropy(model(x), y)
-                if not torch.isfinite(loss):
-                    return False
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            except QuantizationError:
+                train_step(model, opt, x, y)
+            except TrainingDiverged:
                 return False
             done += 1
             if done >= steps:
@@ -128,12 +122,7 @@ def spectra_rows(images) -> list[dict]:
         prepare(model, get_preset("fp32"))
         model = freeze_batchnorm(model, images)
         seq = chain(model)
-        x = images[:1]
-        with torch.no_grad():
-            inputs = []
-            for _, _, fn in seq:
-                inputs.append(x)
-                x = fn(x)
+        inputs = chain_inputs(seq, images[:1])
         blocks = model.blocks()
         for pos, label in ((1, "first block"), (len(seq) - 2, "last block")):
             unit = blocks[pos - 1].residual

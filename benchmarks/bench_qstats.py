@@ -1,27 +1,29 @@
 """Overhead of quantization statistics collected every 50 steps (EOQ ResNet-20, batch 128, 2 threads).
 
-Medians (one run, same process) of: a plain training step; a step with the collector attached but
-not sampling; a sampled step. With sampling every N = 50 steps the overhead per step is
+Medians (one run, same process, the three kinds of step interleaved) of: a plain training step; a
+step with the collector attached but not sampling; a sampled step. With sampling every N = 50 steps the overhead per step is
     ((idle - plain) + (sampled - plain) / N) / plain.
 Last line: ``qstats overhead = <fraction>``.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis.qstats import QStatsCollector  # noqa: E402
-from benchmarks.common import median_time, setup  # noqa: E402
+from benchmarks.common import setup  # noqa: E402
 from eoq.models import build_model  # noqa: E402
 from eoq.observe import observing  # noqa: E402
 from eoq.optimizer import EOQSGD  # noqa: E402
 from eoq.prepare import prepare  # noqa: E402
 from eoq.presets import get_preset  # noqa: E402
+from eoq.train import train_step  # noqa: E402
 
 
 def main():
@@ -40,18 +42,27 @@ def main():
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
 
     def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, x, y)
 
     collector = QStatsCollector(args.every)
-    plain = median_time(step, args.repeats, warmup=2)
-    with observing(collector):
-        collector.step_begin(1)
-        idle = median_time(step, args.repeats)
-        collector.step_begin(0)
-        sampled = median_time(step, max(args.repeats // 3, 3))
+
+    def attached(sample: bool):
+        def run():
+            with observing(collector):
+                collector.step_begin(0 if sample else 1)
+                step()
+        return run
+
+    for _ in range(2):
+        step()                          # warm-up
+    kinds = {"plain": step, "idle": attached(False), "sampled": attached(True)}
+    times = {k: [] for k in kinds}
+    for _ in range(args.repeats):      # interleaved, so that drift of the shared machine hits all three
+        for k, fn in kinds.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    plain, idle, sampled = (statistics.median(times[k]) for k in kinds)
     overhead = ((idle - plain) + (sampled - plain) / args.every) / plain
     print(f"plain step {plain * 1e3:.1f} ms, collector idle {idle * 1e3:.1f} ms, sampled step {sampled * 1e3:.1f} ms "
           f"({len(collector.rows)} rows recorded)")

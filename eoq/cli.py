@@ -57,10 +57,9 @@ def _train(args) -> int:
     keys = set(TrainConfig.__dataclass_fields__)
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
     observers = ()
-    if cfg.qstats_every:
+    if cfg.qstats_every > 0:     # a negative value is reported by the config validation in train()
         from analysis.qstats import QStatsCollector
 
-        cfg.validate()
         observers = (QStatsCollector(cfg.qstats_every),)
     try:
         run = train(cfg, observers=observers)

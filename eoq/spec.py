@@ -216,14 +216,10 @@ def apply_quant(q: TensorQuant, x, generator=None, kind: str = "", owner=None):
     ``kind`` (W, A, G, E, U, S, M) and ``owner`` (the module) are passed to attached observers."""
     if not q.enabled:
         return x
-    if OBSERVERS:
-        for obs in OBSERVERS:
-            obs.before(kind, owner)
-        out = _quantize(q, x, generator)
-        for obs in OBSERVERS:
-            obs.after(kind, q, x, out, owner)
-        return out
-    return _quantize(q, x, generator)
+    out = _quantize(q, x, generator)
+    for obs in OBSERVERS:
+        obs.after(kind, q, x, out, owner)
+    return out
 
 
 def _quantize(q: TensorQuant, x, generator):

@@ -101,6 +101,23 @@ def restore(run: Run, state: dict) -> None:
     run.sums, run.rows = dict(state["sums"]), list(state["rows"])
 
 
+def train_step(model: torch.nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor):
+    """One SGD step on (x, y); returns (loss, logits).
+
+    Raises TrainingDiverged when the loss is not finite or a quantizer meets NaN/Inf."""
+    try:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    except QuantizationError as err:
+        raise TrainingDiverged(str(err).split(":")[0]) from None
+    return loss, logits
+
+
 def evaluate(model: torch.nn.Module, images, labels, batch_size: int = 500) -> float:
     """Top-1 accuracy in percent."""
     model.eval()
@@ -166,25 +183,19 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                        disable=not cfg.progress, leave=False, dynamic_ncols=True)
             for step, x, y in train_batches(data.train_x, data.train_y, cfg.batch_size, cfg.seed,
                                             run.epoch, run.step, cfg.augment):
-                lr = lr_at(run.epoch * n_steps + step, total, cfg.lr, cfg.schedule, cfg.warmup)
+                global_step = run.epoch * n_steps + step
+                lr = lr_at(global_step, total, cfg.lr, cfg.schedule, cfg.warmup)
                 for obs in observers:
                     if hasattr(obs, "step_begin"):
-                        obs.step_begin(run.epoch * n_steps + step)
+                        obs.step_begin(global_step)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 try:
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y)
-                    if not torch.isfinite(loss):
-                        raise QuantizationError(f"loss became {loss.item()}")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                except QuantizationError as err:  # NaN/Inf met by a quantizer or in the loss
+                    loss, logits = train_step(model, opt, x, y)
+                except TrainingDiverged as err:
                     last = (f"the last good checkpoint is {str(ckpt)!r}" if ckpt.exists()
                             else "no checkpoint was written yet")
-                    what = str(err).split(":")[0]
-                    raise TrainingDiverged(f"{what} at epoch {run.epoch + 1}, step {step + 1}; "
+                    raise TrainingDiverged(f"{err} at epoch {run.epoch + 1}, step {step + 1}; "
                                            f"{last} (try a lower --lr or a longer --warmup)") from None
                 run.step = step + 1
                 run.sums["loss"] += loss.item() * len(y)
