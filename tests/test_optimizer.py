@@ -5,12 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from eoq import kernels
 from eoq.layers import QLinear
 from eoq.models import build_model
 from eoq.optimizer import EOQSGD, momentum_shift, pow2_round
 from eoq.prepare import grid_params, prepare
 from eoq.presets import get_preset
 from eoq.spec import SpecError, TensorQuant, WeightPolicy
+from eoq.train import train_step
 
 
 def train_steps(model, opt, steps, seed=0, batch=16):
@@ -150,3 +152,37 @@ def test_bad_hyperparameters():
     for kw in ({"lr": 0}, {"lr": -1}, {"lr": 0.1, "momentum": 1.0}, {"lr": 0.1, "weight_decay": -1}):
         with pytest.raises(ValueError):
             EOQSGD(model, get_preset("fp32"), **kw)
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="fused kernels not built here")
+@pytest.mark.parametrize("preset", ["eoq", "eoq-float-ends"])
+def test_fused_kernels_give_the_reference_result_bit_for_bit(monkeypatch, preset):
+    """Whole ResNet-20 EOQ steps with the fused kernels == the torch reference (EOQ_KERNELS=0):
+    weights, exponents, momentum buffers and update codes, across exponent moves (high lr)."""
+    def run(env):
+        monkeypatch.setenv("EOQ_KERNELS", env)
+        torch.manual_seed(0)
+        model = build_model("resnet20", "fixup", num_classes=10)
+        gen = torch.Generator().manual_seed(1)
+        spec = get_preset(preset)
+        prepare(model, spec, gen)
+        start = [float(g.exponent) for g in grid_params(model)]
+        opt = EOQSGD(model, spec, lr=0.5, momentum=0.875, generator=gen)
+        data = torch.Generator().manual_seed(2)
+        for _ in range(3):
+            x = torch.randn(8, 3, 32, 32, generator=data)
+            y = torch.randint(0, 10, (8,), generator=data)
+            train_step(model, opt, x, y)
+        assert any(float(g.exponent) != e for g, e in zip(grid_params(model), start))  # policy acted
+        return model, opt
+    fast_model, fast_opt = run("1")
+    ref_model, ref_opt = run("0")
+    moved = 0
+    for (name, a), b in zip(fast_model.state_dict().items(), ref_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for g_fast, g_ref in zip(grid_params(fast_model), grid_params(ref_model)):
+        sa, sb = fast_opt.state[g_fast.param], ref_opt.state[g_ref.param]
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"]), g_fast.name
+        assert torch.equal(sa["last_update"], sb["last_update"]), g_fast.name
+        moved += int(sa["last_update"].count_nonzero())
+    assert moved > 0

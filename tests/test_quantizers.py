@@ -95,11 +95,14 @@ def test_cq_hand_worked():
         Q.cq(g, 8, 3)
 
 
-def test_stochastic_round_uses_floor_of_y_plus_u():
-    gen = torch.Generator().manual_seed(1)
-    u = torch.rand(5, generator=torch.Generator().manual_seed(1))
-    y = torch.tensor([0.2, 1.5, -0.7, 3.0, -2.25])
-    assert torch.equal(Q.stochastic_round(y, gen), torch.floor(y + u))
+def test_stochastic_round_uses_floor_of_y_plus_random_bits():
+    """SR(y) = floor(y + b / 2^16), b the hash bits of a key drawn from the generator."""
+    from eoq import rng
+    key = rng.draw_key(torch.Generator().manual_seed(1))
+    b = rng.random_bits((5,), key).double()
+    y = torch.tensor([0.2, 1.5, -0.7, 3.0, -2.25], dtype=torch.float64)
+    expect = torch.floor(y + b / 65536)          # exact in float64: y has few bits here
+    assert torch.equal(Q.stochastic_round(y, torch.Generator().manual_seed(1)), expect)
 
 
 @pytest.mark.parametrize("bad", [1, 25, 0, 8.0, True, "8"])
@@ -166,13 +169,13 @@ def test_same_seed_same_result(values, k, seed):
 
 @pytest.mark.parametrize("y", [0.3, -1.7, 5.01, 0.5, -0.999])
 def test_stochastic_rounding_is_unbiased(y):
-    """Mean of n draws of SR(y) is within 5 standard errors of y (SR's variance is p(1-p) <= 1/4)."""
+    """Mean of n draws of SR(y) is within 5 standard errors + the 2^-16 bit-depth bias of y."""
     n = 200_000
     gen = torch.Generator().manual_seed(123)
     draws = Q.stochastic_round(torch.full((n,), y, dtype=torch.float64), gen)
     p = y - math.floor(y)
     se = math.sqrt(p * (1 - p) / n)
-    assert abs(float(draws.mean()) - y) <= 5 * se + 1e-12
+    assert abs(float(draws.mean()) - y) <= 5 * se + 2 ** -16
     assert set(draws.unique().tolist()) <= {math.floor(y), math.floor(y) + 1}
 
 

@@ -1,0 +1,299 @@
+// Fused EOQ quantizer kernels (CPU). Bit-identical to the torch reference in eoq/quantizers.py
+// and eoq/rng.py; see eoq/kernels.py for how this file is compiled and when it is used.
+//
+//   amax(x)                          max|x| in one pass; NaN/Inf give a non-finite result
+//   round_scaled(x, e, m, r, k0, k1, codes)
+//       c = clamp(x * 2^-e, -m, m) rounded: r = 0 half-to-even, r = 1 stochastic,
+//       SR(y) = floor((floor(y * 2^16) + b) / 2^16) with b the 16 random bits of element i;
+//       returns c * 2^e (float32, same layout) or c as integer codes.
+//   random_bits(n, k0, k1)           the 16-bit random numbers b_0 .. b_{n-1} (for tests)
+// Element i is the row-major index in the *logical* shape (mod 2^32), so NCHW and channels-last
+// tensors get the same random bits for the same element.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <mutex>
+#include <vector>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace {
+
+inline uint32_t lowbias32(uint32_t x) {
+  x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+  return x;
+}
+
+inline uint32_t rbits32(uint32_t i, uint32_t k0, uint32_t k1) {
+  return lowbias32(lowbias32(i + k0) ^ k1) >> 16;
+}
+
+double abs_max(const at::Tensor& x_) {
+  at::Tensor x = x_.contiguous(x_.suggest_memory_format());
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "amax: float32 only");
+  const uint32_t* p = reinterpret_cast<const uint32_t*>(x.data_ptr<float>());
+  const int64_t n = x.numel();
+  // |x| ordered as the integer x_bits & 0x7fffffff (an integer max vectorizes); NaN and Inf have
+  // all exponent bits set, so they land above every finite value and the result is non-finite.
+  uint32_t r = at::parallel_reduce(0, n, 1 << 15, 0u, [&](int64_t b, int64_t e, uint32_t acc) {
+    uint32_t m = acc;
+    for (int64_t i = b; i < e; ++i) m = std::max(m, p[i] & 0x7fffffffu);
+    return m;
+  }, [](uint32_t a, uint32_t b) { return std::max(a, b); });
+  if (r >= 0x7f800000u) return std::numeric_limits<double>::infinity();
+  float f;
+  std::memcpy(&f, &r, sizeof f);
+  return f;
+}
+
+constexpr int64_t BLK = 512;
+
+// Quantize len elements s[0..len) whose logical indices are i0, i0 + di, i0 + 2 di, ...
+template <typename T, typename OUT>
+inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32_t di, float inv,
+                        float scale, T m, int64_t mode, uint32_t k0, uint32_t k1, bool codes) {
+  T c[BLK];
+  if (mode == 0) {
+    for (int64_t l = 0; l < len; ++l) {
+      T y = static_cast<T>(s[l] * inv);
+      y = y < -m ? -m : (y > m ? m : y);
+      c[l] = std::nearbyint(y);
+    }
+  } else {
+    uint32_t bits[BLK];
+    for (int64_t l = 0; l < len; ++l) bits[l] = rbits32(i0 + static_cast<uint32_t>(l) * di, k0, k1);
+    for (int64_t l = 0; l < len; ++l) {
+      T y = static_cast<T>(s[l] * inv);
+      y = y < -m ? -m : (y > m ? m : y);
+      T t = std::floor(y * static_cast<T>(65536)) + static_cast<T>(static_cast<int32_t>(bits[l]));
+      c[l] = std::floor(t * static_cast<T>(1.0 / 65536));
+    }
+  }
+  if (codes) {
+    for (int64_t l = 0; l < len; ++l) d[l] = static_cast<OUT>(c[l]);
+  } else {
+    for (int64_t l = 0; l < len; ++l) d[l] = static_cast<OUT>(static_cast<float>(c[l]) * scale);
+  }
+}
+
+template <typename T, typename OUT>
+void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, float scale, T m,
+         int64_t mode, uint32_t k0, uint32_t k1, bool codes) {
+  const int64_t n = x.numel();
+  if (!cl) {
+    at::parallel_for(0, (n + BLK - 1) / BLK, 16, [&](int64_t b, int64_t e) {
+      for (int64_t blk = b; blk < e; ++blk) {
+        const int64_t i = blk * BLK, len = std::min(BLK, n - i);
+        quant_block<T, OUT>(src + i, dst + i, len, static_cast<uint32_t>(i), 1u, inv, scale, m,
+                            mode, k0, k1, codes);
+      }
+    });
+    return;
+  }
+  // channels-last 4-D: memory order (n, h, w, c); logical index ((n*C + c)*H + h)*W + w
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  at::parallel_for(0, N * HW, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(C, 1)),
+                   [&](int64_t b, int64_t e) {
+    for (int64_t pix = b; pix < e; ++pix) {
+      const int64_t nn = pix / HW, hw = pix % HW;
+      const uint32_t base = static_cast<uint32_t>(nn * C * HW + hw);
+      for (int64_t c0 = 0; c0 < C; c0 += BLK) {
+        const int64_t len = std::min(BLK, C - c0);
+        quant_block<T, OUT>(src + pix * C + c0, dst + pix * C + c0, len,
+                            base + static_cast<uint32_t>(c0 * HW), static_cast<uint32_t>(HW),
+                            inv, scale, m, mode, k0, k1, codes);
+      }
+    }
+  });
+}
+
+at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code, int64_t mode,
+                        int64_t k0, int64_t k1, bool codes) {
+  TORCH_CHECK(x_.scalar_type() == at::kFloat, "round_scaled: float32 only");
+  const bool cl = x_.dim() == 4 && !x_.is_contiguous() && x_.is_contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor x = cl ? x_ : x_.contiguous();
+  const float scale = std::ldexp(1.0f, static_cast<int>(exponent));
+  const float inv = std::ldexp(1.0f, static_cast<int>(-exponent));
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const uint32_t u0 = static_cast<uint32_t>(k0), u1 = static_cast<uint32_t>(k1);
+  const float* src = x.data_ptr<float>();
+  at::Tensor out;
+  if (codes) {
+    auto dt = max_code <= 127 ? at::kChar : (max_code <= 32767 ? at::kShort : at::kInt);
+    out = at::empty(x.sizes(), x.options().dtype(dt), fmt);
+    if (dt == at::kChar)
+      run<float, int8_t>(src, out.data_ptr<int8_t>(), x, cl, inv, scale, float(max_code), mode, u0, u1, true);
+    else if (dt == at::kShort)
+      run<double, int16_t>(src, out.data_ptr<int16_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true);
+    else
+      run<double, int32_t>(src, out.data_ptr<int32_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true);
+  } else {
+    out = at::empty(x.sizes(), x.options(), fmt);
+    if (max_code <= 127)
+      run<float, float>(src, out.data_ptr<float>(), x, cl, inv, scale, float(max_code), mode, u0, u1, false);
+    else
+      run<double, float>(src, out.data_ptr<float>(), x, cl, inv, scale, double(max_code), mode, u0, u1, false);
+  }
+  return out;
+}
+
+// round(log2 a) exactly (frexp + compare with 2^-1/2), 0 for a = 0, floored at -100.
+int exponent_of(double a) {
+  if (a <= 0) return 0;
+  int p;
+  const double f = std::frexp(a, &p);
+  return std::max(f >= std::sqrt(0.5) ? p : p - 1, -100);
+}
+
+// The key draw of eoq.rng.draw_key: torch.randint(0, 2^32, (2,)) takes the low 32 bits of two
+// random64() draws of the CPU generator.
+std::pair<uint32_t, uint32_t> draw_key(c10::optional<at::Generator> gen_) {
+  auto gen = at::get_generator_or_default<at::CPUGeneratorImpl>(gen_, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  const uint32_t k0 = static_cast<uint32_t>(gen->random64());
+  const uint32_t k1 = static_cast<uint32_t>(gen->random64());
+  return {k0, k1};
+}
+
+// SQ(x, bits) in one call: max|x|, exponent, key draw (stochastic only), round. Returns
+// (values or codes, lsb exponent); raises on NaN/Inf.
+std::tuple<at::Tensor, int64_t> sq(const at::Tensor& x, int64_t bits, int64_t mode,
+                                   c10::optional<at::Generator> gen, bool codes) {
+  const double a = x.numel() ? abs_max(x) : 0.0;
+  TORCH_CHECK(std::isfinite(a), "cannot quantize a tensor holding NaN or Inf");
+  const int64_t lsb = exponent_of(a) + 1 - bits, m = (int64_t(1) << (bits - 1)) - 1;
+  std::pair<uint32_t, uint32_t> k{0, 0};
+  if (mode) k = draw_key(gen);
+  return {round_scaled(x, lsb, m, mode, k.first, k.second, codes), lsb};
+}
+
+// SQ of a float32 buffer in place (shift scale from its own max|x|), as eoq.quantizers.sq.
+void sq_inplace(at::Tensor& x, int64_t bits, int64_t mode, uint32_t k0, uint32_t k1) {
+  const double a = abs_max(x);
+  TORCH_CHECK(std::isfinite(a), "cannot quantize a tensor holding NaN or Inf");
+  const int64_t lsb = exponent_of(a) + 1 - bits, m = (int64_t(1) << (bits - 1)) - 1;
+  at::Tensor out = round_scaled(x, lsb, m, mode, k0, k1, false);
+  x.copy_(out);
+}
+
+// One EOQSGD step for integer-stored tensors (see eoq/optimizer.py, which holds the same
+// algorithm in torch ops and is the reference). cfg rows: lr_eff, bits, u_bits, u_mode,
+// gq_bits (0 = none), gq_mode, m_bits (0 = none), m_mode, saturate_frac, shrink_bits,
+// buffer_ready. keys: (n, 4, 2) int64 for G, M, U and the rescale.
+void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
+               std::vector<at::Tensor> bufs, std::vector<at::Tensor> exps,
+               std::vector<at::Tensor> updates, at::Tensor cfg_, at::Tensor keys_, double mu) {
+  const auto cfg = cfg_.accessor<double, 2>();
+  const auto keys = keys_.accessor<int64_t, 3>();
+  for (size_t i = 0; i < params.size(); ++i) {
+    at::Tensor p = params[i];
+    const int64_t n = p.numel();
+    const double lr = cfg[i][0];
+    const int64_t bits = int64_t(cfg[i][1]), u_bits = int64_t(cfg[i][2]), u_mode = int64_t(cfg[i][3]);
+    const int64_t gq_bits = int64_t(cfg[i][4]), gq_mode = int64_t(cfg[i][5]);
+    const int64_t m_bits = int64_t(cfg[i][6]), m_mode = int64_t(cfg[i][7]);
+    const double sat = cfg[i][8];
+    const int64_t shrink = int64_t(cfg[i][9]);
+    const bool ready = cfg[i][10] != 0;
+    auto key = [&](int slot, int w) { return static_cast<uint32_t>(keys[i][slot][w]); };
+
+    at::Tensor g = grads[i].contiguous();
+    if (gq_bits) { g = g.clone(); sq_inplace(g, gq_bits, gq_mode, key(0, 0), key(0, 1)); }
+    at::Tensor v = g;
+    if (mu != 0) {
+      at::Tensor buf = bufs[i];
+      float* b = buf.data_ptr<float>();
+      const float* gp = g.data_ptr<float>();
+      const float fmu = static_cast<float>(mu);
+      if (!ready) {
+        for (int64_t j = 0; j < n; ++j) b[j] = gp[j];
+      } else {
+        for (int64_t j = 0; j < n; ++j) { float t = b[j] * fmu; b[j] = t + gp[j]; }
+      }
+      if (m_bits) sq_inplace(buf, m_bits, m_mode, key(1, 0), key(1, 1));
+      v = buf;
+    }
+    float* ep = exps[i].data_ptr<float>();
+    int e = static_cast<int>(*ep);
+    const float c = static_cast<float>(lr) * std::ldexp(1.0f, -e);
+    const int64_t u_max = (int64_t(1) << (u_bits - 1)) - 1, k_max = (int64_t(1) << (bits - 1)) - 1;
+    const float* vp = v.data_ptr<float>();
+    float* pp = p.data_ptr<float>();
+    at::Tensor codes = at::empty({n}, at::kFloat);       // codes of up to 24 bits: exact in float
+    float* cp = codes.data_ptr<float>();
+    const uint32_t u0 = key(2, 0), u1 = key(2, 1);
+    const bool u8 = updates[i].scalar_type() == at::kChar;
+    int8_t* up8 = u8 ? updates[i].data_ptr<int8_t>() : nullptr;
+    int32_t* up32 = u8 ? nullptr : updates[i].data_ptr<int32_t>();
+    const float inv = std::ldexp(1.0f, -e);
+    // per-chunk max|code| and saturation count, combined after the parallel loop
+    const int64_t grain = 1 << 14, chunks = (n + grain - 1) / grain;
+    std::vector<double> cmax(chunks, 0.0);
+    std::vector<int64_t> csat(chunks, 0);
+    at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t ch = cb; ch < ce; ++ch) {
+        float amax_c = 0; int64_t nsat = 0;
+        const float km = float(k_max);
+        for (int64_t j0 = ch * grain, je = std::min(n, j0 + grain); j0 < je; j0 += BLK) {
+          const int64_t len = std::min(BLK, je - j0);
+          float ub[BLK];
+          if (u_max <= 127)
+            quant_block<float, float>(vp + j0, ub, len, uint32_t(j0), 1u, c, 1.0f, float(u_max),
+                                      u_mode, u0, u1, true);
+          else
+            quant_block<double, float>(vp + j0, ub, len, uint32_t(j0), 1u, c, 1.0f, double(u_max),
+                                       u_mode, u0, u1, true);
+          for (int64_t l = 0; l < len; ++l) {
+            if (u8) up8[j0 + l] = static_cast<int8_t>(ub[l]); else up32[j0 + l] = static_cast<int32_t>(ub[l]);
+          }
+          for (int64_t l = 0; l < len; ++l) {
+            float w = std::nearbyint(pp[j0 + l] * inv) - ub[l];
+            w = w < -km ? -km : (w > km ? km : w);
+            cp[j0 + l] = w;
+            const float aw = std::fabs(w);
+            amax_c = aw > amax_c ? aw : amax_c;
+            nsat += aw >= km;
+          }
+        }
+        cmax[ch] = amax_c; csat[ch] = nsat;
+      }
+    });
+    double amax_c = 0; int64_t nsat = 0;
+    for (int64_t ch = 0; ch < chunks; ++ch) { amax_c = std::max(amax_c, cmax[ch]); nsat += csat[ch]; }
+    if (amax_c >= double(k_max) && double(float(nsat) / float(n)) > sat) {
+      e += 1;
+      const uint32_t r0 = key(3, 0), r1 = key(3, 1);
+      for (int64_t j = 0; j < n; ++j) {
+        double h = std::floor((std::floor(double(cp[j]) * 0.5 * 65536.0) + double(rbits32(uint32_t(j), r0, r1))) / 65536.0);
+        cp[j] = float(h < -double(k_max) ? -double(k_max) : (h > double(k_max) ? double(k_max) : h));
+      }
+    } else if (amax_c > 0 && amax_c < std::ldexp(1.0, int(bits - 1 - shrink)) && e > -100) {
+      e -= 1;
+      for (int64_t j = 0; j < n; ++j) cp[j] *= 2;
+    }
+    const float scale = std::ldexp(1.0f, e);
+    for (int64_t j = 0; j < n; ++j) pp[j] = static_cast<float>(cp[j]) * scale;
+    *ep = static_cast<float>(e);
+  }
+}
+
+at::Tensor random_bits(int64_t n, int64_t k0, int64_t k1) {
+  at::Tensor out = at::empty({n}, at::kInt);
+  int32_t* d = out.data_ptr<int32_t>();
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<int32_t>(rbits32(uint32_t(i), uint32_t(k0), uint32_t(k1)));
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("amax", &abs_max);
+  m.def("round_scaled", &round_scaled);
+  m.def("random_bits", &random_bits);
+  m.def("grid_step", &grid_step);
+  m.def("sq", &sq);
+  m.def("draw_key", [](c10::optional<at::Generator> g) { auto k = draw_key(g); return std::make_tuple(int64_t(k.first), int64_t(k.second)); });
+}

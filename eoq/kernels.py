@@ -1,0 +1,69 @@
+"""The fused CPU quantizer kernels (``csrc/quant.cpp``): compiled once, cached, optional.
+
+The kernels compute exactly what the torch reference computes (tests compare them bit for bit),
+in two passes over memory instead of about ten: max|x|, then scale + clamp + round (+ the
+counter-hash random bits of :mod:`eoq.rng`) in one loop. They are built with the system C++
+compiler through ``torch.utils.cpp_extension`` the first time they are needed (about 30-60 s,
+announced on stderr) and cached in ``$EOQ_KERNEL_CACHE`` (default ``~/.cache/eoq/kernels``),
+keyed by the source, the torch version and the CPU. ``EOQ_KERNELS=0`` turns them off; a machine
+without a compiler falls back to the torch reference with one warning. Results do not change.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).parent / "csrc" / "quant.cpp"
+_state: dict = {}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EOQ_KERNEL_CACHE") or Path.home() / ".cache" / "eoq" / "kernels"
+    tag = hashlib.sha256(_SOURCE.read_bytes() + torch.__version__.encode()
+                         + torch.backends.cpu.get_cpu_capability().encode()).hexdigest()[:12]
+    return Path(root) / tag
+
+
+def enabled() -> bool:
+    return os.environ.get("EOQ_KERNELS", "1") != "0"
+
+
+def load():
+    """The compiled module, or None (disabled, or the build failed: warned once)."""
+    if not enabled():
+        return None
+    if "module" in _state:
+        return _state["module"]
+    from torch.utils import cpp_extension
+
+    build = cache_dir()
+    build.mkdir(parents=True, exist_ok=True)
+    name = "eoq_quant_" + build.name
+    if not any(build.glob(name + "*.so")):
+        print(f"eoq: compiling the fused quantizer kernels once (30-60 s), cached in {build}",
+              file=sys.stderr, flush=True)
+    try:
+        module = cpp_extension.load(name=name, sources=[str(_SOURCE)], build_directory=str(build),
+                                    extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+                                                  "-fopenmp"],
+                                    extra_ldflags=["-fopenmp"],
+                                    verbose=False)
+    except Exception as err:  # no compiler, no headers: fall back, results are the same
+        warnings.warn(f"eoq: fused quantizer kernels unavailable ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''}); using the torch reference "
+                      "(same results, slower). Set EOQ_KERNELS=0 to silence this.", stacklevel=2)
+        module = None
+    _state["module"] = module
+    return module
+
+
+def usable(x: torch.Tensor):
+    """The kernel module when it can take ``x`` (float32 on the CPU), else None."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not enabled():
+        return None
+    return load()
