@@ -5,11 +5,13 @@ in two passes over memory instead of about ten: max|x|, then scale + clamp + rou
 counter-hash random bits of :mod:`eoq.rng`) in one loop. They are built with the system C++
 compiler through ``torch.utils.cpp_extension`` the first time they are needed (about 30-60 s,
 announced on stderr) and cached in ``$EOQ_KERNEL_CACHE`` (default ``~/.cache/eoq/kernels``),
-keyed by the source, the torch version and the CPU. ``EOQ_KERNELS=0`` turns them off; a machine
-without a compiler falls back to the torch reference with one warning. Results do not change.
+keyed by the source, the torch version and the CPU. ``EOQ_KERNELS=0`` in the environment (read
+at import) or ``with kernels.disabled():`` turns them off; a machine without a compiler falls back
+to the torch reference with one warning. Results do not change.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 _SOURCE = Path(__file__).parent / "csrc" / "quant.cpp"
-_state: dict = {}
+_state: dict = {"enabled": os.environ.get("EOQ_KERNELS", "1") != "0"}
 
 
 def cache_dir() -> Path:
@@ -30,7 +32,18 @@ def cache_dir() -> Path:
 
 
 def enabled() -> bool:
-    return os.environ.get("EOQ_KERNELS", "1") != "0"
+    return _state["enabled"]
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the torch reference path inside the block (tests compare it with the kernels)."""
+    before = _state["enabled"]
+    _state["enabled"] = False
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
 
 
 def load():
@@ -64,6 +77,7 @@ def load():
 
 def usable(x: torch.Tensor):
     """The kernel module when it can take ``x`` (float32 on the CPU), else None."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not enabled():
+    if not _state["enabled"] or x.dtype is not torch.float32 or not x.is_cpu:
         return None
-    return load()
+    module = _state.get("module", False)
+    return load() if module is False else module

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import quantizers as Q
+from .observe import OBSERVERS
 from .spec import FLOAT, LayerQuant, TensorQuant, apply_quant
 
 
@@ -86,11 +87,115 @@ class _QuantizedLayer:
         return out
 
 
+def _input_quant(x, layer):
+    """A(x), unless x came out of :class:`_BiasQuantFn` already quantized for this layer."""
+    if getattr(x, "_eoq_quantized_for", None) is layer:
+        return x
+    return apply_quant(layer.quant.A, x, layer.generator, "A", layer)
+
+
+class _BiasQuantFn(torch.autograd.Function):
+    """A(x + b) for a Fixup bias b feeding a quantized layer, in one pass (no x + b tensor).
+
+    Backward: d/dx = grad (the layer's A is straight-through), d/db = grad summed to b's shape,
+    exactly what autograd computes for x + b."""
+
+    @staticmethod
+    def forward(ctx, x, v, layer):
+        ctx.v_shape = v.shape
+        q = layer.quant.A
+        return Q.sq_plus(x, v, q.bits, q.rounding, layer.generator)
+
+    @staticmethod
+    def backward(ctx, grad):
+        gv = grad.sum_to_size(ctx.v_shape) if ctx.needs_input_grad[1] else None
+        return grad, gv, None
+
+
+def fused_bias_input(x, v, layer):
+    """x + v as the input of ``layer``: fused with its A quantization when that is a plain SQ and
+    no observer wants the unquantized tensor; otherwise the plain sum."""
+    q = getattr(layer, "quant", None)
+    if q is None or not q.any or not q.A.enabled or q.A.quantizer != "sq" or OBSERVERS:
+        return x + v
+    out = _BiasQuantFn.apply(x, v, layer)
+    out._eoq_quantized_for = layer
+    return out
+
+
+class _ScaleQuantGradFn(torch.autograd.Function):
+    """y = x * s for the Fixup multiplier right after a quantized layer; its backward hands that
+    layer the error already quantized, E(grad * s), in one pass (no grad * s tensor).
+    d/ds = (grad * x) summed to s's shape, exactly what autograd computes for x * s."""
+
+    @staticmethod
+    def forward(ctx, x, v, layer):
+        ctx.save_for_backward(x, v)
+        ctx.layer = layer
+        return x * v
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, v = ctx.saved_tensors
+        layer = ctx.layer
+        q = layer.quant.E
+        gv = (grad * x).sum_to_size(v.shape) if ctx.needs_input_grad[1] else None
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = Q.sq_times(grad, v, q.bits, q.rounding, layer.generator)
+            gx._eoq_quantized_for = layer
+        return gx, gv, None
+
+
+def fused_scale_output(x, v, layer):
+    """x * v for the output of ``layer``, with its E quantization fused into the backward when E
+    is a plain SQ and no observer is attached (the error is then quantized once, here)."""
+    q = getattr(layer, "quant", None)
+    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS:
+        return x * v
+    return _ScaleQuantGradFn.apply(x, v, layer)
+
+
+class _ReluQuantGradFn(torch.autograd.Function):
+    """relu(x) after a quantized layer (through a Fixup bias, whose backward is the identity);
+    its backward hands that layer E(relu'(x) * grad) in one pass (no threshold_backward tensor)."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        out = torch.relu(x)
+        ctx.save_for_backward(out)
+        ctx.layer = layer
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        q = ctx.layer.quant.E
+        gx = Q.sq_relu_grad(grad, out, q.bits, q.rounding, ctx.layer.generator)
+        gx._eoq_quantized_for = ctx.layer
+        return gx, None
+
+
+def fused_relu(x, layer):
+    """relu(x) where x is ``layer``'s output plus a bias; E of ``layer`` fused into the backward
+    (same conditions as :func:`fused_scale_output`)."""
+    q = getattr(layer, "quant", None)
+    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS:
+        return F.relu(x)
+    return _ReluQuantGradFn.apply(x, layer)
+
+
+def _error_quant(grad_out, layer):
+    """E(grad_out), unless _ScaleQuantGradFn already quantized it for this layer."""
+    if getattr(grad_out, "_eoq_quantized_for", None) is layer:
+        return grad_out
+    return apply_quant(layer.quant.E, grad_out, layer.generator, "E", layer)
+
+
 class _QuantConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, layer):
-        q = layer.quant
-        xq = apply_quant(q.A, x, layer.generator, "A", layer)
+        xq = _input_quant(x, layer)
         wq = layer.forward_weight(w)
         ctx.save_for_backward(xq, wq)
         ctx.layer = layer
@@ -100,7 +205,7 @@ class _QuantConvFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         xq, wq = ctx.saved_tensors
         layer = ctx.layer
-        e = apply_quant(layer.quant.E, grad_out, layer.generator, "E", layer)
+        e = _error_quant(grad_out, layer)
         gi, gw, _ = torch.ops.aten.convolution_backward(
             e, xq, wq, None, layer.stride, layer.padding, layer.dilation, False, [0, 0],
             layer.groups, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
@@ -128,8 +233,7 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
 class _QuantLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, layer):
-        q = layer.quant
-        xq = apply_quant(q.A, x, layer.generator, "A", layer)
+        xq = _input_quant(x, layer)
         wq = layer.forward_weight(w)
         ctx.save_for_backward(xq, wq)
         ctx.layer = layer
@@ -186,9 +290,13 @@ class Scalar(nn.Module):
             v = v + (apply_quant(self.quant, v.detach(), self.generator, "S", self) - v).detach()
         return v
 
-    def forward(self, x):
+    def forward(self, x, feeds=None, after=None):
+        """x + v or x * v. A bias given the layer it ``feeds`` is fused with that layer's A; a
+        multiplier given the layer it comes ``after`` is fused with that layer's E."""
         v = self.effective()
-        return x + v if self.mode == "bias" else x * v
+        if self.mode == "scale":
+            return x * v if after is None else fused_scale_output(x, v, after)
+        return x + v if feeds is None else fused_bias_input(x, v, feeds)
 
     def extra_repr(self):
         return self.mode

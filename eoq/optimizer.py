@@ -10,7 +10,7 @@ then the exponent policy (:class:`~eoq.spec.WeightPolicy`) may move e by one bit
 of G, M, U and the policy's halving come from four keys per tensor drawn at the start of the step
 (eoq.rng). The integer-stored tensors are updated by one call into the fused kernel
 (``csrc/quant.cpp: grid_step``) when it is built and no observer is attached; the torch code
-below is the reference it is tested against bit for bit (``EOQ_KERNELS=0`` selects it). Float tensors
+below is the reference it is tested against bit for bit (``kernels.disabled()`` selects it). Float tensors
 (fp32 presets, float-end layers, BN) take the usual momentum SGD with the same lr, momentum and
 weight decay: v = mu v + g + wd w; w <- w - lr * lr_scale * v.
 
@@ -179,7 +179,12 @@ class EOQSGD(torch.optim.Optimizer):
         grads = []
         for (p, grid, group), decay in zip(items, decays):
             grads.append(p.grad.add(p, alpha=group["weight_decay"]) if decay else p.grad.contiguous())
-        rows[:, 0] = torch.tensor([self.effective_lr(group, grid) for _, grid, group in items],
+        lrs: dict = {}
+        for _, grid, group in items:
+            key = (id(group), grid.lr_scale)
+            if key not in lrs:
+                lrs[key] = self.effective_lr(group, grid)
+        rows[:, 0] = torch.tensor([lrs[(id(group), grid.lr_scale)] for _, grid, group in items],
                                   dtype=torch.float64)
         try:
             kernels.load().grid_step(params, grads, bufs, exps, updates, rows, keys,

@@ -6,10 +6,11 @@ sum with y rounds, so no integer datapath could reproduce it. Instead, every qua
 one 64-bit key (k0, k1) from the run's ``torch.Generator`` and element i (row-major index in the
 logical shape, whatever the memory layout) gets
 
-    b_i = lowbias32(lowbias32(i + k0 mod 2^32) XOR k1) >> 16        (16 bits, 0 .. 65535)
+    h_m = lowbias32(lowbias32(m + k0 mod 2^32) XOR k1),   b_2m = h_m >> 16,  b_2m+1 = h_m & 0xFFFF
 
-with lowbias32 the 32-bit integer hash of C. Wellons (xor-shift-multiply, a bijection with
-measured bias 0.17 in its avalanche test). Stochastic rounding is then
+(16 bits each, 0 .. 65535): one keyed hash serves two neighbouring elements. lowbias32 is the
+32-bit integer hash of C. Wellons (xor-shift-multiply, a bijection with measured bias 0.17 in its
+avalanche test); both halves of its output are well mixed. Stochastic rounding is then
 
     SR(y) = floor((floor(y * 2^16) + b) / 2^16)  ==  floor(y + b / 2^16)
 
@@ -55,8 +56,8 @@ def random_bits(shape, key: tuple[int, int], device=None) -> torch.Tensor:
     for s in shape:
         n *= int(s)
     i = torch.arange(n, dtype=torch.int64, device=device)
-    x = lowbias32((i + key[0]) & _M32) ^ key[1]
-    return (lowbias32(x) >> 16).reshape(tuple(shape))
+    h = lowbias32(lowbias32(((i >> 1) + key[0]) & _M32) ^ key[1])
+    return torch.where((i & 1) == 1, h & 0xFFFF, h >> 16).reshape(tuple(shape))
 
 
 def stochastic_round(y: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:

@@ -86,10 +86,11 @@ class LayerQuant:
     G: TensorQuant = FLOAT
     E: TensorQuant = FLOAT
     U: TensorQuant = FLOAT
+    any: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def any(self) -> bool:
-        return any(getattr(self, k).enabled for k in LAYER_KINDS)
+    def __post_init__(self):
+        # whether any kind is quantized; computed once (checked on every forward and backward)
+        object.__setattr__(self, "any", any(getattr(self, k).enabled for k in LAYER_KINDS))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
 """Quantized layers against PyTorch's own autograd on the quantized tensors (same random bits)."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,3 +112,39 @@ def test_qbatchnorm_without_bits_is_batchnorm():
     ref(x)
     assert torch.allclose(ours.running_mean, ref.running_mean, atol=1e-6)
     assert torch.allclose(ours.running_var, ref.running_var, atol=1e-6)
+
+
+class _NullObserver:
+    def after(self, *args, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_fused_bias_input_quantization_equals_the_plain_path(rounding):
+    """Fixup bias + A quantization fused (one pass) == bias add, then A (taken while an observer
+    is attached): outputs, input gradients and every parameter gradient, bit for bit."""
+    from eoq.models import build_model
+    from eoq.observe import observing
+    from eoq.prepare import prepare
+    from eoq.presets import get_preset
+
+    spec = get_preset("eoq").with_changes(A=TensorQuant(bits=8, rounding=rounding))
+
+    def run(observe):
+        torch.manual_seed(0)
+        model = build_model("resnet20", "fixup", num_classes=10)
+        prepare(model, spec, torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, Scalar):
+                    m.value.fill_(0.0625 if m.mode == "bias" else 1.0)
+        x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(4), requires_grad=True)
+        ctx = observing(_NullObserver()) if observe else contextlib.nullcontext()
+        with ctx:
+            out = model(x)
+            out.square().sum().backward()
+        return out, x.grad, [p.grad for p in model.parameters()]
+
+    fused, plain = run(False), run(True)
+    assert torch.equal(fused[0], plain[0]) and torch.equal(fused[1], plain[1])
+    assert all(torch.equal(a, b) for a, b in zip(fused[2], plain[2]))

@@ -1,4 +1,5 @@
 """EOQ optimizer: weights stay on their int8 grid, updates are int8 and unbiased, float path is SGD."""
+import contextlib
 import math
 
 import pytest
@@ -156,11 +157,14 @@ def test_bad_hyperparameters():
 
 @pytest.mark.skipif(kernels.load() is None, reason="fused kernels not built here")
 @pytest.mark.parametrize("preset", ["eoq", "eoq-float-ends"])
-def test_fused_kernels_give_the_reference_result_bit_for_bit(monkeypatch, preset):
-    """Whole ResNet-20 EOQ steps with the fused kernels == the torch reference (EOQ_KERNELS=0):
+def test_fused_kernels_give_the_reference_result_bit_for_bit(preset):
+    """Whole ResNet-20 EOQ steps with the fused kernels == the torch reference (kernels disabled):
     weights, exponents, momentum buffers and update codes, across exponent moves (high lr)."""
-    def run(env):
-        monkeypatch.setenv("EOQ_KERNELS", env)
+    def run(use_kernels):
+        with contextlib.nullcontext() if use_kernels else kernels.disabled():
+            return steps()
+
+    def steps():
         torch.manual_seed(0)
         model = build_model("resnet20", "fixup", num_classes=10)
         gen = torch.Generator().manual_seed(1)
@@ -175,8 +179,8 @@ def test_fused_kernels_give_the_reference_result_bit_for_bit(monkeypatch, preset
             train_step(model, opt, x, y)
         assert any(float(g.exponent) != e for g, e in zip(grid_params(model), start))  # policy acted
         return model, opt
-    fast_model, fast_opt = run("1")
-    ref_model, ref_opt = run("0")
+    fast_model, fast_opt = run(True)
+    ref_model, ref_opt = run(False)
     moved = 0
     for (name, a), b in zip(fast_model.state_dict().items(), ref_model.state_dict().values()):
         assert torch.equal(a, b), name

@@ -6,6 +6,9 @@
 //       c = clamp(x * 2^-e, -m, m) rounded: r = 0 half-to-even, r = 1 stochastic,
 //       SR(y) = floor((floor(y * 2^16) + b) / 2^16) with b the 16 random bits of element i;
 //       returns c * 2^e (float32, same layout) or c as integer codes.
+//   sq(x, bits, mode, generator, codes, bias, mult, mask)   SQ of x + bias, x * mult, or
+//       where(mask <= 0, 0, x) (relu backward) in one call
+//   grid_step(...)                   the integer-weight optimizer step (see eoq/optimizer.py)
 //   random_bits(n, k0, k1)           the 16-bit random numbers b_0 .. b_{n-1} (for tests)
 // Element i is the row-major index in the *logical* shape (mod 2^32), so NCHW and channels-last
 // tensors get the same random bits for the same element.
@@ -13,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <mutex>
+#include <string>
 #include <vector>
 #include <algorithm>
 #include <cmath>
@@ -27,9 +31,34 @@ inline uint32_t lowbias32(uint32_t x) {
   return x;
 }
 
-inline uint32_t rbits32(uint32_t i, uint32_t k0, uint32_t k1) {
-  return lowbias32(lowbias32(i + k0) ^ k1) >> 16;
+// One keyed hash gives the 16-bit numbers of two neighbouring elements: i = 2m -> high half,
+// i = 2m + 1 -> low half of lowbias32(lowbias32(m + k0) ^ k1).
+inline uint32_t pair_hash(uint32_t m, uint32_t k0, uint32_t k1) {
+  return lowbias32(lowbias32(m + k0) ^ k1);
 }
+
+inline uint32_t rbits32(uint32_t i, uint32_t k0, uint32_t k1) {
+  const uint32_t h = pair_hash(i >> 1, k0, k1);
+  return (i & 1u) ? (h & 0xffffu) : (h >> 16);
+}
+
+// bits[l] for the logical indices i0, i0 + di, ...; contiguous even runs hash once per pair.
+inline void fill_bits(uint32_t* bits, int64_t len, uint32_t i0, uint32_t di, uint32_t k0, uint32_t k1) {
+  if (di == 1 && (i0 & 1u) == 0) {
+    const int64_t pairs = len / 2;
+    const uint32_t m0 = i0 >> 1;
+    for (int64_t q = 0; q < pairs; ++q) {
+      const uint32_t h = pair_hash(m0 + static_cast<uint32_t>(q), k0, k1);
+      bits[2 * q] = h >> 16;
+      bits[2 * q + 1] = h & 0xffffu;
+    }
+    if (len & 1) bits[len - 1] = rbits32(i0 + static_cast<uint32_t>(len - 1), k0, k1);
+    return;
+  }
+  for (int64_t l = 0; l < len; ++l) bits[l] = rbits32(i0 + static_cast<uint32_t>(l) * di, k0, k1);
+}
+
+double abs_max_affine(const at::Tensor& x_, float mult, float bias, const float* mask = nullptr);
 
 double abs_max(const at::Tensor& x_) {
   at::Tensor x = x_.contiguous(x_.suggest_memory_format());
@@ -49,13 +78,66 @@ double abs_max(const at::Tensor& x_) {
   return f;
 }
 
+// The value a kernel quantizes: x, x * mult (as torch's x * s) or x + bias (as torch's x + b).
+inline float affine(float x, float mult, float bias) {
+  return mult != 1.0f ? x * mult : (bias != 0.0f ? x + bias : x);
+}
+
+// max|affine(x)|, same NaN/Inf convention as abs_max.
+inline uint32_t abs_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return u & 0x7fffffffu;
+}
+
+double abs_max_affine(const at::Tensor& x_, float mult, float bias, const float* mask) {
+  if (bias == 0.0f && mult == 1.0f && mask == nullptr) return abs_max(x_);
+  at::Tensor x = x_.contiguous(x_.suggest_memory_format());
+  const float* p = x.data_ptr<float>();
+  const int64_t n = x.numel();
+  // one simple loop per case, so that each vectorizes
+  uint32_t r = at::parallel_reduce(0, n, 1 << 15, 0u, [&](int64_t b, int64_t e, uint32_t acc) {
+    uint32_t m = acc;
+    if (mask) {
+      for (int64_t i = b; i < e; ++i) {  // branch-free: keep |x| where !(mask <= 0)
+        const uint32_t keep = 0u - static_cast<uint32_t>(!(mask[i] <= 0.0f));
+        m = std::max(m, abs_bits(p[i]) & keep);
+      }
+    } else if (mult != 1.0f) {
+      for (int64_t i = b; i < e; ++i) m = std::max(m, abs_bits(p[i] * mult));
+    } else {
+      for (int64_t i = b; i < e; ++i) m = std::max(m, abs_bits(p[i] + bias));
+    }
+    return m;
+  }, [](uint32_t a, uint32_t b) { return std::max(a, b); });
+  if (r >= 0x7f800000u) return std::numeric_limits<double>::infinity();
+  float f;
+  std::memcpy(&f, &r, sizeof f);
+  return f;
+}
+
 constexpr int64_t BLK = 512;
 
 // Quantize len elements s[0..len) whose logical indices are i0, i0 + di, i0 + 2 di, ...
 template <typename T, typename OUT>
 inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32_t di, float inv,
-                        float scale, T m, int64_t mode, uint32_t k0, uint32_t k1, bool codes) {
+                        float scale, T m, int64_t mode, uint32_t k0, uint32_t k1, bool codes,
+                        float bias = 0.0f, float mult = 1.0f, const float* mk = nullptr) {
   T c[BLK];
+  float src[BLK];
+  if (mk) {  // relu backward: where(mask <= 0, 0, x), as torch's threshold_backward
+    for (int64_t l = 0; l < len; ++l) {
+      const float v = s[l];
+      src[l] = mk[l] <= 0.0f ? 0.0f : v;
+    }
+    s = src;
+  } else if (mult != 1.0f) {
+    for (int64_t l = 0; l < len; ++l) src[l] = s[l] * mult;
+    s = src;
+  } else if (bias != 0.0f) {
+    for (int64_t l = 0; l < len; ++l) src[l] = s[l] + bias;
+    s = src;
+  }
   if (mode == 0) {
     for (int64_t l = 0; l < len; ++l) {
       T y = static_cast<T>(s[l] * inv);
@@ -64,7 +146,7 @@ inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32
     }
   } else {
     uint32_t bits[BLK];
-    for (int64_t l = 0; l < len; ++l) bits[l] = rbits32(i0 + static_cast<uint32_t>(l) * di, k0, k1);
+    fill_bits(bits, len, i0, di, k0, k1);
     for (int64_t l = 0; l < len; ++l) {
       T y = static_cast<T>(s[l] * inv);
       y = y < -m ? -m : (y > m ? m : y);
@@ -81,14 +163,15 @@ inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32
 
 template <typename T, typename OUT>
 void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, float scale, T m,
-         int64_t mode, uint32_t k0, uint32_t k1, bool codes) {
+         int64_t mode, uint32_t k0, uint32_t k1, bool codes, float bias, float mult,
+         const float* mask) {
   const int64_t n = x.numel();
   if (!cl) {
     at::parallel_for(0, (n + BLK - 1) / BLK, 16, [&](int64_t b, int64_t e) {
       for (int64_t blk = b; blk < e; ++blk) {
         const int64_t i = blk * BLK, len = std::min(BLK, n - i);
         quant_block<T, OUT>(src + i, dst + i, len, static_cast<uint32_t>(i), 1u, inv, scale, m,
-                            mode, k0, k1, codes);
+                            mode, k0, k1, codes, bias, mult, mask ? mask + i : nullptr);
       }
     });
     return;
@@ -104,14 +187,17 @@ void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, fl
         const int64_t len = std::min(BLK, C - c0);
         quant_block<T, OUT>(src + pix * C + c0, dst + pix * C + c0, len,
                             base + static_cast<uint32_t>(c0 * HW), static_cast<uint32_t>(HW),
-                            inv, scale, m, mode, k0, k1, codes);
+                            inv, scale, m, mode, k0, k1, codes, bias, mult, mask ? mask + pix * C + c0 : nullptr);
       }
     }
   });
 }
 
 at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code, int64_t mode,
-                        int64_t k0, int64_t k1, bool codes) {
+                        int64_t k0, int64_t k1, bool codes, double bias_ = 0.0, double mult_ = 1.0,
+                        c10::optional<at::Tensor> mask_ = c10::nullopt) {
+  const float bias = static_cast<float>(bias_), mult = static_cast<float>(mult_);
+  TORCH_CHECK(bias == 0.0f || mult == 1.0f, "round_scaled: bias and mult cannot both be set");
   TORCH_CHECK(x_.scalar_type() == at::kFloat, "round_scaled: float32 only");
   const bool cl = x_.dim() == 4 && !x_.is_contiguous() && x_.is_contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor x = cl ? x_ : x_.contiguous();
@@ -120,22 +206,28 @@ at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const uint32_t u0 = static_cast<uint32_t>(k0), u1 = static_cast<uint32_t>(k1);
   const float* src = x.data_ptr<float>();
+  const float* mask = nullptr;
+  if (mask_.has_value()) {
+    TORCH_CHECK(mask_->sizes() == x.sizes() && mask_->strides() == x.strides() &&
+                mask_->scalar_type() == at::kFloat, "round_scaled: mask must match x in shape and layout");
+    mask = mask_->data_ptr<float>();
+  }
   at::Tensor out;
   if (codes) {
     auto dt = max_code <= 127 ? at::kChar : (max_code <= 32767 ? at::kShort : at::kInt);
     out = at::empty(x.sizes(), x.options().dtype(dt), fmt);
     if (dt == at::kChar)
-      run<float, int8_t>(src, out.data_ptr<int8_t>(), x, cl, inv, scale, float(max_code), mode, u0, u1, true);
+      run<float, int8_t>(src, out.data_ptr<int8_t>(), x, cl, inv, scale, float(max_code), mode, u0, u1, true, bias, mult, mask);
     else if (dt == at::kShort)
-      run<double, int16_t>(src, out.data_ptr<int16_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true);
+      run<double, int16_t>(src, out.data_ptr<int16_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, mask);
     else
-      run<double, int32_t>(src, out.data_ptr<int32_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true);
+      run<double, int32_t>(src, out.data_ptr<int32_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, mask);
   } else {
     out = at::empty(x.sizes(), x.options(), fmt);
     if (max_code <= 127)
-      run<float, float>(src, out.data_ptr<float>(), x, cl, inv, scale, float(max_code), mode, u0, u1, false);
+      run<float, float>(src, out.data_ptr<float>(), x, cl, inv, scale, float(max_code), mode, u0, u1, false, bias, mult, mask);
     else
-      run<double, float>(src, out.data_ptr<float>(), x, cl, inv, scale, double(max_code), mode, u0, u1, false);
+      run<double, float>(src, out.data_ptr<float>(), x, cl, inv, scale, double(max_code), mode, u0, u1, false, bias, mult, mask);
   }
   return out;
 }
@@ -161,13 +253,19 @@ std::pair<uint32_t, uint32_t> draw_key(c10::optional<at::Generator> gen_) {
 // SQ(x, bits) in one call: max|x|, exponent, key draw (stochastic only), round. Returns
 // (values or codes, lsb exponent); raises on NaN/Inf.
 std::tuple<at::Tensor, int64_t> sq(const at::Tensor& x, int64_t bits, int64_t mode,
-                                   c10::optional<at::Generator> gen, bool codes) {
-  const double a = x.numel() ? abs_max(x) : 0.0;
+                                   c10::optional<at::Generator> gen, bool codes, double bias,
+                                   double mult, c10::optional<at::Tensor> mask) {
+  if (mask.has_value())
+    TORCH_CHECK(mask->sizes() == x.sizes() && mask->strides() == x.strides() &&
+                (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)),
+                "sq: mask must match x in shape and layout");
+  const double a = x.numel() ? abs_max_affine(x, float(mult), float(bias),
+                                              mask.has_value() ? mask->data_ptr<float>() : nullptr) : 0.0;
   TORCH_CHECK(std::isfinite(a), "cannot quantize a tensor holding NaN or Inf");
   const int64_t lsb = exponent_of(a) + 1 - bits, m = (int64_t(1) << (bits - 1)) - 1;
   std::pair<uint32_t, uint32_t> k{0, 0};
   if (mode) k = draw_key(gen);
-  return {round_scaled(x, lsb, m, mode, k.first, k.second, codes), lsb};
+  return {round_scaled(x, lsb, m, mode, k.first, k.second, codes, bias, mult, mask), lsb};
 }
 
 // SQ of a float32 buffer in place (shift scale from its own max|x|), as eoq.quantizers.sq.
@@ -188,7 +286,8 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
                std::vector<at::Tensor> updates, at::Tensor cfg_, at::Tensor keys_, double mu) {
   const auto cfg = cfg_.accessor<double, 2>();
   const auto keys = keys_.accessor<int64_t, 3>();
-  for (size_t i = 0; i < params.size(); ++i) {
+  // tensors are independent (own keys, own exponent): spread them over the threads
+  auto step_one = [&](size_t i) {
     at::Tensor p = params[i];
     const int64_t n = p.numel();
     const double lr = cfg[i][0];
@@ -231,12 +330,12 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     const float inv = std::ldexp(1.0f, -e);
     // per-chunk max|code| and saturation count, combined after the parallel loop
     const int64_t grain = 1 << 14, chunks = (n + grain - 1) / grain;
-    std::vector<double> cmax(chunks, 0.0);
+    std::vector<int32_t> cmax(chunks, 0);
     std::vector<int64_t> csat(chunks, 0);
     at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
       for (int64_t ch = cb; ch < ce; ++ch) {
-        float amax_c = 0; int64_t nsat = 0;
-        const float km = float(k_max);
+        int32_t amax_c = 0, nsat = 0;
+        const int32_t ikm = static_cast<int32_t>(k_max);
         for (int64_t j0 = ch * grain, je = std::min(n, j0 + grain); j0 < je; j0 += BLK) {
           const int64_t len = std::min(BLK, je - j0);
           float ub[BLK];
@@ -246,23 +345,23 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
           else
             quant_block<double, float>(vp + j0, ub, len, uint32_t(j0), 1u, c, 1.0f, double(u_max),
                                        u_mode, u0, u1, true);
+          if (u8) { for (int64_t l = 0; l < len; ++l) up8[j0 + l] = static_cast<int8_t>(ub[l]); }
+          else { for (int64_t l = 0; l < len; ++l) up32[j0 + l] = static_cast<int32_t>(ub[l]); }
+          // codes are integers of at most 24 bits: integer max/count reductions vectorize
           for (int64_t l = 0; l < len; ++l) {
-            if (u8) up8[j0 + l] = static_cast<int8_t>(ub[l]); else up32[j0 + l] = static_cast<int32_t>(ub[l]);
-          }
-          for (int64_t l = 0; l < len; ++l) {
-            float w = std::nearbyint(pp[j0 + l] * inv) - ub[l];
-            w = w < -km ? -km : (w > km ? km : w);
-            cp[j0 + l] = w;
-            const float aw = std::fabs(w);
+            int32_t w = static_cast<int32_t>(std::nearbyint(pp[j0 + l] * inv)) - static_cast<int32_t>(ub[l]);
+            w = w < -ikm ? -ikm : (w > ikm ? ikm : w);
+            cp[j0 + l] = static_cast<float>(w);
+            const int32_t aw = w < 0 ? -w : w;
             amax_c = aw > amax_c ? aw : amax_c;
-            nsat += aw >= km;
+            nsat += aw >= ikm;
           }
         }
         cmax[ch] = amax_c; csat[ch] = nsat;
       }
     });
     double amax_c = 0; int64_t nsat = 0;
-    for (int64_t ch = 0; ch < chunks; ++ch) { amax_c = std::max(amax_c, cmax[ch]); nsat += csat[ch]; }
+    for (int64_t ch = 0; ch < chunks; ++ch) { amax_c = std::max(amax_c, double(cmax[ch])); nsat += csat[ch]; }
     if (amax_c >= double(k_max) && double(float(nsat) / float(n)) > sat) {
       e += 1;
       const uint32_t r0 = key(3, 0), r1 = key(3, 1);
@@ -277,7 +376,19 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     const float scale = std::ldexp(1.0f, e);
     for (int64_t j = 0; j < n; ++j) pp[j] = static_cast<float>(cp[j]) * scale;
     *ep = static_cast<float>(e);
+  };
+  std::string error;
+  const int64_t count = static_cast<int64_t>(params.size());
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t i = 0; i < count; ++i) {
+    try {
+      step_one(static_cast<size_t>(i));
+    } catch (const std::exception& err) {
+#pragma omp critical
+      if (error.empty()) error = err.what();
+    }
   }
+  TORCH_CHECK(error.empty(), error);
 }
 
 at::Tensor random_bits(int64_t n, int64_t k0, int64_t k1) {
@@ -291,7 +402,10 @@ at::Tensor random_bits(int64_t n, int64_t k0, int64_t k1) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amax", &abs_max);
-  m.def("round_scaled", &round_scaled);
+  m.def("round_scaled", &round_scaled, pybind11::arg("x"), pybind11::arg("exponent"),
+        pybind11::arg("max_code"), pybind11::arg("mode"), pybind11::arg("k0"), pybind11::arg("k1"),
+        pybind11::arg("codes"), pybind11::arg("bias") = 0.0, pybind11::arg("mult") = 1.0,
+        pybind11::arg("mask") = pybind11::none());
   m.def("random_bits", &random_bits);
   m.def("grid_step", &grid_step);
   m.def("sq", &sq);

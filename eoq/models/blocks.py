@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..batchnorm import QBatchNorm2d
-from ..layers import QConv2d, Scalar
+from ..layers import QConv2d, Scalar, fused_relu
 
 NORMS = ("bn", "fixup", "none")
 
@@ -63,14 +63,14 @@ class ResidualBlock(nn.Module):
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
             if self.norm == "fixup":
-                x = self.biases_in[i](x)
+                x = self.biases_in[i](x, feeds=conv)
             x = conv(x)
             if self.norm == "bn":
                 x = self.bns[i](x)
             if self.norm == "fixup":
-                x = self.biases_out[i](self.scale(x) if i == last else x)
+                x = self.biases_out[i](self.scale(x, after=conv) if i == last else x)
             if i != last:
-                x = F.relu(x)
+                x = fused_relu(x, conv) if self.norm == "fixup" else F.relu(x)
         return x
 
     def residual(self, x):

@@ -78,7 +78,7 @@ class ResNet(nn.Module):
     def head(self, x):
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         if self.bias2 is not None:
-            x = self.bias2(x)
+            x = self.bias2(x, feeds=self.fc)
         return self.fc(x)
 
     def forward(self, x):
