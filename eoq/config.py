@@ -46,8 +46,8 @@ class TrainConfig:
             raise ConfigError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-        if self.engine not in ("sim",):
-            raise ConfigError(f"unknown engine {self.engine!r}; available: sim")
+        if self.engine not in ("sim", "int"):
+            raise ConfigError(f"unknown engine {self.engine!r}; available: sim, int")
         load_spec(self.preset)
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import intengine
 from . import quantizers as Q
 from .observe import OBSERVERS
 from .spec import FLOAT, LayerQuant, TensorQuant, apply_quant
@@ -65,6 +66,7 @@ class _QuantizedLayer:
         self.quant = LayerQuant()
         self.generator = None
         self.store_bits = None
+        self.engine = "sim"          # "int": eoq.intengine computes this layer on int8 codes
         self.ref_max = ref_max
         self.register_buffer("weight_exp", torch.zeros(()))
 
@@ -116,7 +118,7 @@ def fused_bias_input(x, v, layer):
     """x + v as the input of ``layer``: fused with its A quantization when that is a plain SQ and
     no observer wants the unquantized tensor; otherwise the plain sum."""
     q = getattr(layer, "quant", None)
-    if q is None or not q.any or not q.A.enabled or q.A.quantizer != "sq" or OBSERVERS:
+    if q is None or not q.any or not q.A.enabled or q.A.quantizer != "sq" or OBSERVERS or layer.engine != "sim":
         return x + v
     out = _BiasQuantFn.apply(x, v, layer)
     out._eoq_quantized_for = layer
@@ -151,7 +153,7 @@ def fused_scale_output(x, v, layer):
     """x * v for the output of ``layer``, with its E quantization fused into the backward when E
     is a plain SQ and no observer is attached (the error is then quantized once, here)."""
     q = getattr(layer, "quant", None)
-    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS:
+    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS or layer.engine != "sim":
         return x * v
     return _ScaleQuantGradFn.apply(x, v, layer)
 
@@ -180,7 +182,7 @@ def fused_relu(x, layer):
     """relu(x) where x is ``layer``'s output plus a bias; E of ``layer`` fused into the backward
     (same conditions as :func:`fused_scale_output`)."""
     q = getattr(layer, "quant", None)
-    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS:
+    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS or layer.engine != "sim":
         return F.relu(x)
     return _ReluQuantGradFn.apply(x, layer)
 
@@ -227,6 +229,8 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
     def forward(self, x):
         if not self.quant.any:
             return super().forward(x)
+        if self.engine == "int":
+            return intengine.IntConvFn.apply(x, self.weight, self)
         return _QuantConvFn.apply(x, self.weight, self)
 
 
@@ -263,6 +267,8 @@ class QLinear(nn.Linear, _QuantizedLayer):
     def forward(self, x):
         if not self.quant.any:
             return super().forward(x)
+        if self.engine == "int":
+            return intengine.IntLinearFn.apply(x, self.weight, self.bias, self)
         return _QuantLinearFn.apply(x, self.weight, self.bias, self)
 
 

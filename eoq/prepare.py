@@ -13,7 +13,8 @@ import torch.nn as nn
 from .batchnorm import QBatchNorm2d
 from .layers import GridParam, QConv2d, QLinear, Scalar, init_exponent
 from .quantizers import fixed_grid
-from .spec import QuantSpec
+from .intengine import check_spec
+from .spec import QuantSpec, SpecError
 
 SCALAR_LR_SCALE = 0.1  # Fixup: scalars train at lr / 10
 
@@ -24,12 +25,29 @@ def _snap(param: nn.Parameter, exp_buf: torch.Tensor, bits: int, ref_max: float)
         param.copy_(fixed_grid(param, exp_buf, bits))
 
 
-def prepare(model: nn.Module, spec: QuantSpec, generator: torch.Generator | None = None) -> nn.Module:
+ENGINES = ("sim", "int")
+
+
+def prepare(model: nn.Module, spec: QuantSpec, generator: torch.Generator | None = None,
+            engine: str = "sim") -> nn.Module:
+    """Bind ``spec`` to ``model``; ``engine`` 'sim' (float simulation) or 'int' (int8 GEMMs, see
+    eoq.intengine; every quantized layer must then have 8-bit SQ A/E/G/W and 8-bit storage)."""
+    if engine not in ENGINES:
+        raise SpecError(f"unknown engine {engine!r}; choose one of {ENGINES}")
     for name, m in model.named_modules():
         m.eoq_name = name
         if isinstance(m, (QConv2d, QLinear)):
             m.quant = spec.layer(name)
             m.generator = generator
+            m.engine = engine if m.quant.any else "sim"
+            if m.engine == "int":
+                check_spec(m.quant, name)
+                if spec.store_bits != 8 or not m.quant.U.enabled:
+                    raise SpecError(f"--engine int needs 8-bit integer weight storage (store_bits 8); "
+                                    f"layer {name!r} has {spec.store_bits}")
+                if isinstance(m, QConv2d) and (m.groups != 1 or m.dilation != (1, 1)
+                                               or m.stride[0] != m.stride[1] or m.padding[0] != m.padding[1]):
+                    raise SpecError(f"--engine int supports plain square convolutions; {name!r} is not")
             m.store_bits = spec.store_bits if m.quant.U.enabled else None
             if m.store_bits is not None:
                 _snap(m.weight, m.weight_exp, m.store_bits, m.ref_max)
@@ -44,6 +62,9 @@ def prepare(model: nn.Module, spec: QuantSpec, generator: torch.Generator | None
                 _snap(m.value, m.exp, spec.S.bits, 1.0)
         elif isinstance(m, QBatchNorm2d):
             m.stat_bits, m.value_bits, m.affine_bits = spec.bn_stat_bits, spec.bn_value_bits, spec.bn_affine_bits
+    if engine == "int" and not any(getattr(m, "engine", "sim") == "int" for m in model.modules()):
+        raise SpecError(f"--engine int has nothing to compute in integers: spec {spec.name!r} quantizes "
+                        "no layer (use the eoq preset)")
     return model
 
 

@@ -73,7 +73,7 @@ def build_run(cfg: TrainConfig) -> Run:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.norm, num_classes=len(data.classes))
     generator = torch.Generator().manual_seed(cfg.seed + 7919)
-    prepare(model, spec, generator)
+    prepare(model, spec, generator, engine=cfg.engine)
     opt = EOQSGD(model, spec, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                  scalar_lr_scale=cfg.scalar_lr_scale, generator=generator)
     return Run(cfg, model, opt, generator, data)
@@ -118,13 +118,14 @@ def train_step(model: torch.nn.Module, optimizer, x: torch.Tensor, y: torch.Tens
     return loss, logits
 
 
-def evaluate(model: torch.nn.Module, images, labels, batch_size: int = 500) -> float:
+def evaluate(model: torch.nn.Module, images, labels, batch_size: int = 500,
+             memory_format=torch.contiguous_format) -> float:
     """Top-1 accuracy in percent."""
     model.eval()
     correct = 0
     with torch.no_grad():
         for x, y in eval_batches(images, labels, batch_size):
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((model(x.contiguous(memory_format=memory_format)).argmax(1) == y).sum())
     model.train()
     return 100.0 * correct / max(len(labels), 1)
 
@@ -190,6 +191,8 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                         obs.step_begin(global_step)
                 for group in opt.param_groups:
                     group["lr"] = lr
+                if cfg.engine == "int":   # the integer engine keeps activations NHWC (no layout copies)
+                    x = x.contiguous(memory_format=torch.channels_last)
                 try:
                     loss, logits = train_step(model, opt, x, y)
                 except TrainingDiverged as err:
@@ -214,7 +217,8 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                                           f"saved to {str(ckpt)!r}; continue with --resume", signals.received)
             bar.close()
             try:
-                test_acc = evaluate(model, data.test_x, data.test_y)
+                test_acc = evaluate(model, data.test_x, data.test_y, memory_format=(
+                    torch.channels_last if cfg.engine == "int" else torch.contiguous_format))
             except QuantizationError as err:
                 last = (f"the last good checkpoint is {str(ckpt)!r}" if ckpt.exists()
                         else "no checkpoint was written yet")

@@ -1,0 +1,266 @@
+"""The integer execution engine: conv and linear layers computed in int8 x int8 -> int32 arithmetic.
+
+Selected with ``engine="int"`` (``eoq train --engine int``) for specs whose quantized layers have
+8-bit SQ activations A, errors E and gradients G and 8-bit stored weights (the ``eoq`` preset).
+Per quantized layer, with codes in channels-last (NHWC) order and K the GEMM's inner size:
+
+    forward        A codes (int8, SQ of the input)  x  W codes (the stored int8 weights)
+                   im2col(A) [N*Ho*Wo, kh*kw*Cin] @ W^T -> int32     ``torch._int_mm``
+    error          E codes (int8, SQ of dL/dout, stochastic rounding with the simulator's bits)
+                   im2col(dilate(E)) @ rot180(W)^T -> int32            (a transposed convolution)
+    weight grad    E^T @ im2col(A) -> int32 per chunk of rows, summed in int64, then
+                   G = SQ(., 8) evaluated on the integers (shift + the same random bits)
+
+The int32 accumulator never overflows silently: a product of two 8-bit codes is at most
+127 * 127, so a GEMM is split along K into chunks of at most ``SAFE_K`` = (2^31 - 1) // 127^2 =
+133,144 terms, whose int32 results are summed in int64 (the weight-gradient GEMM has K = N*Ho*Wo,
+131,072 at batch 128 on 32x32; the forward and error GEMMs have K <= 9 * 512). ``checked_int_mm``
+asserts the bound from the codes' actual range.
+
+Between layers the engine hands PyTorch float32 tensors holding ``int32 * 2^exponent`` exactly
+(for |int32| < 2^24), so the elementwise parts (Fixup scalars, ReLU, residual add, shortcut,
+pooling, loss gradient) run as float32 operations on exactly representable values -- the same
+operations the simulator runs -- and then the next layer quantizes them again. The results agree
+with the simulator bit for bit wherever the simulator's float32 GEMMs are exact (every partial
+sum below 2^24 in units of the LSB product); tests check this per layer and for a whole step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import quantizers as Q
+from . import rng
+from .observe import OBSERVERS
+from .spec import LayerQuant, SpecError
+
+SAFE_K = (2 ** 31 - 1) // (127 * 127)   # 133,144 int8 products always fit in int32
+
+
+def check_spec(quant: LayerQuant, name: str) -> None:
+    """The integer engine needs 8-bit SQ A/E/G and 8-bit stored weights on a quantized layer."""
+    for kind in ("A", "E", "G", "W"):
+        q = getattr(quant, kind)
+        if not q.enabled or q.bits > 8 or q.quantizer != "sq":
+            raise SpecError(f"--engine int needs 8-bit SQ {kind} on every quantized layer; layer {name!r} "
+                            f"has {kind} = {q.bits if q.enabled else 'float'} ({q.quantizer}). "
+                            "Use --engine sim for this spec.")
+
+
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    if t.stride() == (t.shape[1], 1):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype).copy_(t)
+
+
+def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch._int_mm`` (int8 x int8 -> int32), for K <= SAFE_K.
+
+    torch 2.13's CPU kernel returns wrong results (uninitialised memory) for some shapes when an
+    operand is a transposed view, and for an inner size K = 1 (both found by the tests here):
+    operands are copied to canonical row-major strides (``contiguous()`` keeps odd strides on
+    size-1 dimensions, which the kernel misreads), and K = 1 is padded to 2 with a zero column."""
+    a, b = _row_major(a), _row_major(b)
+    if a.shape[1] == 1:
+        a = F.pad(a, (0, 1))
+        b = F.pad(b, (0, 0, 0, 1))
+    return torch._int_mm(a, b)
+
+
+def checked_int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for int8 matrices, exact: int32 per chunk of at most SAFE_K, int64 sum across chunks."""
+    k = a.shape[1]
+    if k <= SAFE_K:
+        return int_mm(a, b)
+    out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.int64)
+    for s in range(0, k, SAFE_K):
+        out += int_mm(a[:, s:s + SAFE_K].contiguous(), b[s:s + SAFE_K]).to(torch.int64)
+    return out
+
+
+def to_nhwc(codes: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] codes (any memory layout) as a contiguous [N, H, W, C] tensor."""
+    return codes.permute(0, 2, 3, 1).contiguous()
+
+
+def im2col(x: torch.Tensor, kh: int, kw: int, stride: int, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """Patches of an NHWC tensor as rows [N*Ho*Wo, kh*kw*C] (C fastest), padding (l, r, t, b).
+
+    Integer tensors cannot go through F.unfold; padding plus a strided view does the same."""
+    if any(pad):
+        x = F.pad(x, (0, 0) + pad)
+    n, h, w, c = x.shape
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    sn, sh, sw, sc = x.stride()
+    view = x.as_strided((n, ho, wo, kh, kw, c), (sn, sh * stride, sw * stride, sh, sw, sc))
+    return view.reshape(n * ho * wo, kh * kw * c)
+
+
+def weight_matrix(w_codes: torch.Tensor) -> torch.Tensor:
+    """[Cout, Cin, kh, kw] codes as [Cout, kh*kw*Cin], the order im2col produces."""
+    return w_codes.permute(0, 2, 3, 1).reshape(w_codes.shape[0], -1)
+
+
+def conv_forward(a: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 NHWC output of conv(a, w) and the im2col matrix (kept for the weight gradient)."""
+    cout, _, kh, kw = w.shape
+    cols = im2col(a, kh, kw, stride, (padding,) * 4)
+    n = a.shape[0]
+    ho = (a.shape[1] + 2 * padding - kh) // stride + 1
+    wo = (a.shape[2] + 2 * padding - kw) // stride + 1
+    out = checked_int_mm(cols, weight_matrix(w).t())
+    return out.view(n, ho, wo, cout), cols
+
+
+def conv_input_grad(e: torch.Tensor, w: torch.Tensor, stride: int, padding: int,
+                    in_hw: tuple[int, int]) -> torch.Tensor:
+    """int32 NHWC dL/dinput: the transposed convolution of E with W, as a direct convolution of
+    E dilated by the stride and padded by k - 1 - p with the rotated, transposed kernel."""
+    n, ho, wo, cout = e.shape
+    _, cin, kh, kw = w.shape
+    if stride > 1:
+        d = e.new_zeros(n, (ho - 1) * stride + 1, (wo - 1) * stride + 1, cout)
+        d[:, ::stride, ::stride] = e
+        e = d
+    extra_h = in_hw[0] - ((ho - 1) * stride - 2 * padding + kh)
+    extra_w = in_hw[1] - ((wo - 1) * stride - 2 * padding + kw)
+    ph, pw = kh - 1 - padding, kw - 1 - padding
+    wt = w.flip(2, 3).transpose(0, 1)                      # [Cin, Cout, kh, kw]
+    out, _ = conv_forward(F.pad(e, (0, 0, pw, pw + extra_w, ph, ph + extra_h)), wt.contiguous(), 1, 0)
+    return out
+
+
+def weight_grad(e_rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """int64 [Cout, K] = E^T @ cols, K-chunked so that no int32 partial sum can overflow."""
+    return checked_int_mm(e_rows.t().contiguous(), cols).to(torch.int64)
+
+
+def sq_from_int(acc: torch.Tensor, exp_in: int, k: int, rounding: str, generator) -> tuple[torch.Tensor, int]:
+    """SQ(acc * 2^exp_in, k) on integers: the codes the float quantizer gives for the same value.
+
+    ``acc`` is in logical (row-major) order. exponent = round(log2 max|value|) exactly; shift
+    s = lsb - exp_in; nearest: round half to even of acc / 2^s; stochastic:
+    floor((floor(acc * 2^(16 - s)) + b) / 2^16) with the 16-bit numbers b of :mod:`eoq.rng`."""
+    acc = acc.to(torch.int64)
+    amax = int(acc.abs().max()) if acc.numel() else 0
+    lsb = Q.exponent_of(float(amax) * 2.0 ** exp_in) + 1 - k
+    m = Q.max_code(k)
+    s = lsb - exp_in
+    if rounding == "nearest":
+        if s <= 0:
+            codes = acc << -s
+        else:
+            q = acc >> s
+            r = acc - (q << s)
+            half = 1 << (s - 1)
+            codes = q + ((r > half) | ((r == half) & ((q & 1) == 1))).to(torch.int64)
+    else:
+        bits = rng.random_bits(acc.shape, rng.draw_key(generator))
+        t = (acc << (16 - s)) if s <= 16 else (acc >> (s - 16))
+        codes = (t + bits) >> 16
+    return codes.clamp_(-m, m).to(torch.int8), lsb
+
+
+def _codes(x: torch.Tensor, q, generator) -> tuple[torch.Tensor, int]:
+    """SQ codes (int8, x's shape and layout) and LSB exponent of a float tensor."""
+    codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator)
+    return codes.to(torch.int8), int(lsb)
+
+
+def _notify(kind, q, x, codes, lsb, owner):
+    for obs in OBSERVERS:
+        obs.after(kind, q, x, codes.to(torch.float32) * 2.0 ** lsb, owner)
+
+
+def weight_codes(layer) -> tuple[torch.Tensor, int]:
+    """The stored int8 weight codes and their exponent (the float parameter is codes * 2^e)."""
+    e = int(layer.weight_exp)
+    return (layer.weight.detach() * 2.0 ** -e).round_().to(torch.int8), e
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _to_float_nchw(acc_nhwc: torch.Tensor, exponent: int, channels_last: bool) -> torch.Tensor:
+    """int32 NHWC accumulators as float32 values acc * 2^exponent (one pass), logical NCHW; in
+    channels-last memory when the layer's input was (free), else NCHW-contiguous (a copy). The
+    simulator's conv output has that same layout, so reductions downstream (Fixup scalar
+    gradients, pooling) add in the same order and agree bit for bit."""
+    out = torch.mul(acc_nhwc, 2.0 ** exponent).permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()
+
+
+class IntConvFn(torch.autograd.Function):
+    """Conv2d on int8 codes (see module doc). Input and output are float32 tensors holding
+    int32 * 2^exponent; keep activations channels-last (``x.contiguous(memory_format=
+    torch.channels_last)``) and no layout copy is needed anywhere."""
+
+    @staticmethod
+    def forward(ctx, x, w, layer):
+        q = layer.quant
+        a, ea = _codes(x, q.A, layer.generator)
+        _notify("A", q.A, x, a, ea, layer)
+        wc, ew = weight_codes(layer)
+        acc, cols = conv_forward(to_nhwc(a), wc, layer.stride[0], layer.padding[0])
+        cl = _channels_last(x)
+        ctx.save_for_backward(cols, wc)
+        ctx.layer, ctx.meta = layer, (ea, ew, tuple(x.shape[2:]), cl)
+        return _to_float_nchw(acc, ea + ew, cl)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        cols, wc = ctx.saved_tensors
+        layer = ctx.layer
+        ea, ew, in_hw, cl = ctx.meta
+        q = layer.quant
+        e, ee = _codes(grad_out, q.E, layer.generator)
+        _notify("E", q.E, grad_out, e, ee, layer)
+        e = to_nhwc(e)
+        gi = gw = None
+        if ctx.needs_input_grad[0]:
+            acc = conv_input_grad(e, wc, layer.stride[0], layer.padding[0], in_hw)
+            gi = _to_float_nchw(acc, ee + ew, cl)
+        if ctx.needs_input_grad[1]:
+            cout, cin, kh, kw = wc.shape
+            acc = weight_grad(e.reshape(-1, cout), cols).view(cout, kh, kw, cin).permute(0, 3, 1, 2)
+            g, eg = sq_from_int(acc.contiguous(), ea + ee, q.G.bits, q.G.rounding, layer.generator)
+            gw = g.to(torch.float32) * 2.0 ** eg
+            _notify("G", q.G, acc.to(torch.float32) * 2.0 ** (ea + ee), g, eg, layer)
+        return gi, gw, None
+
+
+class IntLinearFn(torch.autograd.Function):
+    """Linear on int8 codes; the bias (an integer-stored tensor) is added in float32 like the
+    simulator's addmm does."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, layer):
+        q = layer.quant
+        a, ea = _codes(x, q.A, layer.generator)
+        _notify("A", q.A, x, a, ea, layer)
+        wc, ew = weight_codes(layer)
+        out = int_mm(a.contiguous(), wc.t()).to(torch.float32) * 2.0 ** (ea + ew)
+        ctx.save_for_backward(a, wc)
+        ctx.layer, ctx.meta, ctx.has_bias = layer, (ea, ew), b is not None
+        return out + b if b is not None else out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, wc = ctx.saved_tensors
+        layer = ctx.layer
+        ea, ew = ctx.meta
+        q = layer.quant
+        e, ee = _codes(grad_out, q.E, layer.generator)
+        _notify("E", q.E, grad_out, e, ee, layer)
+        gi = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gi = int_mm(e, wc).to(torch.float32) * 2.0 ** (ee + ew)
+        if ctx.needs_input_grad[1]:
+            acc = checked_int_mm(e.t().contiguous(), a)
+            g, eg = sq_from_int(acc, ea + ee, q.G.bits, q.G.rounding, layer.generator)
+            gw = g.to(torch.float32) * 2.0 ** eg
+            _notify("G", q.G, acc.to(torch.float32) * 2.0 ** (ea + ee), g, eg, layer)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = e.to(torch.int64).sum(0).to(torch.float32) * 2.0 ** ee
+        return gi, gw, gb, None

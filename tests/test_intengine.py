@@ -1,0 +1,175 @@
+"""The integer engine against float64 references and against the simulator, bit for bit."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eoq import intengine as IE
+from eoq import quantizers as Q
+from eoq.layers import QConv2d, QLinear
+from eoq.models import build_model
+from eoq.optimizer import EOQSGD
+from eoq.prepare import grid_params, prepare
+from eoq.presets import get_preset
+from eoq.spec import SpecError
+from eoq.train import train_step
+
+conv_shapes = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 7), st.integers(3, 9),
+                        st.integers(3, 9), st.sampled_from([(1, 0), (3, 1), (3, 0), (1, 1)]),
+                        st.sampled_from([1, 2]))
+
+
+def codes(*shape, gen, lo=-127, hi=127):
+    return torch.randint(lo, hi + 1, shape, generator=gen, dtype=torch.int8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_shapes, st.integers(0, 2 ** 31))
+def test_int_conv_gemms_equal_float64_convolution(shape, seed):
+    """forward, input gradient and weight gradient of the im2col/_int_mm convolution == float64."""
+    n, cin, cout, h, w, (k, p), s = shape
+    if h + 2 * p < k or w + 2 * p < k:
+        return
+    g = torch.Generator().manual_seed(seed)
+    a, wc = codes(n, cin, h, w, gen=g), codes(cout, cin, k, k, gen=g)
+    out, cols = IE.conv_forward(IE.to_nhwc(a), wc, s, p)
+    ref = F.conv2d(a.double(), wc.double(), None, s, p)
+    assert torch.equal(out.permute(0, 3, 1, 2).double(), ref)
+    e = codes(*ref.shape, gen=g)
+    gi_ref, gw_ref, _ = torch.ops.aten.convolution_backward(
+        e.double(), a.double(), wc.double(), None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, True, False])
+    gi = IE.conv_input_grad(IE.to_nhwc(e), wc, s, p, (h, w))
+    assert torch.equal(gi.permute(0, 3, 1, 2).double(), gi_ref)
+    gw = IE.weight_grad(IE.to_nhwc(e).reshape(-1, cout), cols).view(cout, k, k, cin).permute(0, 3, 1, 2)
+    assert torch.equal(gw.double(), gw_ref)
+
+
+def test_overflow_guard_with_adversarial_codes():
+    """K = 140,000 products of 127 * 127 (and -127 * 127): raw int32 wraps, the guard stays exact."""
+    k = 140_000
+    assert k > IE.SAFE_K and 127 * 127 * IE.SAFE_K < 2 ** 31 <= 127 * 127 * (IE.SAFE_K + 1)
+    a = torch.full((2, k), 127, dtype=torch.int8)
+    a[1] = -127
+    b = torch.full((k, 3), 127, dtype=torch.int8)
+    exact = a.long() @ b.long()
+    assert int(exact.abs().max()) > 2 ** 31                      # the true value does not fit
+    assert not torch.equal(torch._int_mm(a, b).long(), exact)    # and _int_mm wraps silently
+    assert torch.equal(IE.checked_int_mm(a, b), exact)
+    # the weight-gradient path uses it: K = rows of E
+    e = torch.full((k, 2), -127, dtype=torch.int8)
+    cols = torch.full((k, 4), 127, dtype=torch.int8)
+    assert torch.equal(IE.weight_grad(e, cols), e.long().t() @ cols.long())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(-2 ** 40, 2 ** 40), min_size=1, max_size=40), st.integers(-30, 10),
+       st.sampled_from(Q.ROUNDINGS), st.integers(0, 2 ** 31))
+def test_sq_on_integers_equals_float_sq(values, exp_in, rounding, seed):
+    """SQ evaluated on integers == SQ of the same values in float64 (same generator draws)."""
+    acc = torch.tensor(values, dtype=torch.int64)
+    got, lsb = IE.sq_from_int(acc, exp_in, 8, rounding, torch.Generator().manual_seed(seed))
+    x = acc.double() * 2.0 ** exp_in
+    ref, ref_lsb = Q.sq_integer(x, 8, rounding, torch.Generator().manual_seed(seed))
+    assert lsb == ref_lsb and torch.equal(got.long(), ref.long())
+
+
+def pair(layer_fn, seed=5):
+    """The same layer (same init, same generator seed) prepared for the simulator and for int."""
+    out = []
+    for engine in ("sim", "int"):
+        torch.manual_seed(seed)
+        layer = layer_fn()
+        prepare(layer, get_preset("eoq"), torch.Generator().manual_seed(seed + 1), engine=engine)
+        out.append(layer)
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(conv_shapes, st.integers(0, 2 ** 31))
+def test_conv_layer_int_equals_sim(shape, seed):
+    n, cin, cout, h, w, (k, p), s = shape
+    if h + 2 * p < k or w + 2 * p < k:
+        return
+    layers = pair(lambda: QConv2d(cin, cout, k, stride=s, padding=p), seed % 1000)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, h, w, generator=g)
+    results = []
+    for layer in layers:
+        xi = x.clone().requires_grad_()
+        out = layer(xi)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)))
+        results.append((out.detach(), xi.grad, layer.weight.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_linear_layer_int_equals_sim(n):
+    layers = pair(lambda: QLinear(13, 5))
+    bias = torch.randn(5)
+    for layer in layers:
+        with torch.no_grad():
+            layer.bias.copy_(Q.fixed_grid(bias, int(layer.bias_exp), 8))
+    x = torch.randn(n, 13)
+    results = []
+    for layer in layers:
+        xi = x.clone().requires_grad_()
+        out = layer(xi)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+        results.append((out.detach(), xi.grad, layer.weight.grad, layer.bias.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("model,channels_last", [("resnet20", False), ("resnet20", True), ("resnet18", True)])
+def test_full_training_steps_give_identical_weight_codes(model, channels_last):
+    """Two EOQ steps of a whole network (batch 2: the simulator's float GEMMs are exact) give
+    identical weights, exponents, momentum and update codes in both engines."""
+    runs = []
+    for engine in ("sim", "int"):
+        torch.manual_seed(0)
+        net = build_model(model, "fixup", num_classes=10)
+        gen = torch.Generator().manual_seed(1)
+        spec = get_preset("eoq")
+        prepare(net, spec, gen, engine=engine)
+        opt = EOQSGD(net, spec, lr=0.1, momentum=0.875, generator=gen)
+        data = torch.Generator().manual_seed(2)
+        for _ in range(2):
+            x = torch.randn(2, 3, 32, 32, generator=data)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 10, (2,), generator=data)
+            train_step(net, opt, x, y)
+        runs.append((net, opt))
+    (a, oa), (b, ob) = runs
+    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(ta, tb), name
+    moved = 0
+    for ga, gb in zip(grid_params(a), grid_params(b)):
+        assert torch.equal(oa.state[ga.param]["last_update"], ob.state[gb.param]["last_update"]), ga.name
+        moved += int(oa.state[ga.param]["last_update"].count_nonzero())
+    assert moved > 0
+
+
+def test_int_engine_rejects_specs_it_cannot_run():
+    net = build_model("resnet20", "fixup", num_classes=10)
+    with pytest.raises(SpecError, match="engine int"):
+        prepare(net, get_preset("wageubn"), engine="int")
+    with pytest.raises(SpecError, match="unknown engine"):
+        prepare(net, get_preset("eoq"), engine="fpga")
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 9])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_int_mm_small_and_transposed(k, transposed):
+    """torch._int_mm is wrong here for K = 1 and for some transposed operands; int_mm is exact."""
+    g = torch.Generator().manual_seed(k)
+    for m in (1, 3, 17):
+        for n in (1, 2, 5, 16):
+            a = codes(k, m, gen=g).t() if transposed else codes(m, k, gen=g)
+            b = codes(n, k, gen=g).t() if transposed else codes(k, n, gen=g)
+            assert torch.equal(IE.int_mm(a, b).long(), a.long() @ b.long()), (m, k, n)
+    odd = codes(k, 1, gen=g).as_strided((k, 1), (1, 7))     # "contiguous", odd stride on size 1
+    a = codes(3, k, gen=g)
+    assert torch.equal(IE.int_mm(a, odd).long(), a.long() @ odd.long())
