@@ -29,12 +29,34 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import distributed, kernels
 from . import quantizers as Q
 from . import rng
 from .observe import OBSERVERS
 from .spec import LayerQuant, SpecError
 
 SAFE_K = (2 ** 31 - 1) // (127 * 127)   # 133,144 int8 products always fit in int32
+
+
+class BufferPool:
+    """Reused im2col and accumulator buffers. A fresh 19 MB tensor costs about 11 ms of page
+    faults here (glibc returns large blocks to the OS on free), ten times the copy into it."""
+
+    def __init__(self, per_shape: int = 4):
+        self.free: dict = {}
+        self.per_shape = per_shape
+
+    def take(self, shape, dtype) -> torch.Tensor:
+        bucket = self.free.get((tuple(shape), dtype))
+        return bucket.pop() if bucket else torch.empty(tuple(shape), dtype=dtype)
+
+    def give(self, t: torch.Tensor) -> None:
+        bucket = self.free.setdefault((tuple(t.shape), t.dtype), [])
+        if len(bucket) < self.per_shape:
+            bucket.append(t)
+
+
+POOL = BufferPool()
 
 
 def check_spec(quant: LayerQuant, name: str) -> None:
@@ -53,7 +75,7 @@ def _row_major(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(t.shape, dtype=t.dtype).copy_(t)
 
 
-def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def int_mm(a: torch.Tensor, b: torch.Tensor, pooled: bool = False) -> torch.Tensor:
     """``torch._int_mm`` (int8 x int8 -> int32), for K <= SAFE_K.
 
     torch 2.13's CPU kernel returns wrong results (uninitialised memory) for some shapes when an
@@ -64,14 +86,17 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.shape[1] == 1:
         a = F.pad(a, (0, 1))
         b = F.pad(b, (0, 0, 0, 1))
-    return torch._int_mm(a, b)
+    if not pooled:
+        return torch._int_mm(a, b)
+    return torch._int_mm(a, b, out=POOL.take((a.shape[0], b.shape[1]), torch.int32))
 
 
-def checked_int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b for int8 matrices, exact: int32 per chunk of at most SAFE_K, int64 sum across chunks."""
+def checked_int_mm(a: torch.Tensor, b: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+    """a @ b for int8 matrices, exact: int32 per chunk of at most SAFE_K, int64 sum across chunks.
+    ``pooled``: an int32 result comes from POOL (give it back when done)."""
     k = a.shape[1]
     if k <= SAFE_K:
-        return int_mm(a, b)
+        return int_mm(a, b, pooled)
     out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.int64)
     for s in range(0, k, SAFE_K):
         out += int_mm(a[:, s:s + SAFE_K].contiguous(), b[s:s + SAFE_K]).to(torch.int64)
@@ -83,10 +108,25 @@ def to_nhwc(codes: torch.Tensor) -> torch.Tensor:
     return codes.permute(0, 2, 3, 1).contiguous()
 
 
-def im2col(x: torch.Tensor, kh: int, kw: int, stride: int, pad: tuple[int, int, int, int]) -> torch.Tensor:
+def im2col(x: torch.Tensor, kh: int, kw: int, stride: int, pad: tuple[int, int, int, int],
+           dilation: int = 1) -> torch.Tensor:
     """Patches of an NHWC tensor as rows [N*Ho*Wo, kh*kw*C] (C fastest), padding (l, r, t, b).
 
-    Integer tensors cannot go through F.unfold; padding plus a strided view does the same."""
+    ``dilation`` reads the input as if zeros stood between its pixels (transposed convolutions).
+    The C++ kernel pads and dilates on the fly; the torch reference (integer tensors cannot go
+    through F.unfold) materialises both, then takes a strided view."""
+    kern = kernels.usable(torch.empty(0)) if x.dtype == torch.int8 else None
+    if kern is not None:
+        n, h, w, c = x.shape
+        ho = ((h - 1) * dilation + 1 + pad[2] + pad[3] - kh) // stride + 1
+        wo = ((w - 1) * dilation + 1 + pad[0] + pad[1] - kw) // stride + 1
+        out = POOL.take((n * ho * wo, kh * kw * c), torch.int8)
+        return kern.im2col(x, kh, kw, stride, dilation, pad[2], pad[3], pad[0], pad[1], out)
+    if dilation > 1:
+        n, h, w, c = x.shape
+        d = x.new_zeros(n, (h - 1) * dilation + 1, (w - 1) * dilation + 1, c)
+        d[:, ::dilation, ::dilation] = x
+        x = d
     if any(pad):
         x = F.pad(x, (0, 0) + pad)
     n, h, w, c = x.shape
@@ -108,7 +148,7 @@ def conv_forward(a: torch.Tensor, w: torch.Tensor, stride: int, padding: int) ->
     n = a.shape[0]
     ho = (a.shape[1] + 2 * padding - kh) // stride + 1
     wo = (a.shape[2] + 2 * padding - kw) // stride + 1
-    out = checked_int_mm(cols, weight_matrix(w).t())
+    out = checked_int_mm(cols, weight_matrix(w).t(), pooled=True)
     return out.view(n, ho, wo, cout), cols
 
 
@@ -118,16 +158,14 @@ def conv_input_grad(e: torch.Tensor, w: torch.Tensor, stride: int, padding: int,
     E dilated by the stride and padded by k - 1 - p with the rotated, transposed kernel."""
     n, ho, wo, cout = e.shape
     _, cin, kh, kw = w.shape
-    if stride > 1:
-        d = e.new_zeros(n, (ho - 1) * stride + 1, (wo - 1) * stride + 1, cout)
-        d[:, ::stride, ::stride] = e
-        e = d
     extra_h = in_hw[0] - ((ho - 1) * stride - 2 * padding + kh)
     extra_w = in_hw[1] - ((wo - 1) * stride - 2 * padding + kw)
     ph, pw = kh - 1 - padding, kw - 1 - padding
+    cols = im2col(e, kh, kw, 1, (pw, pw + extra_w, ph, ph + extra_h), dilation=stride)
     wt = w.flip(2, 3).transpose(0, 1)                      # [Cin, Cout, kh, kw]
-    out, _ = conv_forward(F.pad(e, (0, 0, pw, pw + extra_w, ph, ph + extra_h)), wt.contiguous(), 1, 0)
-    return out
+    out = checked_int_mm(cols, weight_matrix(wt).t(), pooled=True)
+    POOL.give(cols)
+    return out.view(n, in_hw[0], in_hw[1], cin)
 
 
 def weight_grad(e_rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -142,6 +180,10 @@ def sq_from_int(acc: torch.Tensor, exp_in: int, k: int, rounding: str, generator
     s = lsb - exp_in; nearest: round half to even of acc / 2^s; stochastic:
     floor((floor(acc * 2^(16 - s)) + b) / 2^16) with the 16-bit numbers b of :mod:`eoq.rng`."""
     acc = acc.to(torch.int64)
+    kern = kernels.usable(torch.empty(0))
+    if kern is not None and acc.numel():
+        codes, lsb = kern.sq_int(acc, exp_in, k, Q.ROUNDINGS.index(rounding), generator)
+        return codes, int(lsb)
     amax = int(acc.abs().max()) if acc.numel() else 0
     lsb = Q.exponent_of(float(amax) * 2.0 ** exp_in) + 1 - k
     m = Q.max_code(k)
@@ -162,8 +204,9 @@ def sq_from_int(acc: torch.Tensor, exp_in: int, k: int, rounding: str, generator
 
 
 def _codes(x: torch.Tensor, q, generator) -> tuple[torch.Tensor, int]:
-    """SQ codes (int8, x's shape and layout) and LSB exponent of a float tensor."""
-    codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator)
+    """SQ codes (int8, x's shape and layout) and LSB exponent of a batch tensor (A or E; a
+    data-parallel shard is quantized as part of the whole batch, see eoq.distributed)."""
+    codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator, sharded=distributed.active())
     return codes.to(torch.int8), int(lsb)
 
 
@@ -176,6 +219,13 @@ def weight_codes(layer) -> tuple[torch.Tensor, int]:
     """The stored int8 weight codes and their exponent (the float parameter is codes * 2^e)."""
     e = int(layer.weight_exp)
     return (layer.weight.detach() * 2.0 ** -e).round_().to(torch.int8), e
+
+
+def _give(t: torch.Tensor) -> None:
+    """Return an int32 accumulator or int8 im2col buffer (a base tensor, not a view) to the pool."""
+    base = t._base if t._base is not None else t
+    if base.dtype in (torch.int8, torch.int32) and base.is_contiguous():
+        POOL.give(base)
 
 
 def _channels_last(x: torch.Tensor) -> bool:
@@ -204,12 +254,21 @@ class IntConvFn(torch.autograd.Function):
         wc, ew = weight_codes(layer)
         acc, cols = conv_forward(to_nhwc(a), wc, layer.stride[0], layer.padding[0])
         cl = _channels_last(x)
-        ctx.save_for_backward(cols, wc)
+        out = _to_float_nchw(acc, ea + ew, cl)
+        _give(acc)
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(cols, wc)
+        else:
+            _give(cols)
         ctx.layer, ctx.meta = layer, (ea, ew, tuple(x.shape[2:]), cl)
-        return _to_float_nchw(acc, ea + ew, cl)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
+        if getattr(ctx, "done", False):
+            raise RuntimeError("the integer engine reuses its im2col buffers after the backward pass: "
+                               "backward twice through one graph (retain_graph) is not supported")
+        ctx.done = True
         cols, wc = ctx.saved_tensors
         layer = ctx.layer
         ea, ew, in_hw, cl = ctx.meta
@@ -221,12 +280,17 @@ class IntConvFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             acc = conv_input_grad(e, wc, layer.stride[0], layer.padding[0], in_hw)
             gi = _to_float_nchw(acc, ee + ew, cl)
+            _give(acc)
         if ctx.needs_input_grad[1]:
             cout, cin, kh, kw = wc.shape
-            acc = weight_grad(e.reshape(-1, cout), cols).view(cout, kh, kw, cin).permute(0, 3, 1, 2)
+            acc = weight_grad(e.reshape(-1, cout), cols)
+            if distributed.active():
+                distributed.all_sum_(acc)          # exact int64 sum over shards, then G once
+            acc = acc.view(cout, kh, kw, cin).permute(0, 3, 1, 2)
             g, eg = sq_from_int(acc.contiguous(), ea + ee, q.G.bits, q.G.rounding, layer.generator)
             gw = g.to(torch.float32) * 2.0 ** eg
             _notify("G", q.G, acc.to(torch.float32) * 2.0 ** (ea + ee), g, eg, layer)
+        _give(cols)
         return gi, gw, None
 
 
@@ -257,7 +321,9 @@ class IntLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gi = int_mm(e, wc).to(torch.float32) * 2.0 ** (ee + ew)
         if ctx.needs_input_grad[1]:
-            acc = checked_int_mm(e.t().contiguous(), a)
+            acc = checked_int_mm(e.t().contiguous(), a).to(torch.int64)
+            if distributed.active():
+                distributed.all_sum_(acc)
             g, eg = sq_from_int(acc, ea + ee, q.G.bits, q.G.rounding, layer.generator)
             gw = g.to(torch.float32) * 2.0 ** eg
             _notify("G", q.G, acc.to(torch.float32) * 2.0 ** (ea + ee), g, eg, layer)

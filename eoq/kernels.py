@@ -1,4 +1,4 @@
-"""The fused CPU quantizer kernels (``csrc/quant.cpp``): compiled once, cached, optional.
+"""The fused CPU kernels (``csrc/quant.cpp``, ``csrc/intops.cpp``): compiled once, cached, optional.
 
 The kernels compute exactly what the torch reference computes (tests compare them bit for bit),
 in two passes over memory instead of about ten: max|x|, then scale + clamp + round (+ the
@@ -20,13 +20,16 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = Path(__file__).parent / "csrc" / "quant.cpp"
+_CSRC = Path(__file__).parent / "csrc"
+_SOURCES = [_CSRC / "quant.cpp", _CSRC / "intops.cpp"]
+_HEADERS = [_CSRC / "common.h"]
 _state: dict = {"enabled": os.environ.get("EOQ_KERNELS", "1") != "0"}
 
 
 def cache_dir() -> Path:
     root = os.environ.get("EOQ_KERNEL_CACHE") or Path.home() / ".cache" / "eoq" / "kernels"
-    tag = hashlib.sha256(_SOURCE.read_bytes() + torch.__version__.encode()
+    data = b"".join(f.read_bytes() for f in _SOURCES + _HEADERS)
+    tag = hashlib.sha256(data + torch.__version__.encode()
                          + torch.backends.cpu.get_cpu_capability().encode()).hexdigest()[:12]
     return Path(root) / tag
 
@@ -61,7 +64,7 @@ def load():
         print(f"eoq: compiling the fused quantizer kernels once (30-60 s), cached in {build}",
               file=sys.stderr, flush=True)
     try:
-        module = cpp_extension.load(name=name, sources=[str(_SOURCE)], build_directory=str(build),
+        module = cpp_extension.load(name=name, sources=[str(f) for f in _SOURCES], build_directory=str(build),
                                     extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
                                                   "-fopenmp"],
                                     extra_ldflags=["-fopenmp"],

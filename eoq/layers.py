@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import intengine
+from . import distributed, intengine
 from . import quantizers as Q
 from .observe import OBSERVERS
 from .spec import FLOAT, LayerQuant, TensorQuant, apply_quant
@@ -118,7 +118,8 @@ def fused_bias_input(x, v, layer):
     """x + v as the input of ``layer``: fused with its A quantization when that is a plain SQ and
     no observer wants the unquantized tensor; otherwise the plain sum."""
     q = getattr(layer, "quant", None)
-    if q is None or not q.any or not q.A.enabled or q.A.quantizer != "sq" or OBSERVERS or layer.engine != "sim":
+    if q is None or not q.any or not q.A.enabled or q.A.quantizer != "sq" or OBSERVERS or layer.engine != "sim" \
+            or distributed.active():
         return x + v
     out = _BiasQuantFn.apply(x, v, layer)
     out._eoq_quantized_for = layer
@@ -153,7 +154,8 @@ def fused_scale_output(x, v, layer):
     """x * v for the output of ``layer``, with its E quantization fused into the backward when E
     is a plain SQ and no observer is attached (the error is then quantized once, here)."""
     q = getattr(layer, "quant", None)
-    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS or layer.engine != "sim":
+    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS or layer.engine != "sim" \
+            or distributed.active():
         return x * v
     return _ScaleQuantGradFn.apply(x, v, layer)
 
@@ -182,7 +184,8 @@ def fused_relu(x, layer):
     """relu(x) where x is ``layer``'s output plus a bias; E of ``layer`` fused into the backward
     (same conditions as :func:`fused_scale_output`)."""
     q = getattr(layer, "quant", None)
-    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS or layer.engine != "sim":
+    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS or layer.engine != "sim" \
+            or distributed.active():
         return F.relu(x)
     return _ReluQuantGradFn.apply(x, layer)
 
@@ -212,6 +215,8 @@ class _QuantConvFn(torch.autograd.Function):
             e, xq, wq, None, layer.stride, layer.padding, layer.dilation, False, [0, 0],
             layer.groups, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
         if gw is not None:
+            if distributed.active():
+                distributed.all_sum_(gw)          # sum over shards, then G rounds once
             gw = apply_quant(layer.quant.G, gw, layer.generator, "G", layer)
         return gi, gw, None
 
@@ -250,7 +255,12 @@ class _QuantLinearFn(torch.autograd.Function):
         layer = ctx.layer
         e = apply_quant(layer.quant.E, grad_out, layer.generator, "E", layer)
         gi = e @ wq if ctx.needs_input_grad[0] else None
-        gw = apply_quant(layer.quant.G, e.t() @ xq, layer.generator, "G", layer) if ctx.needs_input_grad[1] else None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            gw = e.t() @ xq
+            if distributed.active():
+                distributed.all_sum_(gw)
+            gw = apply_quant(layer.quant.G, gw, layer.generator, "G", layer)
         gb = e.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gi, gw, gb, None
 

@@ -131,7 +131,7 @@ def _check_rounding(rounding: str) -> int:
 
 def round_scaled(x: torch.Tensor, exponent: int, m: int, rounding: str = "nearest",
                  generator: torch.Generator | None = None, codes: bool = False,
-                 key: tuple[int, int] | None = None) -> torch.Tensor:
+                 key: tuple[int, int] | None = None, offset: int = 0) -> torch.Tensor:
     """c = round(clamp(x / 2^exponent, -m, m)); returns c * 2^exponent, or c when ``codes``.
 
     Clamping before rounding gives the same c as rounding first (m is an integer). Codes come
@@ -143,9 +143,10 @@ def round_scaled(x: torch.Tensor, exponent: int, m: int, rounding: str = "neares
     key = key or (0, 0)
     k = kernels.usable(x)
     if k is not None:
-        return k.round_scaled(x.detach(), int(exponent), int(m), mode, key[0], key[1], codes)
+        return k.round_scaled(x.detach(), int(exponent), int(m), mode, key[0], key[1], codes,
+                              offset=int(offset))
     y = (x * 2.0 ** -exponent).clamp_(-m, m)
-    c = torch.round(y) if mode == 0 else rng.stochastic_round(y, key)
+    c = torch.round(y) if mode == 0 else rng.stochastic_round(y, key, offset)
     return c if codes else c.mul_(2.0 ** exponent)
 
 
@@ -220,10 +221,25 @@ def sq_times(x: torch.Tensor, mult: torch.Tensor, k: int, rounding: str = "neare
     return sq(x * mult.detach(), k, rounding, generator)
 
 
+def _sharded_sq(x, k, rounding, generator, codes):
+    """SQ of one data-parallel shard of a batch tensor: the exponent from the max over all shards
+    and the random bits of the rows' global indices, so that the codes equal those of the whole
+    batch quantized in one process (see eoq.distributed)."""
+    from . import distributed
+    amax = distributed.all_max(_amax(x))
+    lsb = exponent_of(amax) + 1 - k
+    out = round_scaled(x, lsb, max_code(k), rounding, generator, codes=codes,
+                       offset=distributed.index_offset(x.numel()))
+    return out, lsb
+
+
 def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-    """SQ(x, k) as (integer codes, LSB exponent e_R + 1 - k)."""
+               generator: torch.Generator | None = None, sharded: bool = False) -> tuple[torch.Tensor, int]:
+    """SQ(x, k) as (integer codes, LSB exponent e_R + 1 - k); ``sharded``: x is this process's
+    part of a batch split across processes (A and E under data parallelism)."""
     check_bits(k)
+    if sharded:
+        return _sharded_sq(x, k, rounding, generator, True)
     fused = _fused_sq(x, k, rounding, generator, None, True)
     if fused is not None:
         return fused
@@ -232,9 +248,12 @@ def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
 
 
 def sq(x: torch.Tensor, k: int, rounding: str = "nearest",
-       generator: torch.Generator | None = None, key: tuple[int, int] | None = None) -> torch.Tensor:
+       generator: torch.Generator | None = None, key: tuple[int, int] | None = None,
+       sharded: bool = False) -> torch.Tensor:
     """SQ(x, k) = R(x) * C(Q(x / R(x), k), k), with nearest or stochastic rounding."""
     check_bits(k)
+    if sharded:
+        return _sharded_sq(x, k, rounding, generator, False)[0].to(x.dtype)
     fused = _fused_sq(x, k, rounding, generator, key, False)
     if fused is not None:
         return fused[0]

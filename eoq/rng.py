@@ -50,18 +50,19 @@ def lowbias32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def random_bits(shape, key: tuple[int, int], device=None) -> torch.Tensor:
-    """b_i for every element of ``shape`` (int64 in [0, 2^16)), i the row-major logical index."""
+def random_bits(shape, key: tuple[int, int], device=None, offset: int = 0) -> torch.Tensor:
+    """b_i for every element of ``shape`` (int64 in [0, 2^16)), i the row-major logical index
+    (plus ``offset``: a data-parallel shard gets the bits of its rows' global indices)."""
     n = 1
     for s in shape:
         n *= int(s)
-    i = torch.arange(n, dtype=torch.int64, device=device)
+    i = torch.arange(offset, offset + n, dtype=torch.int64, device=device) & _M32
     h = lowbias32(lowbias32(((i >> 1) + key[0]) & _M32) ^ key[1])
     return torch.where((i & 1) == 1, h & 0xFFFF, h >> 16).reshape(tuple(shape))
 
 
-def stochastic_round(y: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
+def stochastic_round(y: torch.Tensor, key: tuple[int, int], offset: int = 0) -> torch.Tensor:
     """SR(y) = floor((floor(y * 2^16) + b) / 2^16), exact for |y| < 2^36; same dtype as y."""
-    b = random_bits(y.shape, key, y.device).to(torch.float64)
+    b = random_bits(y.shape, key, y.device, offset).to(torch.float64)
     t = torch.floor(y.to(torch.float64) * 2.0 ** SR_BITS) + b
     return torch.floor(t * 2.0 ** -SR_BITS).to(y.dtype)

@@ -15,6 +15,7 @@ import difflib
 import fnmatch
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from . import distributed
 from . import quantizers as Q
 from .observe import OBSERVERS
 from .quantizers import ROUNDINGS, QuantizationError, check_bits
@@ -218,8 +219,14 @@ def apply_quant(q: TensorQuant, x, generator=None, kind: str = "", owner=None, k
     ``key`` fixes the random bits of an SQ quantizer (see eoq.rng) instead of drawing them."""
     if not q.enabled:
         return x
-    out = Q.sq(x, q.bits, q.rounding, generator, key=key) if key is not None and q.quantizer == "sq" \
-        else _quantize(q, x, generator)
+    if key is not None and q.quantizer == "sq":
+        out = Q.sq(x, q.bits, q.rounding, generator, key=key)
+    elif kind in ("A", "E") and distributed.active():
+        if q.quantizer != "sq":
+            raise SpecError(f"data-parallel training supports SQ activations and errors, not {q.quantizer!r}")
+        out = Q.sq(x, q.bits, q.rounding, generator, sharded=True)
+    else:
+        out = _quantize(q, x, generator)
     for obs in OBSERVERS:
         obs.after(kind, q, x, out, owner)
     return out

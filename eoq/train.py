@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import distributed
 from .atomic import atomic_write
 from .augment import eval_batches, steps_per_epoch, train_batches
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -111,7 +112,11 @@ def train_step(model: torch.nn.Module, optimizer, x: torch.Tensor, y: torch.Tens
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if distributed.active():           # x, y are this process's shard (eoq/distributed.py)
+            (loss / distributed.world()).backward()
+            distributed.reduce_other_grads(model)
+        else:
+            loss.backward()
         optimizer.step()
     except QuantizationError as err:
         raise TrainingDiverged(str(err).split(":")[0]) from None
@@ -159,6 +164,10 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
     ``observers`` are attached to the quantization hook (eoq/observe.py) for the whole run; those
     with ``step_begin(global_step)`` hear of every step, those with ``save(dir)`` save into
     ``out/qstats`` after every epoch."""
+    if distributed.init_from_env() and cfg.batch_size % distributed.world():
+        raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {distributed.world()} "
+                          "processes of data-parallel training")
+    lead = distributed.rank() == 0          # only the first process writes files
     run = run or build_run(cfg)
     out = Path(cfg.out)
     ckpt = out / "checkpoint.pt"
@@ -167,9 +176,11 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
     elif out.exists() and any((out / f).exists() for f in ("checkpoint.pt", "metrics.csv")):
         raise ConfigError(f"output directory {str(out)!r} holds another run: pass --resume to continue it, "
                           "or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "config.json", "w") as fh:
-        json.dump({"train": cfg.to_dict(), "spec": load_spec(cfg.preset).to_dict()}, fh, indent=1)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "config.json", "w") as fh:
+            json.dump({"train": cfg.to_dict(), "spec": load_spec(cfg.preset).to_dict(),
+                       "processes": distributed.world()}, fh, indent=1)
 
     data, model, opt = run.data, run.model, run.optimizer
     n_steps = steps_per_epoch(len(data.train_y), cfg.batch_size)
@@ -181,7 +192,7 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
         while run.epoch < cfg.epochs:
             t0 = time.perf_counter()
             bar = tqdm(total=n_steps, initial=run.step, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
-                       disable=not cfg.progress, leave=False, dynamic_ncols=True)
+                       disable=not cfg.progress or not lead, leave=False, dynamic_ncols=True)
             for step, x, y in train_batches(data.train_x, data.train_y, cfg.batch_size, cfg.seed,
                                             run.epoch, run.step, cfg.augment):
                 global_step = run.epoch * n_steps + step
@@ -191,6 +202,8 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                         obs.step_begin(global_step)
                 for group in opt.param_groups:
                     group["lr"] = lr
+                if distributed.active():
+                    x, y = distributed.shard(x, y)
                 if cfg.engine == "int":   # the integer engine keeps activations NHWC (no layout copies)
                     x = x.contiguous(memory_format=torch.channels_last)
                 try:
@@ -210,7 +223,8 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                                                     and run.step < n_steps):
                     run.sums["seconds"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    save_checkpoint(ckpt, checkpoint_state(run))
+                    if lead:
+                        save_checkpoint(ckpt, checkpoint_state(run))
                     if signals.received is not None:
                         bar.close()
                         raise Interrupted(f"interrupted at epoch {run.epoch + 1}, step {run.step}; checkpoint "
@@ -224,6 +238,10 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                         else "no checkpoint was written yet")
                 raise TrainingDiverged(f"{str(err).split(':')[0]} at epoch {run.epoch + 1}, in the test "
                                        f"evaluation; {last} (try a lower --lr or a longer --warmup)") from None
+            if distributed.active():          # every process saw its shard: add them up
+                sums = torch.tensor([run.sums["loss"], run.sums["correct"], run.sums["seen"]], dtype=torch.float64)
+                distributed.all_sum_(sums)
+                run.sums.update(loss=float(sums[0]), correct=int(sums[1]), seen=int(sums[2]))
             seen = max(run.sums["seen"], 1)
             row = {"epoch": run.epoch + 1, "train_loss": run.sums["loss"] / seen,
                    "train_acc": 100.0 * run.sums["correct"] / seen, "test_acc": test_acc,
@@ -231,6 +249,8 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
             run.rows.append(row)
             run.epoch, run.step = run.epoch + 1, 0
             run.sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            if not lead:
+                continue
             save_checkpoint(ckpt, checkpoint_state(run))
             write_metrics(out / "metrics.csv", run.rows)
             for obs in observers:

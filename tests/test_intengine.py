@@ -173,3 +173,33 @@ def test_int_mm_small_and_transposed(k, transposed):
     odd = codes(k, 1, gen=g).as_strided((k, 1), (1, 7))     # "contiguous", odd stride on size 1
     a = codes(3, k, gen=g)
     assert torch.equal(IE.int_mm(a, odd).long(), a.long() @ odd.long())
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_shapes, st.integers(1, 2), st.integers(0, 2 ** 31), st.sampled_from(Q.ROUNDINGS))
+def test_kernels_equal_the_torch_reference(shape, dilation, seed, rounding):
+    """The C++ im2col (padding and dilation on the fly) and integer SQ == the torch reference."""
+    from eoq import kernels
+    if kernels.load() is None:
+        pytest.skip("kernels not built")
+    n, cin, _, h, w, (k, p), s = shape
+    g = torch.Generator().manual_seed(seed)
+    x = codes(n, h, w, cin, gen=g)
+    pad = (p, p + 1, p, p)
+    fast = IE.im2col(x, k, k, s, pad, dilation)
+    with kernels.disabled():
+        slow = IE.im2col(x, k, k, s, pad, dilation)
+    assert torch.equal(fast, slow)
+    acc = torch.randint(-2 ** 35, 2 ** 35, (3, 50), generator=g)
+    a = IE.sq_from_int(acc, -20, 8, rounding, torch.Generator().manual_seed(seed))
+    with kernels.disabled():
+        b = IE.sq_from_int(acc, -20, 8, rounding, torch.Generator().manual_seed(seed))
+    assert a[1] == b[1] and torch.equal(a[0], b[0])
+
+
+def test_second_backward_through_one_graph_is_a_clear_error():
+    layer = pair(lambda: QConv2d(2, 3, 3, padding=1))[1]
+    out = layer(torch.randn(1, 2, 5, 5, requires_grad=True)).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        out.backward()

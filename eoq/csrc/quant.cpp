@@ -13,6 +13,7 @@
 // Element i is the row-major index in the *logical* shape (mod 2^32), so NCHW and channels-last
 // tensors get the same random bits for the same element.
 #include <torch/extension.h>
+#include "common.h"
 #include <ATen/Parallel.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <mutex>
@@ -25,38 +26,11 @@
 #include <limits>
 
 namespace {
-
-inline uint32_t lowbias32(uint32_t x) {
-  x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
-  return x;
-}
-
-// One keyed hash gives the 16-bit numbers of two neighbouring elements: i = 2m -> high half,
-// i = 2m + 1 -> low half of lowbias32(lowbias32(m + k0) ^ k1).
-inline uint32_t pair_hash(uint32_t m, uint32_t k0, uint32_t k1) {
-  return lowbias32(lowbias32(m + k0) ^ k1);
-}
-
-inline uint32_t rbits32(uint32_t i, uint32_t k0, uint32_t k1) {
-  const uint32_t h = pair_hash(i >> 1, k0, k1);
-  return (i & 1u) ? (h & 0xffffu) : (h >> 16);
-}
-
-// bits[l] for the logical indices i0, i0 + di, ...; contiguous even runs hash once per pair.
-inline void fill_bits(uint32_t* bits, int64_t len, uint32_t i0, uint32_t di, uint32_t k0, uint32_t k1) {
-  if (di == 1 && (i0 & 1u) == 0) {
-    const int64_t pairs = len / 2;
-    const uint32_t m0 = i0 >> 1;
-    for (int64_t q = 0; q < pairs; ++q) {
-      const uint32_t h = pair_hash(m0 + static_cast<uint32_t>(q), k0, k1);
-      bits[2 * q] = h >> 16;
-      bits[2 * q + 1] = h & 0xffffu;
-    }
-    if (len & 1) bits[len - 1] = rbits32(i0 + static_cast<uint32_t>(len - 1), k0, k1);
-    return;
-  }
-  for (int64_t l = 0; l < len; ++l) bits[l] = rbits32(i0 + static_cast<uint32_t>(l) * di, k0, k1);
-}
+using eoqk::draw_key;
+using eoqk::exponent_of;
+using eoqk::pair_hash;
+using eoqk::rbits32;
+using eoqk::fill_bits;
 
 double abs_max_affine(const at::Tensor& x_, float mult, float bias, const float* mask = nullptr);
 
@@ -164,13 +138,13 @@ inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32
 template <typename T, typename OUT>
 void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, float scale, T m,
          int64_t mode, uint32_t k0, uint32_t k1, bool codes, float bias, float mult,
-         const float* mask) {
+         const float* mask, uint32_t off = 0) {
   const int64_t n = x.numel();
   if (!cl) {
     at::parallel_for(0, (n + BLK - 1) / BLK, 16, [&](int64_t b, int64_t e) {
       for (int64_t blk = b; blk < e; ++blk) {
         const int64_t i = blk * BLK, len = std::min(BLK, n - i);
-        quant_block<T, OUT>(src + i, dst + i, len, static_cast<uint32_t>(i), 1u, inv, scale, m,
+        quant_block<T, OUT>(src + i, dst + i, len, static_cast<uint32_t>(i) + off, 1u, inv, scale, m,
                             mode, k0, k1, codes, bias, mult, mask ? mask + i : nullptr);
       }
     });
@@ -182,7 +156,7 @@ void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, fl
                    [&](int64_t b, int64_t e) {
     for (int64_t pix = b; pix < e; ++pix) {
       const int64_t nn = pix / HW, hw = pix % HW;
-      const uint32_t base = static_cast<uint32_t>(nn * C * HW + hw);
+      const uint32_t base = static_cast<uint32_t>(nn * C * HW + hw) + off;
       for (int64_t c0 = 0; c0 < C; c0 += BLK) {
         const int64_t len = std::min(BLK, C - c0);
         quant_block<T, OUT>(src + pix * C + c0, dst + pix * C + c0, len,
@@ -195,7 +169,7 @@ void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, fl
 
 at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code, int64_t mode,
                         int64_t k0, int64_t k1, bool codes, double bias_ = 0.0, double mult_ = 1.0,
-                        c10::optional<at::Tensor> mask_ = c10::nullopt) {
+                        c10::optional<at::Tensor> mask_ = c10::nullopt, int64_t offset = 0) {
   const float bias = static_cast<float>(bias_), mult = static_cast<float>(mult_);
   TORCH_CHECK(bias == 0.0f || mult == 1.0f, "round_scaled: bias and mult cannot both be set");
   TORCH_CHECK(x_.scalar_type() == at::kFloat, "round_scaled: float32 only");
@@ -205,6 +179,7 @@ at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code
   const float inv = std::ldexp(1.0f, static_cast<int>(-exponent));
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const uint32_t u0 = static_cast<uint32_t>(k0), u1 = static_cast<uint32_t>(k1);
+  const uint32_t off = static_cast<uint32_t>(offset);   // logical index of element 0 (data-parallel shards)
   const float* src = x.data_ptr<float>();
   const float* mask = nullptr;
   if (mask_.has_value()) {
@@ -217,37 +192,19 @@ at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code
     auto dt = max_code <= 127 ? at::kChar : (max_code <= 32767 ? at::kShort : at::kInt);
     out = at::empty(x.sizes(), x.options().dtype(dt), fmt);
     if (dt == at::kChar)
-      run<float, int8_t>(src, out.data_ptr<int8_t>(), x, cl, inv, scale, float(max_code), mode, u0, u1, true, bias, mult, mask);
+      run<float, int8_t>(src, out.data_ptr<int8_t>(), x, cl, inv, scale, float(max_code), mode, u0, u1, true, bias, mult, mask, off);
     else if (dt == at::kShort)
-      run<double, int16_t>(src, out.data_ptr<int16_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, mask);
+      run<double, int16_t>(src, out.data_ptr<int16_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, mask, off);
     else
-      run<double, int32_t>(src, out.data_ptr<int32_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, mask);
+      run<double, int32_t>(src, out.data_ptr<int32_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, mask, off);
   } else {
     out = at::empty(x.sizes(), x.options(), fmt);
     if (max_code <= 127)
-      run<float, float>(src, out.data_ptr<float>(), x, cl, inv, scale, float(max_code), mode, u0, u1, false, bias, mult, mask);
+      run<float, float>(src, out.data_ptr<float>(), x, cl, inv, scale, float(max_code), mode, u0, u1, false, bias, mult, mask, off);
     else
-      run<double, float>(src, out.data_ptr<float>(), x, cl, inv, scale, double(max_code), mode, u0, u1, false, bias, mult, mask);
+      run<double, float>(src, out.data_ptr<float>(), x, cl, inv, scale, double(max_code), mode, u0, u1, false, bias, mult, mask, off);
   }
   return out;
-}
-
-// round(log2 a) exactly (frexp + compare with 2^-1/2), 0 for a = 0, floored at -100.
-int exponent_of(double a) {
-  if (a <= 0) return 0;
-  int p;
-  const double f = std::frexp(a, &p);
-  return std::max(f >= std::sqrt(0.5) ? p : p - 1, -100);
-}
-
-// The key draw of eoq.rng.draw_key: torch.randint(0, 2^32, (2,)) takes the low 32 bits of two
-// random64() draws of the CPU generator.
-std::pair<uint32_t, uint32_t> draw_key(c10::optional<at::Generator> gen_) {
-  auto gen = at::get_generator_or_default<at::CPUGeneratorImpl>(gen_, at::detail::getDefaultCPUGenerator());
-  std::lock_guard<std::mutex> lock(gen->mutex_);
-  const uint32_t k0 = static_cast<uint32_t>(gen->random64());
-  const uint32_t k1 = static_cast<uint32_t>(gen->random64());
-  return {k0, k1};
 }
 
 // SQ(x, bits) in one call: max|x|, exponent, key draw (stochastic only), round. Returns
@@ -400,12 +357,15 @@ at::Tensor random_bits(int64_t n, int64_t k0, int64_t k1) {
 
 }  // namespace
 
+void register_intops(pybind11::module& m);  // intops.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  register_intops(m);
   m.def("amax", &abs_max);
   m.def("round_scaled", &round_scaled, pybind11::arg("x"), pybind11::arg("exponent"),
         pybind11::arg("max_code"), pybind11::arg("mode"), pybind11::arg("k0"), pybind11::arg("k1"),
         pybind11::arg("codes"), pybind11::arg("bias") = 0.0, pybind11::arg("mult") = 1.0,
-        pybind11::arg("mask") = pybind11::none());
+        pybind11::arg("mask") = pybind11::none(), pybind11::arg("offset") = 0);
   m.def("random_bits", &random_bits);
   m.def("grid_step", &grid_step);
   m.def("sq", &sq);

@@ -1,0 +1,64 @@
+// Helpers shared by the EOQ kernels: the counter hash of eoq/rng.py, the exact round(log2),
+// and the generator key draw of eoq.rng.draw_key.
+#pragma once
+#include <torch/extension.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <utility>
+
+namespace eoqk {
+
+inline uint32_t lowbias32(uint32_t x) {
+  x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+  return x;
+}
+
+// One keyed hash gives the 16-bit numbers of two neighbouring elements: i = 2m -> high half,
+// i = 2m + 1 -> low half of lowbias32(lowbias32(m + k0) ^ k1).
+inline uint32_t pair_hash(uint32_t m, uint32_t k0, uint32_t k1) {
+  return lowbias32(lowbias32(m + k0) ^ k1);
+}
+
+inline uint32_t rbits32(uint32_t i, uint32_t k0, uint32_t k1) {
+  const uint32_t h = pair_hash(i >> 1, k0, k1);
+  return (i & 1u) ? (h & 0xffffu) : (h >> 16);
+}
+
+// bits[l] for the logical indices i0, i0 + di, ...; contiguous even runs hash once per pair.
+inline void fill_bits(uint32_t* bits, int64_t len, uint32_t i0, uint32_t di, uint32_t k0, uint32_t k1) {
+  if (di == 1 && (i0 & 1u) == 0) {
+    const int64_t pairs = len / 2;
+    const uint32_t m0 = i0 >> 1;
+    for (int64_t q = 0; q < pairs; ++q) {
+      const uint32_t h = pair_hash(m0 + static_cast<uint32_t>(q), k0, k1);
+      bits[2 * q] = h >> 16;
+      bits[2 * q + 1] = h & 0xffffu;
+    }
+    if (len & 1) bits[len - 1] = rbits32(i0 + static_cast<uint32_t>(len - 1), k0, k1);
+    return;
+  }
+  for (int64_t l = 0; l < len; ++l) bits[l] = rbits32(i0 + static_cast<uint32_t>(l) * di, k0, k1);
+}
+
+// round(log2 a) exactly (frexp + compare with 2^-1/2), 0 for a = 0, floored at -100.
+inline int exponent_of(double a) {
+  if (a <= 0) return 0;
+  int p;
+  const double f = std::frexp(a, &p);
+  return std::max(f >= std::sqrt(0.5) ? p : p - 1, -100);
+}
+
+// The key draw of eoq.rng.draw_key: torch.randint(0, 2^32, (2,)) takes the low 32 bits of two
+// random64() draws of the CPU generator.
+inline std::pair<uint32_t, uint32_t> draw_key(c10::optional<at::Generator> gen_) {
+  auto gen = at::get_generator_or_default<at::CPUGeneratorImpl>(gen_, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  const uint32_t k0 = static_cast<uint32_t>(gen->random64());
+  const uint32_t k1 = static_cast<uint32_t>(gen->random64());
+  return {k0, k1};
+}
+
+}  // namespace eoqk

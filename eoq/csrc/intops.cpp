@@ -1,0 +1,111 @@
+// Kernels of the integer engine (eoq/intengine.py holds the torch reference of each):
+//   im2col(x, kh, kw, stride, dilation, pad_top, pad_bottom, pad_left, pad_right)
+//       int8 NHWC x -> rows [N*Ho*Wo, kh*kw*C] (C fastest); the input is read as if dilated by
+//       `dilation` (zeros between pixels, for transposed convolutions) and zero-padded, without
+//       materialising either; writes into `out` when given (a reused buffer: no page faults).
+//   sq_int(acc, exp_in, bits, mode, generator)
+//       SQ(acc * 2^exp_in, bits) of an int64 tensor (logical order) computed on the integers:
+//       exact exponent, then round half to even or floor((floor(acc 2^(16-s)) + b) / 2^16).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cstring>
+#include <tuple>
+#include "common.h"
+
+namespace {
+
+at::Tensor im2col(const at::Tensor& x_, int64_t kh, int64_t kw, int64_t stride, int64_t dil,
+                  int64_t pt, int64_t pb, int64_t pl, int64_t pr, c10::optional<at::Tensor> out_) {
+  TORCH_CHECK(x_.scalar_type() == at::kChar && x_.dim() == 4, "im2col: int8 NHWC input");
+  const at::Tensor x = x_.contiguous();
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const int64_t Hd = (H - 1) * dil + 1 + pt + pb, Wd = (W - 1) * dil + 1 + pl + pr;
+  const int64_t Ho = (Hd - kh) / stride + 1, Wo = (Wd - kw) / stride + 1;
+  TORCH_CHECK(Ho > 0 && Wo > 0, "im2col: kernel larger than the padded input");
+  at::Tensor out = out_.has_value() ? *out_ : at::empty({N * Ho * Wo, kh * kw * C}, x.options());
+  TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kChar && out.size(0) == N * Ho * Wo &&
+              out.size(1) == kh * kw * C, "im2col: out buffer of the wrong shape");
+  const int8_t* src = x.data_ptr<int8_t>();
+  int8_t* dst = out.data_ptr<int8_t>();
+  const int64_t cell_bytes = C, row_bytes = kh * kw * C;
+  // copy one C-byte cell; fixed sizes inline to a few vector moves
+  auto copy_cell = [C](int8_t* d, const int8_t* s) {
+    switch (C) {
+      case 16: std::memcpy(d, s, 16); break;
+      case 32: std::memcpy(d, s, 32); break;
+      case 64: std::memcpy(d, s, 64); break;
+      default: std::memcpy(d, s, C);
+    }
+  };
+  at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / Ho, oh = r % Ho;
+      const int8_t* img = src + n * H * W * C;
+      for (int64_t ky = 0; ky < kh; ++ky) {
+        const int64_t yd = oh * stride + ky - pt;             // row in the dilated, padded input
+        const bool yok = yd >= 0 && yd % dil == 0 && yd / dil < H;
+        const int8_t* line = img + (yok ? yd / dil : 0) * W * C;
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          int8_t* cell = dst + (r * Wo + ow) * row_bytes + ky * kw * cell_bytes;
+          for (int64_t kx = 0; kx < kw; ++kx, cell += cell_bytes) {
+            const int64_t xd = ow * stride + kx - pl;
+            if (yok && xd >= 0 && xd % dil == 0 && xd / dil < W)
+              copy_cell(cell, line + (xd / dil) * C);
+            else
+              std::memset(cell, 0, cell_bytes);
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, int64_t> sq_int(const at::Tensor& acc_, int64_t exp_in, int64_t bits,
+                                       int64_t mode, c10::optional<at::Generator> gen) {
+  TORCH_CHECK(acc_.scalar_type() == at::kLong, "sq_int: int64 input");
+  const at::Tensor acc = acc_.contiguous();
+  const int64_t n = acc.numel();
+  const int64_t* p = acc.data_ptr<int64_t>();
+  int64_t amax = at::parallel_reduce(0, n, 1 << 14, int64_t(0), [&](int64_t b, int64_t e, int64_t m) {
+    for (int64_t i = b; i < e; ++i) m = std::max(m, p[i] < 0 ? -p[i] : p[i]);
+    return m;
+  }, [](int64_t a, int64_t b) { return std::max(a, b); });
+  const int64_t lsb = eoqk::exponent_of(std::ldexp(double(amax), int(exp_in))) + 1 - bits;
+  const int64_t m = (int64_t(1) << (bits - 1)) - 1, s = lsb - exp_in;
+  std::pair<uint32_t, uint32_t> k{0, 0};
+  if (mode) k = eoqk::draw_key(gen);
+  at::Tensor out = at::empty(acc.sizes(), acc.options().dtype(at::kChar));
+  int8_t* d = out.data_ptr<int8_t>();
+  at::parallel_for(0, (n + 511) / 512, 8, [&](int64_t bb, int64_t be) {
+    uint32_t rb[512];
+    for (int64_t blk = bb; blk < be; ++blk) {
+      const int64_t i0 = blk * 512, len = std::min<int64_t>(512, n - i0);
+      if (mode) eoqk::fill_bits(rb, len, uint32_t(i0), 1u, k.first, k.second);
+      for (int64_t l = 0; l < len; ++l) {
+        const int64_t a = p[i0 + l];
+        int64_t c;
+        if (mode == 0) {
+          if (s <= 0) {
+            c = a * (int64_t(1) << -s);
+          } else {
+            const int64_t q = a >> s, r = a - (q << s), half = int64_t(1) << (s - 1);
+            c = q + ((r > half || (r == half && (q & 1))) ? 1 : 0);
+          }
+        } else {
+          const int64_t t = s <= 16 ? a * (int64_t(1) << (16 - s)) : (a >> (s - 16));
+          c = (t + int64_t(rb[l])) >> 16;
+        }
+        d[i0 + l] = static_cast<int8_t>(c < -m ? -m : (c > m ? m : c));
+      }
+    }
+  });
+  return {out, lsb};
+}
+
+}  // namespace
+
+void register_intops(pybind11::module& m) {
+  m.def("im2col", &im2col);
+  m.def("sq_int", &sq_int);
+}
