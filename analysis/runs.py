@@ -18,7 +18,10 @@ def load_run(path) -> dict:
 def label(cfg: dict) -> str:
     if cfg["preset"] == "fp32":
         return f"fp32+{'BN' if cfg['norm'] == 'bn' else cfg['norm'].capitalize()}"
-    return "EOQ" if cfg["preset"] == "eoq" else f"{cfg['preset']}+{cfg['norm']}"
+    name = "EOQ" if cfg["preset"] == "eoq" else f"{cfg['preset']}+{cfg['norm']}"
+    if cfg.get("engine") == "int":
+        return name + " (integer engine)"
+    return name + (" (channels-last)" if cfg.get("channels_last") else "")
 
 
 def accuracy_table(runs: list[dict]) -> str:

@@ -27,6 +27,8 @@ def _add_train(sub):
     p.add_argument("--preset", default=d.preset, help="fp32 | eoq | eoq-float-ends | wageubn, or a JSON spec file")
     p.add_argument("--engine", default=d.engine, help="sim: float simulation of the integer arithmetic; int: int8 x int8 -> int32 "
                         "GEMMs (torch._int_mm), bit-exact with sim; needs the eoq preset")
+    p.add_argument("--channels-last", action="store_true",
+                   help="NHWC activations (faster on CPU; always on with --engine int)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="down to 1 (online training)")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")

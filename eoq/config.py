@@ -18,6 +18,7 @@ class TrainConfig:
     norm: str = "fixup"
     preset: str = "eoq"          # a preset name or a JSON spec file
     engine: str = "sim"
+    channels_last: bool = False  # NHWC activations (always on with engine="int")
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.2

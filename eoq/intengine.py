@@ -237,7 +237,12 @@ def _to_float_nchw(acc_nhwc: torch.Tensor, exponent: int, channels_last: bool) -
     channels-last memory when the layer's input was (free), else NCHW-contiguous (a copy). The
     simulator's conv output has that same layout, so reductions downstream (Fixup scalar
     gradients, pooling) add in the same order and agree bit for bit."""
-    out = torch.mul(acc_nhwc, 2.0 ** exponent).permute(0, 3, 1, 2)
+    kern = kernels.usable(torch.empty(0))
+    if kern is not None and acc_nhwc.dtype == torch.int32:
+        out = kern.dequant(acc_nhwc, exponent)
+    else:
+        out = acc_nhwc.to(torch.float32) * 2.0 ** exponent
+    out = out.permute(0, 3, 1, 2)
     return out if channels_last else out.contiguous()
 
 

@@ -160,36 +160,6 @@ def fused_scale_output(x, v, layer):
     return _ScaleQuantGradFn.apply(x, v, layer)
 
 
-class _ReluQuantGradFn(torch.autograd.Function):
-    """relu(x) after a quantized layer (through a Fixup bias, whose backward is the identity);
-    its backward hands that layer E(relu'(x) * grad) in one pass (no threshold_backward tensor)."""
-
-    @staticmethod
-    def forward(ctx, x, layer):
-        out = torch.relu(x)
-        ctx.save_for_backward(out)
-        ctx.layer = layer
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        q = ctx.layer.quant.E
-        gx = Q.sq_relu_grad(grad, out, q.bits, q.rounding, ctx.layer.generator)
-        gx._eoq_quantized_for = ctx.layer
-        return gx, None
-
-
-def fused_relu(x, layer):
-    """relu(x) where x is ``layer``'s output plus a bias; E of ``layer`` fused into the backward
-    (same conditions as :func:`fused_scale_output`)."""
-    q = getattr(layer, "quant", None)
-    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS or layer.engine != "sim" \
-            or distributed.active():
-        return F.relu(x)
-    return _ReluQuantGradFn.apply(x, layer)
-
-
 def _error_quant(grad_out, layer):
     """E(grad_out), unless _ScaleQuantGradFn already quantized it for this layer."""
     if getattr(grad_out, "_eoq_quantized_for", None) is layer:

@@ -166,13 +166,13 @@ def _code_dtype(bits: int) -> torch.dtype:
     return torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
 
 
-def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0, mask=None):
+def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0):
     """The one-call kernel SQ (max, exponent, key draw, rounding), or None where it cannot run."""
     kern = kernels.usable(x) if key is None else None
     if kern is None or (generator is not None and generator.device.type != "cpu"):
         return None
     try:
-        return kern.sq(x.detach(), k, _check_rounding(rounding), generator, codes, bias, mult, mask)
+        return kern.sq(x.detach(), k, _check_rounding(rounding), generator, codes, bias, mult)
     except RuntimeError as err:
         if "NaN or Inf" in str(err):
             raise QuantizationError(
@@ -194,19 +194,6 @@ def sq_plus(x: torch.Tensor, bias: torch.Tensor, k: int, rounding: str = "neares
     if fused is not None:
         return fused[0]
     return sq(x + bias.detach(), k, rounding, generator)
-
-
-def sq_relu_grad(grad: torch.Tensor, out: torch.Tensor, k: int, rounding: str = "nearest",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """SQ(relu backward, k): SQ(where(out <= 0, 0, grad)) without the intermediate tensor, identical
-    to ``sq(torch.ops.aten.threshold_backward(grad, out, 0), k)``."""
-    check_bits(k)
-    dense = grad.is_contiguous() or (grad.dim() == 4 and grad.is_contiguous(memory_format=torch.channels_last))
-    if dense and grad.stride() == out.stride():
-        fused = _fused_sq(grad, k, rounding, generator, None, False, mask=out.detach())
-        if fused is not None:
-            return fused[0]
-    return sq(torch.ops.aten.threshold_backward(grad, out, 0), k, rounding, generator)
 
 
 def sq_times(x: torch.Tensor, mult: torch.Tensor, k: int, rounding: str = "nearest",

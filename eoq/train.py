@@ -204,7 +204,7 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                     group["lr"] = lr
                 if distributed.active():
                     x, y = distributed.shard(x, y)
-                if cfg.engine == "int":   # the integer engine keeps activations NHWC (no layout copies)
+                if cfg.channels_last or cfg.engine == "int":   # NHWC: the integer engine needs no copies
                     x = x.contiguous(memory_format=torch.channels_last)
                 try:
                     loss, logits = train_step(model, opt, x, y)
@@ -232,7 +232,7 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
             bar.close()
             try:
                 test_acc = evaluate(model, data.test_x, data.test_y, memory_format=(
-                    torch.channels_last if cfg.engine == "int" else torch.contiguous_format))
+                    torch.channels_last if cfg.channels_last or cfg.engine == "int" else torch.contiguous_format))
             except QuantizationError as err:
                 last = (f"the last good checkpoint is {str(ckpt)!r}" if ckpt.exists()
                         else "no checkpoint was written yet")

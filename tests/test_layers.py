@@ -134,10 +134,14 @@ def test_fused_bias_input_quantization_equals_the_plain_path(rounding):
         torch.manual_seed(0)
         model = build_model("resnet20", "fixup", num_classes=10)
         prepare(model, spec, torch.Generator().manual_seed(3))
-        with torch.no_grad():
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():   # Fixup's zero-initialised layers would make most gradients zero
             for m in model.modules():
                 if isinstance(m, Scalar):
                     m.value.fill_(0.0625 if m.mode == "bias" else 1.0)
+                elif isinstance(m, (QConv2d, QLinear)):
+                    w = torch.randn(m.weight.shape, generator=g) * 2.0 ** (float(m.weight_exp) + 5)
+                    m.weight.copy_(Q.fixed_grid(w, int(m.weight_exp), 8))
         x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(4), requires_grad=True)
         ctx = observing(_NullObserver()) if observe else contextlib.nullcontext()
         with ctx:
@@ -148,3 +152,4 @@ def test_fused_bias_input_quantization_equals_the_plain_path(rounding):
     fused, plain = run(False), run(True)
     assert torch.equal(fused[0], plain[0]) and torch.equal(fused[1], plain[1])
     assert all(torch.equal(a, b) for a, b in zip(fused[2], plain[2]))
+    assert all(float(p.abs().sum()) > 0 for p in fused[2])          # every gradient is exercised

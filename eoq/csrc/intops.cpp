@@ -3,6 +3,7 @@
 //       int8 NHWC x -> rows [N*Ho*Wo, kh*kw*C] (C fastest); the input is read as if dilated by
 //       `dilation` (zeros between pixels, for transposed convolutions) and zero-padded, without
 //       materialising either; writes into `out` when given (a reused buffer: no page faults).
+//   dequant(acc, exponent)          int32 -> float32 acc * 2^exponent in one pass
 //   sq_int(acc, exp_in, bits, mode, generator)
 //       SQ(acc * 2^exp_in, bits) of an int64 tensor (logical order) computed on the integers:
 //       exact exponent, then round half to even or floor((floor(acc 2^(16-s)) + b) / 2^16).
@@ -103,9 +104,25 @@ std::tuple<at::Tensor, int64_t> sq_int(const at::Tensor& acc_, int64_t exp_in, i
   return {out, lsb};
 }
 
+// acc * 2^exponent as float32 in one pass (torch's int32 * float makes a float copy, then scales).
+// Exact for |acc| < 2^24; beyond, it rounds exactly as float(acc) * 2^e does.
+at::Tensor dequant(const at::Tensor& acc_, int64_t exponent) {
+  TORCH_CHECK(acc_.scalar_type() == at::kInt, "dequant: int32 input");
+  const at::Tensor acc = acc_.contiguous();
+  at::Tensor out = at::empty(acc.sizes(), acc.options().dtype(at::kFloat));
+  const int32_t* p = acc.data_ptr<int32_t>();
+  float* d = out.data_ptr<float>();
+  const float scale = std::ldexp(1.0f, static_cast<int>(exponent));
+  at::parallel_for(0, acc.numel(), 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) d[i] = static_cast<float>(p[i]) * scale;
+  });
+  return out;
+}
+
 }  // namespace
 
 void register_intops(pybind11::module& m) {
+  m.def("dequant", &dequant);
   m.def("im2col", &im2col);
   m.def("sq_int", &sq_int);
 }

@@ -6,8 +6,7 @@
 //       c = clamp(x * 2^-e, -m, m) rounded: r = 0 half-to-even, r = 1 stochastic,
 //       SR(y) = floor((floor(y * 2^16) + b) / 2^16) with b the 16 random bits of element i;
 //       returns c * 2^e (float32, same layout) or c as integer codes.
-//   sq(x, bits, mode, generator, codes, bias, mult, mask)   SQ of x + bias, x * mult, or
-//       where(mask <= 0, 0, x) (relu backward) in one call
+//   sq(x, bits, mode, generator, codes, bias, mult)   SQ of x + bias or x * mult in one call
 //   grid_step(...)                   the integer-weight optimizer step (see eoq/optimizer.py)
 //   random_bits(n, k0, k1)           the 16-bit random numbers b_0 .. b_{n-1} (for tests)
 // Element i is the row-major index in the *logical* shape (mod 2^32), so NCHW and channels-last
@@ -32,7 +31,21 @@ using eoqk::pair_hash;
 using eoqk::rbits32;
 using eoqk::fill_bits;
 
-double abs_max_affine(const at::Tensor& x_, float mult, float bias, const float* mask = nullptr);
+double abs_max_affine(const at::Tensor& x_, float mult, float bias);
+
+inline uint32_t abs_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return u & 0x7fffffffu;
+}
+
+// The float whose bits are r (a max of abs_bits), or +inf when r is NaN/Inf.
+inline double from_abs_bits(uint32_t r) {
+  if (r >= 0x7f800000u) return std::numeric_limits<double>::infinity();
+  float f;
+  std::memcpy(&f, &r, sizeof f);
+  return f;
+}
 
 double abs_max(const at::Tensor& x_) {
   at::Tensor x = x_.contiguous(x_.suggest_memory_format());
@@ -46,48 +59,26 @@ double abs_max(const at::Tensor& x_) {
     for (int64_t i = b; i < e; ++i) m = std::max(m, p[i] & 0x7fffffffu);
     return m;
   }, [](uint32_t a, uint32_t b) { return std::max(a, b); });
-  if (r >= 0x7f800000u) return std::numeric_limits<double>::infinity();
-  float f;
-  std::memcpy(&f, &r, sizeof f);
-  return f;
+  return from_abs_bits(r);
 }
 
-// The value a kernel quantizes: x, x * mult (as torch's x * s) or x + bias (as torch's x + b).
-inline float affine(float x, float mult, float bias) {
-  return mult != 1.0f ? x * mult : (bias != 0.0f ? x + bias : x);
-}
-
-// max|affine(x)|, same NaN/Inf convention as abs_max.
-inline uint32_t abs_bits(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  return u & 0x7fffffffu;
-}
-
-double abs_max_affine(const at::Tensor& x_, float mult, float bias, const float* mask) {
-  if (bias == 0.0f && mult == 1.0f && mask == nullptr) return abs_max(x_);
+// max|v| of v = x + bias or x * mult (as torch's x + b, x * s).
+double abs_max_affine(const at::Tensor& x_, float mult, float bias) {
+  if (bias == 0.0f && mult == 1.0f) return abs_max(x_);
   at::Tensor x = x_.contiguous(x_.suggest_memory_format());
   const float* p = x.data_ptr<float>();
   const int64_t n = x.numel();
   // one simple loop per case, so that each vectorizes
   uint32_t r = at::parallel_reduce(0, n, 1 << 15, 0u, [&](int64_t b, int64_t e, uint32_t acc) {
     uint32_t m = acc;
-    if (mask) {
-      for (int64_t i = b; i < e; ++i) {  // branch-free: keep |x| where !(mask <= 0)
-        const uint32_t keep = 0u - static_cast<uint32_t>(!(mask[i] <= 0.0f));
-        m = std::max(m, abs_bits(p[i]) & keep);
-      }
-    } else if (mult != 1.0f) {
+    if (mult != 1.0f) {
       for (int64_t i = b; i < e; ++i) m = std::max(m, abs_bits(p[i] * mult));
     } else {
       for (int64_t i = b; i < e; ++i) m = std::max(m, abs_bits(p[i] + bias));
     }
     return m;
   }, [](uint32_t a, uint32_t b) { return std::max(a, b); });
-  if (r >= 0x7f800000u) return std::numeric_limits<double>::infinity();
-  float f;
-  std::memcpy(&f, &r, sizeof f);
-  return f;
+  return from_abs_bits(r);
 }
 
 constexpr int64_t BLK = 512;
@@ -96,16 +87,10 @@ constexpr int64_t BLK = 512;
 template <typename T, typename OUT>
 inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32_t di, float inv,
                         float scale, T m, int64_t mode, uint32_t k0, uint32_t k1, bool codes,
-                        float bias = 0.0f, float mult = 1.0f, const float* mk = nullptr) {
+                        float bias = 0.0f, float mult = 1.0f) {
   T c[BLK];
   float src[BLK];
-  if (mk) {  // relu backward: where(mask <= 0, 0, x), as torch's threshold_backward
-    for (int64_t l = 0; l < len; ++l) {
-      const float v = s[l];
-      src[l] = mk[l] <= 0.0f ? 0.0f : v;
-    }
-    s = src;
-  } else if (mult != 1.0f) {
+  if (mult != 1.0f) {
     for (int64_t l = 0; l < len; ++l) src[l] = s[l] * mult;
     s = src;
   } else if (bias != 0.0f) {
@@ -138,14 +123,14 @@ inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32
 template <typename T, typename OUT>
 void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, float scale, T m,
          int64_t mode, uint32_t k0, uint32_t k1, bool codes, float bias, float mult,
-         const float* mask, uint32_t off = 0) {
+         uint32_t off = 0) {
   const int64_t n = x.numel();
   if (!cl) {
     at::parallel_for(0, (n + BLK - 1) / BLK, 16, [&](int64_t b, int64_t e) {
       for (int64_t blk = b; blk < e; ++blk) {
         const int64_t i = blk * BLK, len = std::min(BLK, n - i);
         quant_block<T, OUT>(src + i, dst + i, len, static_cast<uint32_t>(i) + off, 1u, inv, scale, m,
-                            mode, k0, k1, codes, bias, mult, mask ? mask + i : nullptr);
+                            mode, k0, k1, codes, bias, mult);
       }
     });
     return;
@@ -161,7 +146,7 @@ void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, fl
         const int64_t len = std::min(BLK, C - c0);
         quant_block<T, OUT>(src + pix * C + c0, dst + pix * C + c0, len,
                             base + static_cast<uint32_t>(c0 * HW), static_cast<uint32_t>(HW),
-                            inv, scale, m, mode, k0, k1, codes, bias, mult, mask ? mask + pix * C + c0 : nullptr);
+                            inv, scale, m, mode, k0, k1, codes, bias, mult);
       }
     }
   });
@@ -169,7 +154,7 @@ void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, fl
 
 at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code, int64_t mode,
                         int64_t k0, int64_t k1, bool codes, double bias_ = 0.0, double mult_ = 1.0,
-                        c10::optional<at::Tensor> mask_ = c10::nullopt, int64_t offset = 0) {
+                        int64_t offset = 0) {
   const float bias = static_cast<float>(bias_), mult = static_cast<float>(mult_);
   TORCH_CHECK(bias == 0.0f || mult == 1.0f, "round_scaled: bias and mult cannot both be set");
   TORCH_CHECK(x_.scalar_type() == at::kFloat, "round_scaled: float32 only");
@@ -181,28 +166,22 @@ at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code
   const uint32_t u0 = static_cast<uint32_t>(k0), u1 = static_cast<uint32_t>(k1);
   const uint32_t off = static_cast<uint32_t>(offset);   // logical index of element 0 (data-parallel shards)
   const float* src = x.data_ptr<float>();
-  const float* mask = nullptr;
-  if (mask_.has_value()) {
-    TORCH_CHECK(mask_->sizes() == x.sizes() && mask_->strides() == x.strides() &&
-                mask_->scalar_type() == at::kFloat, "round_scaled: mask must match x in shape and layout");
-    mask = mask_->data_ptr<float>();
-  }
   at::Tensor out;
   if (codes) {
     auto dt = max_code <= 127 ? at::kChar : (max_code <= 32767 ? at::kShort : at::kInt);
     out = at::empty(x.sizes(), x.options().dtype(dt), fmt);
     if (dt == at::kChar)
-      run<float, int8_t>(src, out.data_ptr<int8_t>(), x, cl, inv, scale, float(max_code), mode, u0, u1, true, bias, mult, mask, off);
+      run<float, int8_t>(src, out.data_ptr<int8_t>(), x, cl, inv, scale, float(max_code), mode, u0, u1, true, bias, mult, off);
     else if (dt == at::kShort)
-      run<double, int16_t>(src, out.data_ptr<int16_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, mask, off);
+      run<double, int16_t>(src, out.data_ptr<int16_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, off);
     else
-      run<double, int32_t>(src, out.data_ptr<int32_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, mask, off);
+      run<double, int32_t>(src, out.data_ptr<int32_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, off);
   } else {
     out = at::empty(x.sizes(), x.options(), fmt);
     if (max_code <= 127)
-      run<float, float>(src, out.data_ptr<float>(), x, cl, inv, scale, float(max_code), mode, u0, u1, false, bias, mult, mask, off);
+      run<float, float>(src, out.data_ptr<float>(), x, cl, inv, scale, float(max_code), mode, u0, u1, false, bias, mult, off);
     else
-      run<double, float>(src, out.data_ptr<float>(), x, cl, inv, scale, double(max_code), mode, u0, u1, false, bias, mult, mask, off);
+      run<double, float>(src, out.data_ptr<float>(), x, cl, inv, scale, double(max_code), mode, u0, u1, false, bias, mult, off);
   }
   return out;
 }
@@ -211,18 +190,13 @@ at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code
 // (values or codes, lsb exponent); raises on NaN/Inf.
 std::tuple<at::Tensor, int64_t> sq(const at::Tensor& x, int64_t bits, int64_t mode,
                                    c10::optional<at::Generator> gen, bool codes, double bias,
-                                   double mult, c10::optional<at::Tensor> mask) {
-  if (mask.has_value())
-    TORCH_CHECK(mask->sizes() == x.sizes() && mask->strides() == x.strides() &&
-                (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)),
-                "sq: mask must match x in shape and layout");
-  const double a = x.numel() ? abs_max_affine(x, float(mult), float(bias),
-                                              mask.has_value() ? mask->data_ptr<float>() : nullptr) : 0.0;
+                                   double mult) {
+  const double a = x.numel() ? abs_max_affine(x, float(mult), float(bias)) : 0.0;
   TORCH_CHECK(std::isfinite(a), "cannot quantize a tensor holding NaN or Inf");
   const int64_t lsb = exponent_of(a) + 1 - bits, m = (int64_t(1) << (bits - 1)) - 1;
   std::pair<uint32_t, uint32_t> k{0, 0};
   if (mode) k = draw_key(gen);
-  return {round_scaled(x, lsb, m, mode, k.first, k.second, codes, bias, mult, mask), lsb};
+  return {round_scaled(x, lsb, m, mode, k.first, k.second, codes, bias, mult), lsb};
 }
 
 // SQ of a float32 buffer in place (shift scale from its own max|x|), as eoq.quantizers.sq.
@@ -365,7 +339,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("round_scaled", &round_scaled, pybind11::arg("x"), pybind11::arg("exponent"),
         pybind11::arg("max_code"), pybind11::arg("mode"), pybind11::arg("k0"), pybind11::arg("k1"),
         pybind11::arg("codes"), pybind11::arg("bias") = 0.0, pybind11::arg("mult") = 1.0,
-        pybind11::arg("mask") = pybind11::none(), pybind11::arg("offset") = 0);
+        pybind11::arg("offset") = 0);
   m.def("random_bits", &random_bits);
   m.def("grid_step", &grid_step);
   m.def("sq", &sq);

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..batchnorm import QBatchNorm2d
-from ..layers import QConv2d, Scalar, fused_relu
+from ..layers import QConv2d, Scalar
 
 NORMS = ("bn", "fixup", "none")
 
@@ -70,7 +70,7 @@ class ResidualBlock(nn.Module):
             if self.norm == "fixup":
                 x = self.biases_out[i](self.scale(x, after=conv) if i == last else x)
             if i != last:
-                x = fused_relu(x, conv) if self.norm == "fixup" else F.relu(x)
+                x = F.relu(x)
         return x
 
     def residual(self, x):

@@ -9,4 +9,7 @@ COMMON=(--model resnet20 --norm fixup --preset eoq --epochs 5 --lr 0.15 --thread
 .venv/bin/eoq train "${COMMON[@]}" --engine sim --out "$RUNS/sim" > "$RUNS.sim.log" 2>&1 &
 .venv/bin/eoq train "${COMMON[@]}" --engine int --out "$RUNS/int" > "$RUNS.int.log" 2>&1 &
 wait
-.venv/bin/python -m analysis.runs "$RUNS/sim" "$RUNS/int" --out reports/engines --name accuracy_5ep
+# the same simulation in the integer engine's memory layout (channels-last): float reductions
+# (Fixup scalar gradients) then add in the same order as in the integer run
+.venv/bin/eoq train "${COMMON[@]}" --engine sim --channels-last --threads 2 --out "$RUNS/sim_cl" > "$RUNS.sim_cl.log" 2>&1
+.venv/bin/python -m analysis.runs "$RUNS/sim" "$RUNS/sim_cl" "$RUNS/int" --out reports/engines --name accuracy_5ep
