@@ -1,4 +1,4 @@
-"""Data-parallel training on torch.distributed (gloo on CPU, nccl on GPU), deterministic by design.
+"""Data-parallel training on torch.distributed (gloo), deterministic by design.
 
 Started by ``torchrun --nproc_per_node N -m eoq train ...`` (WORLD_SIZE, RANK and MASTER_ADDR in
 the environment). Every process holds the whole model and takes rows [r*B/N, (r+1)*B/N) of each
@@ -17,7 +17,8 @@ tensor crosses processes, and what that buys:
   backward pass. Its summation order differs from one process's, so these agree to float32
   rounding (relative 1e-6), not bit for bit.
 - The optimizer then runs identically everywhere (same generator draws), so no weights are sent.
-Fused simulator kernels are bypassed under data parallelism (their max is per process).
+Fused simulator kernels are bypassed under data parallelism (their max is per process). The
+training loop runs on the CPU, so the backend is gloo; nccl needs the loop on GPUs first.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def init_from_env() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend="gloo")          # the training loop is CPU-only
     attach()
     return True
 
