@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eoq.augment import eval_batches, to_float
+from eoq.augment import to_float
 from eoq.data import load_cifar10
 from eoq.models import build_model
 from eoq.optimizer import EOQSGD
