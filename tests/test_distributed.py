@@ -35,10 +35,11 @@ def train(out: Path, procs: int, preset: str, engine: str, steps: int = 2):
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
-@pytest.mark.parametrize("preset,engine", [("eoq", "int"), ("fp32", "sim")])
+@pytest.mark.parametrize("preset,engine", [("eoq", "int"), ("eoq", "sim"), ("fp32", "sim")])
 def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, preset, engine):
-    """EOQ (integer engine): every conv/linear weight code is identical after two steps; the Fixup
-    scalars (float32 all-reduce, other summation order) agree to one LSB of their 8-bit grid.
+    """EOQ (both engines; batch 16 keeps the simulator's float sums exact): every conv/linear weight
+    code is identical after two steps; the Fixup scalars (float32 all-reduce, other summation
+    order) agree to one LSB of their 8-bit grid.
     fp32: every parameter agrees to float32 rounding (rel 1e-5)."""
     one = train(tmp_path / "one", 1, preset, engine)
     two = train(tmp_path / "two", 2, preset, engine)
