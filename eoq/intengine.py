@@ -203,10 +203,13 @@ def sq_from_int(acc: torch.Tensor, exp_in: int, k: int, rounding: str, generator
     return codes.clamp_(-m, m).to(torch.int8), lsb
 
 
-def _codes(x: torch.Tensor, q, generator) -> tuple[torch.Tensor, int]:
+def _codes(x: torch.Tensor, q, generator, layer=None) -> tuple[torch.Tensor, int]:
     """SQ codes (int8, x's shape and layout) and LSB exponent of a batch tensor (A or E; a
-    data-parallel shard is quantized as part of the whole batch, see eoq.distributed)."""
-    codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator, sharded=distributed.active())
+    data-parallel shard is quantized as part of the whole batch, see eoq.distributed). An input
+    that carries a Fixup bias for ``layer`` (layers.fused_bias_input) is quantized as x + bias."""
+    pending = getattr(x, "_eoq_pending_bias", None)
+    bias = pending[0] if pending is not None and pending[1] is layer else None
+    codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator, sharded=distributed.active(), bias=bias)
     return codes.to(torch.int8), int(lsb)
 
 
@@ -254,7 +257,7 @@ class IntConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, layer):
         q = layer.quant
-        a, ea = _codes(x, q.A, layer.generator)
+        a, ea = _codes(x, q.A, layer.generator, layer)
         _notify("A", q.A, x, a, ea, layer)
         wc, ew = weight_codes(layer)
         acc, cols = conv_forward(to_nhwc(a), wc, layer.stride[0], layer.padding[0])
@@ -306,7 +309,7 @@ class IntLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, layer):
         q = layer.quant
-        a, ea = _codes(x, q.A, layer.generator)
+        a, ea = _codes(x, q.A, layer.generator, layer)
         _notify("A", q.A, x, a, ea, layer)
         wc, ew = weight_codes(layer)
         out = int_mm(a.contiguous(), wc.t()).to(torch.float32) * 2.0 ** (ea + ew)

@@ -114,13 +114,32 @@ class _BiasQuantFn(torch.autograd.Function):
         return grad, gv, None
 
 
+class _DeferredBiasFn(torch.autograd.Function):
+    """x + v as the input of an integer-engine layer, left to that layer's A quantizer, whose
+    kernel adds v on the fly (no x + v tensor). The output aliases x and carries v; the backward is
+    that of x + v."""
+
+    @staticmethod
+    def forward(ctx, x, v):
+        ctx.v_shape = v.shape
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad.sum_to_size(ctx.v_shape) if ctx.needs_input_grad[1] else None
+
+
 def fused_bias_input(x, v, layer):
     """x + v as the input of ``layer``: fused with its A quantization when that is a plain SQ and
     no observer wants the unquantized tensor; otherwise the plain sum."""
     q = getattr(layer, "quant", None)
-    if q is None or not q.any or not q.A.enabled or q.A.quantizer != "sq" or OBSERVERS or layer.engine != "sim" \
+    if q is None or not q.any or not q.A.enabled or q.A.quantizer != "sq" or OBSERVERS \
             or distributed.active():
         return x + v
+    if layer.engine == "int":
+        out = _DeferredBiasFn.apply(x, v)
+        out._eoq_pending_bias = (float(v.detach()), layer)
+        return out
     out = _BiasQuantFn.apply(x, v, layer)
     out._eoq_quantized_for = layer
     return out

@@ -221,10 +221,17 @@ def _sharded_sq(x, k, rounding, generator, codes):
 
 
 def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
-               generator: torch.Generator | None = None, sharded: bool = False) -> tuple[torch.Tensor, int]:
+               generator: torch.Generator | None = None, sharded: bool = False,
+               bias: float | None = None) -> tuple[torch.Tensor, int]:
     """SQ(x, k) as (integer codes, LSB exponent e_R + 1 - k); ``sharded``: x is this process's
-    part of a batch split across processes (A and E under data parallelism)."""
+    part of a batch split across processes (A and E under data parallelism); ``bias``: quantize
+    x + bias (float32 addition, as torch's), without an x + bias tensor where the kernel runs."""
     check_bits(k)
+    if bias is not None and bias != 0.0:
+        fused = _fused_sq(x, k, rounding, generator, None, True, bias) if not sharded else None
+        if fused is not None:
+            return fused
+        x = x + torch.tensor([bias], dtype=x.dtype)
     if sharded:
         return _sharded_sq(x, k, rounding, generator, True)
     fused = _fused_sq(x, k, rounding, generator, None, True)
