@@ -82,11 +82,7 @@ def index_offset(local_numel: int) -> int:
 
 
 def all_sum_(t: torch.Tensor) -> torch.Tensor:
-    """In-place SUM across processes (integers exactly; int32 is widened to int64 first)."""
-    if t.dtype == torch.int32:
-        wide = t.to(torch.int64)
-        dist.all_reduce(wide)
-        return wide
+    """In-place SUM across processes (int64 exactly; float in the backend's order)."""
     dist.all_reduce(t)
     return t
 

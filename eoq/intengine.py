@@ -30,9 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import distributed, kernels
+from . import distributed, kernels, rng
 from . import quantizers as Q
-from . import rng
 from .observe import OBSERVERS
 from .spec import LayerQuant, SpecError
 
@@ -116,7 +115,7 @@ def im2col(x: torch.Tensor, kh: int, kw: int, stride: int, pad: tuple[int, int, 
     ``dilation`` reads the input as if zeros stood between its pixels (transposed convolutions).
     The C++ kernel pads and dilates on the fly; the torch reference (integer tensors cannot go
     through F.unfold) materialises both, then takes a strided view."""
-    kern = kernels.usable(torch.empty(0)) if x.dtype == torch.int8 else None
+    kern = kernels.load() if x.dtype == torch.int8 else None
     if kern is not None:
         n, h, w, c = x.shape
         ho = ((h - 1) * dilation + 1 + pad[2] + pad[3] - kh) // stride + 1
@@ -181,7 +180,7 @@ def sq_from_int(acc: torch.Tensor, exp_in: int, k: int, rounding: str, generator
     s = lsb - exp_in; nearest: round half to even of acc / 2^s; stochastic:
     floor((floor(acc * 2^(16 - s)) + b) / 2^16) with the 16-bit numbers b of :mod:`eoq.rng`."""
     acc = acc.to(torch.int64)
-    kern = kernels.usable(torch.empty(0))
+    kern = kernels.load()
     if kern is not None and acc.numel():
         codes, lsb = kern.sq_int(acc, exp_in, k, Q.ROUNDINGS.index(rounding), generator)
         return codes, int(lsb)
@@ -219,6 +218,20 @@ def _notify(kind, q, x, codes, lsb, owner):
         obs.after(kind, q, x, codes.to(torch.float32) * 2.0 ** lsb, owner)
 
 
+def _gradient(acc: torch.Tensor, exponent: int, layer, to_logical=None) -> torch.Tensor:
+    """G of a weight-gradient accumulator (int64 sums of int8 products, value acc * 2^exponent):
+    summed over data-parallel shards (exact), put in the weight's logical order, rounded once."""
+    if distributed.active():
+        distributed.all_sum_(acc)
+    if to_logical is not None:
+        acc = to_logical(acc).contiguous()
+    q = layer.quant.G
+    g, eg = sq_from_int(acc, exponent, q.bits, q.rounding, layer.generator)
+    if OBSERVERS:
+        _notify("G", q, acc.to(torch.float32) * 2.0 ** exponent, g, eg, layer)
+    return g.to(torch.float32) * 2.0 ** eg
+
+
 def weight_codes(layer) -> tuple[torch.Tensor, int]:
     """The stored int8 weight codes and their exponent (the float parameter is codes * 2^e)."""
     e = int(layer.weight_exp)
@@ -241,7 +254,7 @@ def _to_float_nchw(acc_nhwc: torch.Tensor, exponent: int, channels_last: bool) -
     channels-last memory when the layer's input was (free), else NCHW-contiguous (a copy). The
     simulator's conv output has that same layout, so reductions downstream (Fixup scalar
     gradients, pooling) add in the same order and agree bit for bit."""
-    kern = kernels.usable(torch.empty(0))
+    kern = kernels.load()
     if kern is not None and acc_nhwc.dtype == torch.int32:
         out = kern.dequant(acc_nhwc, exponent)
     else:
@@ -293,12 +306,7 @@ class IntConvFn(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             cout, cin, kh, kw = wc.shape
             acc = weight_grad(e.reshape(-1, cout), cols)
-            if distributed.active():
-                distributed.all_sum_(acc)          # exact int64 sum over shards, then G once
-            acc = acc.view(cout, kh, kw, cin).permute(0, 3, 1, 2)
-            g, eg = sq_from_int(acc.contiguous(), ea + ee, q.G.bits, q.G.rounding, layer.generator)
-            gw = g.to(torch.float32) * 2.0 ** eg
-            _notify("G", q.G, acc.to(torch.float32) * 2.0 ** (ea + ee), g, eg, layer)
+            gw = _gradient(acc, ea + ee, layer, lambda t: t.view(cout, kh, kw, cin).permute(0, 3, 1, 2))
         _give(cols)
         return gi, gw, None
 
@@ -330,12 +338,7 @@ class IntLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gi = int_mm(e, wc).to(torch.float32) * 2.0 ** (ee + ew)
         if ctx.needs_input_grad[1]:
-            acc = checked_int_mm(e.t().contiguous(), a).to(torch.int64)
-            if distributed.active():
-                distributed.all_sum_(acc)
-            g, eg = sq_from_int(acc, ea + ee, q.G.bits, q.G.rounding, layer.generator)
-            gw = g.to(torch.float32) * 2.0 ** eg
-            _notify("G", q.G, acc.to(torch.float32) * 2.0 ** (ea + ee), g, eg, layer)
+            gw = _gradient(checked_int_mm(e.t().contiguous(), a).to(torch.int64), ea + ee, layer)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = e.to(torch.int64).sum(0).to(torch.float32) * 2.0 ** ee
         return gi, gw, gb, None

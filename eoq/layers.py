@@ -114,6 +114,17 @@ class _BiasQuantFn(torch.autograd.Function):
         return grad, gv, None
 
 
+def _fusable(layer, kind: str) -> bool:
+    """Whether ``layer``'s quantization of ``kind`` (A or E) may be fused into a neighbouring op:
+    a plain SQ, no observer wanting the unquantized tensor, no data-parallel sharding (its max
+    is global)."""
+    q = getattr(layer, "quant", None)
+    if q is None or not q.any or OBSERVERS or distributed.active():
+        return False
+    t = getattr(q, kind)
+    return t.enabled and t.quantizer == "sq"
+
+
 class _DeferredBiasFn(torch.autograd.Function):
     """x + v as the input of an integer-engine layer, left to that layer's A quantizer, whose
     kernel adds v on the fly (no x + v tensor). The output aliases x and carries v; the backward is
@@ -132,9 +143,7 @@ class _DeferredBiasFn(torch.autograd.Function):
 def fused_bias_input(x, v, layer):
     """x + v as the input of ``layer``: fused with its A quantization when that is a plain SQ and
     no observer wants the unquantized tensor; otherwise the plain sum."""
-    q = getattr(layer, "quant", None)
-    if q is None or not q.any or not q.A.enabled or q.A.quantizer != "sq" or OBSERVERS \
-            or distributed.active():
+    if not _fusable(layer, "A"):
         return x + v
     if layer.engine == "int":
         out = _DeferredBiasFn.apply(x, v)
@@ -172,9 +181,7 @@ class _ScaleQuantGradFn(torch.autograd.Function):
 def fused_scale_output(x, v, layer):
     """x * v for the output of ``layer``, with its E quantization fused into the backward when E
     is a plain SQ and no observer is attached (the error is then quantized once, here)."""
-    q = getattr(layer, "quant", None)
-    if q is None or not q.any or not q.E.enabled or q.E.quantizer != "sq" or OBSERVERS or layer.engine != "sim" \
-            or distributed.active():
+    if not _fusable(layer, "E") or layer.engine != "sim":
         return x * v
     return _ScaleQuantGradFn.apply(x, v, layer)
 

@@ -24,11 +24,17 @@ import math
 import torch
 import torch.nn as nn
 
+from . import kernels, rng
 from .layers import GridParam, Scalar
 from .observe import OBSERVERS
 from .prepare import SCALAR_LR_SCALE, grid_params
-from . import kernels
-from .quantizers import MIN_EXPONENT, ROUNDINGS, QuantizationError, max_code, round_scaled
+from .quantizers import (
+    MIN_EXPONENT,
+    ROUNDINGS,
+    QuantizationError,
+    max_code,
+    round_scaled,
+)
 from .spec import QuantSpec, SpecError, apply_quant
 
 
@@ -104,8 +110,7 @@ class EOQSGD(torch.optim.Optimizer):
                 else:
                     grid_items.append((p, grid, group))
         if grid_items:
-            keys = torch.randint(0, 2 ** 32, (len(grid_items), 4, 2), generator=self.generator,
-                                 dtype=torch.int64)
+            keys = rng.draw_keys(self.generator, len(grid_items), 4)
             if not self._fused_grid_step(grid_items, keys):
                 for (p, grid, group), key in zip(grid_items, keys.tolist()):
                     self._grid_step(p, grid, group, [tuple(k) for k in key])
@@ -179,12 +184,7 @@ class EOQSGD(torch.optim.Optimizer):
         grads = []
         for (p, grid, group), decay in zip(items, decays):
             grads.append(p.grad.add(p, alpha=group["weight_decay"]) if decay else p.grad.contiguous())
-        lrs: dict = {}
-        for _, grid, group in items:
-            key = (id(group), grid.lr_scale)
-            if key not in lrs:
-                lrs[key] = self.effective_lr(group, grid)
-        rows[:, 0] = torch.tensor([lrs[(id(group), grid.lr_scale)] for _, grid, group in items],
+        rows[:, 0] = torch.tensor([self.effective_lr(group, grid) for _, grid, group in items],
                                   dtype=torch.float64)
         try:
             kernels.load().grid_step(params, grads, bufs, exps, updates, rows, keys,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import kernels, rng
+from . import distributed, kernels, rng
 
 MIN_BITS, MAX_BITS = 2, 24  # float32 holds every integer of up to 24 bits exactly
 ROUNDINGS = ("nearest", "stochastic")
@@ -71,6 +71,11 @@ def clip(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.clamp(x, -1 + s, 1 - s)
 
 
+def _non_finite(x: torch.Tensor) -> QuantizationError:
+    return QuantizationError(f"cannot quantize a tensor holding NaN or Inf (shape {tuple(x.shape)}): "
+                             "the training diverged or the input is corrupt")
+
+
 def _amax(x: torch.Tensor) -> float:
     """max|x| as a Python float; raises QuantizationError on NaN/Inf."""
     k = kernels.usable(x)
@@ -81,9 +86,7 @@ def _amax(x: torch.Tensor) -> float:
     else:
         amax = float(x.detach().abs().amax())
     if not math.isfinite(amax):
-        raise QuantizationError(
-            f"cannot quantize a tensor holding NaN or Inf (shape {tuple(x.shape)}): "
-            "the training diverged or the input is corrupt")
+        raise _non_finite(x)
     return amax
 
 
@@ -175,9 +178,7 @@ def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0):
         return kern.sq(x.detach(), k, _check_rounding(rounding), generator, codes, bias, mult)
     except RuntimeError as err:
         if "NaN or Inf" in str(err):
-            raise QuantizationError(
-                f"cannot quantize a tensor holding NaN or Inf (shape {tuple(x.shape)}): "
-                "the training diverged or the input is corrupt") from None
+            raise _non_finite(x) from None
         raise
 
 
@@ -188,9 +189,7 @@ def sq_plus(x: torch.Tensor, bias: torch.Tensor, k: int, rounding: str = "neares
     The float32 sum is the same IEEE addition torch's ``x + bias`` does, so the result is
     identical to ``sq(x + bias, k)`` (the torch path computes exactly that)."""
     check_bits(k)
-    b = float(bias)
-    fused = _fused_sq(x, k, rounding, generator, None, False, b) if b != 0.0 else \
-        _fused_sq(x, k, rounding, generator, None, False)
+    fused = _fused_sq(x, k, rounding, generator, None, False, bias=float(bias))
     if fused is not None:
         return fused[0]
     return sq(x + bias.detach(), k, rounding, generator)
@@ -200,9 +199,7 @@ def sq_times(x: torch.Tensor, mult: torch.Tensor, k: int, rounding: str = "neare
              generator: torch.Generator | None = None) -> torch.Tensor:
     """SQ(x * mult, k) for a one-element ``mult``, identical to ``sq(x * mult, k)`` (see sq_plus)."""
     check_bits(k)
-    m = float(mult)
-    fused = _fused_sq(x, k, rounding, generator, None, False, 0.0, m) if m != 1.0 else \
-        _fused_sq(x, k, rounding, generator, None, False)
+    fused = _fused_sq(x, k, rounding, generator, None, False, mult=float(mult))
     if fused is not None:
         return fused[0]
     return sq(x * mult.detach(), k, rounding, generator)
@@ -212,7 +209,6 @@ def _sharded_sq(x, k, rounding, generator, codes):
     """SQ of one data-parallel shard of a batch tensor: the exponent from the max over all shards
     and the random bits of the rows' global indices, so that the codes equal those of the whole
     batch quantized in one process (see eoq.distributed)."""
-    from . import distributed
     amax = distributed.all_max(_amax(x))
     lsb = exponent_of(amax) + 1 - k
     out = round_scaled(x, lsb, max_code(k), rounding, generator, codes=codes,

@@ -30,10 +30,15 @@ SR_BITS = 16
 _M32 = 0xFFFFFFFF
 
 
+def draw_keys(generator: torch.Generator | None, *shape: int) -> torch.Tensor:
+    """int64 tensor of ``shape`` x 2: one (k0, k1) pair of 32-bit keys per quantizer call."""
+    return torch.randint(0, 2 ** 32, (*shape, 2), generator=generator, dtype=torch.int64)
+
+
 def draw_key(generator: torch.Generator | None) -> tuple[int, int]:
     """Two 32-bit keys for one quantizer call, drawn from ``generator`` (the global one if None)."""
-    k = torch.randint(0, 2 ** 32, (2,), generator=generator, dtype=torch.int64)
-    return int(k[0]), int(k[1])
+    k0, k1 = draw_keys(generator).tolist()
+    return k0, k1
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -183,6 +183,14 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                        "processes": distributed.world()}, fh, indent=1)
 
     data, model, opt = run.data, run.model, run.optimizer
+    # NHWC activations on request, and always for the integer engine (it then needs no copies)
+    layout = torch.channels_last if cfg.channels_last or cfg.engine == "int" else torch.contiguous_format
+
+    def diverged(what, where: str) -> TrainingDiverged:
+        last = f"the last good checkpoint is {str(ckpt)!r}" if ckpt.exists() else "no checkpoint was written yet"
+        return TrainingDiverged(f"{what} at epoch {run.epoch + 1}, {where}; {last} "
+                                "(try a lower --lr or a longer --warmup)")
+
     n_steps = steps_per_epoch(len(data.train_y), cfg.batch_size)
     total = n_steps * cfg.epochs
     model.train()
@@ -204,15 +212,10 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                     group["lr"] = lr
                 if distributed.active():
                     x, y = distributed.shard(x, y)
-                if cfg.channels_last or cfg.engine == "int":   # NHWC: the integer engine needs no copies
-                    x = x.contiguous(memory_format=torch.channels_last)
                 try:
-                    loss, logits = train_step(model, opt, x, y)
+                    loss, logits = train_step(model, opt, x.contiguous(memory_format=layout), y)
                 except TrainingDiverged as err:
-                    last = (f"the last good checkpoint is {str(ckpt)!r}" if ckpt.exists()
-                            else "no checkpoint was written yet")
-                    raise TrainingDiverged(f"{err} at epoch {run.epoch + 1}, step {step + 1}; "
-                                           f"{last} (try a lower --lr or a longer --warmup)") from None
+                    raise diverged(err, f"step {step + 1}") from None
                 run.step = step + 1
                 run.sums["loss"] += loss.item() * len(y)
                 run.sums["correct"] += int((logits.argmax(1) == y).sum())
@@ -231,13 +234,9 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                                           f"saved to {str(ckpt)!r}; continue with --resume", signals.received)
             bar.close()
             try:
-                test_acc = evaluate(model, data.test_x, data.test_y, memory_format=(
-                    torch.channels_last if cfg.channels_last or cfg.engine == "int" else torch.contiguous_format))
+                test_acc = evaluate(model, data.test_x, data.test_y, memory_format=layout)
             except QuantizationError as err:
-                last = (f"the last good checkpoint is {str(ckpt)!r}" if ckpt.exists()
-                        else "no checkpoint was written yet")
-                raise TrainingDiverged(f"{str(err).split(':')[0]} at epoch {run.epoch + 1}, in the test "
-                                       f"evaluation; {last} (try a lower --lr or a longer --warmup)") from None
+                raise diverged(str(err).split(":")[0], "in the test evaluation") from None
             if distributed.active():          # every process saw its shard: add them up
                 sums = torch.tensor([run.sums["loss"], run.sums["correct"], run.sums["seen"]], dtype=torch.float64)
                 distributed.all_sum_(sums)
