@@ -154,6 +154,40 @@ def fused_bias_input(x, v, layer):
     return out
 
 
+class _ReluBiasQuantFn(torch.autograd.Function):
+    """A(relu(x + b_out) + b_in) between two convs of a Fixup branch, in two passes over x (no
+    x + b_out, ReLU or + b_in tensors): the simulator's version of b_in(relu(b_out(x))).
+
+    Backward, exactly what autograd computes for the unfused ops (A is straight-through):
+    d/db_in = sum(grad); d/dx = grad where x + b_out > 0, else 0 (in float32, x + b_out > 0 exactly
+    when x > -b_out: the rounded sum is zero only when x = -b_out); d/db_out = sum(d/dx)."""
+
+    @staticmethod
+    def forward(ctx, x, pre, bias, layer):
+        ctx.save_for_backward(x, pre)
+        ctx.shapes = (pre.shape, bias.shape)
+        q = layer.quant.A
+        return Q.sq_relu_plus(x, pre, bias, q.bits, q.rounding, layer.generator)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, pre = ctx.saved_tensors
+        gx = torch.ops.aten.threshold_backward(grad, x, -float(pre))
+        gpre = gx.sum_to_size(ctx.shapes[0]) if ctx.needs_input_grad[1] else None
+        gbias = grad.sum_to_size(ctx.shapes[1]) if ctx.needs_input_grad[2] else None
+        return gx, gpre, gbias, None
+
+
+def fused_relu_bias_input(x, b_out: "Scalar", b_in: "Scalar", layer):
+    """b_in(relu(b_out(x))) as the input of ``layer`` (inside a Fixup branch): one fused kernel in
+    the simulator when its A is a plain SQ (see :func:`_fusable`), otherwise the modules in turn."""
+    if not _fusable(layer, "A") or layer.engine != "sim":
+        return b_in(F.relu(b_out(x)), feeds=layer)
+    out = _ReluBiasQuantFn.apply(x, b_out.effective(), b_in.effective(), layer)
+    out._eoq_quantized_for = layer
+    return out
+
+
 class _ScaleQuantGradFn(torch.autograd.Function):
     """y = x * s for the Fixup multiplier right after a quantized layer; its backward hands that
     layer the error already quantized, E(grad * s), in one pass (no grad * s tensor).

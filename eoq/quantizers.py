@@ -169,13 +169,13 @@ def _code_dtype(bits: int) -> torch.dtype:
     return torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
 
 
-def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0):
+def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0, relu=False, pre=0.0):
     """The one-call kernel SQ (max, exponent, key draw, rounding), or None where it cannot run."""
     kern = kernels.usable(x) if key is None else None
     if kern is None or (generator is not None and generator.device.type != "cpu"):
         return None
     try:
-        return kern.sq(x.detach(), k, _check_rounding(rounding), generator, codes, bias, mult)
+        return kern.sq(x.detach(), k, _check_rounding(rounding), generator, codes, bias, mult, relu, pre)
     except RuntimeError as err:
         if "NaN or Inf" in str(err):
             raise _non_finite(x) from None
@@ -193,6 +193,18 @@ def sq_plus(x: torch.Tensor, bias: torch.Tensor, k: int, rounding: str = "neares
     if fused is not None:
         return fused[0]
     return sq(x + bias.detach(), k, rounding, generator)
+
+
+def sq_relu_plus(x: torch.Tensor, pre: torch.Tensor, bias: torch.Tensor, k: int,
+                 rounding: str = "nearest", generator: torch.Generator | None = None) -> torch.Tensor:
+    """SQ(relu(x + pre) + bias, k) for one-element ``pre`` and ``bias``, in two passes over x and
+    without materialising x + pre or the ReLU output in the kernel; each step is the float32
+    operation torch does, so the result is identical to ``sq(relu(x + pre) + bias, k)``."""
+    check_bits(k)
+    fused = _fused_sq(x, k, rounding, generator, None, False, bias=float(bias), relu=True, pre=float(pre))
+    if fused is not None:
+        return fused[0]
+    return sq(torch.relu(x + pre.detach()) + bias.detach(), k, rounding, generator)
 
 
 def sq_times(x: torch.Tensor, mult: torch.Tensor, k: int, rounding: str = "nearest",

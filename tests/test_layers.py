@@ -121,8 +121,9 @@ class _NullObserver:
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_fused_bias_input_quantization_equals_the_plain_path(rounding):
-    """Fixup bias + A quantization fused (one pass) == bias add, then A (taken while an observer
-    is attached): outputs, input gradients and every parameter gradient, bit for bit."""
+    """Fixup bias + A quantization fused (one pass), and bias + ReLU + bias + A inside a branch,
+    == the separate ops, then A (taken while an observer is attached): outputs, input gradients
+    and every parameter gradient, bit for bit."""
     from eoq.models import build_model
     from eoq.observe import observing
     from eoq.prepare import prepare
@@ -137,8 +138,9 @@ def test_fused_bias_input_quantization_equals_the_plain_path(rounding):
         g = torch.Generator().manual_seed(5)
         with torch.no_grad():   # Fixup's zero-initialised layers would make most gradients zero
             for m in model.modules():
-                if isinstance(m, Scalar):
-                    m.value.fill_(0.0625 if m.mode == "bias" else 1.0)
+                if isinstance(m, Scalar):    # distinct values: a swapped bias would show
+                    k = int(torch.randint(-8, 9, (1,), generator=g))
+                    m.value.fill_(k / 64 if m.mode == "bias" else 1.0 + k / 16)
                 elif isinstance(m, (QConv2d, QLinear)):
                     w = torch.randn(m.weight.shape, generator=g) * 2.0 ** (float(m.weight_exp) + 5)
                     m.weight.copy_(Q.fixed_grid(w, int(m.weight_exp), 8))

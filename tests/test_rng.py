@@ -130,6 +130,35 @@ def test_sq_same_with_and_without_kernels():
 
 
 @needs_kernels
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([(5,), (3, 7), (4, 16, 6, 6), (2, 3, 5, 5)]), st.sampled_from(Q.ROUNDINGS),
+       st.integers(0, 2 ** 31), st.booleans(), st.sampled_from([0.0, 0.25, -0.3, 1.5]),
+       st.sampled_from([0.0, 0.0625, -0.75]))
+def test_fused_affine_sq_equals_torch_ops(shape, rounding, seed, channels_last, pre, bias):
+    """The kernel's SQ(x + b), SQ(x * s) and SQ(relu(x + p) + b) == the same float32 torch ops
+    followed by SQ (the torch path), for both roundings and layouts."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    x[(x.abs() < 0.2)] = -pre              # elements that land exactly on the ReLU's threshold
+    if channels_last and len(shape) == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    p, b = torch.tensor([pre]), torch.tensor([bias])
+    cases = [(Q.sq_plus, (x, b), x + b), (Q.sq_times, (x, b + 1), x * (b + 1)),
+             (Q.sq_relu_plus, (x, p, b), torch.relu(x + p) + b)]
+    for fn, args, plain in cases:
+        fast = fn(*args, 8, rounding, torch.Generator().manual_seed(seed + 1))
+        ref = Q.sq(plain, 8, rounding, torch.Generator().manual_seed(seed + 1))
+        with kernels.disabled():
+            slow = fn(*args, 8, rounding, torch.Generator().manual_seed(seed + 1))
+        assert torch.equal(fast, ref) and torch.equal(slow, ref), fn.__name__
+
+
+@needs_kernels
+def test_fused_relu_sq_rejects_nan():
+    with pytest.raises(Q.QuantizationError, match="NaN or Inf"):
+        Q.sq_relu_plus(torch.tensor([1.0, float("nan"), -2.0]), torch.zeros(1), torch.zeros(1), 8)
+
+
+@needs_kernels
 def test_kernel_key_draw_matches_torch_randint():
     """The kernel's key draw consumes the generator exactly like rng.draw_key (torch.randint)."""
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)

@@ -6,7 +6,8 @@
 //       c = clamp(x * 2^-e, -m, m) rounded: r = 0 half-to-even, r = 1 stochastic,
 //       SR(y) = floor((floor(y * 2^16) + b) / 2^16) with b the 16 random bits of element i;
 //       returns c * 2^e (float32, same layout) or c as integer codes.
-//   sq(x, bits, mode, generator, codes, bias, mult)   SQ of x + bias or x * mult in one call
+//   sq(x, bits, mode, generator, codes, bias, mult, relu, pre)
+//       SQ of x + bias, x * mult or (relu) max(x + pre, 0) + bias in one call
 //   grid_step(...)                   the integer-weight optimizer step (see eoq/optimizer.py)
 //   random_bits(n, k0, k1)           the 16-bit random numbers b_0 .. b_{n-1} (for tests)
 // Element i is the row-major index in the *logical* shape (mod 2^32), so NCHW and channels-last
@@ -31,7 +32,7 @@ using eoqk::pair_hash;
 using eoqk::rbits32;
 using eoqk::fill_bits;
 
-double abs_max_affine(const at::Tensor& x_, float mult, float bias);
+double abs_max_affine(const at::Tensor& x_, float mult, float bias, bool relu = false, float pre = 0.0f);
 
 inline uint32_t abs_bits(float v) {
   uint32_t u;
@@ -62,16 +63,19 @@ double abs_max(const at::Tensor& x_) {
   return from_abs_bits(r);
 }
 
-// max|v| of v = x + bias or x * mult (as torch's x + b, x * s).
-double abs_max_affine(const at::Tensor& x_, float mult, float bias) {
-  if (bias == 0.0f && mult == 1.0f) return abs_max(x_);
+// max|v| of v = x + bias, x * mult or (relu) max(x + pre, 0) + bias, each operation a float32
+// operation as torch's x + b, x * s, relu(x) (NaN stays NaN: std::max(NaN, 0) is NaN).
+double abs_max_affine(const at::Tensor& x_, float mult, float bias, bool relu, float pre) {
+  if (bias == 0.0f && mult == 1.0f && !relu) return abs_max(x_);
   at::Tensor x = x_.contiguous(x_.suggest_memory_format());
   const float* p = x.data_ptr<float>();
   const int64_t n = x.numel();
   // one simple loop per case, so that each vectorizes
   uint32_t r = at::parallel_reduce(0, n, 1 << 15, 0u, [&](int64_t b, int64_t e, uint32_t acc) {
     uint32_t m = acc;
-    if (mult != 1.0f) {
+    if (relu) {
+      for (int64_t i = b; i < e; ++i) m = std::max(m, abs_bits(std::max(p[i] + pre, 0.0f) + bias));
+    } else if (mult != 1.0f) {
       for (int64_t i = b; i < e; ++i) m = std::max(m, abs_bits(p[i] * mult));
     } else {
       for (int64_t i = b; i < e; ++i) m = std::max(m, abs_bits(p[i] + bias));
@@ -87,10 +91,13 @@ constexpr int64_t BLK = 512;
 template <typename T, typename OUT>
 inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32_t di, float inv,
                         float scale, T m, int64_t mode, uint32_t k0, uint32_t k1, bool codes,
-                        float bias = 0.0f, float mult = 1.0f) {
+                        float bias = 0.0f, float mult = 1.0f, bool relu = false, float pre = 0.0f) {
   T c[BLK];
   float src[BLK];
-  if (mult != 1.0f) {
+  if (relu) {
+    for (int64_t l = 0; l < len; ++l) src[l] = std::max(s[l] + pre, 0.0f) + bias;
+    s = src;
+  } else if (mult != 1.0f) {
     for (int64_t l = 0; l < len; ++l) src[l] = s[l] * mult;
     s = src;
   } else if (bias != 0.0f) {
@@ -123,14 +130,14 @@ inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32
 template <typename T, typename OUT>
 void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, float scale, T m,
          int64_t mode, uint32_t k0, uint32_t k1, bool codes, float bias, float mult,
-         uint32_t off = 0) {
+         uint32_t off = 0, bool relu = false, float pre = 0.0f) {
   const int64_t n = x.numel();
   if (!cl) {
     at::parallel_for(0, (n + BLK - 1) / BLK, 16, [&](int64_t b, int64_t e) {
       for (int64_t blk = b; blk < e; ++blk) {
         const int64_t i = blk * BLK, len = std::min(BLK, n - i);
         quant_block<T, OUT>(src + i, dst + i, len, static_cast<uint32_t>(i) + off, 1u, inv, scale, m,
-                            mode, k0, k1, codes, bias, mult);
+                            mode, k0, k1, codes, bias, mult, relu, pre);
       }
     });
     return;
@@ -146,7 +153,7 @@ void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, fl
         const int64_t len = std::min(BLK, C - c0);
         quant_block<T, OUT>(src + pix * C + c0, dst + pix * C + c0, len,
                             base + static_cast<uint32_t>(c0 * HW), static_cast<uint32_t>(HW),
-                            inv, scale, m, mode, k0, k1, codes, bias, mult);
+                            inv, scale, m, mode, k0, k1, codes, bias, mult, relu, pre);
       }
     }
   });
@@ -154,9 +161,11 @@ void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, fl
 
 at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code, int64_t mode,
                         int64_t k0, int64_t k1, bool codes, double bias_ = 0.0, double mult_ = 1.0,
-                        int64_t offset = 0) {
+                        int64_t offset = 0, bool relu = false, double pre_ = 0.0) {
   const float bias = static_cast<float>(bias_), mult = static_cast<float>(mult_);
+  const float pre = static_cast<float>(pre_);
   TORCH_CHECK(bias == 0.0f || mult == 1.0f, "round_scaled: bias and mult cannot both be set");
+  TORCH_CHECK(!relu || mult == 1.0f, "round_scaled: relu and mult cannot both be set");
   TORCH_CHECK(x_.scalar_type() == at::kFloat, "round_scaled: float32 only");
   const bool cl = x_.dim() == 4 && !x_.is_contiguous() && x_.is_contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor x = cl ? x_ : x_.contiguous();
@@ -171,17 +180,17 @@ at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code
     auto dt = max_code <= 127 ? at::kChar : (max_code <= 32767 ? at::kShort : at::kInt);
     out = at::empty(x.sizes(), x.options().dtype(dt), fmt);
     if (dt == at::kChar)
-      run<float, int8_t>(src, out.data_ptr<int8_t>(), x, cl, inv, scale, float(max_code), mode, u0, u1, true, bias, mult, off);
+      run<float, int8_t>(src, out.data_ptr<int8_t>(), x, cl, inv, scale, float(max_code), mode, u0, u1, true, bias, mult, off, relu, pre);
     else if (dt == at::kShort)
-      run<double, int16_t>(src, out.data_ptr<int16_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, off);
+      run<double, int16_t>(src, out.data_ptr<int16_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, off, relu, pre);
     else
-      run<double, int32_t>(src, out.data_ptr<int32_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, off);
+      run<double, int32_t>(src, out.data_ptr<int32_t>(), x, cl, inv, scale, double(max_code), mode, u0, u1, true, bias, mult, off, relu, pre);
   } else {
     out = at::empty(x.sizes(), x.options(), fmt);
     if (max_code <= 127)
-      run<float, float>(src, out.data_ptr<float>(), x, cl, inv, scale, float(max_code), mode, u0, u1, false, bias, mult, off);
+      run<float, float>(src, out.data_ptr<float>(), x, cl, inv, scale, float(max_code), mode, u0, u1, false, bias, mult, off, relu, pre);
     else
-      run<double, float>(src, out.data_ptr<float>(), x, cl, inv, scale, double(max_code), mode, u0, u1, false, bias, mult, off);
+      run<double, float>(src, out.data_ptr<float>(), x, cl, inv, scale, double(max_code), mode, u0, u1, false, bias, mult, off, relu, pre);
   }
   return out;
 }
@@ -190,13 +199,13 @@ at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code
 // (values or codes, lsb exponent); raises on NaN/Inf.
 std::tuple<at::Tensor, int64_t> sq(const at::Tensor& x, int64_t bits, int64_t mode,
                                    c10::optional<at::Generator> gen, bool codes, double bias,
-                                   double mult) {
-  const double a = x.numel() ? abs_max_affine(x, float(mult), float(bias)) : 0.0;
+                                   double mult, bool relu, double pre) {
+  const double a = x.numel() ? abs_max_affine(x, float(mult), float(bias), relu, float(pre)) : 0.0;
   TORCH_CHECK(std::isfinite(a), "cannot quantize a tensor holding NaN or Inf");
   const int64_t lsb = exponent_of(a) + 1 - bits, m = (int64_t(1) << (bits - 1)) - 1;
   std::pair<uint32_t, uint32_t> k{0, 0};
   if (mode) k = draw_key(gen);
-  return {round_scaled(x, lsb, m, mode, k.first, k.second, codes, bias, mult), lsb};
+  return {round_scaled(x, lsb, m, mode, k.first, k.second, codes, bias, mult, 0, relu, pre), lsb};
 }
 
 // SQ of a float32 buffer in place (shift scale from its own max|x|), as eoq.quantizers.sq.
@@ -339,9 +348,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("round_scaled", &round_scaled, pybind11::arg("x"), pybind11::arg("exponent"),
         pybind11::arg("max_code"), pybind11::arg("mode"), pybind11::arg("k0"), pybind11::arg("k1"),
         pybind11::arg("codes"), pybind11::arg("bias") = 0.0, pybind11::arg("mult") = 1.0,
-        pybind11::arg("offset") = 0);
+        pybind11::arg("offset") = 0, pybind11::arg("relu") = false, pybind11::arg("pre") = 0.0);
   m.def("random_bits", &random_bits);
   m.def("grid_step", &grid_step);
-  m.def("sq", &sq);
+  m.def("sq", &sq, pybind11::arg("x"), pybind11::arg("bits"), pybind11::arg("mode"),
+        pybind11::arg("generator"), pybind11::arg("codes"), pybind11::arg("bias") = 0.0,
+        pybind11::arg("mult") = 1.0, pybind11::arg("relu") = false, pybind11::arg("pre") = 0.0);
   m.def("draw_key", [](c10::optional<at::Generator> g) { auto k = draw_key(g); return std::make_tuple(int64_t(k.first), int64_t(k.second)); });
 }

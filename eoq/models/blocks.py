@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..batchnorm import QBatchNorm2d
-from ..layers import QConv2d, Scalar
+from ..layers import QConv2d, Scalar, fused_relu_bias_input
 
 NORMS = ("bn", "fixup", "none")
 
@@ -61,15 +61,19 @@ class ResidualBlock(nn.Module):
     def branch(self, x):
         """F(x); for Fixup, x is the input before b_1a (b_1a is the first bias applied here)."""
         last = len(self.convs) - 1
+        fixup = self.norm == "fixup"
+        if fixup:
+            x = self.biases_in[0](x, feeds=self.convs[0])
         for i, conv in enumerate(self.convs):
-            if self.norm == "fixup":
-                x = self.biases_in[i](x, feeds=conv)
             x = conv(x)
             if self.norm == "bn":
                 x = self.bns[i](x)
-            if self.norm == "fixup":
-                x = self.biases_out[i](self.scale(x, after=conv) if i == last else x)
-            if i != last:
+            if i == last:
+                if fixup:
+                    x = self.biases_out[i](self.scale(x, after=conv))
+            elif fixup:    # b_(i+1)a(relu(b_ib(x))), fused with the next conv's A where possible
+                x = fused_relu_bias_input(x, self.biases_out[i], self.biases_in[i + 1], self.convs[i + 1])
+            else:
                 x = F.relu(x)
         return x
 
