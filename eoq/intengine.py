@@ -206,10 +206,12 @@ def sq_from_int(acc: torch.Tensor, exp_in: int, k: int, rounding: str, generator
 def _codes(x: torch.Tensor, q, generator, layer=None) -> tuple[torch.Tensor, int]:
     """SQ codes (int8, x's shape and layout) and LSB exponent of a batch tensor (A or E; a
     data-parallel shard is quantized as part of the whole batch, see eoq.distributed). An input
-    that carries a Fixup bias for ``layer`` (layers.fused_bias_input) is quantized as x + bias."""
-    pending = getattr(x, "_eoq_pending_bias", None)
-    bias = pending[0] if pending is not None and pending[1] is layer else None
-    codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator, sharded=distributed.active(), bias=bias)
+    that carries Fixup scalars for ``layer`` (layers.fused_bias_input, fused_relu_bias_input) is
+    quantized as x + bias or relu(x + pre) + bias."""
+    pending = getattr(x, "_eoq_pending", None)
+    bias, pre = pending[1:] if pending is not None and pending[0] is layer else (None, None)
+    codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator, sharded=distributed.active(),
+                              bias=bias, relu_pre=pre)
     return codes.to(torch.int8), int(lsb)
 
 

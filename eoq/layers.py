@@ -147,7 +147,7 @@ def fused_bias_input(x, v, layer):
         return x + v
     if layer.engine == "int":
         out = _DeferredBiasFn.apply(x, v)
-        out._eoq_pending_bias = (float(v.detach()), layer)
+        out._eoq_pending = (layer, float(v.detach()), None)
         return out
     out = _BiasQuantFn.apply(x, v, layer)
     out._eoq_quantized_for = layer
@@ -171,19 +171,41 @@ class _ReluBiasQuantFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x, pre = ctx.saved_tensors
-        gx = torch.ops.aten.threshold_backward(grad, x, -float(pre))
-        gpre = gx.sum_to_size(ctx.shapes[0]) if ctx.needs_input_grad[1] else None
-        gbias = grad.sum_to_size(ctx.shapes[1]) if ctx.needs_input_grad[2] else None
-        return gx, gpre, gbias, None
+        return (*_relu_bias_backward(ctx, grad), None)
+
+
+def _relu_bias_backward(ctx, grad):
+    x, pre = ctx.saved_tensors
+    gx = torch.ops.aten.threshold_backward(grad, x, -float(pre))
+    gpre = gx.sum_to_size(ctx.shapes[0]) if ctx.needs_input_grad[1] else None
+    gbias = grad.sum_to_size(ctx.shapes[1]) if ctx.needs_input_grad[2] else None
+    return gx, gpre, gbias
+
+
+class _DeferredReluBiasFn(torch.autograd.Function):
+    """relu(x + pre) + bias as the input of an integer-engine layer, left to its A quantizer
+    (see _DeferredBiasFn); the backward is _ReluBiasQuantFn's."""
+
+    @staticmethod
+    def forward(ctx, x, pre, bias):
+        ctx.save_for_backward(x, pre)
+        ctx.shapes = (pre.shape, bias.shape)
+        return x.view_as(x)
+
+    backward = staticmethod(_relu_bias_backward)
 
 
 def fused_relu_bias_input(x, b_out: "Scalar", b_in: "Scalar", layer):
-    """b_in(relu(b_out(x))) as the input of ``layer`` (inside a Fixup branch): one fused kernel in
-    the simulator when its A is a plain SQ (see :func:`_fusable`), otherwise the modules in turn."""
-    if not _fusable(layer, "A") or layer.engine != "sim":
+    """b_in(relu(b_out(x))) as the input of ``layer`` (inside a Fixup branch): one fused kernel
+    when its A is a plain SQ (see :func:`_fusable`), otherwise the modules in turn."""
+    if not _fusable(layer, "A"):
         return b_in(F.relu(b_out(x)), feeds=layer)
-    out = _ReluBiasQuantFn.apply(x, b_out.effective(), b_in.effective(), layer)
+    pre, bias = b_out.effective(), b_in.effective()
+    if layer.engine == "int":
+        out = _DeferredReluBiasFn.apply(x, pre, bias)
+        out._eoq_pending = (layer, float(bias.detach()), float(pre.detach()))
+        return out
+    out = _ReluBiasQuantFn.apply(x, pre, bias, layer)
     out._eoq_quantized_for = layer
     return out
 

@@ -230,16 +230,22 @@ def _sharded_sq(x, k, rounding, generator, codes):
 
 def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
                generator: torch.Generator | None = None, sharded: bool = False,
-               bias: float | None = None) -> tuple[torch.Tensor, int]:
+               bias: float | None = None, relu_pre: float | None = None) -> tuple[torch.Tensor, int]:
     """SQ(x, k) as (integer codes, LSB exponent e_R + 1 - k); ``sharded``: x is this process's
     part of a batch split across processes (A and E under data parallelism); ``bias``: quantize
-    x + bias (float32 addition, as torch's), without an x + bias tensor where the kernel runs."""
+    x + bias (float32 addition, as torch's), without an x + bias tensor where the kernel runs;
+    with ``relu_pre`` too: quantize relu(x + relu_pre) + bias (each step torch's float32 op)."""
     check_bits(k)
-    if bias is not None and bias != 0.0:
-        fused = _fused_sq(x, k, rounding, generator, None, True, bias) if not sharded else None
+    relu = relu_pre is not None
+    if relu or (bias is not None and bias != 0.0):
+        b = 0.0 if bias is None else bias
+        fused = None if sharded else _fused_sq(x, k, rounding, generator, None, True, b,
+                                               relu=relu, pre=relu_pre if relu else 0.0)
         if fused is not None:
             return fused
-        x = x + torch.tensor([bias], dtype=x.dtype)
+        if relu:
+            x = torch.relu(x + torch.tensor([relu_pre], dtype=x.dtype))
+        x = x + torch.tensor([b], dtype=x.dtype)
     if sharded:
         return _sharded_sq(x, k, rounding, generator, True)
     fused = _fused_sq(x, k, rounding, generator, None, True)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from eoq import intengine as IE
 from eoq import quantizers as Q
-from eoq.layers import QConv2d, QLinear
+from eoq.layers import QConv2d, QLinear, Scalar
 from eoq.models import build_model
 from eoq.optimizer import EOQSGD
 from eoq.prepare import grid_params, prepare
@@ -134,6 +134,12 @@ def test_full_training_steps_give_identical_weight_codes(model, channels_last):
         spec = get_preset("eoq")
         prepare(net, spec, gen, engine=engine)
         opt = EOQSGD(net, spec, lr=0.1, momentum=0.875, generator=gen)
+        vals = torch.Generator().manual_seed(3)
+        with torch.no_grad():      # distinct non-zero Fixup scalars, so that each fusion shows
+            for m in net.modules():
+                if isinstance(m, Scalar):
+                    v = torch.randint(-40, 41, (1,), generator=vals) / 64 + (m.mode == "scale")
+                    m.value.copy_(Q.fixed_grid(v, int(m.exp), 8))
         data = torch.Generator().manual_seed(2)
         for _ in range(2):
             x = torch.randn(2, 3, 32, 32, generator=data)
