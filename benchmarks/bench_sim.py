@@ -6,14 +6,12 @@ baseline is the same model and training step with the ``fp32`` preset (PyTorch's
 and SGD), in the same memory layout. Prints the kernel status, both medians and their ratio per
 batch size; the last line is ``sim_eoq/fp32 = <ratio at batch 128>``.
 
-The glibc allocator returns large blocks to the OS and page-faults them back each step; with
-``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295``
-(set by ``make bench``) both steps get faster, the EOQ step more (it allocates more).
+The glibc allocator returns large blocks to the OS and page-faults them back each step; the
+benchmarks apply the allocator settings `eoq train` uses (eoq/allocator.py) to both steps.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -23,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import setup, test_images  # noqa: E402
-from eoq import kernels  # noqa: E402
+from eoq import allocator, kernels  # noqa: E402
 from eoq.models import build_model  # noqa: E402
 from eoq.optimizer import EOQSGD  # noqa: E402
 from eoq.prepare import prepare  # noqa: E402
@@ -68,7 +66,7 @@ def main():
     setup(args.threads)
     print(f"fused kernels: {'on' if kernels.load() is not None else 'off (torch reference)'}; "
           f"threads {args.threads}; layout {'channels_last' if args.channels_last else 'NCHW'}; "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
+          f"allocator tuned: {allocator.tune()}")
     ratios = {}
     for batch in (8, 128):
         med = measure(batch, args.repeats, args.warmup, args.channels_last)

@@ -27,6 +27,8 @@ a 5-epoch CIFAR-10 run ended with identical weights in both engines (reports/eng
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -141,36 +143,63 @@ def weight_matrix(w_codes: torch.Tensor) -> torch.Tensor:
     return w_codes.permute(0, 2, 3, 1).reshape(w_codes.shape[0], -1)
 
 
-def conv_forward(a: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+class WeightMats(NamedTuple):
+    """A conv's int8 weight codes as the two GEMM operands (row-major): ``fwd`` [kh*kw*Cin, Cout]
+    for the forward, ``bwd`` [kh*kw*Cout, Cin] (kernel rotated by 180 degrees) for the input
+    gradient; ``shape`` is the weight's [Cout, Cin, kh, kw]."""
+
+    fwd: torch.Tensor
+    bwd: torch.Tensor
+    shape: tuple[int, int, int, int]
+
+
+def weight_mats(w: torch.Tensor, exponent: int | None = None) -> WeightMats:
+    """The GEMM operands of conv weights: int8 codes ``w`` (torch reference), or float32 values on
+    the grid 2^exponent (one kernel pass, no intermediate code tensor)."""
+    kern = kernels.load() if exponent is not None else None
+    if kern is not None:
+        fwd, bwd = kern.weight_mats(w.detach(), exponent)
+        return WeightMats(fwd, bwd, tuple(w.shape))
+    if exponent is not None:
+        w = (w.detach() * 2.0 ** -exponent).round_().to(torch.int8)
+    fwd = _row_major(weight_matrix(w).t())
+    bwd = _row_major(weight_matrix(w.flip(2, 3).transpose(0, 1)).t())   # [Cin, Cout, kh, kw] rotated
+    return WeightMats(fwd, bwd, tuple(w.shape))
+
+
+def conv_forward(a: torch.Tensor, w: torch.Tensor | WeightMats, stride: int,
+                 padding: int) -> tuple[torch.Tensor, torch.Tensor]:
     """int32 NHWC output of conv(a, w) and the im2col matrix (kept for the weight gradient)."""
+    w = w if isinstance(w, WeightMats) else weight_mats(w)
     cout, _, kh, kw = w.shape
     cols = im2col(a, kh, kw, stride, (padding,) * 4)
     n = a.shape[0]
     ho = (a.shape[1] + 2 * padding - kh) // stride + 1
     wo = (a.shape[2] + 2 * padding - kw) // stride + 1
-    out = checked_int_mm(cols, weight_matrix(w).t(), pooled=True)
+    out = checked_int_mm(cols, w.fwd, pooled=True)
     return out.view(n, ho, wo, cout), cols
 
 
-def conv_input_grad(e: torch.Tensor, w: torch.Tensor, stride: int, padding: int,
+def conv_input_grad(e: torch.Tensor, w: torch.Tensor | WeightMats, stride: int, padding: int,
                     in_hw: tuple[int, int]) -> torch.Tensor:
     """int32 NHWC dL/dinput: the transposed convolution of E with W, as a direct convolution of
     E dilated by the stride and padded by k - 1 - p with the rotated, transposed kernel."""
+    w = w if isinstance(w, WeightMats) else weight_mats(w)
     n, ho, wo, cout = e.shape
     _, cin, kh, kw = w.shape
     extra_h = in_hw[0] - ((ho - 1) * stride - 2 * padding + kh)
     extra_w = in_hw[1] - ((wo - 1) * stride - 2 * padding + kw)
     ph, pw = kh - 1 - padding, kw - 1 - padding
     cols = im2col(e, kh, kw, 1, (pw, pw + extra_w, ph, ph + extra_h), dilation=stride)
-    wt = w.flip(2, 3).transpose(0, 1)                      # [Cin, Cout, kh, kw]
-    out = checked_int_mm(cols, weight_matrix(wt).t(), pooled=True)
+    out = checked_int_mm(cols, w.bwd, pooled=True)
     POOL.give(cols)
     return out.view(n, in_hw[0], in_hw[1], cin)
 
 
 def weight_grad(e_rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """int64 [Cout, K] = E^T @ cols, K-chunked so that no int32 partial sum can overflow."""
-    return checked_int_mm(e_rows.t().contiguous(), cols).to(torch.int64)
+    """[Cout, K] = E^T @ cols (int32, or int64 when K needs chunks), K-chunked so that no int32
+    partial sum can overflow."""
+    return checked_int_mm(e_rows.t().contiguous(), cols)
 
 
 def sq_from_int(acc: torch.Tensor, exp_in: int, k: int, rounding: str, generator) -> tuple[torch.Tensor, int]:
@@ -220,14 +249,22 @@ def _notify(kind, q, x, codes, lsb, owner):
         obs.after(kind, q, x, codes.to(torch.float32) * 2.0 ** lsb, owner)
 
 
-def _gradient(acc: torch.Tensor, exponent: int, layer, to_logical=None) -> torch.Tensor:
-    """G of a weight-gradient accumulator (int64 sums of int8 products, value acc * 2^exponent):
-    summed over data-parallel shards (exact), put in the weight's logical order, rounded once."""
+def _gradient(acc: torch.Tensor, exponent: int, layer, conv_shape=None) -> torch.Tensor:
+    """G of a weight-gradient accumulator (integer sums of int8 products, value acc * 2^exponent):
+    summed over data-parallel shards (exact), rounded once in the weight's logical order. A conv's
+    accumulator is [Cout, kh*kw*Cin] (im2col order) and ``conv_shape`` its weight's shape."""
+    acc = acc.to(torch.int64) if distributed.active() else acc
     if distributed.active():
         distributed.all_sum_(acc)
-    if to_logical is not None:
-        acc = to_logical(acc).contiguous()
     q = layer.quant.G
+    kern = kernels.load()
+    if conv_shape is not None and kern is not None and not OBSERVERS:
+        g, _ = kern.sq_int_conv(acc, exponent, q.bits, Q.ROUNDINGS.index(q.rounding), layer.generator,
+                                conv_shape[1])
+        return g.view(conv_shape)
+    if conv_shape is not None:
+        cout, cin, kh, kw = conv_shape
+        acc = acc.view(cout, kh, kw, cin).permute(0, 3, 1, 2).contiguous()
     g, eg = sq_from_int(acc, exponent, q.bits, q.rounding, layer.generator)
     if OBSERVERS:
         _notify("G", q, acc.to(torch.float32) * 2.0 ** exponent, g, eg, layer)
@@ -275,16 +312,17 @@ class IntConvFn(torch.autograd.Function):
         q = layer.quant
         a, ea = _codes(x, q.A, layer.generator, layer)
         _notify("A", q.A, x, a, ea, layer)
-        wc, ew = weight_codes(layer)
+        ew = int(layer.weight_exp)
+        wc = weight_mats(layer.weight, ew)
         acc, cols = conv_forward(to_nhwc(a), wc, layer.stride[0], layer.padding[0])
         cl = _channels_last(x)
         out = _to_float_nchw(acc, ea + ew, cl)
         _give(acc)
         if any(ctx.needs_input_grad):
-            ctx.save_for_backward(cols, wc)
+            ctx.save_for_backward(cols, wc.bwd)
         else:
             _give(cols)
-        ctx.layer, ctx.meta = layer, (ea, ew, tuple(x.shape[2:]), cl)
+        ctx.layer, ctx.meta, ctx.wshape = layer, (ea, ew, tuple(x.shape[2:]), cl), wc.shape
         return out
 
     @staticmethod
@@ -293,7 +331,7 @@ class IntConvFn(torch.autograd.Function):
             raise RuntimeError("the integer engine reuses its im2col buffers after the backward pass: "
                                "backward twice through one graph (retain_graph) is not supported")
         ctx.done = True
-        cols, wc = ctx.saved_tensors
+        cols, wbwd = ctx.saved_tensors
         layer = ctx.layer
         ea, ew, in_hw, cl = ctx.meta
         q = layer.quant
@@ -301,14 +339,14 @@ class IntConvFn(torch.autograd.Function):
         _notify("E", q.E, grad_out, e, ee, layer)
         e = to_nhwc(e)
         gi = gw = None
+        wc = WeightMats(None, wbwd, ctx.wshape)
         if ctx.needs_input_grad[0]:
             acc = conv_input_grad(e, wc, layer.stride[0], layer.padding[0], in_hw)
             gi = _to_float_nchw(acc, ee + ew, cl)
             _give(acc)
         if ctx.needs_input_grad[1]:
-            cout, cin, kh, kw = wc.shape
-            acc = weight_grad(e.reshape(-1, cout), cols)
-            gw = _gradient(acc, ea + ee, layer, lambda t: t.view(cout, kh, kw, cin).permute(0, 3, 1, 2))
+            acc = weight_grad(e.reshape(-1, wc.shape[0]), cols)
+            gw = _gradient(acc, ea + ee, layer, wc.shape)
         _give(cols)
         return gi, gw, None
 

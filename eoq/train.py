@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import distributed
+from . import allocator, distributed
 from .atomic import atomic_write
 from .augment import eval_batches, steps_per_epoch, train_batches
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -67,6 +67,7 @@ class Run:
 def build_run(cfg: TrainConfig) -> Run:
     """Data, model (seeded init), spec bound to the model, optimizer, RNG for stochastic rounding."""
     cfg.validate()
+    allocator.tune()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_cifar10(cfg.data, download=cfg.download).subset(cfg.train_limit, cfg.test_limit)

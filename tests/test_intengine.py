@@ -1,4 +1,6 @@
 """The integer engine against float64 references and against the simulator, bit for bit."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,7 @@ from eoq.models import build_model
 from eoq.optimizer import EOQSGD
 from eoq.prepare import grid_params, prepare
 from eoq.presets import get_preset
-from eoq.spec import SpecError
+from eoq.spec import SpecError, TensorQuant
 from eoq.train import train_step
 
 conv_shapes = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 7), st.integers(3, 9),
@@ -59,7 +61,7 @@ def test_overflow_guard_with_adversarial_codes():
     # the weight-gradient path uses it: K = rows of E
     e = torch.full((k, 2), -127, dtype=torch.int8)
     cols = torch.full((k, 4), 127, dtype=torch.int8)
-    assert torch.equal(IE.weight_grad(e, cols), e.long().t() @ cols.long())
+    assert torch.equal(IE.weight_grad(e, cols).long(), e.long().t() @ cols.long())
 
 
 @settings(max_examples=150, deadline=None)
@@ -201,6 +203,22 @@ def test_kernels_equal_the_torch_reference(shape, dilation, seed, rounding):
     with kernels.disabled():
         b = IE.sq_from_int(acc, -20, 8, rounding, torch.Generator().manual_seed(seed))
     assert a[1] == b[1] and torch.equal(a[0], b[0])
+    # the weight operands straight from float weights, and G straight from a conv accumulator
+    e_w = int(torch.randint(-12, -4, (1,), generator=g))
+    wc = codes(cin + 1, cin, k, k, gen=g)
+    fast_m = IE.weight_mats(wc.float() * 2.0 ** e_w, e_w)
+    slow_m = IE.weight_mats(wc)
+    assert torch.equal(fast_m.fwd, slow_m.fwd) and torch.equal(fast_m.bwd, slow_m.bwd)
+    layer = QConv2d(cin, cin + 1, k)
+    prepare(layer, get_preset("eoq").with_changes(G=TensorQuant(bits=8, rounding=rounding)), engine="int")
+    for dtype, span in ((torch.int32, 2 ** 20), (torch.int64, 2 ** 40)):
+        acc = torch.randint(-span, span, (cin + 1, k * k * cin), generator=g, dtype=dtype)
+        grads = []
+        for disabled in (False, True):
+            layer.generator = torch.Generator().manual_seed(seed)
+            with kernels.disabled() if disabled else contextlib.nullcontext():
+                grads.append(IE._gradient(acc, -30, layer, (cin + 1, cin, k, k)))
+        assert torch.equal(*grads)
 
 
 def test_second_backward_through_one_graph_is_a_clear_error():

@@ -4,6 +4,14 @@
 //       `dilation` (zeros between pixels, for transposed convolutions) and zero-padded, without
 //       materialising either; writes into `out` when given (a reused buffer: no page faults).
 //   dequant(acc, exponent)          int32 -> float32 acc * 2^exponent in one pass
+//   weight_mats(w, exponent)
+//       float32 weights [Co, Ci, kh, kw] on the grid 2^exponent -> int8 codes as the forward GEMM
+//       operand [kh*kw*Ci, Co] and the input-gradient operand [kh*kw*Co, Ci] (kernel rotated by
+//       180 degrees), both row-major, in one pass
+//   sq_int_conv(acc, exp_in, bits, mode, generator, ci)
+//       G of a conv weight-gradient accumulator [Co, kh*kw*Ci] (int32 or int64, im2col order):
+//       sq_int's codes of the same values in logical [Co, Ci, kh, kw] order (random bits by
+//       logical index), returned as float32 codes * 2^lsb in that order
 //   sq_int(acc, exp_in, bits, mode, generator)
 //       SQ(acc * 2^exp_in, bits) of an int64 tensor (logical order) computed on the integers:
 //       exact exponent, then round half to even or floor((floor(acc 2^(16-s)) + b) / 2^16).
@@ -119,10 +127,88 @@ at::Tensor dequant(const at::Tensor& acc_, int64_t exponent) {
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> weight_mats(const at::Tensor& w_, int64_t exponent) {
+  TORCH_CHECK(w_.scalar_type() == at::kFloat && w_.dim() == 4, "weight_mats: float32 [Co, Ci, kh, kw]");
+  const at::Tensor w = w_.contiguous();
+  const int64_t Co = w.size(0), Ci = w.size(1), kh = w.size(2), kw = w.size(3);
+  at::Tensor fwd = at::empty({kh * kw * Ci, Co}, w.options().dtype(at::kChar));
+  at::Tensor bwd = at::empty({kh * kw * Co, Ci}, w.options().dtype(at::kChar));
+  const float* src = w.data_ptr<float>();
+  int8_t* f = fwd.data_ptr<int8_t>();
+  int8_t* b = bwd.data_ptr<int8_t>();
+  const float inv = std::ldexp(1.0f, static_cast<int>(-exponent));
+  at::parallel_for(0, Co, 4, [&](int64_t ob, int64_t oe) {
+    for (int64_t o = ob; o < oe; ++o)
+      for (int64_t c = 0; c < Ci; ++c)
+        for (int64_t i = 0; i < kh; ++i)
+          for (int64_t j = 0; j < kw; ++j) {
+            const int8_t v = static_cast<int8_t>(std::nearbyint(src[((o * Ci + c) * kh + i) * kw + j] * inv));
+            f[((i * kw + j) * Ci + c) * Co + o] = v;
+            b[(((kh - 1 - i) * kw + (kw - 1 - j)) * Co + o) * Ci + c] = v;
+          }
+  });
+  return {fwd, bwd};
+}
+
+template <typename T>
+std::tuple<at::Tensor, int64_t> sq_int_conv_t(const at::Tensor& acc, int64_t exp_in, int64_t bits,
+                                              int64_t mode, c10::optional<at::Generator> gen, int64_t Ci) {
+  const int64_t Co = acc.size(0), K = acc.size(1), KK = K / Ci, n = acc.numel();
+  const T* p = acc.data_ptr<T>();
+  int64_t amax = at::parallel_reduce(0, n, 1 << 14, int64_t(0), [&](int64_t b, int64_t e, int64_t m) {
+    for (int64_t i = b; i < e; ++i) { const int64_t a = p[i]; m = std::max(m, a < 0 ? -a : a); }
+    return m;
+  }, [](int64_t a, int64_t b) { return std::max(a, b); });
+  const int64_t lsb = eoqk::exponent_of(std::ldexp(double(amax), int(exp_in))) + 1 - bits;
+  const int64_t m = (int64_t(1) << (bits - 1)) - 1, s = lsb - exp_in;
+  std::pair<uint32_t, uint32_t> k{0, 0};
+  if (mode) k = eoqk::draw_key(gen);
+  at::Tensor out = at::empty({Co, Ci, KK}, acc.options().dtype(at::kFloat));
+  float* d = out.data_ptr<float>();
+  const float scale = std::ldexp(1.0f, static_cast<int>(lsb));
+  // logical index i = (o * Ci + c) * KK + q  <->  accumulator element (o, q * Ci + c)
+  at::parallel_for(0, (n + 511) / 512, 8, [&](int64_t bb, int64_t be) {
+    uint32_t rb[512];
+    for (int64_t blk = bb; blk < be; ++blk) {
+      const int64_t i0 = blk * 512, len = std::min<int64_t>(512, n - i0);
+      if (mode) eoqk::fill_bits(rb, len, uint32_t(i0), 1u, k.first, k.second);
+      for (int64_t l = 0; l < len; ++l) {
+        const int64_t i = i0 + l, o = i / (Ci * KK), c = (i / KK) % Ci, q = i % KK;
+        const int64_t a = p[o * K + q * Ci + c];
+        int64_t cd;
+        if (mode == 0) {
+          if (s <= 0) {
+            cd = a * (int64_t(1) << -s);
+          } else {
+            const int64_t qq = a >> s, r = a - (qq << s), half = int64_t(1) << (s - 1);
+            cd = qq + ((r > half || (r == half && (qq & 1))) ? 1 : 0);
+          }
+        } else {
+          const int64_t t = s <= 16 ? a * (int64_t(1) << (16 - s)) : (a >> (s - 16));
+          cd = (t + int64_t(rb[l])) >> 16;
+        }
+        d[i] = static_cast<float>(cd < -m ? -m : (cd > m ? m : cd)) * scale;
+      }
+    }
+  });
+  return {out, lsb};
+}
+
+std::tuple<at::Tensor, int64_t> sq_int_conv(const at::Tensor& acc_, int64_t exp_in, int64_t bits,
+                                            int64_t mode, c10::optional<at::Generator> gen, int64_t ci) {
+  TORCH_CHECK(acc_.dim() == 2 && ci > 0 && acc_.size(1) % ci == 0, "sq_int_conv: [Co, kh*kw*Ci] accumulator");
+  const at::Tensor acc = acc_.contiguous();
+  if (acc.scalar_type() == at::kInt) return sq_int_conv_t<int32_t>(acc, exp_in, bits, mode, gen, ci);
+  TORCH_CHECK(acc.scalar_type() == at::kLong, "sq_int_conv: int32 or int64 accumulator");
+  return sq_int_conv_t<int64_t>(acc, exp_in, bits, mode, gen, ci);
+}
+
 }  // namespace
 
 void register_intops(pybind11::module& m) {
   m.def("dequant", &dequant);
   m.def("im2col", &im2col);
   m.def("sq_int", &sq_int);
+  m.def("weight_mats", &weight_mats);
+  m.def("sq_int_conv", &sq_int_conv);
 }
