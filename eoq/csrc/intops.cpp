@@ -70,43 +70,64 @@ at::Tensor im2col(const at::Tensor& x_, int64_t kh, int64_t kw, int64_t stride, 
   return out;
 }
 
+// The code of integer a at shift s = lsb - exp_in, clamped to [-m, m]: round half to even of
+// a / 2^s (mode 0), or floor((floor(a 2^(16-s)) + b) / 2^16) with 16 random bits b (mode 1).
+inline int64_t int_code(int64_t a, int64_t s, int64_t m, int64_t mode, uint32_t b) {
+  int64_t c;
+  if (mode == 0) {
+    if (s <= 0) {
+      c = a * (int64_t(1) << -s);
+    } else {
+      const int64_t q = a >> s, r = a - (q << s), half = int64_t(1) << (s - 1);
+      c = q + ((r > half || (r == half && (q & 1))) ? 1 : 0);
+    }
+  } else {
+    const int64_t t = s <= 16 ? a * (int64_t(1) << (16 - s)) : (a >> (s - 16));
+    c = (t + int64_t(b)) >> 16;
+  }
+  return c < -m ? -m : (c > m ? m : c);
+}
+
+// What SQ of acc * 2^exp_in needs before rounding: the exact LSB exponent from max|acc|, the
+// max code m, the shift s = lsb - exp_in, and the random key (drawn only for stochastic rounding).
+struct IntSQ {
+  int64_t lsb, m, s;
+  std::pair<uint32_t, uint32_t> key;
+};
+
+template <typename T>
+IntSQ int_sq_setup(const T* p, int64_t n, int64_t exp_in, int64_t bits, int64_t mode,
+                   c10::optional<at::Generator> gen) {
+  int64_t amax = at::parallel_reduce(0, n, 1 << 14, int64_t(0), [&](int64_t b, int64_t e, int64_t m) {
+    for (int64_t i = b; i < e; ++i) { const int64_t a = p[i]; m = std::max(m, a < 0 ? -a : a); }
+    return m;
+  }, [](int64_t a, int64_t b) { return std::max(a, b); });
+  IntSQ q;
+  q.lsb = eoqk::exponent_of(std::ldexp(double(amax), int(exp_in))) + 1 - bits;
+  q.m = (int64_t(1) << (bits - 1)) - 1;
+  q.s = q.lsb - exp_in;
+  q.key = mode ? eoqk::draw_key(gen) : std::pair<uint32_t, uint32_t>{0, 0};
+  return q;
+}
+
 std::tuple<at::Tensor, int64_t> sq_int(const at::Tensor& acc_, int64_t exp_in, int64_t bits,
                                        int64_t mode, c10::optional<at::Generator> gen) {
   TORCH_CHECK(acc_.scalar_type() == at::kLong, "sq_int: int64 input");
   const at::Tensor acc = acc_.contiguous();
   const int64_t n = acc.numel();
   const int64_t* p = acc.data_ptr<int64_t>();
-  int64_t amax = at::parallel_reduce(0, n, 1 << 14, int64_t(0), [&](int64_t b, int64_t e, int64_t m) {
-    for (int64_t i = b; i < e; ++i) m = std::max(m, p[i] < 0 ? -p[i] : p[i]);
-    return m;
-  }, [](int64_t a, int64_t b) { return std::max(a, b); });
-  const int64_t lsb = eoqk::exponent_of(std::ldexp(double(amax), int(exp_in))) + 1 - bits;
-  const int64_t m = (int64_t(1) << (bits - 1)) - 1, s = lsb - exp_in;
-  std::pair<uint32_t, uint32_t> k{0, 0};
-  if (mode) k = eoqk::draw_key(gen);
+  const IntSQ q = int_sq_setup(p, n, exp_in, bits, mode, gen);
+  const int64_t lsb = q.lsb, m = q.m, s = q.s;
+  const auto k = q.key;
   at::Tensor out = at::empty(acc.sizes(), acc.options().dtype(at::kChar));
   int8_t* d = out.data_ptr<int8_t>();
   at::parallel_for(0, (n + 511) / 512, 8, [&](int64_t bb, int64_t be) {
-    uint32_t rb[512];
+    uint32_t rb[512] = {0};
     for (int64_t blk = bb; blk < be; ++blk) {
       const int64_t i0 = blk * 512, len = std::min<int64_t>(512, n - i0);
       if (mode) eoqk::fill_bits(rb, len, uint32_t(i0), 1u, k.first, k.second);
-      for (int64_t l = 0; l < len; ++l) {
-        const int64_t a = p[i0 + l];
-        int64_t c;
-        if (mode == 0) {
-          if (s <= 0) {
-            c = a * (int64_t(1) << -s);
-          } else {
-            const int64_t q = a >> s, r = a - (q << s), half = int64_t(1) << (s - 1);
-            c = q + ((r > half || (r == half && (q & 1))) ? 1 : 0);
-          }
-        } else {
-          const int64_t t = s <= 16 ? a * (int64_t(1) << (16 - s)) : (a >> (s - 16));
-          c = (t + int64_t(rb[l])) >> 16;
-        }
-        d[i0 + l] = static_cast<int8_t>(c < -m ? -m : (c > m ? m : c));
-      }
+      for (int64_t l = 0; l < len; ++l)
+        d[i0 + l] = static_cast<int8_t>(int_code(p[i0 + l], s, m, mode, rb[l]));
     }
   });
   return {out, lsb};
@@ -155,39 +176,21 @@ std::tuple<at::Tensor, int64_t> sq_int_conv_t(const at::Tensor& acc, int64_t exp
                                               int64_t mode, c10::optional<at::Generator> gen, int64_t Ci) {
   const int64_t Co = acc.size(0), K = acc.size(1), KK = K / Ci, n = acc.numel();
   const T* p = acc.data_ptr<T>();
-  int64_t amax = at::parallel_reduce(0, n, 1 << 14, int64_t(0), [&](int64_t b, int64_t e, int64_t m) {
-    for (int64_t i = b; i < e; ++i) { const int64_t a = p[i]; m = std::max(m, a < 0 ? -a : a); }
-    return m;
-  }, [](int64_t a, int64_t b) { return std::max(a, b); });
-  const int64_t lsb = eoqk::exponent_of(std::ldexp(double(amax), int(exp_in))) + 1 - bits;
-  const int64_t m = (int64_t(1) << (bits - 1)) - 1, s = lsb - exp_in;
-  std::pair<uint32_t, uint32_t> k{0, 0};
-  if (mode) k = eoqk::draw_key(gen);
+  const IntSQ sq = int_sq_setup(p, n, exp_in, bits, mode, gen);
+  const int64_t lsb = sq.lsb, m = sq.m, s = sq.s;
+  const auto k = sq.key;
   at::Tensor out = at::empty({Co, Ci, KK}, acc.options().dtype(at::kFloat));
   float* d = out.data_ptr<float>();
   const float scale = std::ldexp(1.0f, static_cast<int>(lsb));
   // logical index i = (o * Ci + c) * KK + q  <->  accumulator element (o, q * Ci + c)
   at::parallel_for(0, (n + 511) / 512, 8, [&](int64_t bb, int64_t be) {
-    uint32_t rb[512];
+    uint32_t rb[512] = {0};
     for (int64_t blk = bb; blk < be; ++blk) {
       const int64_t i0 = blk * 512, len = std::min<int64_t>(512, n - i0);
       if (mode) eoqk::fill_bits(rb, len, uint32_t(i0), 1u, k.first, k.second);
       for (int64_t l = 0; l < len; ++l) {
         const int64_t i = i0 + l, o = i / (Ci * KK), c = (i / KK) % Ci, q = i % KK;
-        const int64_t a = p[o * K + q * Ci + c];
-        int64_t cd;
-        if (mode == 0) {
-          if (s <= 0) {
-            cd = a * (int64_t(1) << -s);
-          } else {
-            const int64_t qq = a >> s, r = a - (qq << s), half = int64_t(1) << (s - 1);
-            cd = qq + ((r > half || (r == half && (qq & 1))) ? 1 : 0);
-          }
-        } else {
-          const int64_t t = s <= 16 ? a * (int64_t(1) << (16 - s)) : (a >> (s - 16));
-          cd = (t + int64_t(rb[l])) >> 16;
-        }
-        d[i] = static_cast<float>(cd < -m ? -m : (cd > m ? m : cd)) * scale;
+        d[i] = static_cast<float>(int_code(p[o * K + q * Ci + c], s, m, mode, rb[l])) * scale;
       }
     }
   });
