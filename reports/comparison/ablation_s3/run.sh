@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Third-session EOQ ablations, ResNet-20 Fixup, full CIFAR-10, 5 epochs, seed 0 (as run: two at a
+# time with 1 thread each). Usage: reports/comparison/ablation_s3/run.sh [RUNS_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+RUNS=${1:-runs/s3}
+S=reports/comparison/ablation_s3/specs
+T=(.venv/bin/eoq train --model resnet20 --norm fixup --epochs 5 --threads 1 --no-progress)
+"${T[@]}" --preset fp32           --lr 0.125 --momentum 0.9375 --out "$RUNS/fp32_lr125_m9375"
+"${T[@]}" --preset $S/store16.json --lr 0.15 --momentum 0.9375 --out "$RUNS/store16"
+"${T[@]}" --preset $S/sat01.json   --lr 0.15 --momentum 0.9375 --out "$RUNS/sat01"
+"${T[@]}" --preset $S/sat05.json   --lr 0.15 --momentum 0.9375 --out "$RUNS/sat05"
+"${T[@]}" --preset $S/nopow2.json                              --out "$RUNS/nopow2"
+"${T[@]}" --preset $S/sat01.json                               --out "$RUNS/sat01_default"
