@@ -9,6 +9,7 @@ import argparse
 import shlex
 import sys
 
+from . import distributed
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
 from .data import DataError
@@ -31,10 +32,12 @@ def _add_train(sub):
                    help="NHWC activations (faster on CPU; always on with --engine int)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="down to 1 (online training)")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default 0.2; 0.15 for presets with power-of-two lr, e.g. eoq)")
     p.add_argument("--schedule", default=d.schedule, help="onecycle | cosine | step | constant")
     p.add_argument("--warmup", type=float, default=d.warmup, help="fraction of steps of linear warm-up")
-    p.add_argument("--momentum", type=float, default=d.momentum, help="1 - 2^-s for integer updates")
+    p.add_argument("--momentum", type=float, default=None,
+                   help="1 - 2^-s for integer updates (default 0.875; 0.9375 for presets with power-of-two lr)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on conv/linear weights only")
     p.add_argument("--scalar-lr-scale", type=float, default=d.scalar_lr_scale, help="Fixup scalars' lr factor")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -64,14 +67,18 @@ def _train(args) -> int:
         from analysis.qstats import QStatsCollector
 
         observers = (QStatsCollector(cfg.qstats_every),)
+    clean = False
     try:
         run = train(cfg, observers=observers)
+        clean = True
     except TrainingDiverged as err:
         print(f"eoq: error: {err}", file=sys.stderr)
         return 3
     except Interrupted as err:
         print(f"eoq: {err}", file=sys.stderr)
         return 128 + err.signum
+    finally:
+        distributed.shutdown(clean)
     last = run.rows[-1] if run.rows else None
     if last:
         print(f"final: epoch {last['epoch']}  test_acc {last['test_acc']:.2f}%  -> {cfg.out}/metrics.csv")

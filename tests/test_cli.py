@@ -39,3 +39,15 @@ def test_train_command_runs(tmp_path, capsys):
                  "--batch-size", "32", "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
     assert "final: epoch 1" in capsys.readouterr().out
     assert (out / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("preset,lr,momentum", [("eoq", 0.15, 0.9375), ("eoq-float-ends", 0.15, 0.9375),
+                                                ("fp32", 0.2, 0.875), ("wageubn", 0.2, 0.875)])
+def test_default_lr_and_momentum_follow_the_preset(preset, lr, momentum):
+    """Power-of-two-lr presets default to peak 0.15 (-> 0.125) and momentum 1 - 2^-4; float updates
+    to 0.2 and 1 - 2^-3; an explicit value always wins."""
+    from eoq.config import TrainConfig
+    cfg = TrainConfig(preset=preset).validate()
+    assert (cfg.lr, cfg.momentum) == (lr, momentum)
+    cfg = TrainConfig(preset=preset, lr=0.05, momentum=0.75).validate()
+    assert (cfg.lr, cfg.momentum) == (0.05, 0.75)

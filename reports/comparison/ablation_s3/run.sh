@@ -10,5 +10,9 @@ T=(.venv/bin/eoq train --model resnet20 --norm fixup --epochs 5 --threads 1 --no
 "${T[@]}" --preset $S/store16.json --lr 0.15 --momentum 0.9375 --out "$RUNS/store16"
 "${T[@]}" --preset $S/sat01.json   --lr 0.15 --momentum 0.9375 --out "$RUNS/sat01"
 "${T[@]}" --preset $S/sat05.json   --lr 0.15 --momentum 0.9375 --out "$RUNS/sat05"
-"${T[@]}" --preset $S/nopow2.json                              --out "$RUNS/nopow2"
-"${T[@]}" --preset $S/sat01.json                               --out "$RUNS/sat01_default"
+"${T[@]}" --preset $S/nopow2.json  --lr 0.2 --momentum 0.875    --out "$RUNS/nopow2"
+"${T[@]}" --preset $S/sat01.json   --lr 0.2 --momentum 0.875    --out "$RUNS/sat01_default"
+"${T[@]}" --preset $S/sat05.json   --lr 0.2 --momentum 0.875    --out "$RUNS/sat05_default"
+"${T[@]}" --preset $S/sat05.json   --lr 0.125 --momentum 0.875  --out "$RUNS/sat05_lr125_m875"
+# the eoq preset as it is now (policy 5%) with its default schedule (peak 0.15, momentum 0.9375), 2 threads:
+.venv/bin/eoq train --model resnet20 --norm fixup --preset eoq --epochs 5 --threads 2 --no-progress --out "$RUNS/eoq_default_cmd"
