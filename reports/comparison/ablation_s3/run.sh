@@ -16,3 +16,6 @@ T=(.venv/bin/eoq train --model resnet20 --norm fixup --epochs 5 --threads 1 --no
 "${T[@]}" --preset $S/sat05.json   --lr 0.125 --momentum 0.875  --out "$RUNS/sat05_lr125_m875"
 # the eoq preset as it is now (policy 5%) with its default schedule (peak 0.15, momentum 0.9375), 2 threads:
 .venv/bin/eoq train --model resnet20 --norm fixup --preset eoq --epochs 5 --threads 2 --no-progress --out "$RUNS/eoq_default_cmd"
+# fp32 with momentum 0.9 (the calibration script used SGD 0.9), everything else default:
+"${T[@]}" --norm bn --preset fp32 --momentum 0.9 --out "$RUNS/bn_m09"
+"${T[@]}" --preset fp32 --momentum 0.9 --out "$RUNS/fixup_m09"
