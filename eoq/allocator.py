@@ -4,7 +4,8 @@ glibc serves every block above its mmap threshold (dynamic, at most 32 MiB) with
 mmap and unmaps them on free, and gives the top of the heap back to the OS when more than the trim
 threshold is free. A training step frees and re-allocates its activation-sized tensors every step,
 so each one page-faults its memory back in: on this 2-core machine a ReLU backward plus one multiply
-over 8 M floats took 13.6 ms that way and 5.4 ms with the settings below (benchmarks.md).
+over 8 M floats took 13.5-14.1 ms that way and 3.5-3.7 ms with the settings below
+(``python benchmarks/bench_alloc.py``, reports/benchmarks.md).
 
 ``tune()`` calls ``mallopt(M_MMAP_MAX, 0)`` (no block is served by mmap: all come from the heap)
 and ``mallopt(M_TRIM_THRESHOLD, 1 GiB)`` (free heap is kept up to 1 GiB). The cost: the process

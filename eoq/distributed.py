@@ -55,9 +55,9 @@ def init_from_env() -> bool:
 
 def shutdown(clean: bool = True) -> None:
     """Leave the process group that init_from_env joined; after a ``clean`` end, first wait until
-    every process got here. Without this, gloo's threads could still run while the interpreter
-    exits, and a process sometimes aborted with 'terminate called without an active exception'
-    (seen in the DDP test)."""
+    every process got here. This alone did not stop the occasional exit-time abort of a process
+    ('terminate called without an active exception'); the CLI also skips the interpreter's
+    teardown afterwards (eoq/cli.py: _leave)."""
     if _STATE.pop("owned", False) and dist.is_initialized():
         if clean:
             dist.barrier()

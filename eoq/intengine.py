@@ -161,7 +161,7 @@ def weight_mats(w: torch.Tensor, exponent: int | None = None) -> WeightMats:
         fwd, bwd = kern.weight_mats(w.detach(), exponent)
         return WeightMats(fwd, bwd, tuple(w.shape))
     if exponent is not None:
-        w = (w.detach() * 2.0 ** -exponent).round_().to(torch.int8)
+        w = _grid_codes(w, exponent)
     fwd = _row_major(weight_matrix(w).t())
     bwd = _row_major(weight_matrix(w.flip(2, 3).transpose(0, 1)).t())   # [Cin, Cout, kh, kw] rotated
     return WeightMats(fwd, bwd, tuple(w.shape))
@@ -253,9 +253,8 @@ def _gradient(acc: torch.Tensor, exponent: int, layer, conv_shape=None) -> torch
     """G of a weight-gradient accumulator (integer sums of int8 products, value acc * 2^exponent):
     summed over data-parallel shards (exact), rounded once in the weight's logical order. A conv's
     accumulator is [Cout, kh*kw*Cin] (im2col order) and ``conv_shape`` its weight's shape."""
-    acc = acc.to(torch.int64) if distributed.active() else acc
     if distributed.active():
-        distributed.all_sum_(acc)
+        acc = distributed.all_sum_(acc.to(torch.int64))
     q = layer.quant.G
     kern = kernels.load()
     if conv_shape is not None and kern is not None and not OBSERVERS:
@@ -271,10 +270,15 @@ def _gradient(acc: torch.Tensor, exponent: int, layer, conv_shape=None) -> torch
     return g.to(torch.float32) * 2.0 ** eg
 
 
+def _grid_codes(w: torch.Tensor, exponent: int) -> torch.Tensor:
+    """int8 codes of float values on the grid 2^exponent (exact: w = codes * 2^exponent)."""
+    return (w.detach() * 2.0 ** -exponent).round_().to(torch.int8)
+
+
 def weight_codes(layer) -> tuple[torch.Tensor, int]:
     """The stored int8 weight codes and their exponent (the float parameter is codes * 2^e)."""
     e = int(layer.weight_exp)
-    return (layer.weight.detach() * 2.0 ** -e).round_().to(torch.int8), e
+    return _grid_codes(layer.weight, e), e
 
 
 def _give(t: torch.Tensor) -> None:
@@ -378,7 +382,7 @@ class IntLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gi = int_mm(e, wc).to(torch.float32) * 2.0 ** (ee + ew)
         if ctx.needs_input_grad[1]:
-            gw = _gradient(checked_int_mm(e.t().contiguous(), a).to(torch.int64), ea + ee, layer)
+            gw = _gradient(checked_int_mm(e.t().contiguous(), a), ea + ee, layer)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = e.to(torch.int64).sum(0).to(torch.float32) * 2.0 ** ee
         return gi, gw, gb, None

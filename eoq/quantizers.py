@@ -182,17 +182,22 @@ def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0, relu=Fa
         raise
 
 
+def _affine_sq(x, k, rounding, generator, reference, **affine) -> torch.Tensor:
+    """SQ of an elementwise function of x (``affine``: the kernel's bias / mult / relu + pre), in
+    the kernel's two passes over x; ``reference()`` builds the same float32 tensor with torch ops
+    where the kernel cannot run, so both give identical results."""
+    check_bits(k)
+    fused = _fused_sq(x, k, rounding, generator, None, False, **affine)
+    return fused[0] if fused is not None else sq(reference(), k, rounding, generator)
+
+
 def sq_plus(x: torch.Tensor, bias: torch.Tensor, k: int, rounding: str = "nearest",
             generator: torch.Generator | None = None) -> torch.Tensor:
     """SQ(x + bias, k) for a one-element ``bias``, without materialising x + bias in the kernel.
 
     The float32 sum is the same IEEE addition torch's ``x + bias`` does, so the result is
     identical to ``sq(x + bias, k)`` (the torch path computes exactly that)."""
-    check_bits(k)
-    fused = _fused_sq(x, k, rounding, generator, None, False, bias=float(bias))
-    if fused is not None:
-        return fused[0]
-    return sq(x + bias.detach(), k, rounding, generator)
+    return _affine_sq(x, k, rounding, generator, lambda: x + bias.detach(), bias=float(bias))
 
 
 def sq_relu_plus(x: torch.Tensor, pre: torch.Tensor, bias: torch.Tensor, k: int,
@@ -200,21 +205,14 @@ def sq_relu_plus(x: torch.Tensor, pre: torch.Tensor, bias: torch.Tensor, k: int,
     """SQ(relu(x + pre) + bias, k) for one-element ``pre`` and ``bias``, in two passes over x and
     without materialising x + pre or the ReLU output in the kernel; each step is the float32
     operation torch does, so the result is identical to ``sq(relu(x + pre) + bias, k)``."""
-    check_bits(k)
-    fused = _fused_sq(x, k, rounding, generator, None, False, bias=float(bias), relu=True, pre=float(pre))
-    if fused is not None:
-        return fused[0]
-    return sq(torch.relu(x + pre.detach()) + bias.detach(), k, rounding, generator)
+    return _affine_sq(x, k, rounding, generator, lambda: torch.relu(x + pre.detach()) + bias.detach(),
+                      bias=float(bias), relu=True, pre=float(pre))
 
 
 def sq_times(x: torch.Tensor, mult: torch.Tensor, k: int, rounding: str = "nearest",
              generator: torch.Generator | None = None) -> torch.Tensor:
     """SQ(x * mult, k) for a one-element ``mult``, identical to ``sq(x * mult, k)`` (see sq_plus)."""
-    check_bits(k)
-    fused = _fused_sq(x, k, rounding, generator, None, False, mult=float(mult))
-    if fused is not None:
-        return fused[0]
-    return sq(x * mult.detach(), k, rounding, generator)
+    return _affine_sq(x, k, rounding, generator, lambda: x * mult.detach(), mult=float(mult))
 
 
 def _sharded_sq(x, k, rounding, generator, codes):
