@@ -39,6 +39,9 @@ def _add_train(sub):
     p.add_argument("--warmup", type=float, default=d.warmup, help="fraction of steps of linear warm-up")
     p.add_argument("--momentum", type=float, default=None,
                    help="1 - 2^-s for integer updates (default 0.875; 0.9375 for presets with power-of-two lr)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (float updates only)")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                   help="cross-entropy label smoothing eps: target (1 - eps) one-hot + eps / classes")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on conv/linear weights only")
     p.add_argument("--scalar-lr-scale", type=float, default=d.scalar_lr_scale, help="Fixup scalars' lr factor")
     p.add_argument("--seed", type=int, default=d.seed)

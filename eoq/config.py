@@ -33,6 +33,8 @@ class TrainConfig:
     schedule: str = "onecycle"
     warmup: float = 0.15
     momentum: float | None = None    # None: the preset's default (DEFAULTS)
+    nesterov: bool = False           # Nesterov momentum (float updates only)
+    label_smoothing: float = 0.0     # cross-entropy target (1 - eps) one-hot + eps / classes
     weight_decay: float = 5e-4
     scalar_lr_scale: float = 0.1
     seed: int = 0
@@ -70,6 +72,11 @@ class TrainConfig:
             raise ConfigError(f"--warmup must be a fraction in [0, 1), got {self.warmup}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.nesterov and (spec.lr_pow2 or spec.U.enabled):
+            raise ConfigError("--nesterov applies to float updates only; the integer (EOQ) update is "
+                              "plain momentum as a shift")
         if self.weight_decay < 0 or self.scalar_lr_scale <= 0:
             raise ConfigError("--weight-decay must be >= 0 and --scalar-lr-scale > 0")
         for name in ("train_limit", "test_limit", "threads"):

@@ -12,7 +12,8 @@ of G, M, U and the policy's halving come from four keys per tensor drawn at the 
 (``csrc/quant.cpp: grid_step``) when it is built and no observer is attached; the torch code
 below is the reference it is tested against bit for bit (``kernels.disabled()`` selects it). Float tensors
 (fp32 presets, float-end layers, BN) take the usual momentum SGD with the same lr, momentum and
-weight decay: v = mu v + g + wd w; w <- w - lr * lr_scale * v.
+weight decay: v = mu v + g + wd w; w <- w - lr * lr_scale * v (Nesterov: w <- w - lr * lr_scale *
+(g + wd w + mu v), float updates only).
 
 Fixup scalars train at lr / 10 (``scalar_lr_scale``) and, like biases and BN parameters, without
 weight decay.
@@ -57,7 +58,7 @@ def momentum_shift(mu: float) -> int | None:
 class EOQSGD(torch.optim.Optimizer):
     def __init__(self, model: nn.Module, spec: QuantSpec, lr: float, momentum: float = 0.875,
                  weight_decay: float = 5e-4, scalar_lr_scale: float = SCALAR_LR_SCALE,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, nesterov: bool = False):
         if not lr > 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
         if not 0 <= momentum < 1:
@@ -68,6 +69,10 @@ class EOQSGD(torch.optim.Optimizer):
         self.grid: dict[int, GridParam] = {id(g.param): g for g in grid_params(model)}
         if self.grid:
             momentum_shift(momentum)
+            if nesterov:
+                raise SpecError("Nesterov momentum applies to float updates only; this model has "
+                                "integer-stored weights (plain momentum as a shift)")
+        self.nesterov = nesterov
         scalar_ids = {id(m.value) for m in model.modules() if isinstance(m, Scalar)}
         groups = {"grid": [], "decay": [], "no_decay": [], "scalar": []}
         for p in model.parameters():
@@ -132,6 +137,8 @@ class EOQSGD(torch.optim.Optimizer):
         if group["weight_decay"]:
             g = g.add(p, alpha=group["weight_decay"])
         v = self._momentum(p, g, group["momentum"])
+        if self.nesterov and group["momentum"]:
+            v = g.add(v, alpha=group["momentum"])          # g + mu v (PyTorch's Nesterov form)
         p.add_(v, alpha=-self.effective_lr(group))
 
     def _grid_step(self, p, grid: GridParam, group, keys):

@@ -77,7 +77,7 @@ def build_run(cfg: TrainConfig) -> Run:
     generator = torch.Generator().manual_seed(cfg.seed + 7919)
     prepare(model, spec, generator, engine=cfg.engine)
     opt = EOQSGD(model, spec, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                 scalar_lr_scale=cfg.scalar_lr_scale, generator=generator)
+                 scalar_lr_scale=cfg.scalar_lr_scale, generator=generator, nesterov=cfg.nesterov)
     return Run(cfg, model, opt, generator, data)
 
 
@@ -103,13 +103,15 @@ def restore(run: Run, state: dict) -> None:
     run.sums, run.rows = dict(state["sums"]), list(state["rows"])
 
 
-def train_step(model: torch.nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor):
-    """One SGD step on (x, y); returns (loss, logits).
+def train_step(model: torch.nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor,
+               label_smoothing: float = 0.0):
+    """One SGD step on (x, y); returns (loss, logits). The loss is cross-entropy against
+    (1 - label_smoothing) one-hot + label_smoothing / classes.
 
     Raises TrainingDiverged when the loss is not finite or a quantizer meets NaN/Inf."""
     try:
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
@@ -214,7 +216,8 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                 if distributed.active():
                     x, y = distributed.shard(x, y)
                 try:
-                    loss, logits = train_step(model, opt, x.contiguous(memory_format=layout), y)
+                    loss, logits = train_step(model, opt, x.contiguous(memory_format=layout), y,
+                                              cfg.label_smoothing)
                 except TrainingDiverged as err:
                     raise diverged(err, f"step {step + 1}") from None
                 run.step = step + 1

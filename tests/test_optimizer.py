@@ -106,21 +106,49 @@ def test_exponent_moves_up_on_saturation_and_down_when_underused():
     assert torch.equal(layer.weight.detach(), torch.full_like(layer.weight, 20 * lsb))
 
 
-def test_float_params_follow_torch_sgd():
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_float_params_follow_torch_sgd(nesterov):
     torch.manual_seed(0)
     a = build_model("resnet20", "bn")
     b = build_model("resnet20", "bn")
     b.load_state_dict(a.state_dict())
     prepare(a, get_preset("fp32"))
-    ours = EOQSGD(a, get_preset("fp32"), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    ours = EOQSGD(a, get_preset("fp32"), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
     decay = [p for p in b.parameters() if p.dim() > 1]
     rest = [p for p in b.parameters() if p.dim() <= 1]
     ref = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": rest, "weight_decay": 0.0}],
-                          lr=0.1, momentum=0.9)
+                          lr=0.1, momentum=0.9, nesterov=nesterov)
     train_steps(a, ours, 3)
     train_steps(b, ref, 3)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_nesterov_is_refused_for_integer_updates():
+    model = build_model("resnet20", "fixup")
+    prepare(model, get_preset("eoq"))
+    with pytest.raises(SpecError, match="Nesterov"):
+        EOQSGD(model, get_preset("eoq"), lr=0.125, momentum=0.9375, nesterov=True)
+
+
+def test_label_smoothing_loss_matches_hand_formula():
+    """train_step's loss = -(1 - eps) log p_y - (eps / K) sum_k log p_k, in float64 by hand."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", "bn")
+    prepare(model, get_preset("fp32"))
+    opt = EOQSGD(model, get_preset("fp32"), lr=1e-9)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    model.eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(x).double(), 1)
+    model.train()
+    eps = 0.2
+    want = (-(1 - eps) * logp.gather(1, y[:, None]).squeeze(1) - eps / 10 * logp.sum(1)).mean()
+    model.eval()                                   # same logits as above (no BN batch statistics)
+    loss, _ = train_step(model, opt, x, y, label_smoothing=eps)
+    assert abs(float(loss) - float(want)) < 1e-5
+    plain = (-logp.gather(1, y[:, None])).mean()
+    assert abs(float(want) - float(plain)) > 1e-3   # the smoothing changes the loss
 
 
 def test_fixup_scalars_use_a_tenth_of_the_lr():
