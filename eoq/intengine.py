@@ -196,10 +196,16 @@ def conv_input_grad(e: torch.Tensor, w: torch.Tensor | WeightMats, stride: int, 
     return out.view(n, in_hw[0], in_hw[1], cin)
 
 
+def transpose(x: torch.Tensor) -> torch.Tensor:
+    """An int8 matrix transposed into row-major memory (C++ tiles; torch's copy is the reference)."""
+    kern = kernels.load() if x.dtype == torch.int8 else None
+    return kern.transpose(x) if kern is not None else x.t().contiguous()
+
+
 def weight_grad(e_rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """[Cout, K] = E^T @ cols (int32, or int64 when K needs chunks), K-chunked so that no int32
     partial sum can overflow."""
-    return checked_int_mm(e_rows.t().contiguous(), cols)
+    return checked_int_mm(transpose(e_rows), cols)
 
 
 def sq_from_int(acc: torch.Tensor, exp_in: int, k: int, rounding: str, generator) -> tuple[torch.Tensor, int]:
@@ -382,7 +388,7 @@ class IntLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gi = int_mm(e, wc).to(torch.float32) * 2.0 ** (ee + ew)
         if ctx.needs_input_grad[1]:
-            gw = _gradient(checked_int_mm(e.t().contiguous(), a), ea + ee, layer)
+            gw = _gradient(weight_grad(e, a), ea + ee, layer)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = e.to(torch.int64).sum(0).to(torch.float32) * 2.0 ** ee
         return gi, gw, gb, None

@@ -221,6 +221,54 @@ def test_kernels_equal_the_torch_reference(shape, dilation, seed, rounding):
         assert torch.equal(*grads)
 
 
+@pytest.mark.parametrize("shape", [(130, 70, 3, 3), (64, 64, 1, 1), (5, 129, 3, 3), (3, 2, 1, 3)])
+def test_weight_mats_kernel_matches_torch_reference(shape):
+    """Both GEMM operands from float weights on the grid, against the flip/transpose reference
+    (channel counts across several 64 x 64 tiles, 1x1 and non-square kernels)."""
+    from eoq import kernels
+    if kernels.load() is None:
+        pytest.skip("kernels not built")
+    g = torch.Generator().manual_seed(sum(shape))
+    wc = codes(*shape, gen=g)
+    fast = IE.weight_mats(wc.float() * 2.0 ** -9, -9)
+    slow = IE.weight_mats(wc)
+    assert fast.shape == slow.shape == shape
+    assert torch.equal(fast.fwd, slow.fwd) and torch.equal(fast.bwd, slow.bwd)
+
+
+@pytest.mark.parametrize("shape", [(130, 70), (1, 200), (200, 1), (64, 64), (1000, 3)])
+def test_transpose_kernel_matches_torch(shape):
+    from eoq import kernels
+    if kernels.load() is None:
+        pytest.skip("kernels not built")
+    x = codes(*shape, gen=torch.Generator().manual_seed(shape[0]))
+    t = IE.transpose(x)
+    assert t.shape == shape[::-1] and t.is_contiguous() and torch.equal(t, x.t())
+    assert torch.equal(IE.transpose(x.t()), x)          # a non-contiguous input
+
+
+@pytest.mark.parametrize("c,stride,dilation", [(16, 1, 1), (32, 2, 1), (16, 1, 2), (24, 1, 1)])
+def test_large_im2col_and_dequant_kernels_match_torch(c, stride, dilation):
+    """Outputs of several MB (many parallel chunks, every padding case), against the torch code."""
+    from eoq import kernels
+    if kernels.load() is None:
+        pytest.skip("kernels not built")
+    g = torch.Generator().manual_seed(c + stride)
+    x = codes(32, 32, 32, c, gen=g)
+    pad = (1, 1 + dilation - 1, 1, 1)
+    fast = IE.im2col(x, 3, 3, stride, pad, dilation)
+    with kernels.disabled():
+        slow = IE.im2col(x, 3, 3, stride, pad, dilation)
+    assert torch.equal(fast, slow)
+    acc = torch.randint(-2 ** 30, 2 ** 30, (32, 33, 32, c + 1), generator=g, dtype=torch.int32)
+    acc[0, 0, 0, :3] = torch.tensor([2 ** 24 + 1, -(2 ** 24) - 3, 0])   # rounded, as float(acc) does
+    for cl in (True, False):
+        fast = IE._to_float_nchw(acc, -17, cl)
+        with kernels.disabled():
+            slow = IE._to_float_nchw(acc, -17, cl)
+        assert torch.equal(fast, slow) and fast.stride() == slow.stride()
+
+
 def test_second_backward_through_one_graph_is_a_clear_error():
     layer = pair(lambda: QConv2d(2, 3, 3, padding=1))[1]
     out = layer(torch.randn(1, 2, 5, 5, requires_grad=True)).sum()

@@ -12,12 +12,17 @@
 //       G of a conv weight-gradient accumulator [Co, kh*kw*Ci] (int32 or int64, im2col order):
 //       sq_int's codes of the same values in logical [Co, Ci, kh, kw] order (random bits by
 //       logical index), returned as float32 codes * 2^lsb in that order
+//   transpose(x)                    int8 [R, C] -> [C, R] row-major, in 64 x 64 tiles (the E codes
+//       as the weight-gradient GEMM's left operand; torch's strided copy is 4x slower)
 //   sq_int(acc, exp_in, bits, mode, generator)
 //       SQ(acc * 2^exp_in, bits) of an int64 tensor (logical order) computed on the integers:
 //       exact exponent, then round half to even or floor((floor(acc 2^(16-s)) + b) / 2^16).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <tuple>
 #include "common.h"
 
@@ -148,25 +153,81 @@ at::Tensor dequant(const at::Tensor& acc_, int64_t exponent) {
   return out;
 }
 
+// d[j * ds + i] = s[i * ss + j] for a 16 x 16 block of bytes: four rounds of SSE2 unpacks
+// (bytes, 16-bit pairs, 32-bit quads, 64-bit halves), 16 loads and 16 stores.
+inline void transpose16(const int8_t* s, int64_t ss, int8_t* d, int64_t ds) {
+  __m128i r[16], b[16], c[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i * ss));
+  for (int k = 0; k < 8; ++k) {           // b[2k]: rows 2k, 2k+1 interleaved, columns 0-7 (2k+1: 8-15)
+    b[2 * k] = _mm_unpacklo_epi8(r[2 * k], r[2 * k + 1]);
+    b[2 * k + 1] = _mm_unpackhi_epi8(r[2 * k], r[2 * k + 1]);
+  }
+  for (int m = 0; m < 4; ++m) {           // c[4m + q]: rows 4m..4m+3, columns 4q..4q+3
+    c[4 * m + 0] = _mm_unpacklo_epi16(b[4 * m], b[4 * m + 2]);
+    c[4 * m + 1] = _mm_unpackhi_epi16(b[4 * m], b[4 * m + 2]);
+    c[4 * m + 2] = _mm_unpacklo_epi16(b[4 * m + 1], b[4 * m + 3]);
+    c[4 * m + 3] = _mm_unpackhi_epi16(b[4 * m + 1], b[4 * m + 3]);
+  }
+  for (int g = 0; g < 2; ++g)             // r[8g + p]: rows 8g..8g+7, columns 2p, 2p+1
+    for (int q = 0; q < 4; ++q) {
+      r[8 * g + 2 * q] = _mm_unpacklo_epi32(c[8 * g + q], c[8 * g + 4 + q]);
+      r[8 * g + 2 * q + 1] = _mm_unpackhi_epi32(c[8 * g + q], c[8 * g + 4 + q]);
+    }
+  for (int p = 0; p < 8; ++p) {           // column 2p and 2p+1, rows 0..15
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + (2 * p) * ds), _mm_unpacklo_epi64(r[p], r[8 + p]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + (2 * p + 1) * ds), _mm_unpackhi_epi64(r[p], r[8 + p]));
+  }
+}
+
+// Tile (r0, c0) (64 x 64, cut at the edges) of the transpose of an [R, C] byte matrix into [C, R].
+inline void transpose_tile(const int8_t* src, int8_t* dst, int64_t R, int64_t C, int64_t r0, int64_t c0) {
+  const int64_t r1 = std::min(R, r0 + 64), c1 = std::min(C, c0 + 64);
+  const int64_t r16 = r0 + (r1 - r0) / 16 * 16, c16 = c0 + (c1 - c0) / 16 * 16;
+  for (int64_t r = r0; r < r16; r += 16)
+    for (int64_t c = c0; c < c16; c += 16) transpose16(src + r * C + c, C, dst + c * R + r, R);
+  for (int64_t c = c0; c < c1; ++c) {     // the ragged edges, byte by byte
+    int8_t* d = dst + c * R;
+    for (int64_t r = (c < c16 ? r16 : r0); r < r1; ++r) d[r] = src[r * C + c];
+  }
+}
+
+at::Tensor transpose(const at::Tensor& x_) {
+  TORCH_CHECK(x_.scalar_type() == at::kChar && x_.dim() == 2, "transpose: int8 matrix");
+  const at::Tensor x = x_.contiguous();
+  const int64_t R = x.size(0), C = x.size(1), tc = (C + 63) / 64;
+  at::Tensor out = at::empty({C, R}, x.options());
+  const int8_t* src = x.data_ptr<int8_t>();
+  int8_t* dst = out.data_ptr<int8_t>();
+  at::parallel_for(0, (R + 63) / 64 * tc, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) transpose_tile(src, dst, R, C, t / tc * 64, t % tc * 64);
+  });
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> weight_mats(const at::Tensor& w_, int64_t exponent) {
   TORCH_CHECK(w_.scalar_type() == at::kFloat && w_.dim() == 4, "weight_mats: float32 [Co, Ci, kh, kw]");
   const at::Tensor w = w_.contiguous();
-  const int64_t Co = w.size(0), Ci = w.size(1), kh = w.size(2), kw = w.size(3);
-  at::Tensor fwd = at::empty({kh * kw * Ci, Co}, w.options().dtype(at::kChar));
-  at::Tensor bwd = at::empty({kh * kw * Co, Ci}, w.options().dtype(at::kChar));
+  const int64_t Co = w.size(0), Ci = w.size(1), KK = w.size(2) * w.size(3), plane = Co * Ci;
+  at::Tensor fwd = at::empty({KK * Ci, Co}, w.options().dtype(at::kChar));
+  at::Tensor bwd = at::empty({KK * Co, Ci}, w.options().dtype(at::kChar));
   const float* src = w.data_ptr<float>();
   int8_t* f = fwd.data_ptr<int8_t>();
   int8_t* b = bwd.data_ptr<int8_t>();
   const float inv = std::ldexp(1.0f, static_cast<int>(-exponent));
-  at::parallel_for(0, Co, 4, [&](int64_t ob, int64_t oe) {
-    for (int64_t o = ob; o < oe; ++o)
-      for (int64_t c = 0; c < Ci; ++c)
-        for (int64_t i = 0; i < kh; ++i)
-          for (int64_t j = 0; j < kw; ++j) {
-            const int8_t v = static_cast<int8_t>(std::nearbyint(src[((o * Ci + c) * kh + i) * kw + j] * inv));
-            f[((i * kw + j) * Ci + c) * Co + o] = v;
-            b[(((kh - 1 - i) * kw + (kw - 1 - j)) * Co + o) * Ci + c] = v;
-          }
+  // pass 1: bwd block KK - 1 - q (the kernel rotated by 180 degrees) is codes[:, :, q] as [Co, Ci]:
+  // read the weights in order, KK sequential write streams
+  at::parallel_for(0, plane, 1 << 12, [&](int64_t lo, int64_t hi) {
+    for (int64_t oc = lo; oc < hi; ++oc)
+      for (int64_t q = 0; q < KK; ++q)
+        b[(KK - 1 - q) * plane + oc] = static_cast<int8_t>(std::nearbyint(src[oc * KK + q] * inv));
+  });
+  // pass 2: fwd block q ([Ci, Co]) is the transpose of bwd block KK - 1 - q
+  const int64_t tc = (Ci + 63) / 64, tiles = (Co + 63) / 64 * tc;
+  at::parallel_for(0, KK * tiles, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t q = t / tiles, r = t % tiles;
+      transpose_tile(b + (KK - 1 - q) * plane, f + q * plane, Co, Ci, r / tc * 64, r % tc * 64);
+    }
   });
   return {fwd, bwd};
 }
@@ -182,15 +243,22 @@ std::tuple<at::Tensor, int64_t> sq_int_conv_t(const at::Tensor& acc, int64_t exp
   at::Tensor out = at::empty({Co, Ci, KK}, acc.options().dtype(at::kFloat));
   float* d = out.data_ptr<float>();
   const float scale = std::ldexp(1.0f, static_cast<int>(lsb));
-  // logical index i = (o * Ci + c) * KK + q  <->  accumulator element (o, q * Ci + c)
-  at::parallel_for(0, (n + 511) / 512, 8, [&](int64_t bb, int64_t be) {
+  // logical index i = (o * Ci + c) * KK + q  <->  accumulator element (o, q * Ci + c); one output
+  // row o per task, its random bits by logical index in blocks of 512, (c, q) carried along
+  const int64_t row = Ci * KK;
+  at::parallel_for(0, Co, 1, [&](int64_t ob, int64_t oe) {
     uint32_t rb[512] = {0};
-    for (int64_t blk = bb; blk < be; ++blk) {
-      const int64_t i0 = blk * 512, len = std::min<int64_t>(512, n - i0);
-      if (mode) eoqk::fill_bits(rb, len, uint32_t(i0), 1u, k.first, k.second);
-      for (int64_t l = 0; l < len; ++l) {
-        const int64_t i = i0 + l, o = i / (Ci * KK), c = (i / KK) % Ci, q = i % KK;
-        d[i] = static_cast<float>(int_code(p[o * K + q * Ci + c], s, m, mode, rb[l])) * scale;
+    for (int64_t o = ob; o < oe; ++o) {
+      const T* src = p + o * K;
+      float* dst = d + o * row;
+      int64_t c = 0, q = 0;
+      for (int64_t j0 = 0; j0 < row; j0 += 512) {
+        const int64_t len = std::min<int64_t>(512, row - j0);
+        if (mode) eoqk::fill_bits(rb, len, uint32_t(o * row + j0), 1u, k.first, k.second);
+        for (int64_t l = 0; l < len; ++l) {
+          dst[j0 + l] = static_cast<float>(int_code(src[q * Ci + c], s, m, mode, rb[l])) * scale;
+          if (++q == KK) { q = 0; ++c; }
+        }
       }
     }
   });
@@ -213,5 +281,6 @@ void register_intops(pybind11::module& m) {
   m.def("im2col", &im2col);
   m.def("sq_int", &sq_int);
   m.def("weight_mats", &weight_mats);
+  m.def("transpose", &transpose);
   m.def("sq_int_conv", &sq_int_conv);
 }
