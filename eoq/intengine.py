@@ -242,11 +242,13 @@ def _codes(x: torch.Tensor, q, generator, layer=None) -> tuple[torch.Tensor, int
     """SQ codes (int8, x's shape and layout) and LSB exponent of a batch tensor (A or E; a
     data-parallel shard is quantized as part of the whole batch, see eoq.distributed). An input
     that carries Fixup scalars for ``layer`` (layers.fused_bias_input, fused_relu_bias_input) is
-    quantized as x + bias or relu(x + pre) + bias."""
+    quantized as x + bias or relu(x + pre) + bias, an error marked by the Fixup tail as x * s."""
     pending = getattr(x, "_eoq_pending", None)
     bias, pre = pending[1:] if pending is not None and pending[0] is layer else (None, None)
+    scaled = getattr(x, "_eoq_scaled_for", None)          # an error E(grad * s): eoq/fixup_tail.py
+    mult = scaled[1] if scaled is not None and scaled[0] is layer else None
     codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator, sharded=distributed.active(),
-                              bias=bias, relu_pre=pre)
+                              bias=bias, relu_pre=pre, mult=mult)
     return codes.to(torch.int8), int(lsb)
 
 
@@ -345,7 +347,7 @@ class IntConvFn(torch.autograd.Function):
         layer = ctx.layer
         ea, ew, in_hw, cl = ctx.meta
         q = layer.quant
-        e, ee = _codes(grad_out, q.E, layer.generator)
+        e, ee = _codes(grad_out, q.E, layer.generator, layer)
         _notify("E", q.E, grad_out, e, ee, layer)
         e = to_nhwc(e)
         gi = gw = None

@@ -228,22 +228,29 @@ def _sharded_sq(x, k, rounding, generator, codes):
 
 def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
                generator: torch.Generator | None = None, sharded: bool = False,
-               bias: float | None = None, relu_pre: float | None = None) -> tuple[torch.Tensor, int]:
+               bias: float | None = None, relu_pre: float | None = None,
+               mult: float | None = None) -> tuple[torch.Tensor, int]:
     """SQ(x, k) as (integer codes, LSB exponent e_R + 1 - k); ``sharded``: x is this process's
     part of a batch split across processes (A and E under data parallelism); ``bias``: quantize
     x + bias (float32 addition, as torch's), without an x + bias tensor where the kernel runs;
-    with ``relu_pre`` too: quantize relu(x + relu_pre) + bias (each step torch's float32 op)."""
+    with ``relu_pre`` too: quantize relu(x + relu_pre) + bias; ``mult`` (alone): quantize x * mult
+    (each step torch's float32 op)."""
     check_bits(k)
     relu = relu_pre is not None
-    if relu or (bias is not None and bias != 0.0):
-        b = 0.0 if bias is None else bias
-        fused = None if sharded else _fused_sq(x, k, rounding, generator, None, True, b,
+    if mult is not None and (relu or bias is not None):
+        raise ValueError("sq_integer: mult cannot be combined with bias or relu_pre")
+    if relu or (bias is not None and bias != 0.0) or (mult is not None and mult != 1.0):
+        b, m = (0.0 if bias is None else bias), (1.0 if mult is None else mult)
+        fused = None if sharded else _fused_sq(x, k, rounding, generator, None, True, b, m,
                                                relu=relu, pre=relu_pre if relu else 0.0)
         if fused is not None:
             return fused
         if relu:
             x = torch.relu(x + torch.tensor([relu_pre], dtype=x.dtype))
-        x = x + torch.tensor([b], dtype=x.dtype)
+        if mult is not None:
+            x = x * torch.tensor([m], dtype=x.dtype)
+        else:
+            x = x + torch.tensor([b], dtype=x.dtype)
     if sharded:
         return _sharded_sq(x, k, rounding, generator, True)
     fused = _fused_sq(x, k, rounding, generator, None, True)

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..batchnorm import QBatchNorm2d
+from ..fixup_tail import fixup_tail
 from ..layers import QConv2d, Scalar, fused_relu_bias_input
 
 NORMS = ("bn", "fixup", "none")
@@ -58,8 +59,9 @@ class ResidualBlock(nn.Module):
             self.scale = Scalar("scale")
         self.shortcut = shortcut
 
-    def branch(self, x):
-        """F(x); for Fixup, x is the input before b_1a (b_1a is the first bias applied here)."""
+    def branch(self, x, tail: bool = True):
+        """F(x); for Fixup, x is the input before b_1a (b_1a is the first bias applied here).
+        ``tail=False``: stop at the last conv's output (before the Fixup multiplier and bias)."""
         last = len(self.convs) - 1
         fixup = self.norm == "fixup"
         if fixup:
@@ -69,7 +71,7 @@ class ResidualBlock(nn.Module):
             if self.norm == "bn":
                 x = self.bns[i](x)
             if i == last:
-                if fixup:
+                if fixup and tail:
                     x = self.biases_out[i](self.scale(x, after=conv))
             elif fixup:    # b_(i+1)a(relu(b_ib(x))), fused with the next conv's A where possible
                 x = fused_relu_bias_input(x, self.biases_out[i], self.biases_in[i + 1], self.convs[i + 1])
@@ -77,18 +79,24 @@ class ResidualBlock(nn.Module):
                 x = F.relu(x)
         return x
 
+    def identity(self, x):
+        if isinstance(self.shortcut, nn.Identity):
+            return x
+        if self.norm == "fixup":
+            return self.shortcut(self.biases_in[0](x))
+        return self.shortcut(x)
+
     def residual(self, x):
         """The residual unit x -> F(x) + shortcut(x), before the block's final ReLU."""
-        if isinstance(self.shortcut, nn.Identity):
-            identity = x
-        elif self.norm == "fixup":
-            identity = self.shortcut(self.biases_in[0](x))
-        else:
-            identity = self.shortcut(x)
+        identity = self.identity(x)
         return self.branch(x) + identity
 
     def forward(self, x):
-        return F.relu(self.residual(x))
+        if self.norm != "fixup":
+            return F.relu(self.residual(x))
+        identity = self.identity(x)      # y = relu(x_m * scale + b_mb + identity), fused under EOQ
+        return fixup_tail(self.branch(x, tail=False), self.scale, self.biases_out[-1], identity,
+                          self.convs[-1])
 
 
 class BasicBlock(ResidualBlock):
