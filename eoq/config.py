@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, fields
 
 from .models import MODELS, NORMS
 from .presets import load_spec
-from .schedule import SCHEDULES
+from .schedule import CYCLIC, SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -34,6 +34,7 @@ class TrainConfig:
     warmup: float = 0.15
     momentum: float | None = None    # None: the preset's default (DEFAULTS)
     nesterov: bool = False           # Nesterov momentum (float updates only)
+    momentum_min: float | None = None  # cycle momentum down to this at the lr peak (float updates only)
     label_smoothing: float = 0.0     # cross-entropy target (1 - eps) one-hot + eps / classes
     weight_decay: float = 5e-4
     scalar_lr_scale: float = 0.1
@@ -77,6 +78,14 @@ class TrainConfig:
         if self.nesterov and (spec.lr_pow2 or spec.U.enabled):
             raise ConfigError("--nesterov applies to float updates only; the integer (EOQ) update is "
                               "plain momentum as a shift")
+        if self.momentum_min is not None:
+            if not 0 <= self.momentum_min <= self.momentum:
+                raise ConfigError(f"--momentum-min must be in [0, momentum={self.momentum}], got {self.momentum_min}")
+            if spec.lr_pow2 or spec.U.enabled:
+                raise ConfigError("--momentum-min applies to float updates only; the integer (EOQ) update "
+                                  "needs a fixed momentum 1 - 2^-s")
+            if self.schedule not in CYCLIC:
+                raise ConfigError(f"--momentum-min needs one of the schedules {', '.join(CYCLIC)}")
         if self.weight_decay < 0 or self.scalar_lr_scale <= 0:
             raise ConfigError("--weight-decay must be >= 0 and --scalar-lr-scale > 0")
         for name in ("train_limit", "test_limit", "threads"):

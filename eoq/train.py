@@ -34,7 +34,7 @@ from .optimizer import EOQSGD
 from .prepare import prepare
 from .presets import load_spec
 from .quantizers import QuantizationError
-from .schedule import lr_at
+from .schedule import lr_at, momentum_at
 
 
 class TrainingDiverged(RuntimeError):
@@ -208,11 +208,13 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                                             run.epoch, run.step, cfg.augment):
                 global_step = run.epoch * n_steps + step
                 lr = lr_at(global_step, total, cfg.lr, cfg.schedule, cfg.warmup)
+                mu = momentum_at(global_step, total, cfg.lr, cfg.momentum, cfg.momentum_min, cfg.schedule,
+                                 cfg.warmup)
                 for obs in observers:
                     if hasattr(obs, "step_begin"):
                         obs.step_begin(global_step)
                 for group in opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"], group["momentum"] = lr, mu
                 if distributed.active():
                     x, y = distributed.shard(x, y)
                 try:

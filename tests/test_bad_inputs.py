@@ -47,6 +47,11 @@ CASES = {
     "unknown engine": (lambda t: ["--engine", "gpu"], "unknown engine"),
     "label smoothing of 1": (lambda t: ["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
     "nesterov with integer updates": (lambda t: ["--nesterov"], "float updates only"),
+    "momentum cycling with integer updates": (lambda t: ["--momentum-min", "0.5"], "float updates only"),
+    "momentum minimum above momentum": (lambda t: ["--preset", "fp32", "--momentum-min", "0.95"],
+                                        "--momentum-min must be in [0, momentum=0.875]"),
+    "momentum cycling with a step schedule": (lambda t: ["--preset", "fp32", "--momentum-min", "0.8",
+                                                         "--schedule", "step"], "--momentum-min needs"),
 }
 
 

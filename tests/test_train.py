@@ -137,3 +137,27 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference):
     assert code == 128 + signal.SIGTERM and "continue with --resume" in err, err
     assert "Traceback" not in err
     _resume_and_compare(out, reference)
+
+
+def test_momentum_cycling_and_label_smoothing_reach_the_optimizer(tmp_path, monkeypatch):
+    """Every step's SGD momentum follows momentum_at; the loss is the smoothed cross-entropy."""
+    import eoq.train as T
+    from eoq.schedule import momentum_at
+
+    seen, losses = [], []
+    step = T.train_step
+
+    def spy(model, opt, x, y, label_smoothing=0.0):
+        seen.append({g["momentum"] for g in opt.param_groups})
+        losses.append(label_smoothing)
+        return step(model, opt, x, y, label_smoothing)
+
+    monkeypatch.setattr(T, "train_step", spy)
+    c = cfg(tmp_path, "mc", preset="fp32", norm="bn", epochs=2, schedule="onecycle-cos", warmup=0.3,
+            momentum=0.95, momentum_min=0.85, label_smoothing=0.1)
+    train(c)
+    total = len(seen)
+    assert total == 2 * 4 and set(losses) == {0.1}
+    want = [momentum_at(s, total, c.lr, 0.95, 0.85, "onecycle-cos", 0.3) for s in range(total)]
+    assert all(got == {w} for got, w in zip(seen, want))
+    assert min(want) < 0.87 and max(want) > 0.93        # it does cycle
