@@ -7,7 +7,8 @@ Per quantized layer, with codes in channels-last (NHWC) order and K the GEMM's i
     forward        A codes (int8, SQ of the input)  x  W codes (the stored int8 weights)
                    im2col(A) [N*Ho*Wo, kh*kw*Cin] @ W^T -> int32     ``torch._int_mm``
     error          E codes (int8, SQ of dL/dout, stochastic rounding with the simulator's bits)
-                   im2col(dilate(E)) @ rot180(W)^T -> int32            (a transposed convolution)
+                   im2col(dilate(E)) @ rot180(W)^T -> int32            (a transposed convolution;
+                   for stride s > 1, s*s sub-convolutions of the undilated E, one per phase)
     weight grad    E^T @ im2col(A) -> int32 per chunk of rows, summed in int64, then
                    G = SQ(., 8) evaluated on the integers (shift + the same random bits)
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Fourth session: the same comparison as run.sh with the eoq preset's current defaults (5% exponent
+# policy, peak 0.15 -> 0.125, momentum 0.9375), i.e. the acceptance command of issue 2 with
+# --engine int, against the simulator in the integer engine's channels-last layout. As run: the two
+# side by side with 1 thread each. Usage: reports/engines/run_defaults.sh [RUNS_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-runs/engines_defaults}
+COMMON=(--model resnet20 --norm fixup --preset eoq --epochs 5 --threads 1 --no-progress)
+.venv/bin/eoq train "${COMMON[@]}" --engine int --out "$RUNS/int" &
+.venv/bin/eoq train "${COMMON[@]}" --engine sim --channels-last --out "$RUNS/sim_cl"
+wait
+.venv/bin/python -m analysis.runs "$RUNS/sim_cl" "$RUNS/int" --out reports/engines --name accuracy_5ep_defaults
+.venv/bin/python -c "
+import torch
+a = torch.load('$RUNS/sim_cl/checkpoint.pt', weights_only=True)['model']
+b = torch.load('$RUNS/int/checkpoint.pt', weights_only=True)['model']
+d = [k for k in a if not torch.equal(a[k], b[k])]
+print(f'{len(a)} tensors in the final checkpoints, {len(d)} differ', d[:5])"
