@@ -49,8 +49,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def train_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  start_step: int = 0, augment: bool = True):
-    """Yield (step, x, y) for one epoch from ``start_step`` on; the last short batch is kept."""
+                  start_step: int = 0, augment: bool = True, crop_pad: int = 4):
+    """Yield (step, x, y) for one epoch from ``start_step`` on; the last short batch is kept.
+    ``crop_pad``: the crop's zero padding (0: flips only)."""
     order = epoch_order(len(images), seed, epoch)
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
     steps = (len(images) + batch_size - 1) // batch_size
@@ -58,7 +59,7 @@ def train_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed:
         idx = order[step * batch_size:(step + 1) * batch_size]
         x = images_t[idx]
         if augment:
-            x = crop_flip(x, torch.Generator().manual_seed(mix(seed, epoch, step, 1)))
+            x = crop_flip(x, torch.Generator().manual_seed(mix(seed, epoch, step, 1)), crop_pad)
         yield step, to_float(x), labels_t[idx]
 
 

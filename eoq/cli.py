@@ -53,6 +53,8 @@ def _add_train(sub):
     p.add_argument("--download", action="store_true", help="download official CIFAR-10 when not found")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--crop-pad", type=int, default=d.crop_pad,
+                   help="zero padding of the random crop (0: horizontal flips only)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
     p.add_argument("--out", default=d.out, help="run directory (metrics.csv, checkpoint.pt)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

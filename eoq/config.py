@@ -44,6 +44,7 @@ class TrainConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     augment: bool = True
+    crop_pad: int = 4                # random-crop zero padding (0: horizontal flips only)
     out: str = "runs/default"
     resume: bool = False
     threads: int | None = None
@@ -92,6 +93,8 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+        if not isinstance(self.crop_pad, int) or not 0 <= self.crop_pad <= 16:
+            raise ConfigError(f"--crop-pad must be an integer in [0, 16], got {self.crop_pad!r}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.qstats_every < 0:

@@ -205,7 +205,7 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
             bar = tqdm(total=n_steps, initial=run.step, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
                        disable=not cfg.progress or not lead, leave=False, dynamic_ncols=True)
             for step, x, y in train_batches(data.train_x, data.train_y, cfg.batch_size, cfg.seed,
-                                            run.epoch, run.step, cfg.augment):
+                                            run.epoch, run.step, cfg.augment, cfg.crop_pad):
                 global_step = run.epoch * n_steps + step
                 lr = lr_at(global_step, total, cfg.lr, cfg.schedule, cfg.warmup)
                 mu = momentum_at(global_step, total, cfg.lr, cfg.momentum, cfg.momentum_min, cfg.schedule,

@@ -1,19 +1,22 @@
 """Augmentation against a per-image reference; everything random is a function of (seed, epoch, step)."""
 import numpy as np
+import pytest
 import torch
 
 from eoq.augment import MEAN, STD, crop_flip, epoch_order, to_float, train_batches
 
 
-def test_crop_flip_matches_per_image_reference():
+@pytest.mark.parametrize("pad", [4, 2, 0])
+def test_crop_flip_matches_per_image_reference(pad):
     x = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
     gen = torch.Generator().manual_seed(5)
-    got = crop_flip(x, gen)
+    got = crop_flip(x, gen, pad)
     gen = torch.Generator().manual_seed(5)
-    oy = torch.randint(0, 9, (16,), generator=gen)
-    ox = torch.randint(0, 9, (16,), generator=gen)
+    oy = torch.randint(0, 2 * pad + 1, (16,), generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (16,), generator=gen)
     flip = torch.rand(16, generator=gen) < 0.5
-    padded = np.pad(x.numpy(), ((0, 0), (4, 4), (4, 4), (0, 0)))
+    assert 0 < int(flip.sum()) < 16
+    padded = np.pad(x.numpy(), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     for i in range(16):
         ref = padded[i, oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
         if flip[i]:

@@ -45,6 +45,7 @@ CASES = {
     "negative weight decay": (lambda t: ["--weight-decay", "-1"], "--weight-decay must be >= 0"),
     "negative checkpoint interval": (lambda t: ["--checkpoint-every", "-1"], "--checkpoint-every"),
     "unknown engine": (lambda t: ["--engine", "gpu"], "unknown engine"),
+    "negative crop padding": (lambda t: ["--crop-pad", "-1"], "--crop-pad must be an integer in [0, 16]"),
     "label smoothing of 1": (lambda t: ["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
     "nesterov with integer updates": (lambda t: ["--nesterov"], "float updates only"),
     "momentum cycling with integer updates": (lambda t: ["--momentum-min", "0.5"], "float updates only"),
