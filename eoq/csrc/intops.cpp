@@ -61,6 +61,11 @@ at::Tensor im2col(const at::Tensor& x_, int64_t kh, int64_t kw, int64_t stride, 
         const int8_t* line = img + (yok ? yd / dil : 0) * W * C;
         for (int64_t ow = 0; ow < Wo; ++ow) {
           int8_t* cell = dst + (r * Wo + ow) * row_bytes + ky * kw * cell_bytes;
+          const int64_t x0 = ow * stride - pl;
+          if (dil == 1 && yok && x0 >= 0 && x0 + kw <= W) {   // the kw cells lie side by side
+            std::memcpy(cell, line + x0 * C, kw * cell_bytes);
+            continue;
+          }
           for (int64_t kx = 0; kx < kw; ++kx, cell += cell_bytes) {
             const int64_t xd = ow * stride + kx - pl;
             if (yok && xd >= 0 && xd % dil == 0 && xd / dil < W)
