@@ -35,14 +35,17 @@ def _add_train(sub):
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="down to 1 (online training)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default 0.2; 0.15 for presets with power-of-two lr, e.g. eoq)")
-    p.add_argument("--schedule", default=d.schedule, help="onecycle | onecycle-cos | cosine | step | constant")
-    p.add_argument("--warmup", type=float, default=d.warmup, help="fraction of steps of linear warm-up")
+    p.add_argument("--schedule", default=None,
+                   help="onecycle | onecycle-cos | cosine | step | constant (default: per preset and norm, "
+                        "eoq/config.py: DEFAULTS)")
+    p.add_argument("--warmup", type=float, default=None, help="fraction of steps of warm-up")
     p.add_argument("--momentum", type=float, default=None,
                    help="1 - 2^-s for integer updates (default 0.875; 0.9375 for presets with power-of-two lr)")
     p.add_argument("--momentum-min", type=float, default=None,
                    help="cycle the momentum between --momentum (lowest lr) and this (peak lr), as "
                         "OneCycleLR's cycle_momentum (float updates only)")
-    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (float updates only)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (float updates only)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
                    help="cross-entropy label smoothing eps: target (1 - eps) one-hot + eps / classes")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on conv/linear weights only")

@@ -12,12 +12,30 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the option and the fix."""
 
 
-# Default peak lr and momentum. Float updates: 0.2 and 0.875 (= 1 - 2^-3, so that every preset can
-# use it). Presets whose learning rate is a power of two (a shift: EOQ): peak 0.15, which they round
-# to 0.125, and momentum 0.9375 (= 1 - 2^-4). With the float defaults the power-of-two peak is 0.25,
-# at which 5-epoch EOQ ResNet-20 trained worse (65.45% against 71.01%) or diverged (reports/
-# comparison/ablation_s3/).
-DEFAULTS = {"float": {"lr": 0.2, "momentum": 0.875}, "pow2": {"lr": 0.15, "momentum": 0.9375}}
+# The default schedule, by kind of update and norm; None fields of TrainConfig take these values
+# (reports/comparison/: how they were chosen). Float updates: peak 0.2, momentum 0.875 (= 1 - 2^-3,
+# so that every preset can use it). Presets whose learning rate is a power of two (a shift: EOQ):
+# peak 0.15, which they round to 0.125, and momentum 0.9375 (= 1 - 2^-4); with the float defaults
+# their power-of-two peak is 0.25, at which 5-epoch EOQ ResNet-20 trained worse (65.45% against
+# 71.01%) or diverged (reports/comparison/ablation_s3/). ``momentum_min`` (momentum cycling) is
+# taken from here only together with ``momentum``: a run that sets --momentum alone gets none.
+DEFAULTS = {
+    "float": {"lr": 0.2, "momentum": 0.875, "momentum_min": None, "nesterov": False,
+              "schedule": "onecycle", "warmup": 0.15},
+    "pow2": {"lr": 0.15, "momentum": 0.9375, "momentum_min": None, "nesterov": False,
+             "schedule": "onecycle", "warmup": 0.15},
+}
+NORM_DEFAULTS: dict[tuple[str, str], dict] = {}      # (kind, norm) -> overrides of DEFAULTS[kind]
+
+
+def defaults_for(lr_pow2: bool, norm: str, integer_updates: bool) -> dict:
+    """The defaults of a run: DEFAULTS[kind] with the (kind, norm) overrides. Float-kind overrides
+    are float-update tunings (Nesterov, momentum cycling, momenta that are not a shift): presets
+    with integer updates but a float lr (wageubn) keep the plain float defaults."""
+    kind = "pow2" if lr_pow2 else "float"
+    if integer_updates and kind == "float":
+        return {**DEFAULTS[kind], "nesterov": False, "momentum_min": None}
+    return {**DEFAULTS[kind], **NORM_DEFAULTS.get((kind, norm), {})}
 
 
 @dataclass
@@ -29,11 +47,11 @@ class TrainConfig:
     channels_last: bool = False  # NHWC activations (always on with engine="int")
     epochs: int = 10
     batch_size: int = 128
-    lr: float | None = None          # None: the preset's default (DEFAULTS)
-    schedule: str = "onecycle"
-    warmup: float = 0.15
-    momentum: float | None = None    # None: the preset's default (DEFAULTS)
-    nesterov: bool = False           # Nesterov momentum (float updates only)
+    lr: float | None = None          # None (here and below): the default (DEFAULTS)
+    schedule: str | None = None
+    warmup: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None     # Nesterov momentum (float updates only)
     momentum_min: float | None = None  # cycle momentum down to this at the lr peak (float updates only)
     label_smoothing: float = 0.0     # cross-entropy target (1 - eps) one-hot + eps / classes
     weight_decay: float = 5e-4
@@ -57,14 +75,18 @@ class TrainConfig:
             raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
         if self.norm not in NORMS:
             raise ConfigError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
         if self.engine not in ("sim", "int"):
             raise ConfigError(f"unknown engine {self.engine!r}; available: sim, int")
         spec = load_spec(self.preset)
-        for name, value in DEFAULTS["pow2" if spec.lr_pow2 else "float"].items():
+        d = defaults_for(spec.lr_pow2, self.norm, spec.U.enabled)
+        if self.momentum is None:
+            self.momentum, self.momentum_min = d["momentum"], (self.momentum_min if self.momentum_min
+                                                                is not None else d["momentum_min"])
+        for name in ("lr", "schedule", "warmup", "nesterov"):
             if getattr(self, name) is None:
-                setattr(self, name, value)
+                setattr(self, name, d[name])
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")

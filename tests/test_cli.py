@@ -51,3 +51,22 @@ def test_default_lr_and_momentum_follow_the_preset(preset, lr, momentum):
     assert (cfg.lr, cfg.momentum) == (lr, momentum)
     cfg = TrainConfig(preset=preset, lr=0.05, momentum=0.75).validate()
     assert (cfg.lr, cfg.momentum) == (0.05, 0.75)
+
+
+def test_schedule_defaults_by_norm_and_update_kind(monkeypatch):
+    """Unset schedule fields come from DEFAULTS with the (kind, norm) overrides; momentum cycling
+    only together with the default momentum; integer-update presets never get float-only options."""
+    from eoq import config as C
+    monkeypatch.setitem(C.NORM_DEFAULTS, ("float", "fixup"), {"schedule": "onecycle-cos", "warmup": 0.3,
+                                                              "momentum": 0.95, "momentum_min": 0.85})
+    monkeypatch.setitem(C.NORM_DEFAULTS, ("float", "bn"), {"nesterov": True, "momentum": 0.9})
+    cfg = C.TrainConfig(preset="fp32", norm="fixup").validate()
+    assert (cfg.schedule, cfg.warmup, cfg.momentum, cfg.momentum_min, cfg.nesterov) == \
+        ("onecycle-cos", 0.3, 0.95, 0.85, False)
+    cfg = C.TrainConfig(preset="fp32", norm="fixup", momentum=0.9).validate()
+    assert (cfg.momentum, cfg.momentum_min) == (0.9, None)
+    cfg = C.TrainConfig(preset="fp32", norm="bn").validate()
+    assert (cfg.schedule, cfg.momentum, cfg.nesterov) == ("onecycle", 0.9, True)
+    assert C.TrainConfig(preset="fp32", norm="bn", nesterov=False).validate().nesterov is False
+    cfg = C.TrainConfig(preset="wageubn", norm="bn").validate()      # 24-bit integer updates
+    assert (cfg.nesterov, cfg.momentum_min, cfg.momentum) == (False, None, 0.875)
