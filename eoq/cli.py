@@ -43,7 +43,7 @@ def _add_train(sub):
                    help="1 - 2^-s for integer updates (default 0.875; 0.9375 for presets with power-of-two lr)")
     p.add_argument("--momentum-min", type=float, default=None,
                    help="cycle the momentum between --momentum (lowest lr) and this (peak lr), as "
-                        "OneCycleLR's cycle_momentum (float updates only)")
+                        "OneCycleLR's cycle_momentum (integer updates: rounded to 1 - 2^-s)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                    help="Nesterov momentum (float updates only)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing,

@@ -52,7 +52,8 @@ class TrainConfig:
     warmup: float | None = None
     momentum: float | None = None
     nesterov: bool | None = None     # Nesterov momentum (float updates only)
-    momentum_min: float | None = None  # cycle momentum down to this at the lr peak (float updates only)
+    momentum_min: float | None = None  # cycle momentum down to this at the lr peak (integer updates:
+                                       # rounded to 1 - 2^-s each step)
     label_smoothing: float = 0.0     # cross-entropy target (1 - eps) one-hot + eps / classes
     weight_decay: float = 5e-4
     scalar_lr_scale: float = 0.1
@@ -104,9 +105,6 @@ class TrainConfig:
         if self.momentum_min is not None:
             if not 0 <= self.momentum_min <= self.momentum:
                 raise ConfigError(f"--momentum-min must be in [0, momentum={self.momentum}], got {self.momentum_min}")
-            if spec.lr_pow2 or spec.U.enabled:
-                raise ConfigError("--momentum-min applies to float updates only; the integer (EOQ) update "
-                                  "needs a fixed momentum 1 - 2^-s")
             if self.schedule not in CYCLIC:
                 raise ConfigError(f"--momentum-min needs one of the schedules {', '.join(CYCLIC)}")
         if self.weight_decay < 0 or self.scalar_lr_scale <= 0:

@@ -115,6 +115,7 @@ class EOQSGD(torch.optim.Optimizer):
                 else:
                     grid_items.append((p, grid, group))
         if grid_items:
+            momentum_shift(grid_items[0][2]["momentum"])     # a schedule may change it: still a shift
             keys = rng.draw_keys(self.generator, len(grid_items), 4)
             if not self._fused_grid_step(grid_items, keys):
                 for (p, grid, group), key in zip(grid_items, keys.tolist()):

@@ -58,10 +58,19 @@ def lr_at(step: int, total: int, peak: float, kind: str = "onecycle", warmup: fl
 
 
 def momentum_at(step: int, total: int, peak: float, mu_max: float, mu_min: float | None,
-                kind: str = "onecycle", warmup: float = 0.15) -> float:
-    """The momentum at ``step``: mu_max without cycling (mu_min None), else see the module doc."""
+                kind: str = "onecycle", warmup: float = 0.15, shift: bool = False) -> float:
+    """The momentum at ``step``: mu_max without cycling (mu_min None), else see the module doc.
+    ``shift``: integer updates, whose momentum is 1 - 2^-s: the cycled value is rounded to the
+    nearest such value in the log domain (s = round(-log2(1 - mu)), at least 1)."""
     if mu_min is None or peak <= 0:
         return mu_max
+    mu = _cycled(step, total, peak, mu_max, mu_min, kind, warmup)
+    if shift and 0 < mu < 1:
+        mu = 1 - 2.0 ** -max(1, round(-math.log2(1 - mu)))
+    return mu
+
+
+def _cycled(step, total, peak, mu_max, mu_min, kind, warmup) -> float:
     lr = lr_at(step, total, peak, kind, warmup)
     start, end = _bounds(peak, kind)
     in_warmup = step <= warmup * total - 1 if kind == "onecycle-cos" else step < int(round(warmup * max(total, 1)))

@@ -209,7 +209,7 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                 global_step = run.epoch * n_steps + step
                 lr = lr_at(global_step, total, cfg.lr, cfg.schedule, cfg.warmup)
                 mu = momentum_at(global_step, total, cfg.lr, cfg.momentum, cfg.momentum_min, cfg.schedule,
-                                 cfg.warmup)
+                                 cfg.warmup, shift=bool(opt.grid))
                 for obs in observers:
                     if hasattr(obs, "step_begin"):
                         obs.step_begin(global_step)

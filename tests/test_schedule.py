@@ -33,3 +33,14 @@ def test_linear_onecycle_by_hand():
     assert math.isclose(momentum_at(14, 100, 0.2, 0.95, 0.85), 0.85)
     assert math.isclose(momentum_at(99, 100, 0.2, 0.95, 0.85), 0.95, rel_tol=1e-3)
     assert momentum_at(0, 100, 0.2, 0.95, 0.85) > 0.94
+
+
+def test_shift_momentum_cycling_takes_only_shift_values():
+    """Integer updates: the cycled momentum is rounded to 1 - 2^-s in the log domain."""
+    vals = [momentum_at(s, 200, 0.15, 0.9375, 0.875, "onecycle-cos", 0.3, shift=True) for s in range(200)]
+    assert set(vals) == {0.875, 0.9375}
+    assert vals[0] == vals[-1] == 0.9375 and vals[59] == 0.875       # the peak is at step 0.3 * 200 - 1
+    for s in range(200):
+        mu = momentum_at(s, 200, 0.15, 0.9375, 0.875, "onecycle-cos", 0.3)
+        want = 0.875 if -math.log2(1 - mu) < 3.5 else 0.9375
+        assert vals[s] == want
