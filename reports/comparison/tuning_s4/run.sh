@@ -23,3 +23,10 @@ E=(.venv/bin/eoq train --model resnet20 --norm fixup --preset eoq --epochs 5 --t
 "${E[@]}" --schedule onecycle-cos --warmup 0.3     --out "$RUNS/eoq_crop2_cos03"
 .venv/bin/eoq train --model resnet20 --norm fixup --preset eoq --epochs 5 --threads 1 --no-progress \
     --schedule onecycle-cos --warmup 0.3 --out "$RUNS/eoq_cos03"
+.venv/bin/eoq train --model resnet20 --norm fixup --preset eoq --epochs 5 --threads 1 --no-progress \
+    --schedule onecycle-cos --warmup 0.3 --momentum-min 0.875 --out "$RUNS/eoq_cos03_cyc"
+# the exponent policy beyond 5% (reports/comparison/ablation_s3: 0.1% -> 1% -> 5% gave 67.44 -> 69.54 -> 71.01)
+for p in 10 20; do
+  .venv/bin/eoq train --model resnet20 --norm fixup --preset reports/comparison/tuning_s4/specs/sat$p.json \
+      --epochs 5 --threads 1 --no-progress --out "$RUNS/eoq_sat$p"
+done
