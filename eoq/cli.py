@@ -40,7 +40,8 @@ def _add_train(sub):
                         "eoq/config.py: DEFAULTS)")
     p.add_argument("--warmup", type=float, default=None, help="fraction of steps of warm-up")
     p.add_argument("--momentum", type=float, default=None,
-                   help="1 - 2^-s for integer updates (default 0.875; 0.9375 for presets with power-of-two lr)")
+                   help="1 - 2^-s for integer updates (default 0.875, 0.9 with BN, 0.95 cycled to 0.85 with "
+                        "Fixup; 0.9375 for presets with power-of-two lr)")
     p.add_argument("--momentum-min", type=float, default=None,
                    help="cycle the momentum between --momentum (lowest lr) and this (peak lr), as "
                         "OneCycleLR's cycle_momentum (integer updates: rounded to 1 - 2^-s)")
@@ -56,8 +57,9 @@ def _add_train(sub):
     p.add_argument("--download", action="store_true", help="download official CIFAR-10 when not found")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
-    p.add_argument("--crop-pad", type=int, default=d.crop_pad,
-                   help="zero padding of the random crop (0: horizontal flips only)")
+    p.add_argument("--crop-pad", type=int, default=None,
+                   help="zero padding of the random crop (0: horizontal flips only; default 2 for float "
+                        "updates, 4 for power-of-two-lr presets)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
     p.add_argument("--out", default=d.out, help="run directory (metrics.csv, checkpoint.pt)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -48,7 +48,7 @@ CASES = {
     "negative crop padding": (lambda t: ["--crop-pad", "-1"], "--crop-pad must be an integer in [0, 16]"),
     "label smoothing of 1": (lambda t: ["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
     "nesterov with integer updates": (lambda t: ["--nesterov"], "float updates only"),
-    "momentum minimum above momentum": (lambda t: ["--preset", "fp32", "--momentum-min", "0.95"],
+    "momentum minimum above momentum": (lambda t: ["--preset", "fp32", "--momentum", "0.875", "--momentum-min", "0.95"],
                                         "--momentum-min must be in [0, momentum=0.875]"),
     "momentum cycling with a step schedule": (lambda t: ["--preset", "fp32", "--momentum-min", "0.8",
                                                          "--schedule", "step"], "--momentum-min needs"),

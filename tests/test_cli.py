@@ -41,16 +41,22 @@ def test_train_command_runs(tmp_path, capsys):
     assert (out / "metrics.csv").exists()
 
 
-@pytest.mark.parametrize("preset,lr,momentum", [("eoq", 0.15, 0.9375), ("eoq-float-ends", 0.15, 0.9375),
-                                                ("fp32", 0.2, 0.875), ("wageubn", 0.2, 0.875)])
-def test_default_lr_and_momentum_follow_the_preset(preset, lr, momentum):
-    """Power-of-two-lr presets default to peak 0.15 (-> 0.125) and momentum 1 - 2^-4; float updates
-    to 0.2 and 1 - 2^-3; an explicit value always wins."""
+@pytest.mark.parametrize("preset,norm,want", [
+    ("eoq", "fixup", (0.15, 0.9375, None, False, "onecycle", 0.15, 4)),
+    ("eoq-float-ends", "fixup", (0.15, 0.9375, None, False, "onecycle", 0.15, 4)),
+    ("fp32", "fixup", (0.2, 0.95, 0.85, False, "onecycle-cos", 0.3, 2)),
+    ("fp32", "bn", (0.2, 0.9, None, True, "onecycle", 0.15, 2)),
+    ("fp32", "none", (0.2, 0.875, None, False, "onecycle", 0.15, 2)),
+    ("wageubn", "bn", (0.2, 0.875, None, False, "onecycle", 0.15, 2))])
+def test_default_schedule_follows_preset_and_norm(preset, norm, want):
+    """The defaults table as documented (eoq/config.py: DEFAULTS); an explicit value always wins."""
     from eoq.config import TrainConfig
-    cfg = TrainConfig(preset=preset).validate()
-    assert (cfg.lr, cfg.momentum) == (lr, momentum)
-    cfg = TrainConfig(preset=preset, lr=0.05, momentum=0.75).validate()
-    assert (cfg.lr, cfg.momentum) == (0.05, 0.75)
+    cfg = TrainConfig(preset=preset, norm=norm).validate()
+    assert (cfg.lr, cfg.momentum, cfg.momentum_min, cfg.nesterov, cfg.schedule, cfg.warmup, cfg.crop_pad) == want
+    cfg = TrainConfig(preset=preset, norm=norm, lr=0.05, momentum=0.75, schedule="cosine", warmup=0.1,
+                      nesterov=False, crop_pad=0).validate()
+    assert (cfg.lr, cfg.momentum, cfg.momentum_min, cfg.nesterov, cfg.schedule, cfg.warmup, cfg.crop_pad) == \
+        (0.05, 0.75, None, False, "cosine", 0.1, 0)
 
 
 def test_schedule_defaults_by_norm_and_update_kind(monkeypatch):
