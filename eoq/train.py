@@ -161,6 +161,19 @@ class _Signals:
             signal.signal(sig, handler)
 
 
+# Schedule settings a resumed run takes from its checkpoint when not given again, so that a change
+# of defaults between versions cannot change a run half-way; a checkpoint made before a setting
+# existed gets the value that version used.
+SCHEDULE_FIELDS = {"lr": None, "schedule": "onecycle", "warmup": 0.15, "momentum": None,
+                   "momentum_min": None, "nesterov": False, "crop_pad": 4}
+
+
+def _schedule_from(cfg: TrainConfig, saved: dict) -> None:
+    for name, before in SCHEDULE_FIELDS.items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, saved.get(name, before))
+
+
 def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Run:
     """Train as ``cfg`` says; returns the finished run (its ``rows`` are the metrics).
 
@@ -171,11 +184,14 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {distributed.world()} "
                           "processes of data-parallel training")
     lead = distributed.rank() == 0          # only the first process writes files
-    run = run or build_run(cfg)
     out = Path(cfg.out)
     ckpt = out / "checkpoint.pt"
-    if cfg.resume:
-        restore(run, load_checkpoint(ckpt))
+    state = load_checkpoint(ckpt) if cfg.resume else None
+    if state is not None and run is None:
+        _schedule_from(cfg, state.get("config", {}))
+    run = run or build_run(cfg)
+    if state is not None:
+        restore(run, state)
     elif out.exists() and any((out / f).exists() for f in ("checkpoint.pt", "metrics.csv")):
         raise ConfigError(f"output directory {str(out)!r} holds another run: pass --resume to continue it, "
                           "or choose another --out")

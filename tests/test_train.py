@@ -161,3 +161,22 @@ def test_momentum_cycling_and_label_smoothing_reach_the_optimizer(tmp_path, monk
     want = [momentum_at(s, total, c.lr, 0.95, 0.85, "onecycle-cos", 0.3) for s in range(total)]
     assert all(got == {w} for got, w in zip(seen, want))
     assert min(want) < 0.87 and max(want) > 0.93        # it does cycle
+
+
+def test_resume_keeps_the_checkpoints_schedule_when_defaults_change(tmp_path):
+    """Schedule settings not given again come from the checkpoint; one made before a setting existed
+    (here: no crop_pad, momentum cycling or Nesterov) gets that version's behaviour (crop pad 4)."""
+    from eoq.checkpoint import save_checkpoint
+
+    train(cfg(tmp_path, "old", preset="fp32", norm="fixup", epochs=1, schedule="cosine", warmup=0.1, momentum=0.75))
+    path = tmp_path / "old" / "checkpoint.pt"
+    state = load_checkpoint(path)
+    for key in ("crop_pad", "momentum_min", "nesterov"):
+        del state["config"][key]
+    save_checkpoint(path, state)
+    run = train(cfg(tmp_path, "old", preset="fp32", norm="fixup", epochs=2, resume=True))
+    c = run.cfg
+    assert (c.schedule, c.warmup, c.momentum, c.momentum_min, c.nesterov, c.crop_pad) == \
+        ("cosine", 0.1, 0.75, None, False, 4)
+    fresh = TrainConfig(**{**SMALL, "preset": "fp32", "norm": "fixup"}).validate()    # today's defaults differ
+    assert (fresh.schedule, fresh.crop_pad) != ("cosine", 4)
