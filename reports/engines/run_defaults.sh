@@ -11,9 +11,4 @@ COMMON=(--model resnet20 --norm fixup --preset eoq --epochs 5 --threads 1 --no-p
 .venv/bin/eoq train "${COMMON[@]}" --engine sim --channels-last --out "$RUNS/sim_cl"
 wait
 .venv/bin/python -m analysis.runs "$RUNS/sim_cl" "$RUNS/int" --out reports/engines --name accuracy_5ep_defaults
-.venv/bin/python -c "
-import torch
-a = torch.load('$RUNS/sim_cl/checkpoint.pt', weights_only=True)['model']
-b = torch.load('$RUNS/int/checkpoint.pt', weights_only=True)['model']
-d = [k for k in a if not torch.equal(a[k], b[k])]
-print(f'{len(a)} tensors in the final checkpoints, {len(d)} differ', d[:5])"
+.venv/bin/python reports/engines/same_weights.py "$RUNS/sim_cl" "$RUNS/int"
