@@ -30,3 +30,7 @@ for p in 10 20; do
   .venv/bin/eoq train --model resnet20 --norm fixup --preset reports/comparison/tuning_s4/specs/sat$p.json \
       --epochs 5 --threads 1 --no-progress --out "$RUNS/eoq_sat$p"
 done
+# momentum 1 - 2^-5 (the third session: 0.875 -> 0.9375 gave 69.78 -> 71.01), at peak 0.125 and 0.0625
+M=(.venv/bin/eoq train --model resnet20 --norm fixup --preset eoq --epochs 5 --threads 1 --no-progress --momentum 0.96875)
+"${M[@]}"            --out "$RUNS/eoq_m96875"
+"${M[@]}" --lr 0.07  --out "$RUNS/eoq_m96875_lr0625"
