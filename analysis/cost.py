@@ -8,6 +8,8 @@ step) runs under a TorchDispatchMode and torch's ModuleTracker.
     of every parameter (EOQ integer update or float SGD).
   - Every other aten op (ReLU, residual add, padding, pooling, loss...) is counted from the
     dispatch stream with a per-op rule and attributed to the innermost module that runs it.
+Fused kernels (the Fixup block tail, deferred biases) are switched off while counting
+(:func:`eoq.layers.unfused`): the count is of the arithmetic, whichever kernels carry it out.
 Phases: forward, backward_error (errors flowing to the inputs), weight_grad, update.
 Formats: int8/int16/int32/fp16/fp32. In quantized networks the values between layers (conv
 accumulators, residual sums, errors from a GEMM) are int32; in float networks fp32; the loss is
@@ -28,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.module_tracker import ModuleTracker
 
 from eoq.batchnorm import QBatchNorm2d
-from eoq.layers import QConv2d, QLinear, Scalar
+from eoq.layers import QConv2d, QLinear, Scalar, unfused
 from eoq.spec import TensorQuant
 
 PHASES = ("forward", "backward_error", "weight_grad", "update")
@@ -305,7 +307,8 @@ def count_training_step(model: nn.Module, optimizer, x: torch.Tensor, y: torch.T
     counter = _LayerCounter(tally, quantized_net)
     handles = [m.register_forward_hook(counter) for m in model.modules() if isinstance(m, known_types)]
     try:
-        with ModuleTracker() as tracker, _FunctionalCounter(tally, tracker, known, root, quantized_net) as mode:
+        with unfused(), ModuleTracker() as tracker, \
+                _FunctionalCounter(tally, tracker, known, root, quantized_net) as mode:
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -14,6 +14,7 @@ it so), which is a lossless view of the int8 codes, not a master copy with extra
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -114,12 +115,27 @@ class _BiasQuantFn(torch.autograd.Function):
         return grad, gv, None
 
 
+_UNFUSED = [0]
+
+
+@contextmanager
+def unfused():
+    """Run every Fixup scalar, bias, ReLU and residual add as its own module or op (no fused
+    block tail, no deferred bias): for tools that attribute work to modules, such as the cost
+    model, which must see the same ops whether or not a kernel fuses them."""
+    _UNFUSED[0] += 1
+    try:
+        yield
+    finally:
+        _UNFUSED[0] -= 1
+
+
 def _fusable(layer, kind: str) -> bool:
     """Whether ``layer``'s quantization of ``kind`` (A or E) may be fused into a neighbouring op:
     a plain SQ, no observer wanting the unquantized tensor, no data-parallel sharding (its max
-    is global)."""
+    is global), not inside :func:`unfused`."""
     q = getattr(layer, "quant", None)
-    if q is None or not q.any or OBSERVERS or distributed.active():
+    if q is None or not q.any or OBSERVERS or _UNFUSED[0] or distributed.active():
         return False
     t = getattr(q, kind)
     return t.enabled and t.quantizer == "sq"

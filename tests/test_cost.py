@@ -79,6 +79,32 @@ def test_norm_part_of_eoq_has_no_sqrt_or_division():
     assert not any(fmt.startswith("fp") for op, fmt in ops if op not in ("read", "write"))
 
 
+def test_fixup_block_tail_is_counted_although_a_kernel_fuses_it():
+    """EOQ Fixup ResNet-20, batch 2: every block ends with y = relu(x * s + b + identity), which
+    training runs as one fused kernel. The count must still hold, per block with output
+    (2, C, H, W) = (2, 16 * 2^i, 32 / 2^i, 32 / 2^i) in stage i: n mults for s, n adds for b,
+    forward and weight-grad; n mults for s backward; the residual add and ReLU in the block."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", "fixup")
+    spec = get_preset("eoq")
+    prepare(model, spec)
+    t = count_training_step(model, EOQSGD(model, spec, lr=0.1), torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+
+    def ops(layer, phase, op):
+        return sum(n for _, n in t.select(layer=layer, phase=phase, op=op))
+
+    for i in range(3):
+        n = 2 * (16 << i) * (32 >> i) ** 2
+        for j in range(3):
+            block = f"stages.{i}.{j}"
+            assert ops(f"{block}.scale", "forward", "mult") == n
+            assert ops(f"{block}.scale", "weight_grad", "mult") == n
+            assert ops(f"{block}.scale", "backward_error", "mult") == n
+            assert ops(f"{block}.biases_out.1", "forward", "add") == n
+            assert ops(f"{block}.biases_out.1", "weight_grad", "add") == n
+            assert ops(block, "forward", "add") >= n            # the residual add
+
+
 def test_tables_override_and_errors(tmp_path):
     energy, cycles = load_tables()
     assert energy["add"]["fp32"] == 0.9 and energy["mult"]["int8"] == 0.2 and energy["mult"]["int32"] == 3.1
