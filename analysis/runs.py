@@ -2,17 +2,28 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from eoq.metrics import read_metrics
+from eoq.train import SCHEDULE_FIELDS
 
 from .style import COLORS, figure, save
 
 
+# settings a run made before they existed used (eoq/train.py: SCHEDULE_FIELDS; no label smoothing)
+_BEFORE = {**{k: v for k, v in SCHEDULE_FIELDS.items() if v is not None}, "label_smoothing": 0.0}
+
+
 def load_run(path) -> dict:
+    """A run directory's config (settings it predates filled with the values it used), spec and
+    metrics."""
     path = Path(path)
-    cfg = json.loads((path / "config.json").read_text())["train"]
-    return {"dir": str(path), "config": cfg, "rows": read_metrics(path / "metrics.csv")}
+    cfg = json.loads((path / "config.json").read_text())
+    for key, before in _BEFORE.items():
+        cfg["train"].setdefault(key, before)
+    return {"dir": str(path), "config": cfg["train"], "spec": cfg.get("spec"),
+            "rows": read_metrics(path / "metrics.csv")}
 
 
 def label(cfg: dict) -> str:
@@ -36,17 +47,49 @@ def accuracy_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# config fields that do not change what is trained (the seed is what a seed table varies)
+_NOT_SETTINGS = ("seed", "out", "threads", "progress", "resume", "data", "download")
+
+
+def seed_groups(runs: list[dict]) -> list[list[dict]]:
+    """Runs grouped by identical settings (config and spec equal apart from _NOT_SETTINGS; a
+    setting a run predates, null in its config, counts as unset), in order of first appearance."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        c = {k: v for k, v in r["config"].items() if k not in _NOT_SETTINGS and v is not None}
+        key = json.dumps([c, r.get("spec")], sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
+
+
+def seed_table(runs: list[dict]) -> str:
+    """Final test accuracy per group of runs that differ only in seed: each seed's value, the mean
+    and the sample standard deviation (n - 1; blank for a single run)."""
+    lines = ["| configuration | seeds | final test acc (%) per seed | mean (%) | std (points) |",
+             "|---|---|---|---:|---:|"]
+    for group in seed_groups(runs):
+        accs = [g["rows"][-1]["test_acc"] for g in group]
+        std = f"{statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+        lines.append(f"| {label(group[0]['config'])} | {', '.join(str(g['config']['seed']) for g in group)} | "
+                     f"{', '.join(f'{a:.2f}' for a in accs)} | {statistics.fmean(accs):.2f} | {std} |")
+    return "\n".join(lines)
+
+
 def plot_curves(runs: list[dict], stem) -> list[Path]:
     fig, axes = figure(2)
-    for r in runs:
-        name = label(r["config"])
+    names = [label(r["config"]) for r in runs]
+    seen: dict[str, int] = {}
+    for r, name in zip(runs, names):
         ep = [x["epoch"] for x in r["rows"]]
         color = COLORS.get(name)
-        axes[0][0].plot(ep, [x["test_acc"] for x in r["rows"]], marker="o", ms=3, label=name, color=color)
-        axes[0][1].plot(ep, [x["train_loss"] for x in r["rows"]], marker="o", ms=3, label=name, color=color)
+        k = seen[name] = seen.get(name, -1) + 1        # runs sharing a label: told apart by seed and line
+        style = ("-", "--", ":", "-.")[k % 4]
+        shown = f"{name}, seed {r['config']['seed']}" if names.count(name) > 1 else name
+        for ax, key in ((axes[0][0], "test_acc"), (axes[0][1], "train_loss")):
+            ax.plot(ep, [x[key] for x in r["rows"]], marker="o", ms=3, label=shown, color=color, ls=style)
     axes[0][0].set(xlabel="epoch", ylabel="test accuracy (%)", title="CIFAR-10 test accuracy")
     axes[0][1].set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss", yscale="log")
-    axes[0][0].legend(loc="lower right")
+    axes[0][0].legend(loc="lower right", fontsize="x-small" if len(runs) > 4 else None)
     return save(fig, stem)
 
 
@@ -58,13 +101,16 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="accuracy")
+    p.add_argument("--seeds", action="store_true",
+                   help="also a table of the seed spread (runs with the same settings grouped)")
     args = p.parse_args(argv)
     runs = [load_run(r) for r in args.runs]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.md").write_text(accuracy_table(runs) + "\n")
+    text = accuracy_table(runs) + ("\n\n" + seed_table(runs) if args.seeds else "")
+    (out / f"{args.name}.md").write_text(text + "\n")
     plot_curves(runs, out / f"{args.name}_curves")
-    print(accuracy_table(runs))
+    print(text)
     return 0
 
 

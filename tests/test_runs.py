@@ -1,0 +1,34 @@
+"""analysis.runs: seed groups and the seed-spread table against hand-worked values."""
+import json
+
+from analysis.runs import load_run, main, seed_groups, seed_table
+
+
+def make_run(root, name, seed, acc, preset="eoq", lr=0.25, threads=1, **extra):
+    d = root / name
+    d.mkdir()
+    cfg = {"model": "resnet20", "norm": "fixup", "preset": preset, "epochs": 1, "lr": lr,
+           "seed": seed, "out": str(d), "threads": threads, **extra}
+    (d / "config.json").write_text(json.dumps({"train": cfg, "spec": {"name": preset}}))
+    (d / "metrics.csv").write_text("epoch,train_loss,train_acc,test_acc,seconds,lr,steps\n"
+                                   f"1,1.0,50.0,{acc},10.0,0.1,391\n")
+    return d
+
+
+def test_seed_table_groups_by_settings_and_gives_mean_and_sample_std(tmp_path, capsys):
+    dirs = [make_run(tmp_path, "a0", 0, 70.0), make_run(tmp_path, "a1", 1, 72.0, threads=2, crop_pad=4),
+            make_run(tmp_path, "b0", 0, 75.0, preset="fp32"), make_run(tmp_path, "a2", 2, 74.0),
+            make_run(tmp_path, "c0", 0, 60.0, lr=0.125)]
+    runs = [load_run(d) for d in dirs]
+    groups = seed_groups(runs)
+    assert [[r["config"]["seed"] for r in g] for g in groups] == [[0, 1, 2], [0], [0]]
+    rows = seed_table(runs).splitlines()[2:]
+    # 70, 72, 74: mean 72, sample variance (4 + 0 + 4) / 2 = 4, std 2
+    assert rows[0] == "| EOQ | 0, 1, 2 | 70.00, 72.00, 74.00 | 72.00 | 2.00 |"
+    assert rows[1] == "| fp32+Fixup | 0 | 75.00 | 75.00 |  |"
+    assert rows[2].startswith("| EOQ | 0 | 60.00 |")             # another lr: its own group
+    # a1 names crop_pad 4, which a0 predates and used: the same settings
+    assert make_run(tmp_path, "d0", 0, 1.0, crop_pad=2) and \
+        len(seed_groups(runs + [load_run(tmp_path / "d0")])) == 4
+    assert main([str(d) for d in dirs] + ["--out", str(tmp_path / "out"), "--seeds"]) == 0
+    assert rows[0] in (tmp_path / "out" / "accuracy.md").read_text()
