@@ -64,14 +64,18 @@ def seed_groups(runs: list[dict]) -> list[list[dict]]:
 
 def seed_table(runs: list[dict]) -> str:
     """Final test accuracy per group of runs that differ only in seed: each seed's value, the mean
-    and the sample standard deviation (n - 1; blank for a single run)."""
+    and the sample standard deviation (n - 1; blank for a single run) of the runs that finished.
+    A run that stopped early (diverged, killed) is named with its last epoch and left out of both."""
     lines = ["| configuration | seeds | final test acc (%) per seed | mean (%) | std (points) |",
              "|---|---|---|---:|---:|"]
     for group in seed_groups(runs):
-        accs = [g["rows"][-1]["test_acc"] for g in group]
-        std = f"{statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+        done = [g["rows"][-1]["test_acc"] for g in group if g["rows"] and g["rows"][-1]["epoch"] >= g["config"]["epochs"]]
+        shown = [f"{g['rows'][-1]['test_acc']:.2f}" if g["rows"] and g["rows"][-1]["epoch"] >= g["config"]["epochs"]
+                 else f"stopped after epoch {g['rows'][-1]['epoch'] if g['rows'] else 0}" for g in group]
+        mean = f"{statistics.fmean(done):.2f}" if done else ""
+        std = f"{statistics.stdev(done):.2f}" if len(done) > 1 else ""
         lines.append(f"| {label(group[0]['config'])} | {', '.join(str(g['config']['seed']) for g in group)} | "
-                     f"{', '.join(f'{a:.2f}' for a in accs)} | {statistics.fmean(accs):.2f} | {std} |")
+                     f"{', '.join(shown)} | {mean} | {std} |")
     return "\n".join(lines)
 
 

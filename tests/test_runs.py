@@ -32,3 +32,14 @@ def test_seed_table_groups_by_settings_and_gives_mean_and_sample_std(tmp_path, c
         len(seed_groups(runs + [load_run(tmp_path / "d0")])) == 4
     assert main([str(d) for d in dirs] + ["--out", str(tmp_path / "out"), "--seeds"]) == 0
     assert rows[0] in (tmp_path / "out" / "accuracy.md").read_text()
+
+
+def test_a_run_that_stopped_early_is_named_and_left_out_of_the_mean(tmp_path):
+    dirs = [make_run(tmp_path, f"r{s}", s, acc, epochs=2) for s, acc in ((0, 70.0), (1, 74.0), (2, 30.0))]
+    for d, last in zip(dirs, (True, True, False)):       # seed 2 diverged after epoch 1 of 2
+        lines = (d / "metrics.csv").read_text().splitlines()
+        if last:
+            lines.append(lines[1].replace("1,", "2,", 1))
+        (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+    row = seed_table([load_run(d) for d in dirs]).splitlines()[2]
+    assert row == "| EOQ | 0, 1, 2 | 70.00, 74.00, stopped after epoch 1 | 72.00 | 2.83 |"

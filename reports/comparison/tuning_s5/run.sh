@@ -34,5 +34,9 @@ for s in 1 0; do
   "${T[@]}" "${C[@]}" --crop-pad 2 --preset reports/comparison/tuning_s5/specs/u4.json --seed $s \
       --out "$RUNS/eoq_lr25_u4_seed$s"
 done
-# 5. fp32 + Fixup default with peak 0.25
+# 5. the same settings as 2 with the warm-up over 50% of the run, seeds 0-3
+for s in 0 1 2 3; do
+  "${T[@]}" "${C[@]}" --crop-pad 2 --warmup 0.5 --seed $s --out "$RUNS/eoq_lr25_w05_seed$s"
+done
+# 6. fp32 + Fixup default with peak 0.25
 "${T[@]}" --norm fixup --preset fp32 --lr 0.25 --out "$RUNS/fixup_lr25"
