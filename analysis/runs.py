@@ -62,6 +62,10 @@ def seed_groups(runs: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
+def _finished(run: dict) -> bool:
+    return bool(run["rows"]) and run["rows"][-1]["epoch"] >= run["config"]["epochs"]
+
+
 def seed_table(runs: list[dict]) -> str:
     """Final test accuracy per group of runs that differ only in seed: each seed's value, the mean
     and the sample standard deviation (n - 1; blank for a single run) of the runs that finished.
@@ -69,8 +73,8 @@ def seed_table(runs: list[dict]) -> str:
     lines = ["| configuration | seeds | final test acc (%) per seed | mean (%) | std (points) |",
              "|---|---|---|---:|---:|"]
     for group in seed_groups(runs):
-        done = [g["rows"][-1]["test_acc"] for g in group if g["rows"] and g["rows"][-1]["epoch"] >= g["config"]["epochs"]]
-        shown = [f"{g['rows'][-1]['test_acc']:.2f}" if g["rows"] and g["rows"][-1]["epoch"] >= g["config"]["epochs"]
+        done = [g["rows"][-1]["test_acc"] for g in group if _finished(g)]
+        shown = [f"{g['rows'][-1]['test_acc']:.2f}" if _finished(g)
                  else f"stopped after epoch {g['rows'][-1]['epoch'] if g['rows'] else 0}" for g in group]
         mean = f"{statistics.fmean(done):.2f}" if done else ""
         std = f"{statistics.stdev(done):.2f}" if len(done) > 1 else ""

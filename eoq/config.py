@@ -22,8 +22,9 @@ class ConfigError(ValueError):
 # momentum cycling 70.44%); with the float peak their power-of-two peak is 0.25, at which EOQ
 # trained worse (65.45%) or diverged (reports/comparison/ablation_s3/), and with OneCycleLR's shape
 # and crop padding 2 gave 74.49%, 32.66% (a collapse) and 69.93% for seeds 0-2 (tuning_s5/).
-# Seeds 0-2 of the defaults: BN 80.94%, Fixup 74.30%, EOQ 70.20% on average (tuning_s5/). ``momentum_min`` (momentum
-# cycling) is taken from here only together with ``momentum``: --momentum alone means no cycling.
+# Seeds 0-2 of the defaults: BN 80.94%, Fixup 74.30%, EOQ 70.20% on average (tuning_s5/).
+# ``momentum_min`` (momentum cycling) is taken from here only together with ``momentum``:
+# --momentum alone means no cycling.
 DEFAULTS = {
     "float": {"lr": 0.2, "momentum": 0.875, "momentum_min": None, "nesterov": False,
               "schedule": "onecycle", "warmup": 0.15, "crop_pad": 2},

@@ -15,7 +15,7 @@ def make_run(root, name, seed, acc, preset="eoq", lr=0.25, threads=1, **extra):
     return d
 
 
-def test_seed_table_groups_by_settings_and_gives_mean_and_sample_std(tmp_path, capsys):
+def test_seed_table_groups_by_settings_and_gives_mean_and_sample_std(tmp_path):
     dirs = [make_run(tmp_path, "a0", 0, 70.0), make_run(tmp_path, "a1", 1, 72.0, threads=2, crop_pad=4),
             make_run(tmp_path, "b0", 0, 75.0, preset="fp32"), make_run(tmp_path, "a2", 2, 74.0),
             make_run(tmp_path, "c0", 0, 60.0, lr=0.125)]
@@ -27,9 +27,9 @@ def test_seed_table_groups_by_settings_and_gives_mean_and_sample_std(tmp_path, c
     assert rows[0] == "| EOQ | 0, 1, 2 | 70.00, 72.00, 74.00 | 72.00 | 2.00 |"
     assert rows[1] == "| fp32+Fixup | 0 | 75.00 | 75.00 |  |"
     assert rows[2].startswith("| EOQ | 0 | 60.00 |")             # another lr: its own group
-    # a1 names crop_pad 4, which a0 predates and used: the same settings
-    assert make_run(tmp_path, "d0", 0, 1.0, crop_pad=2) and \
-        len(seed_groups(runs + [load_run(tmp_path / "d0")])) == 4
+    # a1 names crop_pad 4, which a0 and a2 predate and used, so they grouped above; crop pad 2 does not
+    other_crop = load_run(make_run(tmp_path, "d0", 0, 1.0, crop_pad=2))
+    assert len(seed_groups(runs + [other_crop])) == 4
     assert main([str(d) for d in dirs] + ["--out", str(tmp_path / "out"), "--seeds"]) == 0
     assert rows[0] in (tmp_path / "out" / "accuracy.md").read_text()
 
