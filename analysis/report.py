@@ -75,7 +75,7 @@ def plot_batch_sizes(runs: list[dict], stem) -> list[Path]:
     ax = axes[0][0]
     groups: dict[str, list] = {}
     for r in runs:
-        groups.setdefault(label(r["config"]), []).append((r["config"]["batch_size"], r["rows"][-1]["test_acc"]))
+        groups.setdefault(label(r), []).append((r["config"]["batch_size"], r["rows"][-1]["test_acc"]))
     for name, pts in groups.items():
         ax.plot(*zip(*sorted(pts)), marker="o", label=name)
     ax.set(xscale="log", xlabel="batch size", ylabel="final test accuracy (%)", title="accuracy vs batch size")
@@ -102,7 +102,7 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
         md += ["## Accuracy", "", accuracy_table(loaded), "",
                "![accuracy](accuracy_curves.png)", "",
                "*Test accuracy and training loss per epoch on CIFAR-10 (log-scale loss).*", ""]
-        by = {label(r["config"]): r for r in loaded}
+        by = {label(r): r for r in loaded}
         if "EOQ" in by:
             e = by["EOQ"]["rows"][-1]["test_acc"]
             parts = [f"EOQ {e:.2f}%"] + [f"{k} {v['rows'][-1]['test_acc']:.2f}%" for k, v in by.items() if k != "EOQ"]

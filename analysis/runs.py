@@ -26,10 +26,14 @@ def load_run(path) -> dict:
             "rows": read_metrics(path / "metrics.csv")}
 
 
-def label(cfg: dict) -> str:
-    if cfg["preset"] == "fp32":
+def label(run: dict) -> str:
+    """A run's name in tables and legends; a spec given as a JSON file is named by the spec's name."""
+    cfg, preset = run["config"], run["config"]["preset"]
+    if preset == "fp32":
         return f"fp32+{'BN' if cfg['norm'] == 'bn' else cfg['norm'].capitalize()}"
-    name = "EOQ" if cfg["preset"] == "eoq" else f"{cfg['preset']}+{cfg['norm']}"
+    if preset.endswith(".json"):
+        preset = (run.get("spec") or {}).get("name") or Path(preset).stem
+    name = "EOQ" if preset == "eoq" else f"{preset}+{cfg['norm']}"
     if cfg.get("engine") == "int":
         return name + " (integer engine)"
     return name + (" (channels-last)" if cfg.get("channels_last") else "")
@@ -41,7 +45,7 @@ def accuracy_table(runs: list[dict]) -> str:
     for r in runs:
         rows, c = r["rows"], r["config"]
         last = rows[-1]
-        lines.append(f"| {label(c)} | {c['model']} | {last['epoch']} | {last['test_acc']:.2f} | "
+        lines.append(f"| {label(r)} | {c['model']} | {last['epoch']} | {last['test_acc']:.2f} | "
                      f"{max(x['test_acc'] for x in rows):.2f} | {last['train_loss']:.3f} | "
                      f"{sum(x['seconds'] for x in rows) / 60:.1f} |")
     return "\n".join(lines)
@@ -78,14 +82,14 @@ def seed_table(runs: list[dict]) -> str:
                  else f"stopped after epoch {g['rows'][-1]['epoch'] if g['rows'] else 0}" for g in group]
         mean = f"{statistics.fmean(done):.2f}" if done else ""
         std = f"{statistics.stdev(done):.2f}" if len(done) > 1 else ""
-        lines.append(f"| {label(group[0]['config'])} | {', '.join(str(g['config']['seed']) for g in group)} | "
+        lines.append(f"| {label(group[0])} | {', '.join(str(g['config']['seed']) for g in group)} | "
                      f"{', '.join(shown)} | {mean} | {std} |")
     return "\n".join(lines)
 
 
 def plot_curves(runs: list[dict], stem) -> list[Path]:
     fig, axes = figure(2)
-    names = [label(r["config"]) for r in runs]
+    names = [label(r) for r in runs]
     seen: dict[str, int] = {}
     for r, name in zip(runs, names):
         ep = [x["epoch"] for x in r["rows"]]

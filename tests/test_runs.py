@@ -43,3 +43,14 @@ def test_a_run_that_stopped_early_is_named_and_left_out_of_the_mean(tmp_path):
         (d / "metrics.csv").write_text("\n".join(lines) + "\n")
     row = seed_table([load_run(d) for d in dirs]).splitlines()[2]
     assert row == "| EOQ | 0, 1, 2 | 70.00, 74.00, stopped after epoch 1 | 72.00 | 2.83 |"
+
+
+def test_a_spec_file_run_is_named_by_its_spec(tmp_path):
+    d = make_run(tmp_path, "u", 0, 70.0, preset="specs/u6.json")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["spec"]["name"] = "eoq-u6"
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert seed_table([load_run(d)]).splitlines()[2].startswith("| eoq-u6+fixup | 0 | 70.00 |")
+    cfg["spec"] = None                                    # no spec saved: the file's stem
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert seed_table([load_run(d)]).splitlines()[2].startswith("| u6+fixup | 0 |")
