@@ -91,9 +91,12 @@ def plot_curves(runs: list[dict], stem) -> list[Path]:
     fig, axes = figure(2)
     names = [label(r) for r in runs]
     seen: dict[str, int] = {}
+    others = [c for c in ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
+              if c not in COLORS.values()]
+    unnamed = [n for n in dict.fromkeys(names) if n not in COLORS]   # one colour per label, in order
     for r, name in zip(runs, names):
         ep = [x["epoch"] for x in r["rows"]]
-        color = COLORS.get(name)
+        color = COLORS.get(name) or others[unnamed.index(name) % len(others)]
         k = seen[name] = seen.get(name, -1) + 1        # runs sharing a label: told apart by seed and line
         style = ("-", "--", ":", "-.")[k % 4]
         shown = f"{name}, seed {r['config']['seed']}" if names.count(name) > 1 else name

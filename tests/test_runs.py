@@ -54,3 +54,15 @@ def test_a_spec_file_run_is_named_by_its_spec(tmp_path):
     cfg["spec"] = None                                    # no spec saved: the file's stem
     (d / "config.json").write_text(json.dumps(cfg))
     assert seed_table([load_run(d)]).splitlines()[2].startswith("| u6+fixup | 0 |")
+
+
+def test_runs_sharing_a_label_share_a_colour_and_differ_in_line_style(tmp_path, monkeypatch):
+    import analysis.runs as runs_mod
+    figs = []
+    monkeypatch.setattr(runs_mod, "save", lambda fig, stem: figs.append(fig) or [])
+    dirs = [make_run(tmp_path, f"u{s}", s, 70.0, preset="u6.json") for s in (0, 1)]
+    dirs.append(make_run(tmp_path, "e0", 0, 70.0))
+    runs_mod.plot_curves([load_run(d) for d in dirs], tmp_path / "c")
+    lines = figs[0].axes[0].get_lines()
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert lines[0].get_linestyle() != lines[1].get_linestyle()

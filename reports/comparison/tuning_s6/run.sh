@@ -20,3 +20,7 @@ done
 for s in 2 3; do
   "${T[@]}" "${C[@]}" --warmup 0.5 --preset $S/u6.json --seed $s --out "$RUNS/eoq_lr25_u6_w05_seed$s"
 done
+# 3. fp32 + Fixup default without the random crop (flips only), seeds 0-2, three at a time
+for s in 0 1 2; do
+  "${T[@]}" --norm fixup --preset fp32 --crop-pad 0 --seed $s --out "$RUNS/fixup_crop0_seed$s"
+done
