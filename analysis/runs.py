@@ -55,13 +55,16 @@ def accuracy_table(runs: list[dict]) -> str:
 _NOT_SETTINGS = ("seed", "out", "threads", "progress", "resume", "data", "download")
 
 
+def _settings(run: dict) -> dict:
+    return {k: v for k, v in run["config"].items() if k not in _NOT_SETTINGS and v is not None}
+
+
 def seed_groups(runs: list[dict]) -> list[list[dict]]:
     """Runs grouped by identical settings (config and spec equal apart from _NOT_SETTINGS; a
     setting a run predates, null in its config, counts as unset), in order of first appearance."""
     groups: dict[str, list[dict]] = {}
     for r in runs:
-        c = {k: v for k, v in r["config"].items() if k not in _NOT_SETTINGS and v is not None}
-        key = json.dumps([c, r.get("spec")], sort_keys=True)
+        key = json.dumps([_settings(r), r.get("spec")], sort_keys=True)
         groups.setdefault(key, []).append(r)
     return list(groups.values())
 
@@ -70,20 +73,30 @@ def _finished(run: dict) -> bool:
     return bool(run["rows"]) and run["rows"][-1]["epoch"] >= run["config"]["epochs"]
 
 
+def _differences(run: dict, first: dict) -> str:
+    """The settings of ``run`` that differ from ``first``'s, as "key value" (the label already
+    names preset and norm)."""
+    mine, theirs = _settings(run), _settings(first)
+    keys = [k for k in mine.keys() | theirs.keys() if k not in ("preset", "norm") and mine.get(k) != theirs.get(k)]
+    return ", ".join(f"{k} {mine.get(k, 'unset')}" for k in sorted(keys))
+
+
 def seed_table(runs: list[dict]) -> str:
     """Final test accuracy per group of runs that differ only in seed: each seed's value, the mean
     and the sample standard deviation (n - 1; blank for a single run) of the runs that finished.
-    A run that stopped early (diverged, killed) is named with its last epoch and left out of both."""
-    lines = ["| configuration | seeds | final test acc (%) per seed | mean (%) | std (points) |",
-             "|---|---|---|---:|---:|"]
-    for group in seed_groups(runs):
+    A run that stopped early (diverged, killed) is named with its last epoch and left out of both.
+    The last column names the settings in which a group differs from the first group."""
+    lines = ["| configuration | seeds | final test acc (%) per seed | mean (%) | std (points) | settings unlike row 1 |",
+             "|---|---|---|---:|---:|---|"]
+    groups = seed_groups(runs)
+    for group in groups:
         done = [g["rows"][-1]["test_acc"] for g in group if _finished(g)]
         shown = [f"{g['rows'][-1]['test_acc']:.2f}" if _finished(g)
                  else f"stopped after epoch {g['rows'][-1]['epoch'] if g['rows'] else 0}" for g in group]
         mean = f"{statistics.fmean(done):.2f}" if done else ""
         std = f"{statistics.stdev(done):.2f}" if len(done) > 1 else ""
         lines.append(f"| {label(group[0])} | {', '.join(str(g['config']['seed']) for g in group)} | "
-                     f"{', '.join(shown)} | {mean} | {std} |")
+                     f"{', '.join(shown)} | {mean} | {std} | {_differences(group[0], groups[0][0])} |")
     return "\n".join(lines)
 
 

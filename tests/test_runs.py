@@ -24,12 +24,13 @@ def test_seed_table_groups_by_settings_and_gives_mean_and_sample_std(tmp_path):
     assert [[r["config"]["seed"] for r in g] for g in groups] == [[0, 1, 2], [0], [0]]
     rows = seed_table(runs).splitlines()[2:]
     # 70, 72, 74: mean 72, sample variance (4 + 0 + 4) / 2 = 4, std 2
-    assert rows[0] == "| EOQ | 0, 1, 2 | 70.00, 72.00, 74.00 | 72.00 | 2.00 |"
-    assert rows[1] == "| fp32+Fixup | 0 | 75.00 | 75.00 |  |"
-    assert rows[2].startswith("| EOQ | 0 | 60.00 |")             # another lr: its own group
+    assert rows[0] == "| EOQ | 0, 1, 2 | 70.00, 72.00, 74.00 | 72.00 | 2.00 |  |"
+    assert rows[1] == "| fp32+Fixup | 0 | 75.00 | 75.00 |  |  |"         # the label names the preset
+    assert rows[2] == "| EOQ | 0 | 60.00 | 60.00 |  | lr 0.125 |"     # another lr: its own group, named
     # a1 names crop_pad 4, which a0 and a2 predate and used, so they grouped above; crop pad 2 does not
     other_crop = load_run(make_run(tmp_path, "d0", 0, 1.0, crop_pad=2))
     assert len(seed_groups(runs + [other_crop])) == 4
+    assert seed_table(runs + [other_crop]).splitlines()[-1].endswith("| crop_pad 2 |")
     assert main([str(d) for d in dirs] + ["--out", str(tmp_path / "out"), "--seeds"]) == 0
     assert rows[0] in (tmp_path / "out" / "accuracy.md").read_text()
 
@@ -42,7 +43,7 @@ def test_a_run_that_stopped_early_is_named_and_left_out_of_the_mean(tmp_path):
             lines.append(lines[1].replace("1,", "2,", 1))
         (d / "metrics.csv").write_text("\n".join(lines) + "\n")
     row = seed_table([load_run(d) for d in dirs]).splitlines()[2]
-    assert row == "| EOQ | 0, 1, 2 | 70.00, 74.00, stopped after epoch 1 | 72.00 | 2.83 |"
+    assert row == "| EOQ | 0, 1, 2 | 70.00, 74.00, stopped after epoch 1 | 72.00 | 2.83 |  |"
 
 
 def test_a_spec_file_run_is_named_by_its_spec(tmp_path):
