@@ -44,7 +44,7 @@ def test_train_command_runs(tmp_path, capsys):
 @pytest.mark.parametrize("preset,norm,want", [
     ("eoq", "fixup", (0.15, 0.9375, None, False, "onecycle", 0.15, 4)),
     ("eoq-float-ends", "fixup", (0.15, 0.9375, None, False, "onecycle", 0.15, 4)),
-    ("fp32", "fixup", (0.2, 0.95, 0.85, False, "onecycle-cos", 0.3, 2)),
+    ("fp32", "fixup", (0.2, 0.95, 0.85, False, "onecycle-cos", 0.3, 0)),
     ("fp32", "bn", (0.2, 0.9, None, True, "onecycle", 0.15, 2)),
     ("fp32", "none", (0.2, 0.875, None, False, "onecycle", 0.15, 2)),
     ("wageubn", "bn", (0.2, 0.875, None, False, "onecycle", 0.15, 2))])
@@ -54,9 +54,9 @@ def test_default_schedule_follows_preset_and_norm(preset, norm, want):
     cfg = TrainConfig(preset=preset, norm=norm).validate()
     assert (cfg.lr, cfg.momentum, cfg.momentum_min, cfg.nesterov, cfg.schedule, cfg.warmup, cfg.crop_pad) == want
     cfg = TrainConfig(preset=preset, norm=norm, lr=0.05, momentum=0.75, schedule="cosine", warmup=0.1,
-                      nesterov=False, crop_pad=0).validate()
+                      nesterov=False, crop_pad=3).validate()
     assert (cfg.lr, cfg.momentum, cfg.momentum_min, cfg.nesterov, cfg.schedule, cfg.warmup, cfg.crop_pad) == \
-        (0.05, 0.75, None, False, "cosine", 0.1, 0)
+        (0.05, 0.75, None, False, "cosine", 0.1, 3)
 
 
 def test_schedule_defaults_by_norm_and_update_kind(monkeypatch):

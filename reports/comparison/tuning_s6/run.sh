@@ -24,3 +24,10 @@ done
 for s in 0 1 2; do
   "${T[@]}" --norm fixup --preset fp32 --crop-pad 0 --seed $s --out "$RUNS/fixup_crop0_seed$s"
 done
+# 4. EOQ at fp32 + Fixup's schedule with crop padding 0: learning rate used as it is (peak 0.2, not a
+#    power of two; specs/u6_lrmul.json), momentum cycled between the shifts 0.9375 and 0.875, updates
+#    clamped to +-31 LSBs; seeds 0-2, three at a time
+for s in 0 1 2; do
+  "${T[@]}" --norm fixup --preset $S/u6_lrmul.json --lr 0.2 --schedule onecycle-cos --warmup 0.3 \
+      --momentum 0.9375 --momentum-min 0.875 --crop-pad 0 --seed $s --out "$RUNS/eoq_lrmul_u6_crop0_seed$s"
+done
