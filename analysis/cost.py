@@ -206,8 +206,9 @@ def count_update(t: CostTally, model: nn.Module, optimizer) -> None:
     """The optimizer step, per parameter (see eoq/optimizer.py for the arithmetic).
 
     EOQ integer update of n codes: momentum v - (v >> s) + g (n shifts, 2n adds in the M format),
-    weight decay (n mults, n adds), lr as a shift (n), SR (n random bytes, n adds), clamp U (2n cmp),
-    codes - U (n int8 adds), clamp (2n cmp), saturation check (n cmp).
+    weight decay (n mults, n adds), lr as a shift (n; a multiply in the M format when the spec does
+    not round it to a power of two), SR (n random bytes, n adds), clamp U (2n cmp), codes - U (n
+    int8 adds), clamp (2n cmp), saturation check (n cmp).
     Float SGD: weight decay (n mults + n adds), momentum (n mults + n adds), lr (n mults + n adds).
     """
     grid = getattr(optimizer, "grid", {})
@@ -219,9 +220,11 @@ def count_update(t: CostTally, model: nn.Module, optimizer) -> None:
             g = grid.get(id(p))
             if g is not None:
                 mf = fmt_of(spec.M) if spec is not None and spec.M.enabled else "fp32"
-                t.add(layer, "update", "update", "shift", mf, 2 * n)
+                lr_shift = spec is None or spec.lr_pow2
+                decay = group["weight_decay"] and g.weight_decay
+                t.add(layer, "update", "update", "shift", mf, (2 if lr_shift else 1) * n)
                 t.add(layer, "update", "update", "add", mf, 3 * n)
-                t.add(layer, "update", "update", "mult", mf, n if group["weight_decay"] and g.weight_decay else 0)
+                t.add(layer, "update", "update", "mult", mf, (int(bool(decay)) + (0 if lr_shift else 1)) * n)
                 t.add(layer, "update", "update", "rand", "int8", n)
                 t.add(layer, "update", "update", "cmp", "int8", 5 * n)
                 t.add(layer, "update", "update", "add", "int8", n)

@@ -127,3 +127,20 @@ def test_cost_command_ends_with_the_two_ratio_lines(capsys, tmp_path):
     assert float(lines[-2].split("=")[1]) > 1 and float(lines[-1].split("=")[1]) > 1
     assert (tmp_path / "cost_energy_resnet20.png").exists() and (tmp_path / "cost_resnet20.md").exists()
     assert main(["cost", "--model", "resnet21"]) == 2
+
+
+@pytest.mark.parametrize("lr_pow2", [True, False])
+def test_integer_update_counts_lr_as_a_shift_only_when_it_is_a_power_of_two(lr_pow2):
+    """Hand count of one integer-updated linear layer's step (analysis.cost.count_update): n = 40
+    codes, weight decay on: momentum shift (+ lr shift), 3n adds, decay multiply (+ lr multiply)."""
+    from eoq.layers import QLinear
+    from analysis.cost import count_update
+    layer = QLinear(8, 5, bias=False)
+    spec = get_preset("eoq").with_changes(lr_pow2=lr_pow2)
+    prepare(layer, spec, torch.Generator().manual_seed(0))
+    opt = EOQSGD(layer, spec, lr=0.1, momentum=0.875, weight_decay=5e-4)
+    t = CostTally()
+    count_update(t, layer, opt)
+    got = {op: sum(n for (_, _, _, o, f), n in t.select(phase="update", op=op) if f == "int16")
+           for op in ("shift", "mult", "add")}
+    assert got == {"shift": 80.0 if lr_pow2 else 40.0, "mult": 40.0 if lr_pow2 else 80.0, "add": 120.0}
