@@ -17,15 +17,17 @@ class ConfigError(ValueError):
 # peak 0.2, momentum 0.875 (= 1 - 2^-3), a random crop padded by 2; with BN, momentum 0.9 with
 # Nesterov (5 epochs, ResNet-20: 81.15%); with Fixup, PyTorch's OneCycleLR (cosine warm-up over 30%,
 # momentum cycled 0.95 -> 0.85 -> 0.95; 75.53%) and no random crop (flips only: seeds 0-2 gave
-# 75.28/75.71/74.32%, mean 75.10%, against 74.30% with the crop by 2; tuning_s6/). Presets whose
-# learning rate is a power of two (a shift: EOQ): peak 0.15, which they round to 0.125, momentum
-# 0.9375 (= 1 - 2^-4), linear one-cycle and a crop padded by 4 (71.01%; the crop by 2 gave 68.16%,
-# OneCycleLR's shape 70.41%, with shift momentum cycling 70.44%); with the float peak their
-# power-of-two peak is 0.25, at which EOQ trained worse (65.45%) or diverged
-# (reports/comparison/ablation_s3/), and with OneCycleLR's shape and crop padding 2 gave 74.49%,
-# 32.66% (a collapse) and 69.93% for seeds 0-2 (tuning_s5/); with updates clamped to +-31 LSBs, no
-# collapse but 73.65%, 70.84% and 67.52% (tuning_s6/). Seeds 0-2 of the defaults: BN 80.94%, Fixup
-# 75.10% (74.30% with the crop by 2), EOQ 70.20%.
+# 75.28/75.71/74.32%, mean 75.10%, against 74.30% with the crop by 2; tuning_s6/). Integer updates
+# with a float lr (eoq): the float defaults without Nesterov or cycling; with Fixup, fp32 + Fixup's
+# schedule with the momentum cycled between the shifts 0.9375 and 0.875 (seeds 0-2:
+# 75.99/73.14/71.56%, mean 73.56%; tuning_s6/). Presets whose learning rate is a power of two (a
+# shift: eoq-shift, the eoq preset before the sixth session): peak 0.15, which they round to 0.125,
+# momentum 0.9375 (= 1 - 2^-4), linear one-cycle and a crop padded by 4 (seeds 0-2:
+# 71.01/70.18/69.42%; the crop by 2 gave 68.16%, OneCycleLR's shape 70.41%, with shift momentum
+# cycling 70.44%); their power-of-two peak for 0.2 is 0.25, at which they trained worse (65.45%) or
+# diverged (ablation_s3/), and with OneCycleLR's shape and crop padding 2 gave 74.49%, 32.66% (a
+# collapse) and 69.93% (tuning_s5/); with updates clamped to +-31 LSBs, no collapse but 73.65%,
+# 70.84% and 67.52% (tuning_s6/).
 # ``momentum_min`` (momentum cycling) is taken from here only together with ``momentum``:
 # --momentum alone means no cycling.
 DEFAULTS = {
@@ -38,16 +40,21 @@ NORM_DEFAULTS: dict[tuple[str, str], dict] = {        # (kind, norm) -> override
     ("float", "bn"): {"momentum": 0.9, "nesterov": True},
     ("float", "fixup"): {"schedule": "onecycle-cos", "warmup": 0.3, "momentum": 0.95, "momentum_min": 0.85,
                          "crop_pad": 0},
+    # integer updates with a float lr (eoq, eoq-float-ends): fp32 + Fixup's schedule, the momentum
+    # cycled between the shifts 0.9375 and 0.875 (5 epochs, ResNet-20, seeds 0-2: 75.99%, 73.14%,
+    # 71.56%; tuning_s6/)
+    ("int", "fixup"): {"schedule": "onecycle-cos", "warmup": 0.3, "momentum": 0.9375, "momentum_min": 0.875,
+                       "crop_pad": 0},
 }
 
 
 def defaults_for(lr_pow2: bool, norm: str, integer_updates: bool) -> dict:
-    """The defaults of a run: DEFAULTS[kind] with the (kind, norm) overrides. Float-kind overrides
-    are float-update tunings (Nesterov, momentum cycling, momenta that are not a shift): presets
-    with integer updates but a float lr (wageubn) keep the plain float defaults."""
+    """The defaults of a run: DEFAULTS[kind] with the (kind, norm) overrides. Integer updates with
+    a float lr (eoq, wageubn) start from the float defaults without their float-update tunings
+    (Nesterov, momentum cycling, momenta that are not a shift) and take the ("int", norm) ones."""
+    if integer_updates and not lr_pow2:
+        return {**DEFAULTS["float"], "nesterov": False, "momentum_min": None, **NORM_DEFAULTS.get(("int", norm), {})}
     kind = "pow2" if lr_pow2 else "float"
-    if integer_updates and kind == "float":
-        return {**DEFAULTS[kind], "nesterov": False, "momentum_min": None}
     return {**DEFAULTS[kind], **NORM_DEFAULTS.get((kind, norm), {})}
 
 

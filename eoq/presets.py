@@ -16,6 +16,10 @@ _8S = TensorQuant(bits=8, rounding="stochastic")
 # grid with some clipping trained better than no clipping (5-epoch ResNet-20, the same settings
 # otherwise: 0.1% -> 67.44%, 1% -> 69.54%, 5% -> 71.01%; reports/comparison/ablation_s3/).
 _EOQ_POLICY = WeightPolicy(saturate_frac=0.05)
+# EOQ's update codes: int8, stochastic rounding, clamped to +-31 LSBs. At a high learning rate one
+# batch's gradient spike, applied in full (up to 127 LSBs, a weight's whole range), collapsed a run
+# to chance; the clamp prevents it (reports/comparison/tuning_s6/).
+_U31 = TensorQuant(bits=6, rounding="stochastic")
 
 PRESETS: dict[str, QuantSpec] = {
     "fp32": QuantSpec(
@@ -23,21 +27,32 @@ PRESETS: dict[str, QuantSpec] = {
         description="No quantization: float32 weights, activations, gradients, errors and SGD updates."),
     "eoq": QuantSpec(
         name="eoq",
-        W=_8N, A=_8N, G=_8S, E=_8S, U=_8S, S=_8S,
+        W=_8N, A=_8N, G=_8S, E=_8S, U=_U31, S=_8S,
         M=TensorQuant(bits=16, rounding="stochastic"),
-        store_bits=8, lr_pow2=True, weight_policy=_EOQ_POLICY,
+        store_bits=8, lr_pow2=False, weight_policy=_EOQ_POLICY,
         description=("Full 8-bit EOQ (reconstruction): int8 weight codes with a per-layer power-of-two "
                      "exponent and no float master copy; A by SQ nearest; E and G by SQ with stochastic "
-                     "rounding; int8 updates U in units of the weight LSB by stochastic rounding; Fixup "
-                     "scalars on their own 8-bit grids; momentum buffer 16-bit; learning rates rounded "
-                     "to powers of two. First conv and classifier are 8-bit too.")),
+                     "rounding; int8 update codes U in units of the weight LSB by stochastic rounding, "
+                     "clamped to +-31 (a gradient spike cannot move a weight across its range in one "
+                     "step); Fixup scalars on their own 8-bit grids; momentum buffer 16-bit, momentum a "
+                     "shift; the learning rate multiplies the momentum (it is not rounded to a power of "
+                     "two: see eoq-shift). First conv and classifier are 8-bit too.")),
     "eoq-float-ends": QuantSpec(
         name="eoq-float-ends",
+        W=_8N, A=_8N, G=_8S, E=_8S, U=_U31, S=_8S,
+        M=TensorQuant(bits=16, rounding="stochastic"),
+        store_bits=8, lr_pow2=False, weight_policy=_EOQ_POLICY,
+        layers=(("conv1", "float"), ("fc", "float")),
+        description="eoq with the first conv and the classifier kept in float32, as WAGEUBN did."),
+    "eoq-shift": QuantSpec(
+        name="eoq-shift",
         W=_8N, A=_8N, G=_8S, E=_8S, U=_8S, S=_8S,
         M=TensorQuant(bits=16, rounding="stochastic"),
         store_bits=8, lr_pow2=True, weight_policy=_EOQ_POLICY,
-        layers=(("conv1", "float"), ("fc", "float")),
-        description="EOQ with the first conv and the classifier kept in float32, as WAGEUBN did."),
+        description=("SPEC section 2 to the letter: eoq with the learning rate rounded to a power of two "
+                     "(a shift) and update codes in the full int8 range +-127. The eoq preset until the "
+                     "sixth session (5-epoch ResNet-20, seeds 0-2: 70.20% with its own default "
+                     "schedule).")),
     "wageubn": QuantSpec(
         name="wageubn",
         W=_8N, A=_8N, G=TensorQuant(bits=8, quantizer="cq", cq_c=128), E=_8S,
@@ -85,7 +100,8 @@ def describe(spec: QuantSpec) -> str:
         if not q.enabled:
             what = "float32"
         elif kind == "U":
-            what = f"{q.bits}-bit integer codes in units of the weight LSB, {q.rounding} rounding"
+            m = 2 ** (q.bits - 1) - 1
+            what = f"integer codes in [-{m}, {m}] ({q.bits}-bit) in units of the weight LSB, {q.rounding} rounding"
         elif q.quantizer == "cq":
             what = f"{q.bits}-bit CQ(c={q.cq_c}), stochastic rounding"
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from .observe import observing
 from .optimizer import EOQSGD
 from .prepare import prepare
 from .presets import load_spec
+from .spec import QuantSpec
 from .quantizers import QuantizationError
 from .schedule import lr_at, momentum_at
 
@@ -64,14 +66,15 @@ class Run:
     rows: list = field(default_factory=list)
 
 
-def build_run(cfg: TrainConfig) -> Run:
-    """Data, model (seeded init), spec bound to the model, optimizer, RNG for stochastic rounding."""
+def build_run(cfg: TrainConfig, spec: QuantSpec | None = None) -> Run:
+    """Data, model (seeded init), spec bound to the model, optimizer, RNG for stochastic rounding.
+    ``spec`` (a resumed run's own) replaces the one ``cfg.preset`` names today."""
     cfg.validate()
     allocator.tune()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_cifar10(cfg.data, download=cfg.download).subset(cfg.train_limit, cfg.test_limit)
-    spec = load_spec(cfg.preset)
+    spec = spec or load_spec(cfg.preset)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.norm, num_classes=len(data.classes))
     generator = torch.Generator().manual_seed(cfg.seed + 7919)
@@ -82,7 +85,7 @@ def build_run(cfg: TrainConfig) -> Run:
 
 
 def checkpoint_state(run: Run) -> dict:
-    return {"config": run.cfg.to_dict(), "model": run.model.state_dict(),
+    return {"config": run.cfg.to_dict(), "spec": run.optimizer.spec.to_dict(), "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "generator": run.generator.get_state(),
             "epoch": run.epoch, "step": run.step, "sums": dict(run.sums), "rows": list(run.rows)}
 
@@ -174,6 +177,27 @@ def _schedule_from(cfg: TrainConfig, saved: dict) -> None:
             setattr(cfg, name, saved.get(name, before))
 
 
+def _saved_spec(state: dict, out: Path, preset: str) -> QuantSpec | None:
+    """The spec a resumed run started with (its checkpoint's, or for checkpoints that predate that,
+    its config.json's), so that a preset redefined between versions cannot change a run half-way
+    (the eoq preset did in the sixth session; eoq-shift is the old one)."""
+    if state.get("config", {}).get("preset") != preset:
+        return None                                   # restore() names the mismatch
+    saved = state.get("spec")
+    if saved is None and (out / "config.json").exists():
+        try:
+            saved = json.loads((out / "config.json").read_text()).get("spec")
+        except (OSError, ValueError, AttributeError):
+            saved = None
+    if saved is None:
+        return None
+    spec = QuantSpec.from_dict(saved)
+    if spec != load_spec(preset):
+        print(f"eoq: resuming with the quantization spec this run started with; {preset!r} is defined "
+              "differently today", file=sys.stderr)
+    return spec
+
+
 def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Run:
     """Train as ``cfg`` says; returns the finished run (its ``rows`` are the metrics).
 
@@ -189,6 +213,7 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
     state = load_checkpoint(ckpt) if cfg.resume else None
     if state is not None and run is None:
         _schedule_from(cfg, state.get("config", {}))
+        run = build_run(cfg, _saved_spec(state, out, cfg.preset))
     run = run or build_run(cfg)
     if state is not None:
         restore(run, state)
@@ -198,7 +223,7 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_write(out / "config.json", "w") as fh:
-            json.dump({"train": cfg.to_dict(), "spec": load_spec(cfg.preset).to_dict(),
+            json.dump({"train": cfg.to_dict(), "spec": run.optimizer.spec.to_dict(),
                        "processes": distributed.world()}, fh, indent=1)
 
     data, model, opt = run.data, run.model, run.optimizer

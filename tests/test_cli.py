@@ -42,8 +42,10 @@ def test_train_command_runs(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("preset,norm,want", [
-    ("eoq", "fixup", (0.15, 0.9375, None, False, "onecycle", 0.15, 4)),
-    ("eoq-float-ends", "fixup", (0.15, 0.9375, None, False, "onecycle", 0.15, 4)),
+    ("eoq", "fixup", (0.2, 0.9375, 0.875, False, "onecycle-cos", 0.3, 0)),
+    ("eoq-float-ends", "fixup", (0.2, 0.9375, 0.875, False, "onecycle-cos", 0.3, 0)),
+    ("eoq", "bn", (0.2, 0.875, None, False, "onecycle", 0.15, 2)),
+    ("eoq-shift", "fixup", (0.15, 0.9375, None, False, "onecycle", 0.15, 4)),
     ("fp32", "fixup", (0.2, 0.95, 0.85, False, "onecycle-cos", 0.3, 0)),
     ("fp32", "bn", (0.2, 0.9, None, True, "onecycle", 0.15, 2)),
     ("fp32", "none", (0.2, 0.875, None, False, "onecycle", 0.15, 2)),

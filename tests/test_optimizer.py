@@ -35,7 +35,7 @@ def assert_on_grid(model):
         assert codes.abs().max() <= 2 ** (g.bits - 1) - 1, g.name
 
 
-@pytest.mark.parametrize("preset", ["eoq", "eoq-float-ends"])
+@pytest.mark.parametrize("preset", ["eoq", "eoq-float-ends", "eoq-shift"])
 def test_weights_stay_on_int8_grid_and_updates_are_int8(preset):
     torch.manual_seed(0)
     model = build_model("resnet20", "fixup")
@@ -49,7 +49,7 @@ def test_weights_stay_on_int8_grid_and_updates_are_int8(preset):
         assert_on_grid(model)
         for g in grid_params(model):
             u = opt.state[g.param]["last_update"]
-            assert u.dtype == torch.int8 and u.abs().max() <= 127
+            assert u.dtype == torch.int8 and u.abs().max() <= 2 ** (spec.U.bits - 1) - 1
     moved = sum(int(opt.state[g.param]["last_update"].count_nonzero()) for g in grid_params(model))
     assert moved > 0
     # no float master copy: the optimizer keeps only the momentum buffer and the last int8 update
@@ -57,10 +57,12 @@ def test_weights_stay_on_int8_grid_and_updates_are_int8(preset):
         assert set(opt.state[g.param]) <= {"momentum_buffer", "last_update"}
 
 
-def single_layer(value: float, exponent: int, n: int = 200_000, policy=WeightPolicy(saturate_frac=0.5)):
+def single_layer(value: float, exponent: int, n: int = 200_000, policy=WeightPolicy(saturate_frac=0.5),
+                 u_bits: int = 8):
     layer = QLinear(n, 1, bias=False)
     spec = get_preset("eoq").with_changes(lr_pow2=False, M=TensorQuant(), weight_policy=policy,
-                                          G=TensorQuant(), W=TensorQuant(bits=8))
+                                          G=TensorQuant(), W=TensorQuant(bits=8),
+                                          U=TensorQuant(bits=u_bits, rounding="stochastic"))
     gen = torch.Generator().manual_seed(0)
     prepare(layer, spec, gen)
     with torch.no_grad():
@@ -82,13 +84,27 @@ def test_update_is_unbiased_in_expectation():
     assert torch.equal(layer.weight.detach(), (10 - u) * lsb)
 
 
-def test_large_update_clamped_to_127_and_codes_to_grid():
+@pytest.mark.parametrize("u_bits,limit", [(8, 127), (6, 31)])
+def test_large_update_clamped_to_its_range_and_codes_to_grid(u_bits, limit):
+    """An update of 500 LSBs is clamped to the U range: +-127 (eoq-shift), +-31 (eoq's 6-bit U)."""
     lsb = 2.0 ** -8
-    layer, opt = single_layer(0.0, -8, n=10)
+    layer, opt = single_layer(0.0, -8, n=10, u_bits=u_bits)
     layer.weight.grad = torch.full_like(layer.weight, 500 * lsb)
     opt.step()
     u = opt.state[layer.weight]["last_update"]
-    assert u.abs().max() == 127
+    assert u.dtype == torch.int8 and set(u.flatten().tolist()) == {limit}
+    # codes 0 - U; at -127 every code saturates and the policy halves them (SR): within one new LSB
+    assert torch.all((layer.weight.detach() + limit * lsb).abs() <= 2.0 ** float(layer.weight_exp))
+    assert float(layer.weight_exp) == (-9 if limit == 31 else -7)     # max code 31 < 32: one bit down, exact
+
+
+def test_eoq_preset_clamps_updates_to_31_and_does_not_round_the_lr():
+    spec = get_preset("eoq")
+    assert spec.U.bits == 6 and not spec.lr_pow2
+    shift = get_preset("eoq-shift")
+    assert shift.U.bits == 8 and shift.lr_pow2
+    assert spec.with_changes(name="x", description="", U=shift.U, lr_pow2=True) == \
+        shift.with_changes(name="x", description="")          # nothing else differs
 
 
 def test_exponent_moves_up_on_saturation_and_down_when_underused():
@@ -184,7 +200,7 @@ def test_bad_hyperparameters():
 
 
 @pytest.mark.skipif(kernels.load() is None, reason="fused kernels not built here")
-@pytest.mark.parametrize("preset", ["eoq", "eoq-float-ends"])
+@pytest.mark.parametrize("preset", ["eoq", "eoq-float-ends", "eoq-shift"])
 def test_fused_kernels_give_the_reference_result_bit_for_bit(preset):
     """Whole ResNet-20 EOQ steps with the fused kernels == the torch reference (kernels disabled):
     weights, exponents, momentum buffers and update codes, across exponent moves (high lr)."""

@@ -12,10 +12,11 @@ from eoq.spec import FLOAT, QuantSpec, SpecError, TensorQuant
 
 
 def test_presets_exist_and_are_complete():
-    assert set(PRESETS) == {"fp32", "eoq", "eoq-float-ends", "wageubn"}
+    assert set(PRESETS) == {"fp32", "eoq", "eoq-float-ends", "eoq-shift", "wageubn"}
     eoq = get_preset("eoq")
-    for kind in "WAGEUS":
+    for kind in "WAGES":
         assert getattr(eoq, kind).bits == 8, kind
+    assert eoq.U.bits == 6                        # int8 update codes clamped to +-31
     assert eoq.store_bits == 8 and eoq.U.rounding == "stochastic" and not eoq.layers
     assert not get_preset("fp32").quantized
     assert get_preset("wageubn").store_bits == 24 and get_preset("wageubn").bn_stat_bits == 16

@@ -1,4 +1,5 @@
 """Training loop on real (embedded) CIFAR-10 images: metrics, checkpoints, exact resume, kill -9."""
+import json
 import os
 import signal
 import subprocess
@@ -180,3 +181,25 @@ def test_resume_keeps_the_checkpoints_schedule_when_defaults_change(tmp_path):
         ("cosine", 0.1, 0.75, None, False, 4)
     fresh = TrainConfig(**{**SMALL, "preset": "fp32", "norm": "fixup"}).validate()    # today's defaults differ
     assert (fresh.schedule, fresh.crop_pad) != ("cosine", 4)
+
+
+def test_resume_keeps_the_spec_the_run_started_with_when_a_preset_changes(tmp_path, monkeypatch, capsys):
+    """The eoq preset was redefined in the sixth session: a run started under the old definition
+    resumes with it (from the checkpoint, or from config.json for checkpoints that predate that)."""
+    from eoq import presets
+    from eoq.checkpoint import save_checkpoint
+
+    old = presets.PRESETS["eoq-shift"].with_changes(name="eoq")
+    monkeypatch.setitem(presets.PRESETS, "eoq", old)
+    train(cfg(tmp_path, "r", preset="eoq", epochs=1))
+    monkeypatch.undo()
+    path = tmp_path / "r" / "checkpoint.pt"
+    for drop_from_checkpoint in (False, True):
+        if drop_from_checkpoint:                       # a checkpoint without the spec: config.json's
+            state = load_checkpoint(path)
+            del state["spec"]
+            save_checkpoint(path, state)
+        run = train(cfg(tmp_path, "r", preset="eoq", epochs=2 + drop_from_checkpoint, resume=True))
+        assert run.optimizer.spec == old and run.optimizer.spec != presets.PRESETS["eoq"]
+        assert "started with" in capsys.readouterr().err
+        assert json.loads((tmp_path / "r" / "config.json").read_text())["spec"]["lr_pow2"] is True

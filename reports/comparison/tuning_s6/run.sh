@@ -31,3 +31,8 @@ for s in 0 1 2; do
   "${T[@]}" --norm fixup --preset $S/u6_lrmul.json --lr 0.2 --schedule onecycle-cos --warmup 0.3 \
       --momentum 0.9375 --momentum-min 0.875 --crop-pad 0 --seed $s --out "$RUNS/eoq_lrmul_u6_crop0_seed$s"
 done
+# 5. seeds 3 and 4 of the same (two at a time)
+for s in 3 4; do
+  "${T[@]}" --norm fixup --preset $S/u6_lrmul.json --lr 0.2 --schedule onecycle-cos --warmup 0.3 \
+      --momentum 0.9375 --momentum-min 0.875 --crop-pad 0 --seed $s --out "$RUNS/eoq_lrmul_u6_crop0_seed$s"
+done
