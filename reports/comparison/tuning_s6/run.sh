@@ -36,3 +36,7 @@ for s in 3 4; do
   "${T[@]}" --norm fixup --preset $S/u6_lrmul.json --lr 0.2 --schedule onecycle-cos --warmup 0.3 \
       --momentum 0.9375 --momentum-min 0.875 --crop-pad 0 --seed $s --out "$RUNS/eoq_lrmul_u6_crop0_seed$s"
 done
+# 6. after the defaults changed (this commit's eoq train): seeds 3 and 4 of the fp32 + Fixup default
+for s in 3 4; do
+  "${T[@]}" --norm fixup --preset fp32 --seed $s --out "$RUNS/fixup_default_seed$s"
+done
