@@ -9,10 +9,13 @@ report comes from the inputs given; a claim without inputs is marked "not measur
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
 import torch
+
+from eoq.train import SCHEDULE_FIELDS
 
 from .runs import accuracy_table, label, load_run, plot_curves
 from .style import figure, save
@@ -106,8 +109,10 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
         if "EOQ" in by:
             e = by["EOQ"]["rows"][-1]["test_acc"]
             parts = [f"EOQ {e:.2f}%"] + [f"{k} {v['rows'][-1]['test_acc']:.2f}%" for k, v in by.items() if k != "EOQ"]
+            sched = {json.dumps({k: r["config"].get(k) for k in SCHEDULE_FIELDS}, sort_keys=True) for r in loaded}
+            how = "same schedule" if len(sched) == 1 else "each its own default schedule (config.json)"
             claims[CLAIMS[0]] = (", ".join(parts),
-                                 f"ResNet-20, {by['EOQ']['rows'][-1]['epoch']} epochs, same schedule (table above)")
+                                 f"ResNet-20, {by['EOQ']['rows'][-1]['epoch']} epochs, {how} (table above)")
             claims[CLAIMS[1]] = (_stored_on_int8_grid(by["EOQ"]),
                                  "final checkpoint of the EOQ run; updates are int8 by construction (tested)")
         if len({r["config"]["batch_size"] for r in loaded}) > 1:
