@@ -221,10 +221,10 @@ def count_update(t: CostTally, model: nn.Module, optimizer) -> None:
             if g is not None:
                 mf = fmt_of(spec.M) if spec is not None and spec.M.enabled else "fp32"
                 lr_shift = spec is None or spec.lr_pow2
-                decay = group["weight_decay"] and g.weight_decay
-                t.add(layer, "update", "update", "shift", mf, (2 if lr_shift else 1) * n)
+                decay = 1 if group["weight_decay"] and g.weight_decay else 0
+                t.add(layer, "update", "update", "shift", mf, (1 + lr_shift) * n)
                 t.add(layer, "update", "update", "add", mf, 3 * n)
-                t.add(layer, "update", "update", "mult", mf, (int(bool(decay)) + (0 if lr_shift else 1)) * n)
+                t.add(layer, "update", "update", "mult", mf, (decay + (not lr_shift)) * n)
                 t.add(layer, "update", "update", "rand", "int8", n)
                 t.add(layer, "update", "update", "cmp", "int8", 5 * n)
                 t.add(layer, "update", "update", "add", "int8", n)

@@ -110,7 +110,7 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
             e = by["EOQ"]["rows"][-1]["test_acc"]
             parts = [f"EOQ {e:.2f}%"] + [f"{k} {v['rows'][-1]['test_acc']:.2f}%" for k, v in by.items() if k != "EOQ"]
             sched = {json.dumps({k: r["config"].get(k) for k in SCHEDULE_FIELDS}, sort_keys=True) for r in loaded}
-            how = "same schedule" if len(sched) == 1 else "each its own default schedule (config.json)"
+            how = "same schedule" if len(sched) == 1 else "each its own schedule (config.json)"
             claims[CLAIMS[0]] = (", ".join(parts),
                                  f"ResNet-20, {by['EOQ']['rows'][-1]['epoch']} epochs, {how} (table above)")
             claims[CLAIMS[1]] = (_stored_on_int8_grid(by["EOQ"]),

@@ -40,12 +40,10 @@ NORM_DEFAULTS: dict[tuple[str, str], dict] = {        # (kind, norm) -> override
     ("float", "bn"): {"momentum": 0.9, "nesterov": True},
     ("float", "fixup"): {"schedule": "onecycle-cos", "warmup": 0.3, "momentum": 0.95, "momentum_min": 0.85,
                          "crop_pad": 0},
-    # integer updates with a float lr (eoq, eoq-float-ends): fp32 + Fixup's schedule, the momentum
-    # cycled between the shifts 0.9375 and 0.875 (5 epochs, ResNet-20, seeds 0-2: 75.99%, 73.14%,
-    # 71.56%; tuning_s6/)
-    ("int", "fixup"): {"schedule": "onecycle-cos", "warmup": 0.3, "momentum": 0.9375, "momentum_min": 0.875,
-                       "crop_pad": 0},
 }
+# integer updates with a float lr (eoq, eoq-float-ends): fp32 + Fixup's schedule, the momentum
+# cycled between the nearest shifts
+NORM_DEFAULTS[("int", "fixup")] = {**NORM_DEFAULTS[("float", "fixup")], "momentum": 0.9375, "momentum_min": 0.875}
 
 
 def defaults_for(lr_pow2: bool, norm: str, integer_updates: bool) -> dict:

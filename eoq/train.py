@@ -34,9 +34,9 @@ from .observe import observing
 from .optimizer import EOQSGD
 from .prepare import prepare
 from .presets import load_spec
-from .spec import QuantSpec
 from .quantizers import QuantizationError
 from .schedule import lr_at, momentum_at
+from .spec import QuantSpec
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,7 +74,7 @@ def build_run(cfg: TrainConfig, spec: QuantSpec | None = None) -> Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_cifar10(cfg.data, download=cfg.download).subset(cfg.train_limit, cfg.test_limit)
-    spec = spec or load_spec(cfg.preset)
+    spec = spec if spec is not None else load_spec(cfg.preset)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.norm, num_classes=len(data.classes))
     generator = torch.Generator().manual_seed(cfg.seed + 7919)

@@ -17,7 +17,7 @@ def test_report_from_runs(tmp_path, capsys):
         assert section in text
     eoq_acc = read_metrics(eoq / "metrics.csv")[-1]["test_acc"]
     assert f"EOQ {eoq_acc:.2f}%" in text                          # the table quotes the run's own number
-    assert "each its own default schedule" in text                # fp32+Fixup and EOQ defaults differ
+    assert "each its own schedule" in text                        # fp32+Fixup and EOQ defaults differ
     assert "stored tensors are int8 codes x 2^e" in text
     assert "not measured here" in text                            # small-batch claim: no such runs given
     for fig in ("accuracy_curves", "qstats_heatmap", "qstats_curves", "cost_energy_resnet20", "cost_norm_resnet20"):
