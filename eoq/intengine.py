@@ -33,7 +33,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import distributed, kernels, rng
+from . import direct, distributed, kernels, rng
 from . import quantizers as Q
 from .observe import OBSERVERS
 from .spec import LayerQuant, SpecError
@@ -370,16 +370,19 @@ class IntConvFn(torch.autograd.Function):
         a, ea = _codes(x, q.A, layer.generator, layer)
         _notify("A", q.A, x, a, ea, layer)
         ew = int(layer.weight_exp)
+        cl = _channels_last(x)
+        ctx.layer, ctx.direct = layer, direct.eligible(layer, ctx.needs_input_grad[0])
+        if ctx.direct:
+            return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
         wc = weight_mats(layer.weight, ew)
         acc, cols = conv_forward(to_nhwc(a), wc, layer.stride[0], layer.padding[0])
-        cl = _channels_last(x)
         out = _to_float_nchw(acc, ea + ew, cl)
         _give(acc)
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(cols, wc.bwd)
         else:
             _give(cols)
-        ctx.layer, ctx.meta, ctx.wshape = layer, (ea, ew, tuple(x.shape[2:]), cl), wc.shape
+        ctx.meta, ctx.wshape = (ea, ew, tuple(x.shape[2:]), cl), wc.shape
         return out
 
     @staticmethod
@@ -388,13 +391,15 @@ class IntConvFn(torch.autograd.Function):
             raise RuntimeError("the integer engine reuses its im2col buffers after the backward pass: "
                                "backward twice through one graph (retain_graph) is not supported")
         ctx.done = True
-        cols, wbwd = ctx.saved_tensors
         layer = ctx.layer
         ea, ew, in_hw, cl = ctx.meta
         q = layer.quant
         e, ee = _codes(grad_out, q.E, layer.generator, layer)
         _notify("E", q.E, grad_out, e, ee, layer)
         e = to_nhwc(e)
+        if ctx.direct:
+            return _direct_backward(ctx, e, ee)
+        cols, wbwd = ctx.saved_tensors
         gi = gw = None
         wc = WeightMats(None, wbwd, ctx.wshape)
         if ctx.needs_input_grad[0]:
@@ -406,6 +411,41 @@ class IntConvFn(torch.autograd.Function):
             gw = _gradient(acc, ea + ee, layer, wc.shape)
         _give(cols)
         return gi, gw, None
+
+
+def _nchw_view(out_nhwc: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    out = out_nhwc.permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()
+
+
+def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
+    """IntConvFn.forward through the direct kernels (eoq/direct.py): no im2col, float32 output
+    written by the kernel; the padded input codes are kept for the weight gradient."""
+    layer = ctx.layer
+    dw = direct.weights(_grid_codes(layer.weight, ew))
+    kh, kw = layer.kernel_size
+    out, xu = direct.conv(direct.module(), a_nhwc, dw.fwd, dw.fwd_corr, kh, kw, layer.padding[0], ea + ew)
+    if any(ctx.needs_input_grad):
+        ctx.save_for_backward(xu, dw.bwd, dw.bwd_corr)
+    ctx.meta, ctx.wshape = (ea, ew, tuple(x.shape[2:]), cl), tuple(layer.weight.shape)
+    return _nchw_view(out, cl)
+
+
+def _direct_backward(ctx, e, ee):
+    """IntConvFn.backward through the direct kernels: the input gradient is the stride-1
+    convolution of E (padded by k - 1 - p) with the rotated kernel, the weight gradient an int64
+    accumulator in im2col order, rounded to G as on the GEMM path."""
+    xu, bwd, bwd_corr = ctx.saved_tensors
+    layer, kern = ctx.layer, direct.module()
+    ea, ew, _, cl = ctx.meta
+    cout, cin, kh, kw = ctx.wshape
+    gi = gw = None
+    if ctx.needs_input_grad[0]:
+        out, _ = direct.conv(kern, e, bwd, bwd_corr, kh, kw, kh - 1 - layer.padding[0], ee + ew)
+        gi = _nchw_view(out, cl)
+    if ctx.needs_input_grad[1]:
+        gw = _gradient(direct.weight_grad(kern, xu, e, kh, kw, cin), ea + ee, layer, ctx.wshape)
+    return gi, gw, None
 
 
 class IntLinearFn(torch.autograd.Function):

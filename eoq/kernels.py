@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 _CSRC = Path(__file__).parent / "csrc"
-_SOURCES = [_CSRC / "quant.cpp", _CSRC / "intops.cpp", _CSRC / "tail.cpp"]
+_SOURCES = [_CSRC / "quant.cpp", _CSRC / "intops.cpp", _CSRC / "tail.cpp", _CSRC / "direct.cpp"]
 _HEADERS = [_CSRC / "common.h"]
 _state: dict = {"enabled": os.environ.get("EOQ_KERNELS", "1") != "0"}
 

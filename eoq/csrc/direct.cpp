@@ -1,0 +1,291 @@
+// Direct int8 convolutions for narrow layers (AVX-512 VNNI vpdpbusd), no im2col matrix.
+// eoq/direct.py holds the torch reference of each and says when the engine uses them.
+//
+// vpdpbusd multiplies unsigned by signed bytes, so the activation side carries codes + 128
+// (uint8, 128 = the code 0 in padding) and the sums are corrected exactly afterwards:
+//   sum (a + 128) w = sum a w + 128 sum w.
+//
+//   pad_u8(x, pad, cp)     int8 NHWC codes -> uint8 [N, H+2p, W+2p, cp] holding code + 128,
+//                          128 in the border and in channels C..cp-1 (cp: C rounded up to 4)
+//   conv(xu, w, corr, kh, kw, exponent)
+//       stride-1 convolution of a padded uint8 input with weights packed [kh*kw, cp/4, Co, 4]
+//       (int8; 4 input channels of one output channel side by side), Co a multiple of 16:
+//       float32 NHWC (sum - corr[co]) * 2^exponent, corr = 128 * sum of the weights of co
+//   wgrad(xu, e, kh, kw, cin)
+//       int64 [Co, kh*kw*cin] (im2col order) = sum over pixels of E (int8 NHWC, the conv's
+//       output grid) times the stride-1 window of the input codes; int32 partial sums are
+//       flushed to int64 before 2^31 / (255 * 127) products, so nothing can overflow
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cstring>
+#include <mutex>
+#include <vector>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define EOQ_DIRECT 1
+#else
+#define EOQ_DIRECT 0
+#endif
+
+namespace {
+
+bool available() { return EOQ_DIRECT; }
+
+at::Tensor pad_u8(const at::Tensor& x_, int64_t pad, int64_t cp) {
+  TORCH_CHECK(x_.scalar_type() == at::kChar && x_.dim() == 4, "pad_u8: int8 NHWC codes");
+  const at::Tensor x = x_.contiguous();
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  TORCH_CHECK(pad >= 0 && cp >= C && cp % 4 == 0, "pad_u8: cp must be >= C and a multiple of 4");
+  const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad;
+  at::Tensor out = at::empty({N, Hp, Wp, cp}, x.options().dtype(at::kByte));
+  const int8_t* src = x.data_ptr<int8_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  at::parallel_for(0, N * Hp, 16, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / Hp, y = r % Hp - pad;
+      uint8_t* d = dst + r * Wp * cp;
+      if (y < 0 || y >= H) { std::memset(d, 128, Wp * cp); continue; }
+      std::memset(d, 128, pad * cp);
+      std::memset(d + (pad + W) * cp, 128, pad * cp);
+      const int8_t* s = src + (n * H + y) * W * C;
+      uint8_t* dd = d + pad * cp;
+      if (cp == C) {
+        int64_t i = 0;
+#if EOQ_DIRECT
+        const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+        for (; i + 64 <= W * C; i += 64)
+          _mm512_storeu_si512(dd + i, _mm512_xor_si512(_mm512_loadu_si512(s + i), flip));
+#endif
+        for (; i < W * C; ++i) dd[i] = static_cast<uint8_t>(s[i]) ^ 0x80u;
+      } else {
+        for (int64_t i = 0; i < W; ++i) {
+          for (int64_t c = 0; c < C; ++c) dd[i * cp + c] = static_cast<uint8_t>(s[i * C + c]) ^ 0x80u;
+          std::memset(dd + i * cp + C, 128, cp - C);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+#if EOQ_DIRECT
+inline __m512i bcast4(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// P output pixels of one row x 16 output channels: P accumulators in registers.
+template <int P>
+inline void conv_pixels(const uint8_t* in, int64_t row, int64_t cp, const int8_t* w, int64_t Co,
+                        int64_t kh, int64_t kw, __m512i corr, __m512 scale, float* out) {
+  __m512i acc[P];
+  for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_si512();
+  const int64_t G = cp / 4;
+  for (int64_t ky = 0; ky < kh; ++ky) {
+    for (int64_t kx = 0; kx < kw; ++kx) {
+      const uint8_t* s = in + ky * row + kx * cp;
+      const int8_t* wt = w + (ky * kw + kx) * G * Co * 4;
+      for (int64_t g = 0; g < G; ++g) {
+        const __m512i wv = _mm512_loadu_si512(wt + g * Co * 4);
+        for (int p = 0; p < P; ++p) acc[p] = _mm512_dpbusd_epi32(acc[p], bcast4(s + p * cp + 4 * g), wv);
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    _mm512_storeu_ps(out + p * Co, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[p], corr)), scale));
+}
+#endif
+
+at::Tensor conv(const at::Tensor& xu_, const at::Tensor& w_, const at::Tensor& corr_, int64_t kh,
+                int64_t kw, int64_t exponent) {
+  TORCH_CHECK(available(), "direct conv: this build has no AVX-512 VNNI");
+  TORCH_CHECK(xu_.scalar_type() == at::kByte && xu_.dim() == 4, "direct conv: uint8 padded NHWC input");
+  const at::Tensor xu = xu_.contiguous(), w = w_.contiguous(), corr = corr_.contiguous();
+  const int64_t N = xu.size(0), Hp = xu.size(1), Wp = xu.size(2), cp = xu.size(3);
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 4 && w.size(0) == kh * kw && w.size(1) * 4 == cp &&
+              w.size(3) == 4 && w.size(2) % 16 == 0, "direct conv: weights packed [kh*kw, cp/4, Co, 4], Co % 16 == 0");
+  const int64_t Co = w.size(2), Ho = Hp - kh + 1, Wo = Wp - kw + 1;
+  TORCH_CHECK(Ho > 0 && Wo > 0, "direct conv: kernel larger than the padded input");
+  TORCH_CHECK(corr.scalar_type() == at::kInt && corr.numel() == Co, "direct conv: int32 corr[Co]");
+  TORCH_CHECK(kh * kw * cp <= 66000, "direct conv: inner size too large for int32 sums");
+  at::Tensor out = at::empty({N, Ho, Wo, Co}, xu.options().dtype(at::kFloat));
+#if EOQ_DIRECT
+  const uint8_t* src = xu.data_ptr<uint8_t>();
+  const int8_t* wp = w.data_ptr<int8_t>();
+  const int32_t* cr = corr.data_ptr<int32_t>();
+  float* dst = out.data_ptr<float>();
+  const __m512 scale = _mm512_set1_ps(std::ldexp(1.0f, static_cast<int>(exponent)));
+  const int64_t row = Wp * cp;
+  at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / Ho, y = r % Ho;
+      const uint8_t* in = src + (n * Hp + y) * row;
+      float* o = dst + r * Wo * Co;
+      for (int64_t cb = 0; cb < Co; cb += 16) {
+        const __m512i cv = _mm512_loadu_si512(cr + cb);
+        const int8_t* wc = wp + cb * 4;
+        int64_t x = 0;
+        for (; x + 16 <= Wo; x += 16) conv_pixels<16>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co + cb);
+        for (; x + 8 <= Wo; x += 8) conv_pixels<8>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co + cb);
+        for (; x + 4 <= Wo; x += 4) conv_pixels<4>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co + cb);
+        for (; x < Wo; ++x) conv_pixels<1>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co + cb);
+      }
+    }
+  });
+#endif
+  return out;
+}
+
+#if EOQ_DIRECT
+// [16 channels][4 pixels] from 4 pixels of 16 channels each (bytes), in SSE unpacks.
+inline void interleave4(const void* p0, const void* p1, const void* p2, const void* p3, void* out) {
+  const __m128i a = _mm_loadu_si128(static_cast<const __m128i*>(p0));
+  const __m128i b = _mm_loadu_si128(static_cast<const __m128i*>(p1));
+  const __m128i c = _mm_loadu_si128(static_cast<const __m128i*>(p2));
+  const __m128i d = _mm_loadu_si128(static_cast<const __m128i*>(p3));
+  const __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+  const __m128i cd0 = _mm_unpacklo_epi8(c, d), cd1 = _mm_unpackhi_epi8(c, d);
+  __m128i* o = static_cast<__m128i*>(out);
+  _mm_storeu_si128(o + 0, _mm_unpacklo_epi16(ab0, cd0));
+  _mm_storeu_si128(o + 1, _mm_unpackhi_epi16(ab0, cd0));
+  _mm_storeu_si128(o + 2, _mm_unpacklo_epi16(ab1, cd1));
+  _mm_storeu_si128(o + 3, _mm_unpackhi_epi16(ab1, cd1));
+}
+
+// out[g * og + c * 4 + j] = pixel (4g + j)'s channel c, for g < G4, c < C (C % 4 == 0);
+// pixels lie `ps` bytes apart, and those at or past `valid` read as `fill`.
+inline void interleave_row(const uint8_t* src, int64_t ps, int64_t valid, int64_t C, int64_t G4,
+                           uint8_t fill, uint8_t* out, int64_t og) {
+  for (int64_t g = 0; g < G4; ++g) {
+    uint8_t* o = out + g * og;
+    const uint8_t* s = src + 4 * g * ps;
+    if (4 * g + 4 <= valid && C % 16 == 0) {
+      for (int64_t c = 0; c < C; c += 16) interleave4(s + c, s + ps + c, s + 2 * ps + c, s + 3 * ps + c, o + c * 4);
+      continue;
+    }
+    for (int64_t j = 0; j < 4; ++j)
+      for (int64_t c = 0; c < C; ++c) o[c * 4 + j] = 4 * g + j < valid ? s[j * ps + c] : fill;
+  }
+}
+
+// stage[c] (16 output-channel lanes) += sum over `rows` rows' pixel groups of E4 x A4 (NC input
+// channels); with SUM, esum (lanes) += the E codes themselves (vpdpbusd with ones)
+template <int NC, bool SUM>
+inline void wgrad_block(const uint8_t* e4, int64_t e_row, int64_t e_g, const uint8_t* a4, int64_t a_row,
+                        int64_t a_g, int64_t rows, int64_t G4, int32_t* stage, int32_t* esum) {
+  __m512i acc[NC];
+  __m512i sum = _mm512_setzero_si512();
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int c = 0; c < NC; ++c) acc[c] = _mm512_setzero_si512();
+  for (int64_t y = 0; y < rows; ++y) {
+    const uint8_t* er = e4 + y * e_row;
+    const uint8_t* ar = a4 + y * a_row;
+    for (int64_t g = 0; g < G4; ++g) {
+      const __m512i ev = _mm512_loadu_si512(er + g * e_g);
+      const uint8_t* a = ar + g * a_g;
+      for (int c = 0; c < NC; ++c) acc[c] = _mm512_dpbusd_epi32(acc[c], bcast4(a + 4 * c), ev);
+      if (SUM) sum = _mm512_dpbusd_epi32(sum, ones, ev);
+    }
+  }
+  for (int c = 0; c < NC; ++c)
+    _mm512_storeu_si512(stage + c * 16, _mm512_add_epi32(_mm512_loadu_si512(stage + c * 16), acc[c]));
+  if (SUM) _mm512_storeu_si512(esum, _mm512_add_epi32(_mm512_loadu_si512(esum), sum));
+}
+
+template <bool SUM>
+inline void wgrad_dispatch(int64_t nc, const uint8_t* eb, int64_t e_row, int64_t e_g, const uint8_t* ab,
+                           int64_t a_row, int64_t a_g, int64_t rows, int64_t G4, int32_t* st, int32_t* es) {
+  if (nc == 16) wgrad_block<16, SUM>(eb, e_row, e_g, ab, a_row, a_g, rows, G4, st, es);
+  else if (nc == 12) wgrad_block<12, SUM>(eb, e_row, e_g, ab, a_row, a_g, rows, G4, st, es);
+  else if (nc == 8) wgrad_block<8, SUM>(eb, e_row, e_g, ab, a_row, a_g, rows, G4, st, es);
+  else wgrad_block<4, SUM>(eb, e_row, e_g, ab, a_row, a_g, rows, G4, st, es);
+}
+#endif
+
+at::Tensor wgrad(const at::Tensor& xu_, const at::Tensor& e_, int64_t kh, int64_t kw, int64_t cin) {
+  TORCH_CHECK(available(), "direct wgrad: this build has no AVX-512 VNNI");
+  TORCH_CHECK(xu_.scalar_type() == at::kByte && xu_.dim() == 4, "direct wgrad: uint8 padded NHWC input");
+  TORCH_CHECK(e_.scalar_type() == at::kChar && e_.dim() == 4, "direct wgrad: int8 NHWC errors");
+  const at::Tensor xu = xu_.contiguous(), e = e_.contiguous();
+  const int64_t N = xu.size(0), Hp = xu.size(1), Wp = xu.size(2), cp = xu.size(3);
+  const int64_t Ho = e.size(1), Wo = e.size(2), Co = e.size(3);
+  TORCH_CHECK(e.size(0) == N && Ho == Hp - kh + 1 && Wo == Wp - kw + 1 && Co % 16 == 0 && cp % 4 == 0 &&
+              cin <= cp, "direct wgrad: shapes of a stride-1 conv, Co % 16 == 0");
+  const int64_t KK = kh * kw, G4 = (Wo + 3) / 4, Cob = Co / 16;
+  // per image: E4[y][g][cb][16][4] and A4[yp][kx][g][cp][4] (input pixel 4g + j + kx)
+  const int64_t e_g = Cob * 64, e_row = G4 * e_g, a_g = cp * 4, a_row = kw * G4 * a_g;
+  // int32 staging per image: at most `chunk` rows of (255 * 127)-bounded products per flush
+  const int64_t chunk = std::max<int64_t>(1, 66000 / (G4 * 4));
+  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(chunk, 32 / G4));  // ~32 groups per block
+  at::Tensor out = at::zeros({Co, KK * cin}, e.options().dtype(at::kLong));
+#if EOQ_DIRECT
+  const uint8_t* xs = xu.data_ptr<uint8_t>();
+  const int8_t* es = e.data_ptr<int8_t>();
+  int64_t* tot = out.data_ptr<int64_t>();
+  std::vector<int64_t> esum(Co, 0);
+  std::mutex lock;
+  at::parallel_for(0, N, 1, [&](int64_t nb, int64_t ne) {
+    std::vector<uint8_t> e4(Ho * e_row), a4(Hp * a_row);
+    std::vector<int64_t> part(Co * KK * cp, 0), psum(Co, 0);
+    std::vector<int32_t> stage(Cob * KK * cp * 16, 0), ssum(Co, 0);   // [cb][tap][c][16 lanes]
+    auto drain = [&]() {
+      for (int64_t cb = 0; cb < Cob; ++cb)
+        for (int64_t q = 0; q < KK; ++q)
+          for (int64_t c = 0; c < cp; ++c)
+            for (int64_t o = 0; o < 16; ++o)
+              part[((cb * 16 + o) * KK + q) * cp + c] += stage[((cb * KK + q) * cp + c) * 16 + o];
+      for (int64_t o = 0; o < Co; ++o) psum[o] += ssum[o];
+      std::fill(stage.begin(), stage.end(), 0);
+      std::fill(ssum.begin(), ssum.end(), 0);
+    };
+    int64_t since = 0;                                                // rows staged since the drain
+    for (int64_t n = nb; n < ne; ++n) {
+      const uint8_t* img = xs + n * Hp * Wp * cp;
+      const int8_t* ei = es + n * Ho * Wo * Co;
+      for (int64_t y = 0; y < Ho; ++y)
+        for (int64_t cb = 0; cb < Cob; ++cb)
+          interleave_row(reinterpret_cast<const uint8_t*>(ei + y * Wo * Co) + cb * 16, Co, Wo, 16, G4, 0,
+                         e4.data() + y * e_row + cb * 64, e_g);
+      for (int64_t yp = 0; yp < Hp; ++yp)
+        for (int64_t kx = 0; kx < kw; ++kx)
+          interleave_row(img + (yp * Wp + kx) * cp, cp, Wp - kx, cp, G4, 128,
+                         a4.data() + yp * a_row + kx * G4 * a_g, a_g);
+      for (int64_t y0 = 0; y0 < Ho; y0 += R) {
+        const int64_t rows = std::min(R, Ho - y0);
+        if (since + rows > chunk) { drain(); since = 0; }
+        since += rows;
+        for (int64_t cb = 0; cb < Cob; ++cb)
+          for (int64_t q = 0; q < KK; ++q)
+            for (int64_t c0 = 0; c0 < cp; c0 += 16) {
+              const int64_t ky = q / kw, kx = q % kw, nc = std::min<int64_t>(16, cp - c0);
+              const uint8_t* eb = e4.data() + y0 * e_row + cb * 64;
+              const uint8_t* ab = a4.data() + (y0 + ky) * a_row + kx * G4 * a_g + c0 * 4;
+              int32_t* st = stage.data() + ((cb * KK + q) * cp + c0) * 16;
+              if (q == 0 && c0 == 0) wgrad_dispatch<true>(nc, eb, e_row, e_g, ab, a_row, a_g, rows, G4, st, ssum.data() + cb * 16);
+              else wgrad_dispatch<false>(nc, eb, e_row, e_g, ab, a_row, a_g, rows, G4, st, nullptr);
+            }
+      }
+    }
+    drain();
+    std::lock_guard<std::mutex> g(lock);
+    for (int64_t o = 0; o < Co; ++o) {
+      esum[o] += psum[o];
+      for (int64_t q = 0; q < KK; ++q)
+        for (int64_t c = 0; c < cin; ++c) tot[(o * KK + q) * cin + c] += part[(o * KK + q) * cp + c];
+    }
+  });
+  for (int64_t o = 0; o < Co; ++o)
+    for (int64_t i = 0; i < KK * cin; ++i) tot[o * KK * cin + i] -= 128 * esum[o];
+#endif
+  return out;
+}
+
+}  // namespace
+
+void register_direct(pybind11::module& m) {
+  m.def("direct_available", &available);
+  m.def("pad_u8", &pad_u8);
+  m.def("direct_conv", &conv);
+  m.def("direct_wgrad", &wgrad);
+}
