@@ -95,11 +95,14 @@ def _reference(x, exponent, m, rounding, key):
 
 @needs_kernels
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from([(7,), (3, 5), (2, 3, 4, 5), (4, 16, 6, 6), (1, 1, 1, 1)]),
+@given(st.sampled_from([(7,), (3, 5), (2, 3, 4, 5), (4, 16, 6, 6), (1, 1, 1, 1), (2, 5, 3, 3),
+                         (1, 600, 2, 2)]),
        st.integers(2, 16), st.sampled_from(Q.ROUNDINGS), st.integers(0, 2 ** 31),
        st.booleans(), st.floats(1e-6, 1e6))
 def test_kernel_round_scaled_is_bit_exact(shape, k, rounding, seed, channels_last, spread):
-    """Kernel == float64 reference (and == torch path) for layouts, widths and both roundings."""
+    """Kernel == float64 reference (and == torch path) for layouts, widths and both roundings;
+    channels-last with an even H*W takes the kernel's pixel-pair path, odd H*W (2, 5, 3, 3) the
+    per-pixel one, and 600 channels split into blocks."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g) * spread
     if channels_last and len(shape) == 4:

@@ -91,7 +91,8 @@ constexpr int64_t BLK = 512;
 template <typename T, typename OUT>
 inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32_t di, float inv,
                         float scale, T m, int64_t mode, uint32_t k0, uint32_t k1, bool codes,
-                        float bias = 0.0f, float mult = 1.0f, bool relu = false, float pre = 0.0f) {
+                        float bias = 0.0f, float mult = 1.0f, bool relu = false, float pre = 0.0f,
+                        const uint32_t* given_bits = nullptr) {
   T c[BLK];
   float src[BLK];
   if (relu) {
@@ -111,8 +112,12 @@ inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32
       c[l] = std::nearbyint(y);
     }
   } else {
-    uint32_t bits[BLK];
-    fill_bits(bits, len, i0, di, k0, k1);
+    uint32_t own[BLK];
+    const uint32_t* bits = given_bits;
+    if (bits == nullptr) {
+      fill_bits(own, len, i0, di, k0, k1);
+      bits = own;
+    }
     for (int64_t l = 0; l < len; ++l) {
       T y = static_cast<T>(s[l] * inv);
       y = y < -m ? -m : (y > m ? m : y);
@@ -132,7 +137,8 @@ void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, fl
          int64_t mode, uint32_t k0, uint32_t k1, bool codes, float bias, float mult,
          uint32_t off = 0, bool relu = false, float pre = 0.0f) {
   const int64_t n = x.numel();
-  if (!cl) {
+  // nearest rounding uses no random bits: any layout runs as one flat pass over memory
+  if (!cl || mode == 0) {
     at::parallel_for(0, (n + BLK - 1) / BLK, 16, [&](int64_t b, int64_t e) {
       for (int64_t blk = b; blk < e; ++blk) {
         const int64_t i = blk * BLK, len = std::min(BLK, n - i);
@@ -144,6 +150,33 @@ void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, fl
   }
   // channels-last 4-D: memory order (n, h, w, c); logical index ((n*C + c)*H + h)*W + w
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  if (HW % 2 == 0 && off % 2 == 0) {
+    // pixels 2q and 2q + 1 of an image: their channel c has logical indices 2m and 2m + 1 with
+    // m = (base + c*HW)/2 + q', so one pair hash per channel serves both pixels
+    const uint32_t hh = static_cast<uint32_t>(HW / 2);
+    at::parallel_for(0, N * HW / 2, std::max<int64_t>(1, (1 << 13) / std::max<int64_t>(C, 1)),
+                     [&](int64_t b, int64_t e) {
+      uint32_t hi[BLK], lo[BLK];
+      for (int64_t q = b; q < e; ++q) {
+        const int64_t pix = 2 * q, nn = pix / HW, hw = pix % HW;
+        const uint32_t m0 = static_cast<uint32_t>((nn * C * HW + hw) / 2) + off / 2;
+        for (int64_t c0 = 0; c0 < C; c0 += BLK) {
+          const int64_t len = std::min(BLK, C - c0);
+          const uint32_t mc = m0 + static_cast<uint32_t>(c0) * hh;
+          for (int64_t l = 0; l < len; ++l) {
+            const uint32_t h = pair_hash(mc + static_cast<uint32_t>(l) * hh, k0, k1);
+            hi[l] = h >> 16;
+            lo[l] = h & 0xffffu;
+          }
+          quant_block<T, OUT>(src + pix * C + c0, dst + pix * C + c0, len, 0, 0, inv, scale, m, mode, k0,
+                              k1, codes, bias, mult, relu, pre, hi);
+          quant_block<T, OUT>(src + (pix + 1) * C + c0, dst + (pix + 1) * C + c0, len, 0, 0, inv, scale, m,
+                              mode, k0, k1, codes, bias, mult, relu, pre, lo);
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, N * HW, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(C, 1)),
                    [&](int64_t b, int64_t e) {
     for (int64_t pix = b; pix < e; ++pix) {
