@@ -92,6 +92,15 @@ def weights(codes: torch.Tensor) -> DirectWeights:
     return DirectWeights(*pack(codes), *pack(codes.flip(2, 3).transpose(0, 1)))
 
 
+def grid_weights(w: torch.Tensor, exponent: int) -> DirectWeights:
+    """Both operands of float32 weights on the grid 2^exponent (one kernel pass; the torch path is
+    :func:`weights` of the codes)."""
+    kern = module()
+    if kern is not None:
+        return DirectWeights(*kern.direct_pack(w.detach(), exponent))
+    return weights((w.detach() * 2.0 ** -exponent).round_().to(torch.int8))
+
+
 def pad_input(kern, codes_nhwc: torch.Tensor, pad: int) -> torch.Tensor:
     """uint8 [N, H+2p, W+2p, cp] holding code + 128 (128 in the padding and the extra channels)."""
     return kern.pad_u8(codes_nhwc, pad, channels_padded(codes_nhwc.shape[3]))

@@ -422,7 +422,7 @@ def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
     """IntConvFn.forward through the direct kernels (eoq/direct.py): no im2col, float32 output
     written by the kernel; the padded input codes are kept for the weight gradient."""
     layer = ctx.layer
-    dw = direct.weights(_grid_codes(layer.weight, ew))
+    dw = direct.grid_weights(layer.weight, ew)
     kh, kw = layer.kernel_size
     out, xu = direct.conv(direct.module(), a_nhwc, dw.fwd, dw.fwd_corr, kh, kw, layer.padding[0], ea + ew)
     if any(ctx.needs_input_grad):

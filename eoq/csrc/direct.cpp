@@ -15,10 +15,14 @@
 //       int64 [Co, kh*kw*cin] (im2col order) = sum over pixels of E (int8 NHWC, the conv's
 //       output grid) times the stride-1 window of the input codes; int32 partial sums are
 //       flushed to int64 before 2^31 / (255 * 127) products, so nothing can overflow
+//   pack(w, exponent)      float32 weights on the grid 2^exponent -> both conv operands and
+//                          corrections (direct.weights is the torch reference)
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <cmath>
 #include <cstring>
 #include <mutex>
+#include <tuple>
 #include <vector>
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
@@ -281,6 +285,33 @@ at::Tensor wgrad(const at::Tensor& xu_, const at::Tensor& e_, int64_t kh, int64_
   return out;
 }
 
+// float32 weights [Co, Ci, kh, kw] on the grid 2^exponent -> conv's operand and correction for
+// the forward ([kh*kw, cp/4, Co, 4], corr[Co]) and for the input gradient (kernel rotated by 180
+// degrees, channels swapped: [kh*kw, cop/4, Ci, 4], corr[Ci]); padded channels hold 0.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack(const at::Tensor& w_, int64_t exponent) {
+  TORCH_CHECK(w_.scalar_type() == at::kFloat && w_.dim() == 4, "direct pack: float32 [Co, Ci, kh, kw]");
+  const at::Tensor w = w_.contiguous();
+  const int64_t Co = w.size(0), Ci = w.size(1), kh = w.size(2), kw = w.size(3), KK = kh * kw;
+  const int64_t cp = (Ci + 3) / 4 * 4, cop = (Co + 3) / 4 * 4;
+  auto i8 = w.options().dtype(at::kChar), i32 = w.options().dtype(at::kInt);
+  at::Tensor fwd = at::zeros({KK, cp / 4, Co, 4}, i8), bwd = at::zeros({KK, cop / 4, Ci, 4}, i8);
+  at::Tensor fc = at::zeros({Co}, i32), bc = at::zeros({Ci}, i32);
+  const float* src = w.data_ptr<float>();
+  int8_t *f = fwd.data_ptr<int8_t>(), *b = bwd.data_ptr<int8_t>();
+  int32_t *fs = fc.data_ptr<int32_t>(), *bs = bc.data_ptr<int32_t>();
+  const float inv = std::ldexp(1.0f, static_cast<int>(-exponent));
+  for (int64_t o = 0; o < Co; ++o)
+    for (int64_t c = 0; c < Ci; ++c)
+      for (int64_t q = 0; q < KK; ++q) {
+        const int8_t v = static_cast<int8_t>(std::nearbyint(src[(o * Ci + c) * KK + q] * inv));
+        f[((q * (cp / 4) + c / 4) * Co + o) * 4 + c % 4] = v;
+        b[(((KK - 1 - q) * (cop / 4) + o / 4) * Ci + c) * 4 + o % 4] = v;
+        fs[o] += 128 * v;
+        bs[c] += 128 * v;
+      }
+  return {fwd, fc, bwd, bc};
+}
+
 }  // namespace
 
 void register_direct(pybind11::module& m) {
@@ -288,4 +319,5 @@ void register_direct(pybind11::module& m) {
   m.def("pad_u8", &pad_u8);
   m.def("direct_conv", &conv);
   m.def("direct_wgrad", &wgrad);
+  m.def("direct_pack", &pack);
 }

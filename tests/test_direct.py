@@ -1,0 +1,143 @@
+"""The direct VNNI convolutions (eoq/direct.py, csrc/direct.cpp) against float64 and the simulator."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eoq import direct
+from eoq import intengine as IE
+from eoq.layers import QConv2d
+from eoq.prepare import prepare
+from eoq.presets import get_preset
+
+needs_direct = pytest.mark.skipif(direct.module() is None, reason="no AVX-512 VNNI kernels here")
+
+shapes = st.tuples(st.integers(1, 3), st.sampled_from([3, 4, 16, 20, 32]), st.sampled_from([16, 32]),
+                   st.integers(1, 9), st.integers(1, 11), st.sampled_from([(1, 0), (3, 1), (3, 0), (3, 2)]))
+
+
+def codes(*shape, gen, lo=-127, hi=127):
+    return torch.randint(lo, hi + 1, shape, generator=gen, dtype=torch.int8)
+
+
+@needs_direct
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.integers(-12, 4), st.integers(0, 2 ** 31))
+def test_direct_kernels_equal_float64_convolution(shape, exponent, seed):
+    """forward, input gradient (rotated kernel) and weight gradient == float64 convolution."""
+    n, cin, cout, h, w, (k, p) = shape
+    if h + 2 * p < k or w + 2 * p < k:
+        return
+    g = torch.Generator().manual_seed(seed)
+    kern = direct.module()
+    a, wc = codes(n, cin, h, w, gen=g), codes(cout, cin, k, k, gen=g)
+    dw = direct.weights(wc)
+    out, xu = direct.conv(kern, IE.to_nhwc(a), dw.fwd, dw.fwd_corr, k, k, p, exponent)
+    ref = F.conv2d(a.double(), wc.double(), None, 1, p)
+    assert torch.equal(out.permute(0, 3, 1, 2).double(), (ref * 2.0 ** exponent).float().double())
+    e = codes(*ref.shape, gen=g)
+    gi_ref, gw_ref, _ = torch.ops.aten.convolution_backward(
+        e.double(), a.double(), wc.double(), None, [1, 1], [p, p], [1, 1], False, [0, 0], 1, [True, True, False])
+    gw = direct.weight_grad(kern, xu, IE.to_nhwc(e), k, k, cin)
+    assert gw.dtype == torch.int64
+    assert torch.equal(gw.view(cout, k, k, cin).permute(0, 3, 1, 2).double(), gw_ref)
+    if cin % 16 == 0:
+        gi, _ = direct.conv(kern, IE.to_nhwc(e), dw.bwd, dw.bwd_corr, k, k, k - 1 - p, 0)
+        assert torch.equal(gi.permute(0, 3, 1, 2).double(), gi_ref)
+
+
+@needs_direct
+def test_weight_gradient_int32_sums_cannot_overflow():
+    """71,680 products of 255 * 127 per lane would wrap int32 (2.3e9 > 2^31): the kernel drains its
+    int32 sums to int64 in time. Adversarial codes: every input +127 (255 on the unsigned side),
+    every error -127. One thread, so that one thread's sums see all 71,680 products."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _overflow_case()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _overflow_case():
+    kern = direct.module()
+    a = torch.full((70, 16, 32, 32), 127, dtype=torch.int8)
+    e = torch.full((70, 16, 32, 32), -127, dtype=torch.int8)
+    wc = torch.zeros(16, 16, 3, 3, dtype=torch.int8)
+    _, xu = direct.conv(kern, IE.to_nhwc(a), *direct.weights(wc)[:2], 3, 3, 1, 0)
+    gw = direct.weight_grad(kern, xu, IE.to_nhwc(e), 3, 3, 16)
+    _, gw_ref, _ = torch.ops.aten.convolution_backward(
+        e.double(), a.double(), wc.double(), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, False])
+    assert torch.equal(gw.view(16, 3, 3, 16).permute(0, 3, 1, 2).double(), gw_ref)
+    assert gw.abs().max() > 2 ** 30                       # the centre tap: 127 * 127 * 71,680
+
+
+@needs_direct
+@pytest.mark.parametrize("shape", [(16, 3, 3, 3), (32, 16, 3, 3), (16, 20, 1, 1), (17, 5, 3, 3)])
+def test_pack_kernel_equals_torch_packing(shape):
+    w = torch.randint(-127, 128, shape, generator=torch.Generator().manual_seed(3)).float() * 2.0 ** -5
+    kern = direct.module()
+    for a, b in zip(direct.weights((w * 32).round().to(torch.int8)), kern.direct_pack(w, -5)):
+        assert torch.equal(a, b)
+
+
+@needs_direct
+def test_padded_input_holds_codes_plus_128():
+    x = codes(2, 3, 4, 5, gen=torch.Generator().manual_seed(0))          # NHWC, 5 channels
+    xu = direct.pad_input(direct.module(), x, 2)
+    ref = F.pad(x.to(torch.int16) + 128, (0, 0, 2, 2, 2, 2), value=128)
+    ref = torch.cat([ref, torch.full((2, 7, 8, 3), 128, dtype=torch.int16)], dim=3)   # 5 -> 8 channels
+    assert xu.dtype == torch.uint8 and torch.equal(xu.to(torch.int16), ref)
+
+
+def _layer(cin, cout, k, p, s, engine, seed):
+    torch.manual_seed(seed)
+    layer = QConv2d(cin, cout, k, stride=s, padding=p)
+    prepare(layer, get_preset("eoq"), torch.Generator().manual_seed(seed + 1), engine=engine)
+    return layer
+
+
+def _run(layer, x, seed, input_grad=True):
+    xi = x.clone().requires_grad_(input_grad)
+    out = layer(xi)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)))
+    return out.detach(), xi.grad, layer.weight.grad
+
+
+@needs_direct
+@pytest.mark.parametrize("cin,cout,k,p,input_grad", [(16, 16, 3, 1, True), (3, 16, 3, 1, False), (16, 32, 3, 1, True),
+                                                     (32, 32, 3, 0, True), (20, 16, 1, 0, False)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_direct_layer_equals_simulator_and_gemm_path(cin, cout, k, p, input_grad, channels_last, monkeypatch):
+    """A conv layer on the direct kernels gives the simulator's output and gradients bit for bit,
+    and the im2col path's (direct.disabled()); the direct kernels really ran."""
+    calls = []
+    real = direct.conv
+    monkeypatch.setattr(direct, "conv", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(3, cin, 9, 10, generator=torch.Generator().manual_seed(7))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = [_run(_layer(cin, cout, k, p, 1, "sim", 4), x, 8, input_grad),
+               _run(_layer(cin, cout, k, p, 1, "int", 4), x, 8, input_grad)]
+    assert len(calls) == (2 if input_grad else 1)
+    with direct.disabled():
+        results.append(_run(_layer(cin, cout, k, p, 1, "int", 4), x, 8, input_grad))
+    assert len(calls) == (2 if input_grad else 1)
+    for ref in results[1:]:
+        for a, b in zip(results[0], ref):
+            assert (a is None and b is None) or torch.equal(a, b)
+
+
+@needs_direct
+@pytest.mark.parametrize("cin,cout,k,p,s,input_grad,expected", [
+    (16, 16, 3, 1, 1, True, True), (16, 16, 3, 1, 2, True, False), (16, 64, 3, 1, 1, True, False),
+    (16, 8, 3, 1, 1, True, False), (3, 16, 3, 1, 1, True, False), (3, 16, 3, 1, 1, False, True),
+    (16, 16, 3, 3, 1, True, False)])
+def test_eligibility(cin, cout, k, p, s, input_grad, expected):
+    """Direct only for stride 1, 16-32 output channels, padding < kernel, and input channels a
+    multiple of 16 unless no input gradient is needed."""
+    layer = torch.nn.Conv2d(cin, cout, k, stride=s, padding=p)
+    assert direct.eligible(layer, input_grad) is expected
+    with direct.disabled():
+        assert not direct.eligible(layer, input_grad)
