@@ -58,7 +58,7 @@ def eligible(layer, input_grad: bool) -> bool:
     """Whether the integer engine runs ``layer`` (an nn.Conv2d) with the direct kernels."""
     cout, cin, kh, kw = layer.weight.shape
     return (module() is not None and layer.stride == (1, 1) and layer.dilation == (1, 1)
-            and layer.groups == 1 and not isinstance(layer.padding, str) and kh == kw
+            and layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str) and kh == kw
             and layer.padding[0] == layer.padding[1] <= kh - 1 and cout % 16 == 0 and cout <= MAX_CHANNELS and (cin % 16 == 0 or not input_grad))
 
 

@@ -12,6 +12,9 @@ Per quantized layer, with codes in channels-last (NHWC) order and K the GEMM's i
     weight grad    E^T @ im2col(A) -> int32 per chunk of rows, summed in int64, then
                    G = SQ(., 8) evaluated on the integers (shift + the same random bits)
 
+Stride-1 convolutions with 16-32 output channels run on direct VNNI kernels instead
+(:mod:`eoq.direct`: no im2col matrix, the same integer sums); the rest use the GEMMs above.
+
 The int32 accumulator never overflows silently: a product of two 8-bit codes is at most
 127 * 127, so a GEMM is split along K into chunks of at most ``SAFE_K`` = (2^31 - 1) // 127^2 =
 133,144 terms, whose int32 results are summed in int64 (the weight-gradient GEMM has K = N*Ho*Wo,
@@ -355,7 +358,12 @@ def _to_float_nchw(acc_nhwc: torch.Tensor, exponent: int, channels_last: bool) -
         out = kern.dequant(acc_nhwc, exponent)
     else:
         out = acc_nhwc.to(torch.float32) * 2.0 ** exponent
-    out = out.permute(0, 3, 1, 2)
+    return _nchw_view(out, channels_last)
+
+
+def _nchw_view(out_nhwc: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """An NHWC float tensor as logical NCHW: a free view in channels-last memory, else a copy."""
+    out = out_nhwc.permute(0, 3, 1, 2)
     return out if channels_last else out.contiguous()
 
 
@@ -411,11 +419,6 @@ class IntConvFn(torch.autograd.Function):
             gw = _gradient(acc, ea + ee, layer, wc.shape)
         _give(cols)
         return gi, gw, None
-
-
-def _nchw_view(out_nhwc: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    out = out_nhwc.permute(0, 3, 1, 2)
-    return out if channels_last else out.contiguous()
 
 
 def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):

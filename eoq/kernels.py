@@ -1,4 +1,8 @@
-"""The fused CPU kernels (``csrc/quant.cpp``, ``csrc/intops.cpp``): compiled once, cached, optional.
+"""The fused CPU kernels (``csrc/*.cpp``): compiled once, cached, optional.
+
+``quant.cpp`` (quantizers, optimizer step), ``intops.cpp`` (the integer engine's im2col, weight
+operands, G rounding), ``direct.cpp`` (direct VNNI convolutions, :mod:`eoq.direct`), ``tail.cpp``
+(the fused Fixup block tail).
 
 The kernels compute exactly what the torch reference computes (tests compare them bit for bit),
 in two passes over memory instead of about ten: max|x|, then scale + clamp + round (+ the

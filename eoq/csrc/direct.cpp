@@ -220,6 +220,7 @@ at::Tensor wgrad(const at::Tensor& xu_, const at::Tensor& e_, int64_t kh, int64_
   // per image: E4[y][g][cb][16][4] and A4[yp][kx][g][cp][4] (input pixel 4g + j + kx)
   const int64_t e_g = Cob * 64, e_row = G4 * e_g, a_g = cp * 4, a_row = kw * G4 * a_g;
   // int32 staging per image: at most `chunk` rows of (255 * 127)-bounded products per flush
+  TORCH_CHECK(G4 * 4 <= 66000, "direct wgrad: rows wider than 66,000 pixels");
   const int64_t chunk = std::max<int64_t>(1, 66000 / (G4 * 4));
   const int64_t R = std::max<int64_t>(1, std::min<int64_t>(chunk, 32 / G4));  // ~32 groups per block
   at::Tensor out = at::zeros({Co, KK * cin}, e.options().dtype(at::kLong));

@@ -1,0 +1,67 @@
+"""Where the integer ResNet-20 step spends its time, by engine function (batch 128, 2 threads).
+
+Wraps the integer engine's entry points in timers (``eoq.quantizers.sq_integer`` for the A and E
+codes, the direct VNNI kernels of :mod:`eoq.direct`, the im2col + ``_int_mm`` paths of
+:mod:`eoq.intengine`, G rounding) and prints the mean milliseconds per training step of each,
+after ``--warmup`` steps. The remainder of the step is PyTorch's float32 elementwise work
+(ReLU backward, Fixup sums, residual adds), the loss and the optimizer. Nested entries are not
+double counted: the wrapped functions do not call one another.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_int import make  # noqa: E402
+from benchmarks.common import setup, test_images  # noqa: E402
+from eoq import direct, intengine  # noqa: E402
+from eoq import quantizers as Q  # noqa: E402
+from eoq.train import train_step  # noqa: E402
+
+ENTRIES = [(Q, "sq_integer", "A/E quantizers"), (direct, "conv", "direct conv (fwd + input grad)"),
+           (direct, "weight_grad", "direct weight grad"), (direct, "grid_weights", "direct weight packing"),
+           (intengine, "conv_forward", "im2col + GEMM forward"), (intengine, "conv_input_grad", "im2col + GEMM input grad"),
+           (intengine, "weight_grad", "GEMM weight grad"), (intengine, "_to_float_nchw", "dequantization"),
+           (intengine, "weight_mats", "GEMM weight operands"), (intengine, "_gradient", "G rounding")]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3)
+    args = ap.parse_args()
+    setup(2)
+    spent = collections.defaultdict(float)
+    for mod, name, label in ENTRIES:
+        def timed(*a, _f=getattr(mod, name), _label=label, **k):
+            t = time.perf_counter()
+            try:
+                return _f(*a, **k)
+            finally:
+                spent[_label] += time.perf_counter() - t
+        setattr(mod, name, timed)
+    x, y = test_images(128)
+    x = x.contiguous(memory_format=torch.channels_last)
+    net, opt = make(args.model, "eoq", "int")
+    for _ in range(args.warmup):
+        train_step(net, opt, x, y)
+    spent.clear()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        train_step(net, opt, x, y)
+    step = (time.perf_counter() - t0) / args.steps * 1000
+    print(f"{args.model} integer step: {step:.1f} ms (mean of {args.steps})")
+    for label, sec in sorted(spent.items(), key=lambda kv: -kv[1]):
+        print(f"  {label:32s} {sec / args.steps * 1000:7.2f} ms")
+    print(f"  {'everything else':32s} {step - sum(spent.values()) / args.steps * 1000:7.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
