@@ -15,14 +15,14 @@ per lane group, and 128 * sum E subtracted. Integer sums of the same products as
 the results are identical (tests compare them), so the engine stays bit-exact with the simulator.
 
 Used for stride-1 convolutions whose output channels are a multiple of 16 and at most
-``MAX_CHANNELS`` (the benchmark picks it: above it the GEMMs are faster), whose input channels
+``MAX_CHANNELS`` (at 64 channels the GEMMs are faster: per-conv timings in
+reports/engines/README.md), whose input channels
 are a multiple of 16 or whose input needs no gradient (the stem: 3 channels, padded to 4), on
 CPUs with AVX-512 VNNI. ``EOQ_DIRECT=0`` in the environment (read at import) or
 ``with direct.disabled():`` uses the im2col path everywhere.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import NamedTuple
 
@@ -35,15 +35,9 @@ MAX_CHANNELS = 32
 _state = {"enabled": os.environ.get("EOQ_DIRECT", "1") != "0"}
 
 
-@contextlib.contextmanager
 def disabled():
     """Use the im2col + GEMM path for every layer inside the block (tests compare the two)."""
-    before = _state["enabled"]
-    _state["enabled"] = False
-    try:
-        yield
-    finally:
-        _state["enabled"] = before
+    return kernels.switched_off(_state)
 
 
 def module():
@@ -57,9 +51,12 @@ def module():
 def eligible(layer, input_grad: bool) -> bool:
     """Whether the integer engine runs ``layer`` (an nn.Conv2d) with the direct kernels."""
     cout, cin, kh, kw = layer.weight.shape
-    return (module() is not None and layer.stride == (1, 1) and layer.dilation == (1, 1)
-            and layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str) and kh == kw
-            and layer.padding[0] == layer.padding[1] <= kh - 1 and cout % 16 == 0 and cout <= MAX_CHANNELS and (cin % 16 == 0 or not input_grad))
+    if module() is None or isinstance(layer.padding, str):
+        return False
+    geometry = (layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1 and kh == kw
+                and layer.padding_mode == "zeros" and layer.padding[0] == layer.padding[1] <= kh - 1)
+    channels = cout % 16 == 0 and cout <= MAX_CHANNELS and (cin % 16 == 0 or not input_grad)
+    return geometry and channels
 
 
 def channels_padded(c: int) -> int:

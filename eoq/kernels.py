@@ -43,14 +43,19 @@ def enabled() -> bool:
 
 
 @contextlib.contextmanager
-def disabled():
-    """Run the torch reference path inside the block (tests compare it with the kernels)."""
-    before = _state["enabled"]
-    _state["enabled"] = False
+def switched_off(state: dict):
+    """``state["enabled"]`` is False inside the block and restored after it."""
+    before = state["enabled"]
+    state["enabled"] = False
     try:
         yield
     finally:
-        _state["enabled"] = before
+        state["enabled"] = before
+
+
+def disabled():
+    """Run the torch reference path inside the block (tests compare it with the kernels)."""
+    return switched_off(_state)
 
 
 def load():
