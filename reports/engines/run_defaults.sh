@@ -2,7 +2,8 @@
 # Fourth session: the same comparison as run.sh with the eoq preset's current defaults (5% exponent
 # policy, peak 0.15 -> 0.125, momentum 0.9375), i.e. the acceptance command of issue 2 with
 # --engine int, against the simulator in the integer engine's channels-last layout. As run: the two
-# side by side with 1 thread each. Usage: reports/engines/run_defaults.sh [RUNS_DIR]
+# side by side with 1 thread each. The eoq preset has changed since (sixth session; the fourth
+# session's recipe is eoq-shift); run_s7.sh calls this script with today's. Usage: [NAME=table_name] reports/engines/run_defaults.sh [RUNS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-runs/engines_defaults}
@@ -10,5 +11,5 @@ COMMON=(--model resnet20 --norm fixup --preset eoq --epochs 5 --threads 1 --no-p
 .venv/bin/eoq train "${COMMON[@]}" --engine int --out "$RUNS/int" &
 .venv/bin/eoq train "${COMMON[@]}" --engine sim --channels-last --out "$RUNS/sim_cl"
 wait
-.venv/bin/python -m analysis.runs "$RUNS/sim_cl" "$RUNS/int" --out reports/engines --name accuracy_5ep_defaults
+.venv/bin/python -m analysis.runs "$RUNS/sim_cl" "$RUNS/int" --out reports/engines --name "${NAME:-accuracy_5ep_defaults}"
 .venv/bin/python reports/engines/same_weights.py "$RUNS/sim_cl" "$RUNS/int"
