@@ -14,12 +14,21 @@ gradient runs the same way with the errors E on the signed side, four neighbouri
 per lane group, and 128 * sum E subtracted. Integer sums of the same products as the GEMM path:
 the results are identical (tests compare them), so the engine stays bit-exact with the simulator.
 
+On CPUs with AMX (Sapphire Rapids and later; Linux grants the tile state on request) the same
+sums run on AMX tiles (``tdpbusd``: 16 x 16 int32 += 16 x 64 u8 times 64 x 16 s8), which is 2-4x
+faster still. The forward takes 16 output positions in flat padded-width order (y * Wp + x),
+whose input row segments lie a uniform number of bytes apart, and drops the positions past the
+row. The weight gradient transposes the padded input to [channel][position] and places E at the
+same flat positions, so that each kernel tap is a fixed shift. Both give the VNNI kernels'
+integers exactly (tests compare all three paths with float64).
+
 Used for stride-1 convolutions whose output channels are a multiple of 16 and at most
-``MAX_CHANNELS`` (at 64 channels the GEMMs are faster: per-conv timings in
-reports/engines/README.md), whose input channels
-are a multiple of 16 or whose input needs no gradient (the stem: 3 channels, padded to 4), on
-CPUs with AVX-512 VNNI. ``EOQ_DIRECT=0`` in the environment (read at import) or
-``with direct.disabled():`` uses the im2col path everywhere.
+``MAX_CHANNELS`` (32) on VNNI or ``MAX_CHANNELS_AMX`` (64) with AMX (above them the GEMMs are as
+fast or faster: per-conv timings in reports/engines/README.md), and whose input channels are a
+multiple of 16 or whose input needs no gradient (the stem: 3 channels, padded to 4), on CPUs
+with AVX-512 VNNI. ``EOQ_DIRECT=0`` in the environment (read at import) or ``with
+direct.disabled():`` uses the im2col path everywhere; ``EOQ_AMX=0`` or ``with
+direct.amx_disabled():`` keeps the direct kernels on VNNI instructions.
 """
 from __future__ import annotations
 
@@ -31,13 +40,25 @@ import torch.nn.functional as F
 
 from . import kernels
 
-MAX_CHANNELS = 32
-_state = {"enabled": os.environ.get("EOQ_DIRECT", "1") != "0"}
+MAX_CHANNELS = 32       # output channels on VNNI instructions; with AMX tiles: MAX_CHANNELS_AMX
+MAX_CHANNELS_AMX = 64
+_state = {"enabled": os.environ.get("EOQ_DIRECT", "1") != "0", "amx": os.environ.get("EOQ_AMX", "1") != "0"}
 
 
 def disabled():
     """Use the im2col + GEMM path for every layer inside the block (tests compare the two)."""
     return kernels.switched_off(_state)
+
+
+def amx_disabled():
+    """Run the direct convolutions on VNNI instructions only inside the block (no AMX tiles)."""
+    return kernels.switched_off(_state, "amx")
+
+
+def use_amx(kern) -> bool:
+    """Whether the direct convolutions use AMX tiles: allowed (``EOQ_AMX`` unset or not 0), and the
+    CPU, compiler and OS support them."""
+    return _state["amx"] and kern.amx_available()
 
 
 def module():
@@ -51,11 +72,13 @@ def module():
 def eligible(layer, input_grad: bool) -> bool:
     """Whether the integer engine runs ``layer`` (an nn.Conv2d) with the direct kernels."""
     cout, cin, kh, kw = layer.weight.shape
-    if module() is None or isinstance(layer.padding, str):
+    kern = module()
+    if kern is None or isinstance(layer.padding, str):
         return False
     geometry = (layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1 and kh == kw
                 and layer.padding_mode == "zeros" and layer.padding[0] == layer.padding[1] <= kh - 1)
-    channels = cout % 16 == 0 and cout <= MAX_CHANNELS and (cin % 16 == 0 or not input_grad)
+    most = MAX_CHANNELS_AMX if use_amx(kern) else MAX_CHANNELS
+    channels = cout % 16 == 0 and cout <= most and (cin % 16 == 0 or not input_grad)
     return geometry and channels
 
 
@@ -108,9 +131,9 @@ def conv(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tenso
     """float32 NHWC conv(codes, w) * 2^exponent (stride 1), and the padded input (kept for the
     weight gradient)."""
     xu = pad_input(kern, codes_nhwc, pad)
-    return kern.direct_conv(xu, packed, corr, kh, kw, exponent), xu
+    return kern.direct_conv(xu, packed, corr, kh, kw, exponent, use_amx(kern)), xu
 
 
 def weight_grad(kern, xu: torch.Tensor, e_nhwc: torch.Tensor, kh: int, kw: int, cin: int) -> torch.Tensor:
     """int64 [Co, kh*kw*Cin] (im2col order): sum over pixels of E times the input window."""
-    return kern.direct_wgrad(xu, e_nhwc, kh, kw, cin)
+    return kern.direct_wgrad(xu, e_nhwc, kh, kw, cin, use_amx(kern))

@@ -43,14 +43,14 @@ def enabled() -> bool:
 
 
 @contextlib.contextmanager
-def switched_off(state: dict):
-    """``state["enabled"]`` is False inside the block and restored after it."""
-    before = state["enabled"]
-    state["enabled"] = False
+def switched_off(state: dict, key: str = "enabled"):
+    """``state[key]`` is False inside the block and restored after it."""
+    before = state[key]
+    state[key] = False
     try:
         yield
     finally:
-        state["enabled"] = before
+        state[key] = before
 
 
 def disabled():

@@ -1,4 +1,6 @@
-"""The direct VNNI convolutions (eoq/direct.py, csrc/direct.cpp) against float64 and the simulator."""
+"""The direct VNNI / AMX convolutions (eoq/direct.py, csrc/direct.cpp) against float64 and the simulator."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,19 +15,34 @@ from eoq.presets import get_preset
 
 needs_direct = pytest.mark.skipif(direct.module() is None, reason="no AVX-512 VNNI kernels here")
 
-shapes = st.tuples(st.integers(1, 3), st.sampled_from([3, 4, 16, 20, 32]), st.sampled_from([16, 32]),
-                   st.integers(1, 9), st.integers(1, 11), st.sampled_from([(1, 0), (3, 1), (3, 0), (3, 2)]))
+shapes = st.tuples(st.integers(1, 3), st.sampled_from([3, 4, 16, 20, 32, 64]), st.sampled_from([16, 32, 64]),
+                   st.integers(1, 9), st.integers(1, 19), st.sampled_from([(1, 0), (3, 1), (3, 0), (3, 2)]))
 
 
 def codes(*shape, gen, lo=-127, hi=127):
     return torch.randint(lo, hi + 1, shape, generator=gen, dtype=torch.int8)
 
 
+needs_amx = pytest.mark.skipif(direct.module() is None or not direct.use_amx(direct.module()),
+                               reason="no AMX tiles here")
+
+
+def amx_switch(use_amx):
+    return contextlib.nullcontext() if use_amx else direct.amx_disabled()
+
+
 @needs_direct
+@pytest.mark.parametrize("use_amx", [False, pytest.param(True, marks=needs_amx)])
 @settings(max_examples=60, deadline=None)
-@given(shapes, st.integers(-12, 4), st.integers(0, 2 ** 31))
-def test_direct_kernels_equal_float64_convolution(shape, exponent, seed):
-    """forward, input gradient (rotated kernel) and weight gradient == float64 convolution."""
+@given(shape=shapes, exponent=st.integers(-12, 4), seed=st.integers(0, 2 ** 31))
+def test_direct_kernels_equal_float64_convolution(use_amx, shape, exponent, seed):
+    """forward, input gradient (rotated kernel) and weight gradient == float64 convolution, on VNNI
+    instructions and on AMX tiles."""
+    with amx_switch(use_amx):
+        _check_against_float64(shape, exponent, seed)
+
+
+def _check_against_float64(shape, exponent, seed):
     n, cin, cout, h, w, (k, p) = shape
     if h + 2 * p < k or w + 2 * p < k:
         return
@@ -48,14 +65,16 @@ def test_direct_kernels_equal_float64_convolution(shape, exponent, seed):
 
 
 @needs_direct
-def test_weight_gradient_int32_sums_cannot_overflow():
+@pytest.mark.parametrize("use_amx", [False, pytest.param(True, marks=needs_amx)])
+def test_weight_gradient_int32_sums_cannot_overflow(use_amx):
     """71,680 products of 255 * 127 per lane would wrap int32 (2.3e9 > 2^31): the kernel drains its
     int32 sums to int64 in time. Adversarial codes: every input +127 (255 on the unsigned side),
     every error -127. One thread, so that one thread's sums see all 71,680 products."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _overflow_case()
+        with amx_switch(use_amx):
+            _overflow_case()
     finally:
         torch.set_num_threads(threads)
 
@@ -109,7 +128,8 @@ def _run(layer, x, seed, input_grad=True):
 @pytest.mark.parametrize("cin,cout,k,p,input_grad", [(16, 16, 3, 1, True), (3, 16, 3, 1, False), (16, 32, 3, 1, True),
                                                      (32, 32, 3, 0, True), (20, 16, 1, 0, False)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_direct_layer_equals_simulator_and_gemm_path(cin, cout, k, p, input_grad, channels_last, monkeypatch):
+@pytest.mark.parametrize("use_amx", [False, pytest.param(True, marks=needs_amx)])
+def test_direct_layer_equals_simulator_and_gemm_path(cin, cout, k, p, input_grad, channels_last, use_amx, monkeypatch):
     """A conv layer on the direct kernels gives the simulator's output and gradients bit for bit,
     and the im2col path's (direct.disabled()); the direct kernels really ran."""
     calls = []
@@ -118,8 +138,9 @@ def test_direct_layer_equals_simulator_and_gemm_path(cin, cout, k, p, input_grad
     x = torch.randn(3, cin, 9, 10, generator=torch.Generator().manual_seed(7))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    results = [_run(_layer(cin, cout, k, p, 1, "sim", 4), x, 8, input_grad),
-               _run(_layer(cin, cout, k, p, 1, "int", 4), x, 8, input_grad)]
+    with amx_switch(use_amx):
+        results = [_run(_layer(cin, cout, k, p, 1, "sim", 4), x, 8, input_grad),
+                   _run(_layer(cin, cout, k, p, 1, "int", 4), x, 8, input_grad)]
     assert len(calls) == (2 if input_grad else 1)
     with direct.disabled():
         results.append(_run(_layer(cin, cout, k, p, 1, "int", 4), x, 8, input_grad))
@@ -131,13 +152,17 @@ def test_direct_layer_equals_simulator_and_gemm_path(cin, cout, k, p, input_grad
 
 @needs_direct
 @pytest.mark.parametrize("cin,cout,k,p,s,input_grad,expected", [
-    (16, 16, 3, 1, 1, True, True), (16, 16, 3, 1, 2, True, False), (16, 64, 3, 1, 1, True, False),
+    (16, 16, 3, 1, 1, True, True), (16, 16, 3, 1, 2, True, False), (16, 128, 3, 1, 1, True, False),
     (16, 8, 3, 1, 1, True, False), (3, 16, 3, 1, 1, True, False), (3, 16, 3, 1, 1, False, True),
     (16, 16, 3, 3, 1, True, False)])
 def test_eligibility(cin, cout, k, p, s, input_grad, expected):
-    """Direct only for stride 1, 16-32 output channels, padding < kernel, and input channels a
-    multiple of 16 unless no input gradient is needed."""
+    """Direct only for stride 1, 16-32 output channels (64 with AMX), padding < kernel, and input
+    channels a multiple of 16 unless no input gradient is needed."""
     layer = torch.nn.Conv2d(cin, cout, k, stride=s, padding=p)
     assert direct.eligible(layer, input_grad) is expected
+    wide = torch.nn.Conv2d(16, 64, 3, padding=1)
+    assert direct.eligible(wide, True) is direct.use_amx(direct.module())
+    with direct.amx_disabled():
+        assert not direct.eligible(wide, True)
     with direct.disabled():
         assert not direct.eligible(layer, input_grad)
