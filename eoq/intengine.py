@@ -12,7 +12,7 @@ Per quantized layer, with codes in channels-last (NHWC) order and K the GEMM's i
     weight grad    E^T @ im2col(A) -> int32 per chunk of rows, summed in int64, then
                    G = SQ(., 8) evaluated on the integers (shift + the same random bits)
 
-Stride-1 convolutions with 16-32 output channels run on direct VNNI kernels instead
+Stride-1 convolutions with 16-64 output channels run on direct AMX / VNNI kernels instead
 (:mod:`eoq.direct`: no im2col matrix, the same integer sums); the rest use the GEMMs above.
 
 The int32 accumulator never overflows silently: a product of two 8-bit codes is at most

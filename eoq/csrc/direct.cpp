@@ -1,4 +1,4 @@
-// Direct int8 convolutions for narrow layers (AVX-512 VNNI vpdpbusd), no im2col matrix.
+// Direct int8 convolutions for narrow layers (AVX-512 VNNI vpdpbusd or AMX tdpbusd), no im2col.
 // eoq/direct.py holds the torch reference of each and says when the engine uses them.
 //
 // vpdpbusd multiplies unsigned by signed bytes, so the activation side carries codes + 128
@@ -17,6 +17,8 @@
 //       flushed to int64 before 2^31 / (255 * 127) products, so nothing can overflow
 //   pack(w, exponent)      float32 weights on the grid 2^exponent -> both conv operands and
 //                          corrections (direct.weights is the torch reference)
+//   amx_available()        AMX tiles usable here (CPU, compiler, and the kernel's permission)
+// conv and wgrad take `amx`: compute the same integers on AMX tiles (tdpbusd) when available.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
