@@ -84,7 +84,7 @@ def test_fixup_branch_scale(name, m):
     ratios, weights = [], 0
     for block in model.blocks():
         for conv in block.convs[:-1]:
-            ratios.append(float(conv.weight.std()) / (he_fan_out_std(conv) * L ** (-1 / (2 * m - 2))))
+            ratios.append(float(conv.weight.detach().std()) / (he_fan_out_std(conv) * L ** (-1 / (2 * m - 2))))
             weights += conv.weight.numel()
     mean_ratio = sum(ratios) / len(ratios)
     assert abs(mean_ratio - 1) < 0.02, mean_ratio   # unscaled He init would give L^(1/(2m-2)) >= 2
