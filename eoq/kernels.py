@@ -1,8 +1,8 @@
 """The fused CPU kernels (``csrc/*.cpp``): compiled once, cached, optional.
 
 ``quant.cpp`` (quantizers, optimizer step), ``intops.cpp`` (the integer engine's im2col, weight
-operands, G rounding), ``direct.cpp`` (direct VNNI convolutions, :mod:`eoq.direct`), ``tail.cpp``
-(the fused Fixup block tail).
+operands, G rounding), ``direct.cpp`` and ``amx.cpp`` (direct VNNI / AMX convolutions,
+:mod:`eoq.direct`), ``tail.cpp`` (the fused Fixup block tail).
 
 The kernels compute exactly what the torch reference computes (tests compare them bit for bit),
 in two passes over memory instead of about ten: max|x|, then scale + clamp + round (+ the
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 _CSRC = Path(__file__).parent / "csrc"
-_SOURCES = [_CSRC / "quant.cpp", _CSRC / "intops.cpp", _CSRC / "tail.cpp", _CSRC / "direct.cpp"]
-_HEADERS = [_CSRC / "common.h"]
+_SOURCES = [_CSRC / "quant.cpp", _CSRC / "intops.cpp", _CSRC / "tail.cpp", _CSRC / "direct.cpp", _CSRC / "amx.cpp"]
+_HEADERS = [_CSRC / "common.h", _CSRC / "direct.h"]
 _state: dict = {"enabled": os.environ.get("EOQ_KERNELS", "1") != "0"}
 
 

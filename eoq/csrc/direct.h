@@ -1,0 +1,93 @@
+// Shared by direct.cpp (VNNI kernels, entry points) and amx.cpp (the same sums on AMX tiles).
+#pragma once
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <vector>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define EOQ_DIRECT 1
+#else
+#define EOQ_DIRECT 0
+#endif
+#if EOQ_DIRECT && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define EOQ_AMX 1
+#else
+#define EOQ_AMX 0
+#endif
+
+namespace eoq_direct {
+
+bool amx_available();
+
+// The int64 weight-gradient total that a kernel's threads share: each adds its part (rows of
+// `stride` >= cin input channels) and its sums of E; finish() removes the +128 offset of the
+// input side, 128 * (sum of E) per output channel.
+struct WgradTotal {
+  int64_t* tot;
+  int64_t Co, KK, cin;
+  std::vector<int64_t> esum;
+  std::mutex lock;
+  WgradTotal(int64_t* t, int64_t co, int64_t kk, int64_t ci) : tot(t), Co(co), KK(kk), cin(ci), esum(co, 0) {}
+  void add(const std::vector<int64_t>& part, const std::vector<int64_t>& psum, int64_t stride) {
+    std::lock_guard<std::mutex> guard(lock);
+    for (int64_t o = 0; o < Co; ++o) {
+      esum[o] += psum[o];
+      for (int64_t q = 0; q < KK; ++q)
+        for (int64_t c = 0; c < cin; ++c) tot[(o * KK + q) * cin + c] += part[(o * KK + q) * stride + c];
+    }
+  }
+  void finish() {
+    for (int64_t o = 0; o < Co; ++o)
+      for (int64_t i = 0; i < KK * cin; ++i) tot[o * KK * cin + i] -= 128 * esum[o];
+  }
+};
+
+#if EOQ_DIRECT
+// [16 channels][4 pixels] from 4 pixels of 16 channels each (bytes), in SSE unpacks.
+inline void interleave4(const void* p0, const void* p1, const void* p2, const void* p3, void* out) {
+  const __m128i a = _mm_loadu_si128(static_cast<const __m128i*>(p0));
+  const __m128i b = _mm_loadu_si128(static_cast<const __m128i*>(p1));
+  const __m128i c = _mm_loadu_si128(static_cast<const __m128i*>(p2));
+  const __m128i d = _mm_loadu_si128(static_cast<const __m128i*>(p3));
+  const __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+  const __m128i cd0 = _mm_unpacklo_epi8(c, d), cd1 = _mm_unpackhi_epi8(c, d);
+  __m128i* o = static_cast<__m128i*>(out);
+  _mm_storeu_si128(o + 0, _mm_unpacklo_epi16(ab0, cd0));
+  _mm_storeu_si128(o + 1, _mm_unpackhi_epi16(ab0, cd0));
+  _mm_storeu_si128(o + 2, _mm_unpacklo_epi16(ab1, cd1));
+  _mm_storeu_si128(o + 3, _mm_unpackhi_epi16(ab1, cd1));
+}
+
+// out[g * og + c * 4 + j] = pixel (4g + j)'s channel c, for g < G4, c < C (C % 4 == 0);
+// pixels lie `ps` bytes apart, and those at or past `valid` read as `fill`.
+inline void interleave_row(const uint8_t* src, int64_t ps, int64_t valid, int64_t C, int64_t G4,
+                           uint8_t fill, uint8_t* out, int64_t og) {
+  for (int64_t g = 0; g < G4; ++g) {
+    uint8_t* o = out + g * og;
+    const uint8_t* s = src + 4 * g * ps;
+    if (4 * g + 4 <= valid && C % 16 == 0) {
+      for (int64_t c = 0; c < C; c += 16) interleave4(s + c, s + ps + c, s + 2 * ps + c, s + 3 * ps + c, o + c * 4);
+      continue;
+    }
+    for (int64_t j = 0; j < 4; ++j)
+      for (int64_t c = 0; c < C; ++c) o[c * 4 + j] = 4 * g + j < valid ? s[j * ps + c] : fill;
+  }
+}
+#endif
+
+#if EOQ_AMX
+// conv of a padded uint8 input (>= 64 * ceil(kw * cp / 64) readable bytes past its end) with the
+// VNNI-packed weights wp, written as float32 (acc - corr) * scale; needs Ho * Wp >= 16
+void conv_amx(const uint8_t* src, const int8_t* wp, const int32_t* cr, float* dst, int64_t N, int64_t Hp,
+              int64_t Wp, int64_t cp, int64_t Co, int64_t kh, int64_t kw, float scale);
+// the weight gradient into total (zeroed int64 [Co, kh*kw*cin]); needs Ho * Wo <= 66,000
+void wgrad_amx(const uint8_t* xs, const int8_t* es, WgradTotal& total, int64_t N, int64_t Hp, int64_t Wp,
+               int64_t cp, int64_t Ho, int64_t Wo, int64_t Co, int64_t kh, int64_t kw);
+#endif
+
+}  // namespace eoq_direct
