@@ -31,16 +31,32 @@ inline void amx_configure() {
   _tile_loadconfig(&cfg);
 }
 
+// Tiles 0..N-1 (N <= 5; tile numbers must be constants) zeroed, or stored 256 int32 apart.
+template <int N>
+inline void zero_tiles() {
+  _tile_zero(0);
+  if (N > 1) _tile_zero(1);
+  if (N > 2) _tile_zero(2);
+  if (N > 3) _tile_zero(3);
+  if (N > 4) _tile_zero(4);
+}
+
+template <int N>
+inline void store_tiles(int32_t* scratch) {
+  _tile_stored(0, scratch, 64);
+  if (N > 1) _tile_stored(1, scratch + 256, 64);
+  if (N > 2) _tile_stored(2, scratch + 512, 64);
+  if (N > 3) _tile_stored(3, scratch + 768, 64);
+  if (N > 4) _tile_stored(4, scratch + 1024, 64);
+}
+
 // NB (1-4) blocks of 16 output pixels x 16 output channels in tiles 0-3: for each kernel row ky
 // and 64-byte chunk t of the kw*cp-byte row segment, tile 4 holds the weights (16 rows of 4 k x 16
 // co) and tiles 5/6 the 16 pixels' segments (row stride cp bytes: neighbouring pixels overlap).
 template <int NB>
 inline void amx_blocks(const uint8_t* const* in, int64_t row, int64_t cp, const int8_t* bw, int64_t kh,
                        int64_t nk, int32_t* scratch) {
-  _tile_zero(0);
-  if (NB > 1) _tile_zero(1);
-  if (NB > 2) _tile_zero(2);
-  if (NB > 3) _tile_zero(3);
+  zero_tiles<NB>();
   for (int64_t ky = 0; ky < kh; ++ky)
     for (int64_t t = 0; t < nk; ++t) {
       const int64_t off = ky * row + 64 * t;
@@ -51,10 +67,7 @@ inline void amx_blocks(const uint8_t* const* in, int64_t row, int64_t cp, const 
       if (NB > 2) { _tile_loadd(5, in[2] + off, cp); _tile_dpbusd(2, 5, 4); }
       if (NB > 3) { _tile_loadd(6, in[3] + off, cp); _tile_dpbusd(3, 6, 4); }
     }
-  _tile_stored(0, scratch, 64);
-  if (NB > 1) _tile_stored(1, scratch + 256, 64);
-  if (NB > 2) _tile_stored(2, scratch + 512, 64);
-  if (NB > 3) _tile_stored(3, scratch + 768, 64);
+  store_tiles<NB>(scratch);
 }
 
 // The conv on AMX tiles. Output pixels are taken in flat order q = y * Wp + x over the padded
@@ -149,11 +162,7 @@ inline void transpose16(const uint8_t* s, int64_t ss, uint8_t* d, int64_t ds) {
 template <int G>
 inline void amx_wgrad_group(const uint8_t* const* a, int64_t a_stride, const uint8_t* e, int64_t e_stride,
                             int64_t nch, int32_t* scratch) {
-  _tile_zero(0);
-  if (G > 1) _tile_zero(1);
-  if (G > 2) _tile_zero(2);
-  if (G > 3) _tile_zero(3);
-  if (G > 4) _tile_zero(4);
+  zero_tiles<G>();
   for (int64_t ch = 0; ch < nch; ++ch) {
     _tile_loadd(6, e + ch * 16 * e_stride, e_stride);
     const int64_t off = ch * 64;
@@ -163,11 +172,7 @@ inline void amx_wgrad_group(const uint8_t* const* a, int64_t a_stride, const uin
     if (G > 3) { _tile_loadd(5, a[3] + off, a_stride); _tile_dpbusd(3, 5, 6); }
     if (G > 4) { _tile_loadd(5, a[4] + off, a_stride); _tile_dpbusd(4, 5, 6); }
   }
-  _tile_stored(0, scratch, 64);
-  if (G > 1) _tile_stored(1, scratch + 256, 64);
-  if (G > 2) _tile_stored(2, scratch + 512, 64);
-  if (G > 3) _tile_stored(3, scratch + 768, 64);
-  if (G > 4) _tile_stored(4, scratch + 1024, 64);
+  store_tiles<G>(scratch);
 }
 
 // The weight gradient on AMX tiles, for groups of B images at once: the padded inputs transposed
