@@ -9,9 +9,9 @@ in two passes over memory instead of about ten: max|x|, then scale + clamp + rou
 counter-hash random bits of :mod:`eoq.rng`) in one loop. They are built with the system C++
 compiler through ``torch.utils.cpp_extension`` the first time they are needed (about 30-60 s,
 announced on stderr) and cached in ``$EOQ_KERNEL_CACHE`` (default ``~/.cache/eoq/kernels``),
-keyed by the source, the torch version and the CPU. ``EOQ_KERNELS=0`` in the environment (read
-at import) or ``with kernels.disabled():`` turns them off; a machine without a compiler falls back
-to the torch reference with one warning. Results do not change.
+keyed by the source, the torch version and the CPU's feature flags. ``EOQ_KERNELS=0`` in the
+environment (read at import) or ``with kernels.disabled():`` turns them off; a machine without a
+compiler falls back to the torch reference with one warning. Results do not change.
 """
 from __future__ import annotations
 
@@ -30,11 +30,23 @@ _HEADERS = [_CSRC / "common.h", _CSRC / "direct.h"]
 _state: dict = {"enabled": os.environ.get("EOQ_KERNELS", "1") != "0"}
 
 
+def _cpu_flags() -> bytes:
+    """The CPU's feature flags (Linux), so that a cache shared between machines never hands one a
+    build with instructions it lacks (-march=native: AVX-512 FP16, AMX, ...)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.encode()
+    except OSError:
+        pass
+    return b""
+
+
 def cache_dir() -> Path:
     root = os.environ.get("EOQ_KERNEL_CACHE") or Path.home() / ".cache" / "eoq" / "kernels"
     data = b"".join(f.read_bytes() for f in _SOURCES + _HEADERS)
-    tag = hashlib.sha256(data + torch.__version__.encode()
-                         + torch.backends.cpu.get_cpu_capability().encode()).hexdigest()[:12]
+    tag = hashlib.sha256(data + torch.__version__.encode() + torch.backends.cpu.get_cpu_capability().encode()
+                         + _cpu_flags()).hexdigest()[:12]
     return Path(root) / tag
 
 

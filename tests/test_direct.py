@@ -166,3 +166,4 @@ def test_eligibility(cin, cout, k, p, s, input_grad, expected):
         assert not direct.eligible(wide, True)
     with direct.disabled():
         assert not direct.eligible(layer, input_grad)
+
