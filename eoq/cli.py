@@ -26,15 +26,17 @@ def _add_train(sub):
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=d.model, help="resnet20/32/44/56/110 (CIFAR) or resnet18/34/50")
     p.add_argument("--norm", default=d.norm, help="bn | fixup | none")
-    p.add_argument("--preset", default=d.preset, help="fp32 | eoq | eoq-float-ends | wageubn, or a JSON spec file")
+    p.add_argument("--preset", default=d.preset,
+                   help="fp32 | eoq | eoq-shift | eoq-float-ends | wageubn, or a JSON spec file ('eoq presets')")
     p.add_argument("--engine", default=d.engine, help="sim: float simulation of the integer arithmetic; int: int8 x int8 -> int32 "
-                        "GEMMs (torch._int_mm), bit-exact with sim; needs the eoq preset")
+                        "(direct AMX/VNNI kernels, or GEMMs in torch._int_mm), bit-exact with sim; needs "
+                        "8-bit SQ A/E/G/W, e.g. eoq")
     p.add_argument("--channels-last", action="store_true",
                    help="NHWC activations (faster on CPU; always on with --engine int)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="down to 1 (online training)")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default 0.2; 0.15 for presets with power-of-two lr, e.g. eoq)")
+                   help="peak learning rate (default 0.2; 0.15 for presets with power-of-two lr, e.g. eoq-shift)")
     p.add_argument("--schedule", default=None,
                    help="onecycle | onecycle-cos | cosine | step | constant (default: per preset and norm, "
                         "eoq/config.py: DEFAULTS)")
