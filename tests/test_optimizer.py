@@ -162,7 +162,7 @@ def test_label_smoothing_loss_matches_hand_formula():
     want = (-(1 - eps) * logp.gather(1, y[:, None]).squeeze(1) - eps / 10 * logp.sum(1)).mean()
     model.eval()                                   # same logits as above (no BN batch statistics)
     loss, _ = train_step(model, opt, x, y, label_smoothing=eps)
-    assert abs(float(loss) - float(want)) < 1e-5
+    assert abs(float(loss.detach()) - float(want)) < 1e-5
     plain = (-logp.gather(1, y[:, None])).mean()
     assert abs(float(want) - float(plain)) > 1e-3   # the smoothing changes the loss
 
