@@ -112,13 +112,10 @@ def weights(codes: torch.Tensor) -> DirectWeights:
     return DirectWeights(*pack(codes), *pack(codes.flip(2, 3).transpose(0, 1)))
 
 
-def grid_weights(w: torch.Tensor, exponent: int) -> DirectWeights:
-    """Both operands of float32 weights on the grid 2^exponent (one kernel pass; the torch path is
+def grid_weights(kern, w: torch.Tensor, exponent: int) -> DirectWeights:
+    """Both operands of float32 weights on the grid 2^exponent, in one kernel pass (tested against
     :func:`weights` of the codes)."""
-    kern = module()
-    if kern is not None:
-        return DirectWeights(*kern.direct_pack(w.detach(), exponent))
-    return weights((w.detach() * 2.0 ** -exponent).round_().to(torch.int8))
+    return DirectWeights(*kern.direct_pack(w.detach(), exponent))
 
 
 def pad_input(kern, codes_nhwc: torch.Tensor, pad: int) -> torch.Tensor:

@@ -424,10 +424,10 @@ class IntConvFn(torch.autograd.Function):
 def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
     """IntConvFn.forward through the direct kernels (eoq/direct.py): no im2col, float32 output
     written by the kernel; the padded input codes are kept for the weight gradient."""
-    layer = ctx.layer
-    dw = direct.grid_weights(layer.weight, ew)
+    layer, kern = ctx.layer, direct.module()
+    dw = direct.grid_weights(kern, layer.weight, ew)
     kh, kw = layer.kernel_size
-    out, xu = direct.conv(direct.module(), a_nhwc, dw.fwd, dw.fwd_corr, kh, kw, layer.padding[0], ea + ew)
+    out, xu = direct.conv(kern, a_nhwc, dw.fwd, dw.fwd_corr, kh, kw, layer.padding[0], ea + ew)
     if any(ctx.needs_input_grad):
         ctx.save_for_backward(xu, dw.bwd, dw.bwd_corr)
     ctx.meta, ctx.wshape = (ea, ew, tuple(x.shape[2:]), cl), tuple(layer.weight.shape)
@@ -441,7 +441,7 @@ def _direct_backward(ctx, e, ee):
     xu, bwd, bwd_corr = ctx.saved_tensors
     layer, kern = ctx.layer, direct.module()
     ea, ew, _, cl = ctx.meta
-    cout, cin, kh, kw = ctx.wshape
+    _, cin, kh, kw = ctx.wshape
     gi = gw = None
     if ctx.needs_input_grad[0]:
         out, _ = direct.conv(kern, e, bwd, bwd_corr, kh, kw, kh - 1 - layer.padding[0], ee + ew)

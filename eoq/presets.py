@@ -21,34 +21,29 @@ _EOQ_POLICY = WeightPolicy(saturate_frac=0.05)
 # to chance; the clamp prevents it (reports/comparison/tuning_s6/).
 _U31 = TensorQuant(bits=6, rounding="stochastic")
 
+_EOQ = QuantSpec(
+    name="eoq",
+    W=_8N, A=_8N, G=_8S, E=_8S, U=_U31, S=_8S,
+    M=TensorQuant(bits=16, rounding="stochastic"),
+    store_bits=8, lr_pow2=False, weight_policy=_EOQ_POLICY,
+    description=("Full 8-bit EOQ (reconstruction): int8 weight codes with a per-layer power-of-two "
+                 "exponent and no float master copy; A by SQ nearest; E and G by SQ with stochastic "
+                 "rounding; int8 update codes U in units of the weight LSB by stochastic rounding, "
+                 "clamped to +-31 (a gradient spike cannot move a weight across its range in one "
+                 "step); Fixup scalars on their own 8-bit grids; momentum buffer 16-bit, momentum a "
+                 "shift; the learning rate multiplies the momentum (it is not rounded to a power of "
+                 "two: see eoq-shift). First conv and classifier are 8-bit too."))
+
 PRESETS: dict[str, QuantSpec] = {
     "fp32": QuantSpec(
         name="fp32",
         description="No quantization: float32 weights, activations, gradients, errors and SGD updates."),
-    "eoq": QuantSpec(
-        name="eoq",
-        W=_8N, A=_8N, G=_8S, E=_8S, U=_U31, S=_8S,
-        M=TensorQuant(bits=16, rounding="stochastic"),
-        store_bits=8, lr_pow2=False, weight_policy=_EOQ_POLICY,
-        description=("Full 8-bit EOQ (reconstruction): int8 weight codes with a per-layer power-of-two "
-                     "exponent and no float master copy; A by SQ nearest; E and G by SQ with stochastic "
-                     "rounding; int8 update codes U in units of the weight LSB by stochastic rounding, "
-                     "clamped to +-31 (a gradient spike cannot move a weight across its range in one "
-                     "step); Fixup scalars on their own 8-bit grids; momentum buffer 16-bit, momentum a "
-                     "shift; the learning rate multiplies the momentum (it is not rounded to a power of "
-                     "two: see eoq-shift). First conv and classifier are 8-bit too.")),
-    "eoq-float-ends": QuantSpec(
-        name="eoq-float-ends",
-        W=_8N, A=_8N, G=_8S, E=_8S, U=_U31, S=_8S,
-        M=TensorQuant(bits=16, rounding="stochastic"),
-        store_bits=8, lr_pow2=False, weight_policy=_EOQ_POLICY,
-        layers=(("conv1", "float"), ("fc", "float")),
+    "eoq": _EOQ,
+    "eoq-float-ends": _EOQ.with_changes(
+        name="eoq-float-ends", layers=(("conv1", "float"), ("fc", "float")),
         description="eoq with the first conv and the classifier kept in float32, as WAGEUBN did."),
-    "eoq-shift": QuantSpec(
-        name="eoq-shift",
-        W=_8N, A=_8N, G=_8S, E=_8S, U=_8S, S=_8S,
-        M=TensorQuant(bits=16, rounding="stochastic"),
-        store_bits=8, lr_pow2=True, weight_policy=_EOQ_POLICY,
+    "eoq-shift": _EOQ.with_changes(
+        name="eoq-shift", U=_8S, lr_pow2=True,
         description=("SPEC section 2 to the letter: eoq with the learning rate rounded to a power of two "
                      "(a shift) and update codes in the full int8 range +-127. The eoq preset until the "
                      "sixth session (5-epoch ResNet-20, seeds 0-2: 70.20% with its own default "

@@ -97,7 +97,7 @@ def _overflow_case():
 def test_pack_kernel_equals_torch_packing(shape):
     w = torch.randint(-127, 128, shape, generator=torch.Generator().manual_seed(3)).float() * 2.0 ** -5
     kern = direct.module()
-    for a, b in zip(direct.weights((w * 32).round().to(torch.int8)), kern.direct_pack(w, -5)):
+    for a, b in zip(direct.weights((w * 32).round().to(torch.int8)), direct.grid_weights(kern, w, -5)):
         assert torch.equal(a, b)
 
 
