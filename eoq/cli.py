@@ -57,8 +57,12 @@ def _add_train(sub):
     p.add_argument("--data", default=None, help="'embedded', an image-folder zip/dir or cifar-10-batches-py "
                                                 "(default: $EOQ_DATA or the shared JPEG zip)")
     p.add_argument("--download", action="store_true", help="download official CIFAR-10 when not found")
-    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--val", type=int, default=None,
+                   help="hold N training images out for validation, class-balanced, the same for every seed and "
+                        "preset (default 5000, at most a tenth of the training set; 0: none)")
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="use only N training images (after the validation split), drawn by a fixed shuffle")
+    p.add_argument("--test-limit", type=int, default=None, help="use only N test images, drawn by a fixed shuffle")
     p.add_argument("--crop-pad", type=int, default=None,
                    help="zero padding of the random crop (0: horizontal flips only; default 2 for float "
                         "updates, 4 for power-of-two-lr presets)")
@@ -96,7 +100,8 @@ def _train(args) -> int:
         raise
     last = run.rows[-1] if run.rows else None
     if last:
-        print(f"final: epoch {last['epoch']}  test_acc {last['test_acc']:.2f}%  -> {cfg.out}/metrics.csv")
+        print(f"final: epoch {last['epoch']}  val_acc {last['val_acc']:.2f}%  test_acc {last['test_acc']:.2f}%  "
+              f"-> {cfg.out}/metrics.csv")
     return _leave(0)
 
 

@@ -78,6 +78,8 @@ class TrainConfig:
     seed: int = 0
     data: str | None = None
     download: bool = False
+    val: int | None = None           # images held out of training for validation (None: 5,000, at most
+                                     # a tenth of the training set; 0: none; eoq/data.py: hold_out)
     train_limit: int | None = None
     test_limit: int | None = None
     augment: bool = True
@@ -128,6 +130,8 @@ class TrainConfig:
                 raise ConfigError(f"--momentum-min needs one of the schedules {', '.join(CYCLIC)}")
         if self.weight_decay < 0 or self.scalar_lr_scale <= 0:
             raise ConfigError("--weight-decay must be >= 0 and --scalar-lr-scale > 0")
+        if self.val is not None and (not isinstance(self.val, int) or self.val < 0):
+            raise ConfigError(f"--val must be an integer >= 0, got {self.val!r}")
         for name in ("train_limit", "test_limit", "threads"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -141,7 +145,7 @@ class TrainConfig:
         return self
 
     # what must match for a checkpoint to be resumed into this configuration
-    IDENTITY = ("model", "norm", "preset", "batch_size", "seed", "train_limit")
+    IDENTITY = ("model", "norm", "preset", "batch_size", "seed", "val", "train_limit")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,7 +20,7 @@ import pickle
 import tarfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,8 @@ class DataError(RuntimeError):
 
 @dataclass
 class Dataset:
-    """uint8 images (N, 32, 32, 3) and int64 labels, for train and test."""
+    """uint8 images (N, 32, 32, 3) and int64 labels, for train, test and (after
+    :meth:`hold_out`) validation."""
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -49,6 +50,30 @@ class Dataset:
     test_y: np.ndarray
     source: str
     classes: tuple = CLASSES
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
+
+    def hold_out(self, n: int) -> "Dataset":
+        """Move ``n`` training images to a validation split (``n`` = 0: none).
+
+        Class-balanced: n // C images of every class, the first n % C classes one more. Which
+        images depends on nothing but the training set (a fixed generator, seed 0, permutes each
+        class's indices), so every seed, preset and norm holds out the same ones, and they are
+        never trained on."""
+        if n == 0:
+            return self
+        counts = np.bincount(self.train_y, minlength=len(self.classes))
+        want = np.full(len(self.classes), n // len(self.classes)) + (np.arange(len(self.classes)) < n % len(self.classes))
+        if n < 0 or np.any(want > counts - 1):
+            raise DataError(f"--val {n} is more than the training set can give: {len(self.train_y)} images, "
+                            f"at least {int(counts.min())} per class; choose --val below {int(counts.min()) * len(self.classes)}")
+        rng = np.random.default_rng(0)
+        held = np.concatenate([rng.permutation(np.flatnonzero(self.train_y == c))[:k] for c, k in enumerate(want)])
+        keep = np.ones(len(self.train_y), bool)
+        keep[held] = False
+        held = np.sort(held)
+        return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep],
+                       val_x=self.train_x[held], val_y=self.train_y[held])
 
     def subset(self, train: int | None = None, test: int | None = None) -> "Dataset":
         """``train``/``test`` images drawn by a fixed shuffle (seed 0), so every class appears and a
@@ -59,8 +84,14 @@ class Dataset:
             return np.sort(np.random.default_rng(0).permutation(n_all)[:n])
 
         tr, te = pick(len(self.train_y), train), pick(len(self.test_y), test)
-        return Dataset(self.train_x[tr], self.train_y[tr], self.test_x[te], self.test_y[te],
-                       self.source, self.classes)
+        return replace(self, train_x=self.train_x[tr], train_y=self.train_y[tr], test_x=self.test_x[te],
+                       test_y=self.test_y[te])
+
+
+def default_val(n_train: int) -> int:
+    """The validation split when none is asked for: 5,000 images, at most a tenth of the training
+    set (500 of the embedded subset's 5,000)."""
+    return min(5000, n_train // 10)
 
 
 def cache_dir() -> Path:

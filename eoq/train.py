@@ -27,7 +27,7 @@ from .atomic import atomic_write
 from .augment import eval_batches, steps_per_epoch, train_batches
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
-from .data import load_cifar10
+from .data import default_val, load_cifar10
 from .metrics import write_metrics
 from .models import build_model
 from .observe import observing
@@ -73,7 +73,10 @@ def build_run(cfg: TrainConfig, spec: QuantSpec | None = None) -> Run:
     allocator.tune()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    data = load_cifar10(cfg.data, download=cfg.download).subset(cfg.train_limit, cfg.test_limit)
+    data = load_cifar10(cfg.data, download=cfg.download)
+    if cfg.val is None:
+        cfg.val = default_val(len(data.train_y))
+    data = data.hold_out(cfg.val).subset(cfg.train_limit, cfg.test_limit)
     spec = spec if spec is not None else load_spec(cfg.preset)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.norm, num_classes=len(data.classes))
@@ -282,15 +285,17 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
             bar.close()
             try:
                 test_acc = evaluate(model, data.test_x, data.test_y, memory_format=layout)
+                val_acc = (evaluate(model, data.val_x, data.val_y, memory_format=layout)
+                           if data.val_y is not None else float("nan"))
             except QuantizationError as err:
-                raise diverged(str(err).split(":")[0], "in the test evaluation") from None
+                raise diverged(str(err).split(":")[0], "in the evaluation") from None
             if distributed.active():          # every process saw its shard: add them up
                 sums = torch.tensor([run.sums["loss"], run.sums["correct"], run.sums["seen"]], dtype=torch.float64)
                 distributed.all_sum_(sums)
                 run.sums.update(loss=float(sums[0]), correct=int(sums[1]), seen=int(sums[2]))
             seen = max(run.sums["seen"], 1)
             row = {"epoch": run.epoch + 1, "train_loss": run.sums["loss"] / seen,
-                   "train_acc": 100.0 * run.sums["correct"] / seen, "test_acc": test_acc,
+                   "train_acc": 100.0 * run.sums["correct"] / seen, "val_acc": val_acc, "test_acc": test_acc,
                    "seconds": run.sums["seconds"] + time.perf_counter() - t0, "lr": lr, "steps": n_steps}
             run.rows.append(row)
             run.epoch, run.step = run.epoch + 1, 0
@@ -303,5 +308,5 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
                 if hasattr(obs, "save"):
                     obs.save(out / "qstats")
             tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  train {row['train_acc']:.2f}%  "
-                       f"test {row['test_acc']:.2f}%  {row['seconds']:.0f} s")
+                       f"val {row['val_acc']:.2f}%  test {row['test_acc']:.2f}%  {row['seconds']:.0f} s")
     return run

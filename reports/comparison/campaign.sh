@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Starts or resumes every run of the long-schedule campaign (reports/comparison/resnet20-30ep/,
+# resnet56-15ep/, and the 5-epoch learning-rate-format runs of reports/lr_format/), two at a time
+# with one thread each, in the order listed. A finished run is skipped, an interrupted one resumed
+# from its checkpoint (--resume); each finished run's config.json, metrics.csv and log are copied
+# beside its report (never the checkpoint).
+#
+# Usage: reports/comparison/campaign.sh [GROUP ...]     (default: every group, in order)
+#   nohup reports/comparison/campaign.sh > runs/campaign.log 2>&1 &
+# Groups (campaign.runs): tune30 (crop padding chosen on validation, 30 epochs, seed 0), lrfmt
+# (fixed-point learning rate, 5 epochs), final30 (the 30-epoch comparison), r56 (ResNet-56, 15 epochs).
+# Runs live in runs/long/<name>; PARALLEL=1 runs them one at a time.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+EOQ=${EOQ:-.venv/bin/eoq}
+PARALLEL=${PARALLEL:-2}
+export OMP_NUM_THREADS=1
+
+# The runs are listed in campaign.runs (group|name|report folder|options), read as each group
+# starts; every run: full CIFAR-10, 45,000 train / 5,000 validation (the default --val).
+RUNS_FILE=${RUNS_FILE:-reports/comparison/campaign.runs}
+groups=("$@")
+[ ${#groups[@]} -eq 0 ] && mapfile -t groups < <(cut -d"|" -f1 "$RUNS_FILE" | grep -v "^#" | awk "!seen[\$0]++")
+
+one() {   # name|folder|options
+  IFS='|' read -r name folder opts <<<"$1"
+  local dir="runs/long/$name" epochs
+  epochs=$(sed -n 's/.*--epochs \([0-9]*\).*/\1/p' <<<"$opts")
+  if [ -f "$dir/metrics.csv" ] && [ "$(tail -n1 "$dir/metrics.csv" | cut -d, -f1)" = "$epochs" ]; then
+    echo "$name: finished"; return 0
+  fi
+  local resume=(); [ -f "$dir/checkpoint.pt" ] && resume=(--resume)
+  mkdir -p "$dir"
+  echo "$(date -u +%FT%TZ) $name: start ${resume[*]}"
+  # shellcheck disable=SC2086
+  $EOQ train $opts --threads 1 --no-progress --out "$dir" "${resume[@]}" >>"$dir/train.log" 2>&1
+  local rc=$?
+  echo "$(date -u +%FT%TZ) $name: exit $rc"
+  if [ $rc -eq 0 ]; then
+    local keep="reports/comparison/$folder/runs/$name"
+    [ "$folder" = lr_format ] && keep="reports/lr_format/runs/$name"
+    mkdir -p "$keep" && cp "$dir/config.json" "$dir/metrics.csv" "$dir/train.log" "$keep/"
+  fi
+}
+export -f one
+export EOQ
+for g in "${groups[@]}"; do
+  grep "^$g|" "$RUNS_FILE" | cut -d"|" -f2- | xargs -d '\n' -P "$PARALLEL" -I{} bash -c 'one "$1"' _ {}
+done
