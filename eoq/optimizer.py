@@ -3,7 +3,10 @@
 For an integer-stored tensor w = codes * 2^e (see :class:`~eoq.layers.GridParam`):
     g      = G(grad) (+ weight_decay * w)            G already applied by the layer for conv/linear
     v      = M(mu * v + g),  mu = 1 - 2^-s           momentum as a shift; M quantizes the buffer
-    delta  = lr * lr_scale * v                       lr rounded to a power of two if spec.lr_pow2
+    delta  = lr * lr_scale * v                       lr rounded to a power of two if spec.lr_pow2, or to
+                                                     a fixed-point L * 2^-s if spec.lr_bits (then
+                                                     delta / 2^e is formed exactly: in float64, which
+                                                     holds the integer product L * v-code)
     U      = clamp(SR(delta / 2^e), -(2^(u-1)-1), 2^(u-1)-1)   int8 update in units of the LSB
     codes <- clamp(codes - U, -(2^(k-1)-1), 2^(k-1)-1)
 then the exponent policy (:class:`~eoq.spec.WeightPolicy`) may move e by one bit. The random bits
@@ -42,6 +45,21 @@ from .spec import QuantSpec, SpecError, apply_quant
 def pow2_round(x: float) -> float:
     """2^round(log2 x): the nearest power of two in the log domain (0 stays 0)."""
     return 0.0 if x <= 0 else 2.0 ** round(math.log2(x))
+
+
+def fixed_point(x: float, bits: int) -> tuple[int, int]:
+    """(L, s) with L * 2^-s the nearest number to x > 0 with a ``bits``-bit mantissa:
+    2^(bits-1) <= L < 2^bits, L = round(x * 2^s) (half to even). A learning rate in this form is an
+    integer multiply and a shift in hardware."""
+    if not x > 0:
+        raise ValueError(f"fixed_point needs x > 0, got {x}")
+    s = bits - 1 - math.floor(math.log2(x))
+    mant = round(x * 2.0 ** s)
+    if mant >= 2 ** bits:                       # rounded up to the next power of two
+        mant, s = mant // 2, s - 1
+    elif mant < 2 ** (bits - 1):                # log2 was rounded up at a power of two
+        mant, s = round(x * 2.0 ** (s + 1)), s + 1
+    return mant, s
 
 
 def momentum_shift(mu: float) -> int | None:
@@ -99,7 +117,14 @@ class EOQSGD(torch.optim.Optimizer):
 
     def effective_lr(self, group: dict, grid: GridParam | None = None) -> float:
         lr = group["lr"] * (grid.lr_scale if grid is not None else group["lr_scale"])
-        return pow2_round(lr) if grid is not None and self.spec.lr_pow2 else lr
+        if grid is None:
+            return lr
+        if self.spec.lr_pow2:
+            return pow2_round(lr)
+        if self.spec.lr_bits:
+            mant, s = fixed_point(lr, self.spec.lr_bits)
+            return math.ldexp(mant, -s)
+        return lr
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -153,7 +178,10 @@ class EOQSGD(torch.optim.Optimizer):
             v.copy_(apply_quant(spec.M, v, gen, "M", grid.owner, key=keys[1]))
         inv_lsb = torch.exp2(-grid.exponent)
         u_max = max_code(grid.update.bits)
-        delta = v * (self.effective_lr(group, grid) * inv_lsb)        # in units of the weight LSB
+        if spec.lr_bits:      # exact: the integer product L * v-code, then a shift (float64 holds it)
+            delta = v.double() * (self.effective_lr(group, grid) * 2.0 ** -float(grid.exponent))
+        else:
+            delta = v * (self.effective_lr(group, grid) * inv_lsb)    # in units of the weight LSB
         update = round_scaled(delta, 0, u_max, grid.update.rounding, key=keys[2])
         self.state[p]["last_update"] = update.to(torch.int8 if grid.update.bits <= 8 else torch.int32)
         k_max = max_code(grid.bits)
@@ -236,7 +264,7 @@ class EOQSGD(torch.optim.Optimizer):
             rows.append([0.0, grid.bits, grid.update.bits, ROUNDINGS.index(grid.update.rounding),
                          gq.bits or 0, ROUNDINGS.index(gq.rounding), spec.M.bits if m_on else 0,
                          ROUNDINGS.index(spec.M.rounding), spec.weight_policy.saturate_frac,
-                         spec.weight_policy.shrink_bits, float(ready)])
+                         spec.weight_policy.shrink_bits, float(ready), float(bool(spec.lr_bits))])
         plan = (params, bufs, exps, updates, torch.tensor(rows, dtype=torch.float64), decays)
         self._plan_cache = (ident, plan)
         return plan

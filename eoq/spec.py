@@ -126,6 +126,9 @@ class QuantSpec:
     bn: bits of the BN mean and standard deviation, the normalised value and gamma/beta
     (WAGEUBN; only used by models with norm='bn').
     lr_pow2: learning rates of integer-updated tensors are rounded to a power of two (a shift).
+    lr_bits: learning rates of integer-updated tensors are fixed-point numbers L * 2^-s with an
+    unsigned ``lr_bits``-bit mantissa L (top bit set), so that the update is an integer product
+    of L and the momentum codes and a shift before its stochastic rounding (None: a float lr).
     layers: per-layer overrides, {module-name glob: "float" or {kind: quant}}, applied in order.
     """
 
@@ -142,6 +145,7 @@ class QuantSpec:
     bn_value_bits: int | None = None
     bn_affine_bits: int | None = None
     lr_pow2: bool = False
+    lr_bits: int | None = None
     weight_policy: WeightPolicy = field(default_factory=WeightPolicy)
     layers: tuple = ()
     description: str = ""
@@ -156,6 +160,15 @@ class QuantSpec:
             raise SpecError("store_bits set but U is float: integer weights need integer updates (set U bits)")
         if self.W.enabled and self.store_bits is not None and self.W.bits > self.store_bits:
             raise SpecError(f"W bits ({self.W.bits}) cannot exceed store_bits ({self.store_bits})")
+        if self.lr_bits is not None:
+            if isinstance(self.lr_bits, bool) or not isinstance(self.lr_bits, int) or not 1 <= self.lr_bits <= 24:
+                raise SpecError(f"lr_bits must be an integer in [1, 24] (the learning rate's mantissa), "
+                                f"got {self.lr_bits!r}")
+            if self.lr_pow2:
+                raise SpecError("lr_bits and lr_pow2 both set: choose one learning-rate format (lr_pow2 is "
+                                "a power of two, lr_bits a fixed-point mantissa)")
+            if not self.U.enabled:
+                raise SpecError("lr_bits applies to integer updates: set U bits (and store_bits)")
         for name in ("bn_stat_bits", "bn_value_bits", "bn_affine_bits"):
             bits = getattr(self, name)
             if bits is not None:

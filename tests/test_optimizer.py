@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from eoq import kernels
 from eoq.layers import QLinear
 from eoq.models import build_model
-from eoq.optimizer import EOQSGD, momentum_shift, pow2_round
+from eoq.optimizer import EOQSGD, fixed_point, momentum_shift, pow2_round
 from eoq.prepare import grid_params, prepare
 from eoq.presets import get_preset
 from eoq.spec import SpecError, TensorQuant, WeightPolicy
@@ -200,7 +200,7 @@ def test_bad_hyperparameters():
 
 
 @pytest.mark.skipif(kernels.load() is None, reason="fused kernels not built here")
-@pytest.mark.parametrize("preset", ["eoq", "eoq-float-ends", "eoq-shift"])
+@pytest.mark.parametrize("preset", ["eoq", "eoq-float-ends", "eoq-shift", "eoq+lr_bits=16", "eoq+lr_bits=4"])
 def test_fused_kernels_give_the_reference_result_bit_for_bit(preset):
     """Whole ResNet-20 EOQ steps with the fused kernels == the torch reference (kernels disabled):
     weights, exponents, momentum buffers and update codes, across exponent moves (high lr)."""
@@ -212,7 +212,8 @@ def test_fused_kernels_give_the_reference_result_bit_for_bit(preset):
         torch.manual_seed(0)
         model = build_model("resnet20", "fixup", num_classes=10)
         gen = torch.Generator().manual_seed(1)
-        spec = get_preset(preset)
+        name, _, lr_bits = preset.partition("+lr_bits=")
+        spec = get_preset(name).with_changes(lr_bits=int(lr_bits) if lr_bits else None)
         prepare(model, spec, gen)
         start = [float(g.exponent) for g in grid_params(model)]
         opt = EOQSGD(model, spec, lr=0.5, momentum=0.875, generator=gen)
@@ -234,3 +235,48 @@ def test_fused_kernels_give_the_reference_result_bit_for_bit(preset):
         assert torch.equal(sa["last_update"], sb["last_update"]), g_fast.name
         moved += int(sa["last_update"].count_nonzero())
     assert moved > 0
+
+
+def test_fixed_point_learning_rate_hand_worked():
+    """0.2 = 0b0.0011001100.. : 4 bits -> 13 * 2^-6 = 0.203125; 8 bits -> 205 * 2^-10; a value
+    that rounds up to the next power of two gets the mantissa 2^(bits-1); powers of two are exact."""
+    assert fixed_point(0.2, 4) == (13, 6)
+    assert fixed_point(0.2, 8) == (205, 10)
+    assert fixed_point(0.2, 16) == (52429, 18)
+    assert fixed_point(0.99, 4) == (8, 3)                   # 15.84 -> 16 = 2^4: 8 * 2^-3 = 1.0
+    assert fixed_point(0.125, 4) == (8, 6)
+    assert fixed_point(3.0, 1) == (1, -2)                   # 1-bit mantissa: 3 -> 4 (half to even)
+    for bits in (1, 4, 8, 16, 24):
+        for x in (1e-6, 0.0123, 0.2, 0.5, 0.75, 7.3):
+            mant, s = fixed_point(x, bits)
+            assert 2 ** (bits - 1) <= mant < 2 ** bits
+            assert abs(mant * 2.0 ** -s - x) <= 2.0 ** -s / 2          # nearest: within half an LSB
+
+
+def test_fixed_point_lr_update_is_the_integer_product_and_shift():
+    """With lr_bits the update is U = SR(L * v_code * 2^(e_v - s - e)): check against that integer
+    formula computed here in Python integers (momentum 0, so v is the 16-bit G code tensor)."""
+    from eoq import rng
+
+    lsb = 2.0 ** -8
+    layer, opt = single_layer(0.0, -8, n=1000, u_bits=6)
+    opt.spec = opt.spec.with_changes(lr_bits=8)
+    g_codes = torch.randint(-2 ** 15 + 1, 2 ** 15, (1, 1000), generator=torch.Generator().manual_seed(3))
+    layer.weight.grad = g_codes.float() * 2.0 ** -20          # exactly representable
+    lr = 4.7                          # updates of up to about 37 LSBs: some clamped at 31
+    for group in opt.param_groups:
+        group["lr"] = lr
+    same = torch.Generator()
+    same.set_state(opt.generator.get_state())
+    keys = rng.draw_keys(same, 1, 4)                         # the keys the step will draw
+    opt.step()
+    u = opt.state[layer.weight]["last_update"].flatten().tolist()
+    mant, s = fixed_point(lr, 8)
+    shift = s + (-8) - (-20)          # y = L * code * 2^(-20 - s + 8): a right shift by s - 12
+    bits = rng.random_bits((1000,), tuple(keys[0][2].tolist()), torch.device("cpu"), 0).tolist()
+    for j, code in enumerate(g_codes.flatten().tolist()):
+        prod = mant * code                                   # the integer product
+        y16 = prod * 2 ** 16 // 2 ** shift if shift >= 0 else prod * 2 ** (16 - shift)   # 16 fraction bits, floor
+        want = (y16 + bits[j]) // 2 ** 16                    # SR: add 16 random bits, floor
+        assert u[j] == max(-31, min(31, want)), j
+    assert max(map(abs, u)) == 31 and len(set(u)) > 40

@@ -88,8 +88,9 @@ double abs_max_affine(const at::Tensor& x_, float mult, float bias, bool relu, f
 constexpr int64_t BLK = 512;
 
 // Quantize len elements s[0..len) whose logical indices are i0, i0 + di, i0 + 2 di, ...
-template <typename T, typename OUT>
-inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32_t di, float inv,
+// ``inv`` is float, or double where s * inv must be exact (a fixed-point learning rate).
+template <typename T, typename OUT, typename INV = float>
+inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32_t di, INV inv,
                         float scale, T m, int64_t mode, uint32_t k0, uint32_t k1, bool codes,
                         float bias = 0.0f, float mult = 1.0f, bool relu = false, float pre = 0.0f,
                         const uint32_t* given_bits = nullptr) {
@@ -270,6 +271,7 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     const double sat = cfg[i][8];
     const int64_t shrink = int64_t(cfg[i][9]);
     const bool ready = cfg[i][10] != 0;
+    const bool exact = cfg[i][11] != 0;   // fixed-point lr: v * lr / 2^e formed exactly, in double
     auto key = [&](int slot, int w) { return static_cast<uint32_t>(keys[i][slot][w]); };
 
     at::Tensor g = grads[i].contiguous();
@@ -312,7 +314,10 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
         for (int64_t j0 = ch * grain, je = std::min(n, j0 + grain); j0 < je; j0 += BLK) {
           const int64_t len = std::min(BLK, je - j0);
           float ub[BLK];
-          if (u_max <= 127)
+          if (exact)
+            quant_block<double, float, double>(vp + j0, ub, len, uint32_t(j0), 1u, lr * std::ldexp(1.0, -e),
+                                               1.0f, double(u_max), u_mode, u0, u1, true);
+          else if (u_max <= 127)
             quant_block<float, float>(vp + j0, ub, len, uint32_t(j0), 1u, c, 1.0f, float(u_max),
                                       u_mode, u0, u1, true);
           else

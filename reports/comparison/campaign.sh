@@ -29,12 +29,15 @@ one() {   # name|folder|options
   if [ -f "$dir/metrics.csv" ] && [ "$(tail -n1 "$dir/metrics.csv" | cut -d, -f1)" = "$epochs" ]; then
     echo "$name: finished"; return 0
   fi
-  local resume=(); [ -f "$dir/checkpoint.pt" ] && resume=(--resume)
   mkdir -p "$dir"
+  exec 9>"$dir/.lock"                       # one process per run, even with two campaigns going
+  if ! flock -n 9; then echo "$name: running in another process"; return 0; fi
+  local resume=(); [ -f "$dir/checkpoint.pt" ] && resume=(--resume)
   echo "$(date -u +%FT%TZ) $name: start ${resume[*]}"
   # shellcheck disable=SC2086
   $EOQ train $opts --threads 1 --no-progress --out "$dir" "${resume[@]}" >>"$dir/train.log" 2>&1
   local rc=$?
+  exec 9>&-
   echo "$(date -u +%FT%TZ) $name: exit $rc"
   if [ $rc -eq 0 ]; then
     local keep="reports/comparison/$folder/runs/$name"
