@@ -2,23 +2,36 @@
 
 ``quant.cpp`` (quantizers, optimizer step), ``intops.cpp`` (the integer engine's im2col, weight
 operands, G rounding), ``direct.cpp`` and ``amx.cpp`` (direct VNNI / AMX convolutions,
-:mod:`eoq.direct`), ``tail.cpp`` (the fused Fixup block tail).
+:mod:`eoq.engine.direct`), ``tail.cpp`` (the fused Fixup block tail).
 
 The kernels compute exactly what the torch reference computes (tests compare them bit for bit),
 in two passes over memory instead of about ten: max|x|, then scale + clamp + round (+ the
-counter-hash random bits of :mod:`eoq.rng`) in one loop. They are built with the system C++
+counter-hash random bits of :mod:`eoq.quant.rng`) in one loop. They are built with the system C++
 compiler through ``torch.utils.cpp_extension`` the first time they are needed (about 30-60 s,
 announced on stderr) and cached in ``$EOQ_KERNEL_CACHE`` (default ``~/.cache/eoq/kernels``),
-keyed by the source, the torch version and the CPU's feature flags. ``EOQ_KERNELS=0`` in the
-environment (read at import) or ``with kernels.disabled():`` turns them off; a machine without a
-compiler falls back to the torch reference with one warning. Results do not change.
+keyed by the source (its text and its folder), the torch version and the CPU's feature flags.
+``EOQ_KERNELS=0`` in the environment (read at import) or ``with kernels.disabled():`` turns them
+off. Missing sources, a failed compile or a build that does not finish within
+``$EOQ_KERNEL_BUILD_TIMEOUT`` seconds (default 900) give one warning and the torch reference.
+Results do not change.
+
+The build is safe against being killed half-way: one process builds while the others wait on an
+OS lock (``eoq.lock`` in the cache folder, released by the kernel when its holder dies, so a
+killed build never blocks a later one; a wait says what it waits for and is bounded), torch's own
+``lock`` file left by a killed build is removed by the next lock holder, and the compiler runs in
+a child process group that is killed with the process that started it (SIGTERM, SIGKILL or a
+notebook kernel restart).
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
+import signal
+import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -43,11 +56,20 @@ def _cpu_flags() -> bytes:
 
 
 def cache_dir() -> Path:
+    """The build folder of these sources: a checkout's own (its source folder is part of the key,
+    so two checkouts sharing a cache never rebuild each other's kernels)."""
     root = os.environ.get("EOQ_KERNEL_CACHE") or Path.home() / ".cache" / "eoq" / "kernels"
     data = b"".join(f.read_bytes() for f in _SOURCES + _HEADERS)
     tag = hashlib.sha256(data + torch.__version__.encode() + torch.backends.cpu.get_cpu_capability().encode()
-                         + _cpu_flags()).hexdigest()[:12]
+                         + _cpu_flags() + str(_CSRC.resolve()).encode()).hexdigest()[:12]
     return Path(root) / tag
+
+
+def _build_timeout() -> float:
+    return float(os.environ.get("EOQ_KERNEL_BUILD_TIMEOUT", "900"))
+
+
+_CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
 
 
 def enabled() -> bool:
@@ -71,32 +93,111 @@ def disabled():
 
 
 def load():
-    """The compiled module, or None (disabled, or the build failed: warned once)."""
+    """The compiled module, or None (disabled, or unavailable: warned once)."""
     if not enabled():
         return None
     if "module" in _state:
         return _state["module"]
-    from torch.utils import cpp_extension
-
-    build = cache_dir()
-    build.mkdir(parents=True, exist_ok=True)
-    name = "eoq_quant_" + build.name
-    if not any(build.glob(name + "*.so")):
-        print(f"eoq: compiling the fused quantizer kernels once (30-60 s), cached in {build}",
-              file=sys.stderr, flush=True)
     try:
-        module = cpp_extension.load(name=name, sources=[str(f) for f in _SOURCES], build_directory=str(build),
-                                    extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
-                                                  "-fopenmp"],
-                                    extra_ldflags=["-fopenmp"],
-                                    verbose=False)
-    except Exception as err:  # no compiler, no headers: fall back, results are the same
+        module = _load()
+    except Exception as err:  # no compiler, no sources, a failed or hung build: results are the same
         warnings.warn(f"eoq: fused quantizer kernels unavailable ({type(err).__name__}: "
                       f"{str(err).splitlines()[0] if str(err) else ''}); using the torch reference "
                       "(same results, slower). Set EOQ_KERNELS=0 to silence this.", stacklevel=2)
         module = None
     _state["module"] = module
     return module
+
+
+def _load():
+    missing = [f.name for f in _SOURCES + _HEADERS if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"kernel sources missing from {_CSRC}: {', '.join(missing)}")
+    build = cache_dir()
+    build.mkdir(parents=True, exist_ok=True)
+    name = "eoq_quant_" + build.name
+    with _build_lock(build):
+        (build / "lock").unlink(missing_ok=True)   # torch's lock file of a killed build: nobody else builds now
+        if not any(build.glob(name + "*.so")):
+            print(f"eoq: compiling the fused quantizer kernels once (30-60 s), cached in {build}",
+                  file=sys.stderr, flush=True)
+            _compile_in_child(name, build)
+        return _torch_load(name, build)
+
+
+def _torch_load(name: str, build: Path):
+    from torch.utils import cpp_extension
+
+    return cpp_extension.load(name=name, sources=[str(f) for f in _SOURCES], build_directory=str(build),
+                              extra_cflags=_CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
+
+
+@contextlib.contextmanager
+def _build_lock(build: Path):
+    """An flock on ``build/eoq.lock``, waited for at most the build timeout."""
+    with open(build / "eoq.lock", "a+") as fh:
+        deadline, told = time.monotonic() + _build_timeout(), False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told:
+                    fh.seek(0)
+                    owner = fh.read().strip() or "another process"
+                    print(f"eoq: waiting for {owner} building the kernels in {build} (at most "
+                          f"{_build_timeout():.0f} s)", file=sys.stderr, flush=True)
+                    told = True
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another process held {build / 'eoq.lock'} for {_build_timeout():.0f} s")
+                time.sleep(0.5)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _compile_in_child(name: str, build: Path) -> None:
+    """Build in a child process that leads its own process group (the compiler runs in it) and
+    kills that group when this process dies (Linux parent-death signal)."""
+    code = ("import sys; from eoq import kernels; kernels._child_build(sys.argv[1], sys.argv[2], sys.argv[3])")
+    proc = subprocess.Popen([sys.executable, "-c", code, name, str(build), str(_CSRC)], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "EOQ_KERNEL_PARENT": str(os.getpid())})
+    try:
+        out, _ = proc.communicate(timeout=_build_timeout())
+    except BaseException:           # a timeout, or this process interrupted: no compiler outlives it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        lines = [ln for ln in (out or "").splitlines() if "error" in ln.lower()] or (out or "").splitlines()[-3:]
+        raise RuntimeError(f"the kernel build failed: {lines[0] if lines else 'exit status ' + str(proc.returncode)}")
+
+
+def _child_build(name: str, build: str, csrc: str) -> None:
+    """In the build child: die with the parent, take the compiler down on SIGTERM, build."""
+    def kill_group(signum, frame):
+        os.killpg(0, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, kill_group)
+    with contextlib.suppress(Exception):        # Linux: SIGTERM to this child when its parent dies
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG = 1
+    if os.getppid() != int(os.environ.get("EOQ_KERNEL_PARENT", os.getppid())):
+        kill_group(None, None)                  # the parent died before the signal was armed
+    global _CSRC, _SOURCES, _HEADERS
+    if Path(csrc) != _CSRC:                     # build the sources the parent asked for
+        _CSRC = Path(csrc)
+        _SOURCES = [_CSRC / f.name for f in _SOURCES]
+        _HEADERS = [_CSRC / f.name for f in _HEADERS]
+    _torch_load(name, Path(build))
 
 
 def usable(x: torch.Tensor):

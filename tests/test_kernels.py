@@ -15,3 +15,105 @@ def test_kernel_cache_is_keyed_by_the_sources(monkeypatch, tmp_path):
     extra.write_text("// changed")
     monkeypatch.setattr(kernels, "_HEADERS", kernels._HEADERS + [extra])
     assert kernels.cache_dir() != here
+
+
+def test_two_checkouts_with_the_same_sources_get_their_own_build(monkeypatch, tmp_path):
+    """Same text in another folder (a second checkout sharing the cache): another build folder,
+    so neither rebuilds the other's kernels (torch's build files hold absolute source paths)."""
+    import shutil
+
+    here = kernels.cache_dir()
+    copy = tmp_path / "csrc"
+    shutil.copytree(kernels._CSRC, copy)
+    monkeypatch.setattr(kernels, "_CSRC", copy)
+    monkeypatch.setattr(kernels, "_SOURCES", [copy / f.name for f in kernels._SOURCES])
+    monkeypatch.setattr(kernels, "_HEADERS", [copy / f.name for f in kernels._HEADERS])
+    assert kernels.cache_dir() != here
+
+
+def _fresh_state(monkeypatch):
+    monkeypatch.setattr(kernels, "_state", {"enabled": True})
+
+
+def test_missing_source_gives_one_warning_and_the_torch_path(monkeypatch, tmp_path):
+    """A wheel without eoq/csrc/ once died with a raw FileNotFoundError at the first quantization."""
+    import pytest
+    import torch
+
+    from eoq.quant import quantizers as Q
+
+    _fresh_state(monkeypatch)
+    monkeypatch.setattr(kernels, "_SOURCES", kernels._SOURCES + [tmp_path / "gone.cpp"])
+    with pytest.warns(UserWarning, match="kernel sources missing"):
+        assert kernels.load() is None
+    # the torch path quantizes: R = 1, codes round(x * 128) clamped to +-127
+    assert Q.sq(torch.tensor([0.3, -1.0, 0.5]), 8).tolist() == [38 / 128, -127 / 128, 64 / 128]
+
+
+def test_failed_compile_gives_one_warning_and_the_torch_path(monkeypatch, tmp_path):
+    import shutil
+
+    import pytest
+
+    _fresh_state(monkeypatch)
+    copy = tmp_path / "csrc"
+    shutil.copytree(kernels._CSRC, copy)
+    (copy / "tail.cpp").write_text("this is not C++;\n")
+    monkeypatch.setattr(kernels, "_CSRC", copy)
+    monkeypatch.setattr(kernels, "_SOURCES", [copy / f.name for f in kernels._SOURCES])
+    monkeypatch.setattr(kernels, "_HEADERS", [copy / f.name for f in kernels._HEADERS])
+    monkeypatch.setenv("EOQ_KERNEL_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match="build failed"):
+        assert kernels.load() is None
+
+
+def test_a_stale_lock_from_a_killed_build_does_not_block():
+    """torch's ``lock`` file left in the build folder by a killed build (its owner gone) made
+    every later process wait forever, built kernels or not; the next lock holder removes it."""
+    import subprocess
+    import sys
+
+    build = kernels.cache_dir()
+    build.mkdir(parents=True, exist_ok=True)
+    (build / "lock").write_text("")
+    out = subprocess.run([sys.executable, "-c", "from eoq import kernels; print(kernels.load() is not None)"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.stdout.strip() == "True", out.stderr
+    assert not (build / "lock").exists()
+
+
+def test_a_killed_build_leaves_no_compiler_running(tmp_path):
+    """SIGKILL to the process that started a build: its compiler processes die with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "EOQ_KERNEL_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-c", "from eoq import kernels; kernels.load()"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def compilers():
+        """Processes working in the build folder (ninja and the compiler run there)."""
+        found = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    if os.readlink(f"/proc/{pid}/cwd").startswith(str(cache)):
+                        found.append(pid)
+                except OSError:
+                    continue
+        return found
+
+    deadline = time.monotonic() + 60
+    while not compilers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert compilers(), "the build did not start"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while compilers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert compilers() == []
