@@ -18,22 +18,19 @@ writes ``study.csv`` (one row per configuration, batch size and measuring point)
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
-from eoq.augment import to_float
-from eoq.data import load_cifar10
-from eoq.models import build_model
-from eoq.optimizer import EOQSGD
-from eoq.prepare import prepare
-from eoq.presets import get_preset
-from eoq.train import TrainingDiverged, evaluate, train_step
+from eoq.training.batches import to_float
+from eoq.training.csvfile import write_rows
+from eoq.training.data import load_cifar10
+from eoq.training.loop import TrainingDiverged, evaluate, train_step
+from eoq.training.setup import setup
 
 from .style import COLORS, figure, save
 
@@ -44,12 +41,8 @@ LR_RULES = {"sqrt": lambda b: math.sqrt(b / 128), "linear": lambda b: b / 128}
 def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, points: int,
             seed: int = 0) -> list[dict]:
     """Train on the stream; returns [{seen, test_acc, seconds}] at ``points`` positions."""
-    torch.manual_seed(seed)
-    model = build_model("resnet20", norm, num_classes=10)
-    gen = torch.Generator().manual_seed(seed + 7919)
-    spec = get_preset(preset)
-    prepare(model, spec, gen)
-    opt = EOQSGD(model, spec, lr=lr, momentum=0.875, generator=gen)
+    s = setup("resnet20", norm, preset, seed=seed, lr=lr, momentum=0.875)
+    model, opt = s.model, s.optimizer
     order = np.random.default_rng(seed).permutation(len(data.train_y))[:samples]
     marks = sorted({int(round(samples * (i + 1) / points)) for i in range(points)})
     rows, seen, t0 = [], 0, time.perf_counter()
@@ -139,10 +132,7 @@ def main(argv=None):
             results.append({"config": name, "batch": batch, "lr": lr, **r, "final": i == len(rows) - 1})
         tqdm.write(f"{name} B={batch}: lr {lr:.4g}, test {rows[-1]['test_acc']:.2f}% after "
                    f"{rows[-1]['seen']} samples, {rows[-1]['seconds']:.0f} s")
-    with open(out / "study.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["config", "batch", "lr", "seen", "test_acc", "seconds", "final"])
-        w.writeheader()
-        w.writerows(results)
+    write_rows(out / "study.csv", results, ["config", "batch", "lr", "seen", "test_acc", "seconds", "final"])
     md = [f"# Small-batch study: ResNet-20, {args.samples} CIFAR-10 samples seen once, "
           f"{args.test} test images", "",
           f"lr(B) = {args.lr_ref} x {'sqrt(B/128)' if args.lr_rule == 'sqrt' else 'B/128'}, constant, "

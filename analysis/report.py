@@ -8,14 +8,14 @@ report comes from the inputs given; a claim without inputs is marked "not measur
 """
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from eoq.train import SCHEDULE_FIELDS
+from eoq.training.csvfile import read_rows
+from eoq.training.loop import SCHEDULE_FIELDS
 
 from .runs import accuracy_table, label, load_run, plot_curves
 from .style import figure, save
@@ -27,18 +27,6 @@ CLAIMS = (
     "Removing BN: >70x lower power and >18x higher speed for that part",
     "Larger advantage in small-batch online training",
 )
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        for k, v in r.items():
-            try:
-                r[k] = float(v)
-            except (TypeError, ValueError):
-                pass
-    return rows
 
 
 def _copy_figures(src: Path, dst: Path, prefix: str) -> list[str]:
@@ -89,9 +77,10 @@ def plot_batch_sizes(runs: list[dict], stem) -> list[Path]:
 def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_run: str | None = None,
                  cost_model: str = "resnet20", cost_batch: int = 128, title: str = "EOQ Workbench report",
                  command: str = "") -> Path:
-    from .cost_report import report as cost_report
-    from .qstats import read_qstats
-    from .qstats_figures import plot_curves as q_curves, plot_heatmap, plot_histograms, summary_table
+    from .cost.report import report as cost_report
+    from .qstats.figures import plot_curves as q_curves
+    from .qstats.figures import plot_heatmap, plot_histograms, summary_table
+    from .qstats.stats import read_qstats
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,8 +120,8 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
             md += [f"![{f}]({f})", "", f"*{captions.get(f, f)}*", ""]
         if (iso / "theorems.md").exists():
             md += ["Theorem checks:", "", (iso / "theorems.md").read_text(), ""]
-        summ = _read_csv(iso / "summary.csv")
-        fx = [s for s in summ if s["norm"] == "fixup" and s.get("diverged") in (False, "False")]
+        summ = read_rows(iso / "summary.csv")
+        fx = [s for s in summ if s["norm"] == "fixup" and not s.get("diverged")]
         if fx:
             deepest = max(s["depth"] for s in fx)
             vals = {(s["precision"], s["stage"]): s["end_to_end_phi1"] for s in fx if s["depth"] == deepest}
@@ -152,9 +141,11 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
         steps = [int(r["step"]) for r in rows if r["layer"] == layer]
         md += ["## Quantization error", "", summary_table(rows), "", "![heatmap](qstats_heatmap.png)", "",
                "*Median SQNR per layer and tensor kind over the sampled steps.*", "",
-               "![curves](qstats_curves.png)", "", "*SQNR, saturation and zero fractions per kind during training.*", ""]
+               "![curves](qstats_curves.png)", "",
+               "*SQNR, saturation and zero fractions per kind during training.*", ""]
         if steps:
-            plot_histograms(Path(qstats_run) / "qstats" / "qstats_hist.npz", layer, max(steps), out_dir / "qstats_histograms")
+            plot_histograms(Path(qstats_run) / "qstats" / "qstats_hist.npz", layer, max(steps),
+                            out_dir / "qstats_histograms")
             md += ["![histograms](qstats_histograms.png)", "",
                    f"*Values of A, E, G and the update codes of {layer} at the last sample, clip range dashed.*", ""]
 
@@ -165,8 +156,10 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
            "| part | power ratio (fp32 BN / EOQ Fixup) | speed ratio |", "|---|---:|---:|",
            f"| normalization only | {n['power_ratio']:.1f}x | {n['speed_ratio']:.1f}x |",
            f"| whole training step | {s['power_ratio']:.1f}x | {s['speed_ratio']:.1f}x |", "",
-           f"![energy](cost_energy_{cost_model}.png)", "", "*Compute energy per phase and number format (log scale).*", "",
-           f"![norm](cost_norm_{cost_model}.png)", "", "*Normalization part: BN (fp32) against Fixup scalars (8-bit).*", ""]
+           f"![energy](cost_energy_{cost_model}.png)", "",
+           "*Compute energy per phase and number format (log scale).*", "",
+           f"![norm](cost_norm_{cost_model}.png)", "",
+           "*Normalization part: BN (fp32) against Fixup scalars (8-bit).*", ""]
     claims[CLAIMS[3]] = (f"{n['power_ratio']:.1f}x energy, {n['speed_ratio']:.1f}x cycles (whole step: "
                          f"{s['power_ratio']:.1f}x, {s['speed_ratio']:.1f}x)",
                          "op counts of one training step x Horowitz 45 nm energies / assumed cycles (cost section)")

@@ -5,13 +5,12 @@ import json
 import statistics
 from pathlib import Path
 
-from eoq.metrics import read_metrics
-from eoq.train import SCHEDULE_FIELDS
+from eoq.training.loop import SCHEDULE_FIELDS
+from eoq.training.metrics import read_metrics
 
 from .style import COLORS, figure, save
 
-
-# settings a run made before they existed used (eoq/train.py: SCHEDULE_FIELDS; no label smoothing)
+# settings a run made before they existed used (eoq/training/loop.py: SCHEDULE_FIELDS; no label smoothing)
 _BEFORE = {**{k: v for k, v in SCHEDULE_FIELDS.items() if v is not None}, "label_smoothing": 0.0}
 
 
@@ -31,7 +30,9 @@ def label(run: dict) -> str:
     cfg, preset = run["config"], run["config"]["preset"]
     if preset == "fp32":
         return f"fp32+{'BN' if cfg['norm'] == 'bn' else cfg['norm'].capitalize()}"
-    if preset.endswith(".json"):
+    if isinstance(preset, dict):                      # a QuantSpec given to TrainConfig
+        preset = preset.get("name") or "custom"
+    elif preset.endswith(".json"):
         preset = (run.get("spec") or {}).get("name") or Path(preset).stem
     name = "EOQ" if preset == "eoq" else f"{preset}+{cfg['norm']}"
     if cfg.get("engine") == "int":
@@ -86,7 +87,8 @@ def seed_table(runs: list[dict]) -> str:
     and the sample standard deviation (n - 1; blank for a single run) of the runs that finished.
     A run that stopped early (diverged, killed) is named with its last epoch and left out of both.
     The last column names the settings in which a group differs from the first group."""
-    lines = ["| configuration | seeds | final test acc (%) per seed | mean (%) | std (points) | settings unlike row 1 |",
+    lines = ["| configuration | seeds | final test acc (%) per seed | mean (%) | std (points) "
+             "| settings unlike row 1 |",
              "|---|---|---|---:|---:|---|"]
     groups = seed_groups(runs)
     for group in groups:

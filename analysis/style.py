@@ -3,10 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # the backend is the user's: inline in a notebook, Agg with no display
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 200, "font.size": 10, "axes.titlesize": 11,

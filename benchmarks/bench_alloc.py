@@ -1,4 +1,4 @@
-"""What the allocator settings of ``eoq train`` (eoq/allocator.py) save on activation-sized tensors.
+"""What the allocator settings of ``eoq train`` (eoq/engine/allocator.py) save on activation-sized tensors.
 
 Times a ReLU backward plus one multiply over an 8 M-float tensor (a ResNet-18 activation at
 batch 128 on 32x32: 32 MiB), each step allocating fresh outputs, as a training step does. Runs
@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LOOP = r"""
 import statistics, sys, time, torch
 sys.path.insert(0, sys.argv[3])
-from benchmarks.common import setup
-setup(int(sys.argv[2]))
+from eoq.engine import allocator
+allocator.tune()
+torch.set_num_threads(int(sys.argv[2]))
 x, g = torch.randn(128, 64, 32, 32), torch.randn(128, 64, 32, 32)
 times = []
 for _ in range(int(sys.argv[1])):
@@ -34,7 +35,7 @@ print(statistics.median(times[2:]) * 1000)
 
 def run(tuned: bool, repeats: int, threads: int) -> float:
     env = dict(os.environ, EOQ_MALLOC_TUNE="1" if tuned else "0")
-    out = subprocess.run([sys.executable, "-c", LOOP, str(repeats), str(threads), str(ROOT)], env=env,
+    out = subprocess.run([sys.executable, "-c", LOOP, str(repeats), str(threads)], env=env,
                          capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
 

@@ -4,7 +4,7 @@ paths side by side, in one run.
 For each shape (channels in = out, image size) the median milliseconds of the forward, the input
 gradient and the weight gradient on integer codes:
 ``gemm`` (NHWC im2col + ``torch._int_mm``, then dequantization), ``vnni`` (the direct kernels of
-:mod:`eoq.direct` on AVX-512 VNNI instructions) and ``amx`` (the same on AMX tiles, where the
+:mod:`eoq.engine.direct` on AVX-512 VNNI instructions) and ``amx`` (the same on AMX tiles, where the
 CPU and OS allow). The last column says which path the engine takes for that width here. The
 shapes are ResNet-20's stages (16-64 channels) and ResNet-18's on 32x32 inputs (64-512).
 """
@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
+from common import median_time, setup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import median_time, setup  # noqa: E402
-from eoq import direct, kernels  # noqa: E402
-from eoq import intengine as IE  # noqa: E402
+from eoq import kernels
+from eoq.engine import direct
+from eoq.engine import intengine as IE
 
 SHAPES = [(16, 32), (32, 16), (64, 8), (64, 32), (128, 16), (256, 8), (512, 4)]
 
@@ -45,7 +44,8 @@ def paths(c: int, h: int, batch: int, repeats: int):
         kern.dequant(out, -3)
         IE._give(out)
 
-    res = {"gemm": [median_time(f, repeats) for f in (gemm_fwd, gemm_bwd, lambda: IE.weight_grad(e.reshape(-1, c), cols))]}
+    gemm_wgrad = lambda: IE.weight_grad(e.reshape(-1, c), cols)
+    res = {"gemm": [median_time(f, repeats) for f in (gemm_fwd, gemm_bwd, gemm_wgrad)]}
     for name, amx in (("vnni", False), ("amx", True)):
         if amx and not kern.amx_available():
             continue

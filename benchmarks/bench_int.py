@@ -4,37 +4,27 @@ For ResNet-20 (CIFAR layout, 16-64 channels) and the ImageNet-layout ResNet-18 o
 (64-512 channels), all Fixup: median step time (``--repeats`` steps after ``--warmup``, the three
 kinds interleaved) of fp32, simulated EOQ and integer EOQ on real CIFAR-10 test images, and the
 ratios. All three get channels-last input batches (fp32 and the simulator are faster that way too,
-and the integer engine needs no layout copies). ``--profile`` adds a per-operator table for the integer step. The last two lines are
-``int_eoq/fp32 resnet20 = <ratio>`` and ``int_eoq/fp32 resnet18 = <ratio>``.
+and the integer engine needs no layout copies). ``--profile`` adds a per-operator table for the
+integer step. The last two lines are ``int_eoq/fp32 resnet20 = <ratio>`` and ``int_eoq/fp32 resnet18 = <ratio>``.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from common import setup, test_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import setup, test_images  # noqa: E402
-from eoq.models import build_model  # noqa: E402
-from eoq.optimizer import EOQSGD  # noqa: E402
-from eoq.prepare import prepare  # noqa: E402
-from eoq.presets import get_preset  # noqa: E402
-from eoq.train import train_step  # noqa: E402
+from eoq.training.loop import train_step
+from eoq.training.setup import setup as eoq_setup
 
 KINDS = {"fp32": ("fp32", "sim"), "sim_eoq": ("eoq", "sim"), "int_eoq": ("eoq", "int")}
 
 
 def make(model: str, preset: str, engine: str):
-    torch.manual_seed(0)
-    net = build_model(model, "fixup", num_classes=10)
-    gen = torch.Generator().manual_seed(1)
-    spec = get_preset(preset)
-    prepare(net, spec, gen, engine=engine)
-    return net, EOQSGD(net, spec, lr=0.05, momentum=0.875, generator=gen)
+    s = eoq_setup(model, "fixup", preset, seed=0, rounding_seed=1, engine=engine, lr=0.05, momentum=0.875)
+    return s.model, s.optimizer
 
 
 def measure(model: str, batch: int, repeats: int, warmup: int, profile: bool) -> dict:

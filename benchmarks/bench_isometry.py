@@ -8,19 +8,16 @@ Usage: python benchmarks/bench_isometry.py [--norm bn|fixup|none] [--threads 2]
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
+from common import setup, test_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from analysis.isometry import chain, freeze_batchnorm  # noqa: E402
-from analysis.jacobian import from_terms, hutchinson_terms  # noqa: E402
-from benchmarks.common import setup, test_images  # noqa: E402
-from eoq.models import build_model  # noqa: E402
-from eoq.prepare import prepare  # noqa: E402
-from eoq.presets import get_preset  # noqa: E402
+from analysis.isometry.blocks import chain, freeze_batchnorm
+from analysis.isometry.jacobian import from_terms, hutchinson_terms
+from eoq.models import build_model
+from eoq.nn.prepare import prepare
+from eoq.quant.presets import get_preset
 
 
 def per_block_phi(model, images, target: float = 0.02, max_probes: int = 32):

@@ -1,7 +1,8 @@
 """Overhead of quantization statistics collected every 50 steps (EOQ ResNet-20, batch 128, 2 threads).
 
 Medians (one run, same process, the three kinds of step interleaved) of: a plain training step; a
-step with the collector attached but not sampling; a sampled step. With sampling every N = 50 steps the overhead per step is
+step with the collector attached but not sampling; a sampled step. With sampling every N = 50
+steps the overhead per step is
     ((idle - plain) + (sampled - plain) / N) / plain.
 Last line: ``qstats overhead = <fraction>``.
 """
@@ -9,21 +10,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from common import setup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from analysis.qstats import QStatsCollector  # noqa: E402
-from benchmarks.common import setup  # noqa: E402
-from eoq.models import build_model  # noqa: E402
-from eoq.observe import observing  # noqa: E402
-from eoq.optimizer import EOQSGD  # noqa: E402
-from eoq.prepare import prepare  # noqa: E402
-from eoq.presets import get_preset  # noqa: E402
-from eoq.train import train_step  # noqa: E402
+from analysis.qstats.stats import QStatsCollector
+from eoq.quant.observe import observing
+from eoq.training.loop import train_step
+from eoq.training.setup import setup as eoq_setup
 
 
 def main():
@@ -33,12 +28,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     setup(args.threads)
-    torch.manual_seed(0)
-    model = build_model("resnet20", "fixup")
-    spec = get_preset("eoq")
-    gen = torch.Generator().manual_seed(0)
-    prepare(model, spec, gen)
-    opt = EOQSGD(model, spec, lr=0.05, generator=gen)
+    s = eoq_setup("resnet20", "fixup", "eoq", seed=0, rounding_seed=0, lr=0.05)
+    model, opt = s.model, s.optimizer
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
 
     def step():

@@ -8,14 +8,11 @@ index, so both layouts give the same codes; this prints what the layout costs.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
+from common import median_time, setup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import median_time, setup  # noqa: E402
-from eoq import quantizers as Q  # noqa: E402
+from eoq.quant import quantizers as Q
 
 SHAPES = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
 

@@ -7,38 +7,27 @@ and SGD), in the same memory layout. Prints the kernel status, both medians and 
 batch size; the last line is ``sim_eoq/fp32 = <ratio at batch 128>``.
 
 The glibc allocator returns large blocks to the OS and page-faults them back each step; the
-benchmarks apply the allocator settings `eoq train` uses (eoq/allocator.py) to both steps.
+benchmarks apply the allocator settings `eoq train` uses (eoq/engine/allocator.py) to both steps.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from common import setup, test_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import setup, test_images  # noqa: E402
-from eoq import allocator, kernels  # noqa: E402
-from eoq.models import build_model  # noqa: E402
-from eoq.optimizer import EOQSGD  # noqa: E402
-from eoq.prepare import prepare  # noqa: E402
-from eoq.presets import get_preset  # noqa: E402
-from eoq.train import train_step  # noqa: E402
+from eoq import kernels
+from eoq.engine import allocator
+from eoq.training.loop import train_step
+from eoq.training.setup import setup as eoq_setup
 
 
 def make(preset: str, channels_last: bool):
-    torch.manual_seed(0)
-    model = build_model("resnet20", "fixup", num_classes=10)
-    gen = torch.Generator().manual_seed(1)
-    spec = get_preset(preset)
-    prepare(model, spec, gen)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = EOQSGD(model, spec, lr=0.05, momentum=0.875, generator=gen)
-    return model, opt
+    s = eoq_setup("resnet20", "fixup", preset, seed=0, rounding_seed=1, lr=0.05, momentum=0.875,
+                  channels_last=channels_last)
+    return s.model, s.optimizer
 
 
 def measure(batch: int, repeats: int, warmup: int, channels_last: bool) -> dict:

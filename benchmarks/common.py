@@ -6,13 +6,13 @@ import time
 
 import torch
 
-from eoq import allocator
-from eoq.augment import to_float
-from eoq.data import load_cifar10
+from eoq.engine import allocator
+from eoq.training.batches import to_float
+from eoq.training.data import load_cifar10
 
 
 def setup(threads: int = 2) -> None:
-    """Threads, and the allocator settings ``eoq train`` uses (eoq/allocator.py)."""
+    """Threads, and the allocator settings ``eoq train`` uses (eoq/engine/allocator.py)."""
     allocator.tune()
     torch.set_num_threads(threads)
 

@@ -1,8 +1,8 @@
 """Where the integer ResNet-20 step spends its time, by engine function (batch 128, 2 threads).
 
-Wraps the integer engine's entry points in timers (``eoq.quantizers.sq_integer`` for the A and E
-codes, the direct VNNI kernels of :mod:`eoq.direct`, the im2col + ``_int_mm`` paths of
-:mod:`eoq.intengine`, G rounding) and prints the mean milliseconds per training step of each,
+Wraps the integer engine's entry points in timers (``eoq.quant.quantizers.sq_integer`` for the A and E
+codes, the direct VNNI kernels of :mod:`eoq.engine.direct`, the im2col + ``_int_mm`` paths of
+:mod:`eoq.engine.intengine`, G rounding) and prints the mean milliseconds per training step of each,
 after ``--warmup`` steps. The remainder of the step is PyTorch's float32 elementwise work
 (ReLU backward, Fixup sums, residual adds), the loss and the optimizer. Nested entries are not
 double counted: the wrapped functions do not call one another.
@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
 import time
-from pathlib import Path
 
 import torch
+from bench_int import make
+from common import setup, test_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_int import make  # noqa: E402
-from benchmarks.common import setup, test_images  # noqa: E402
-from eoq import direct, intengine  # noqa: E402
-from eoq import quantizers as Q  # noqa: E402
-from eoq.train import train_step  # noqa: E402
+from eoq.engine import direct, intengine
+from eoq.quant import quantizers as Q
+from eoq.training.loop import train_step
 
 ENTRIES = [(Q, "sq_integer", "A/E quantizers"), (direct, "conv", "direct conv (fwd + input grad)"),
            (direct, "weight_grad", "direct weight grad"), (direct, "grid_weights", "direct weight packing"),
-           (intengine, "conv_forward", "im2col + GEMM forward"), (intengine, "conv_input_grad", "im2col + GEMM input grad"),
+           (intengine, "conv_forward", "im2col + GEMM forward"),
+           (intengine, "conv_input_grad", "im2col + GEMM input grad"),
            (intengine, "weight_grad", "GEMM weight grad"), (intengine, "_to_float_nchw", "dequantization"),
            (intengine, "weight_mats", "GEMM weight operands"), (intengine, "_gradient", "G rounding")]
 

@@ -11,11 +11,11 @@ import shlex
 import sys
 
 from . import distributed
-from .checkpoint import CheckpointError
-from .config import ConfigError, TrainConfig
-from .data import DataError
-from .quantizers import QuantizationError
-from .spec import SpecError
+from .quant.quantizers import QuantizationError
+from .quant.spec import SpecError
+from .training.checkpoint import CheckpointError
+from .training.config import ConfigError, TrainConfig
+from .training.data import DataError
 
 USER_ERRORS = (ConfigError, SpecError, DataError, CheckpointError, QuantizationError)
 
@@ -28,7 +28,8 @@ def _add_train(sub):
     p.add_argument("--norm", default=d.norm, help="bn | fixup | none")
     p.add_argument("--preset", default=d.preset,
                    help="fp32 | eoq | eoq-shift | eoq-float-ends | wageubn, or a JSON spec file ('eoq presets')")
-    p.add_argument("--engine", default=d.engine, help="sim: float simulation of the integer arithmetic; int: int8 x int8 -> int32 "
+    p.add_argument("--engine", default=d.engine,
+                   help="sim: float simulation of the integer arithmetic; int: int8 x int8 -> int32 "
                         "(direct AMX/VNNI kernels, or GEMMs in torch._int_mm), bit-exact with sim; needs "
                         "8-bit SQ A/E/G/W, e.g. eoq")
     p.add_argument("--channels-last", action="store_true",
@@ -39,7 +40,7 @@ def _add_train(sub):
                    help="peak learning rate (default 0.2; 0.15 for presets with power-of-two lr, e.g. eoq-shift)")
     p.add_argument("--schedule", default=None,
                    help="onecycle | onecycle-cos | cosine | step | constant (default: per preset and norm, "
-                        "eoq/config.py: DEFAULTS)")
+                        "eoq/training/config.py: DEFAULTS)")
     p.add_argument("--warmup", type=float, default=None, help="fraction of steps of warm-up")
     p.add_argument("--momentum", type=float, default=None,
                    help="1 - 2^-s for integer updates (default 0.875, 0.9 with BN, 0.95 cycled to 0.85 with "
@@ -67,7 +68,7 @@ def _add_train(sub):
                    help="zero padding of the random crop (0: horizontal flips only; default 2 for float "
                         "updates, 4 for power-of-two-lr presets)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
-    p.add_argument("--out", default=d.out, help="run directory (metrics.csv, checkpoint.pt)")
+    p.add_argument("--out", default="runs/default", help="run directory (metrics.csv, checkpoint.pt)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
@@ -78,13 +79,13 @@ def _add_train(sub):
 
 
 def _train(args) -> int:
-    from .train import Interrupted, TrainingDiverged, train
+    from .training.loop import Interrupted, TrainingDiverged, train
 
     keys = set(TrainConfig.__dataclass_fields__)
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
     observers = ()
     if cfg.qstats_every > 0:     # a negative value is reported by the config validation in train()
-        from analysis.qstats import QStatsCollector
+        from analysis.qstats.stats import QStatsCollector
 
         observers = (QStatsCollector(cfg.qstats_every),)
     try:
@@ -119,15 +120,15 @@ def _leave(code: int) -> int:
 
 
 def _presets(args) -> int:
-    from .presets import PRESETS, describe
+    from .quant.presets import PRESETS, describe
 
     print("\n\n".join(describe(s) for s in PRESETS.values()))
     return 0
 
 
 def _cost(args) -> int:
-    from analysis.cost_report import report
-    from analysis.cost_tables import TableError
+    from analysis.cost.report import report
+    from analysis.cost.tables import TableError
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {args.batch_size}")

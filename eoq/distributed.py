@@ -100,10 +100,8 @@ def all_sum_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def reduce_other_grads(model: torch.nn.Module) -> None:
-    """SUM every gradient that the quantized layers did not already reduce in their backward."""
-    from .layers import QConv2d, QLinear
-    done = {id(m.weight) for m in model.modules() if isinstance(m, (QConv2d, QLinear)) and m.quant.any}
-    for p in model.parameters():
-        if p.grad is not None and id(p) not in done:
-            dist.all_reduce(p.grad)
+def all_reduce_grads(params) -> None:
+    """SUM the gradients of ``params`` over the processes (the caller chooses which: the quantized
+    layers reduce their own weight gradients in their backward, eoq/training/loop.py)."""
+    for p in params:
+        dist.all_reduce(p.grad)

@@ -1,4 +1,4 @@
-"""eoq.allocator: freed activation-sized blocks stay in the process (no page faults on reuse)."""
+"""eoq.engine.allocator: freed activation-sized blocks stay in the process (no page faults on reuse)."""
 import subprocess
 import sys
 
@@ -6,7 +6,7 @@ import pytest
 
 PROBE = r"""
 import resource, sys, torch
-from eoq import allocator
+from eoq.engine import allocator
 ok = allocator.tune() if sys.argv[1] == "tune" else False
 x = torch.ones(8 * 2 ** 20)                 # 32 MiB, an activation of a wide network
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

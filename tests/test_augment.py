@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from eoq.augment import MEAN, STD, crop_flip, epoch_order, to_float, train_batches
+from eoq.training.batches import MEAN, STD, crop_flip, epoch_order, to_float, train_batches
 
 
 @pytest.mark.parametrize("pad", [4, 2, 0])

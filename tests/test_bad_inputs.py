@@ -5,8 +5,8 @@ import zipfile
 import pytest
 import torch
 
-from eoq import quantizers as Q
 from eoq.cli import main
+from eoq.quant import quantizers as Q
 
 BASE = ["train", "--data", "embedded", "--train-limit", "64", "--test-limit", "32", "--batch-size", "32",
         "--epochs", "1", "--no-progress"]
@@ -127,7 +127,7 @@ def test_divergence_in_eoq_names_the_step(capsys, tmp_path):
     # int8 updates are clamped to 127 LSBs, so the weights grow by at most one exponent step per
     # step: the blow-up needs some steps (here about 10) and may surface in a step or in evaluation
     code, err = run_cli(capsys, BASE + ["--out", str(out), "--lr", "1e30", "--warmup", "0", "--schedule", "constant",
-                                        "--norm", "none", "--train-limit", "1024"])
+                                        "--norm", "none", "--train-limit", "1024", "--val", "0"])
     assert code == 3 and "at epoch 1, " in err and "no checkpoint was written yet" in err, err
     assert not (out / "metrics.csv").exists()
 
@@ -142,7 +142,7 @@ def test_empty_and_all_zero_tensors_in_every_quantizer(fn, shape):
 
 
 @pytest.mark.parametrize("fn", [lambda x: Q.sq(x, 8), lambda x: Q.fq(x, 8), lambda x: Q.cq(x, 8, 128),
-                                lambda x: Q.shift_scale(x)])
+                                lambda x: Q.pow2_scale(x)])
 def test_non_finite_values_in_every_quantizer(fn):
     with pytest.raises(Q.QuantizationError, match="NaN or Inf"):
         fn(torch.tensor([0.5, float("inf")]))

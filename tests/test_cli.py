@@ -51,8 +51,8 @@ def test_train_command_runs(tmp_path, capsys):
     ("fp32", "none", (0.2, 0.875, None, False, "onecycle", 0.15, 2)),
     ("wageubn", "bn", (0.2, 0.875, None, False, "onecycle", 0.15, 2))])
 def test_default_schedule_follows_preset_and_norm(preset, norm, want):
-    """The defaults table as documented (eoq/config.py: DEFAULTS); an explicit value always wins."""
-    from eoq.config import TrainConfig
+    """The defaults table as documented (eoq/training/config.py: DEFAULTS); an explicit value always wins."""
+    from eoq.training.config import TrainConfig
     cfg = TrainConfig(preset=preset, norm=norm).validate()
     assert (cfg.lr, cfg.momentum, cfg.momentum_min, cfg.nesterov, cfg.schedule, cfg.warmup, cfg.crop_pad) == want
     cfg = TrainConfig(preset=preset, norm=norm, lr=0.05, momentum=0.75, schedule="cosine", warmup=0.1,
@@ -64,7 +64,7 @@ def test_default_schedule_follows_preset_and_norm(preset, norm, want):
 def test_schedule_defaults_by_norm_and_update_kind(monkeypatch):
     """Unset schedule fields come from DEFAULTS with the (kind, norm) overrides; momentum cycling
     only together with the default momentum; integer-update presets never get float-only options."""
-    from eoq import config as C
+    from eoq.training import config as C
     monkeypatch.setitem(C.NORM_DEFAULTS, ("float", "fixup"), {"schedule": "onecycle-cos", "warmup": 0.3,
                                                               "momentum": 0.95, "momentum_min": 0.85})
     monkeypatch.setitem(C.NORM_DEFAULTS, ("float", "bn"), {"nesterov": True, "momentum": 0.9})

@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis.cost import CostTally, count_bn, count_training_step
-from analysis.cost_tables import TableError, load_tables
-from eoq.batchnorm import QBatchNorm2d
+from analysis.cost.counter import CostTally, count_bn, count_training_step
+from analysis.cost.tables import TableError, load_tables
 from eoq.cli import main
 from eoq.models import build_model
-from eoq.optimizer import EOQSGD
-from eoq.prepare import prepare
-from eoq.presets import get_preset
+from eoq.nn.batchnorm import QBatchNorm2d
+from eoq.nn.prepare import prepare
+from eoq.quant.presets import get_preset
+from eoq.training.optimizer import EOQSGD
 
 
 def flops(model, x, y, backward: bool) -> float:
@@ -133,8 +133,8 @@ def test_cost_command_ends_with_the_two_ratio_lines(capsys, tmp_path):
 def test_integer_update_counts_lr_as_a_shift_only_when_it_is_a_power_of_two(lr_pow2):
     """Hand count of one integer-updated linear layer's step (analysis.cost.count_update): n = 40
     codes, weight decay on: momentum shift (+ lr shift), 3n adds, decay multiply (+ lr multiply)."""
-    from eoq.layers import QLinear
-    from analysis.cost import count_update
+    from analysis.cost.counter import count_update
+    from eoq.nn.layers import QLinear
     layer = QLinear(8, 5, bias=False)
     spec = get_preset("eoq").with_changes(lr_pow2=lr_pow2)
     prepare(layer, spec, torch.Generator().manual_seed(0))

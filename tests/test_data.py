@@ -5,7 +5,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from eoq.data import CLASSES, DataError, load_cifar10
+from eoq.training.data import CLASSES, DataError, load_cifar10
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,55 @@ def test_missing_and_malformed_sources(tmp_path):
 
 
 def test_no_source_at_all(monkeypatch, tmp_path):
-    import eoq.data as D
+    import eoq.training.data as D
     monkeypatch.setattr(D, "default_source", lambda: None)
     with pytest.raises(DataError, match="no CIFAR-10 found"):
         load_cifar10()
+
+
+def test_validation_split_is_disjoint_class_balanced_and_fixed():
+    """--val N holds N training images out: n / 10 of each class, never among the training images,
+    the same images on every call (they depend on the training set alone)."""
+    ds = load_cifar10("embedded")
+    a, b = ds.hold_out(500), ds.hold_out(500)
+    assert len(a.val_y) == 500 and len(a.train_y) == len(ds.train_y) - 500
+    assert np.bincount(a.val_y, minlength=10).tolist() == [50] * 10
+    assert np.array_equal(a.val_x, b.val_x) and np.array_equal(a.val_y, b.val_y)
+    train_rows = {x.tobytes() for x in a.train_x}
+    assert not any(x.tobytes() in train_rows for x in a.val_x)
+    together = sorted(x.tobytes() for x in np.concatenate([a.train_x, a.val_x]))
+    assert together == sorted(x.tobytes() for x in ds.train_x)            # nothing lost, nothing added
+    uneven = ds.hold_out(13)
+    assert np.bincount(uneven.val_y, minlength=10).tolist() == [2, 2, 2] + [1] * 7
+
+
+def test_validation_split_is_the_same_for_every_seed_preset_and_norm():
+    from eoq.training.config import TrainConfig
+    from eoq.training.loop import build_run
+
+    runs = [build_run(TrainConfig(data="embedded", seed=s, preset=p, norm=n, val=200, train_limit=300))
+            for s, p, n in ((0, "fp32", "bn"), (1, "eoq", "fixup"), (2, "wageubn", "bn"))]
+    for r in runs[1:]:
+        assert np.array_equal(r.data.val_x, runs[0].data.val_x)
+        assert np.array_equal(r.data.val_y, runs[0].data.val_y)
+    held = {x.tobytes() for x in runs[0].data.val_x}
+    assert not any(x.tobytes() in held for r in runs for x in r.data.train_x)
+
+
+def test_val_zero_is_the_whole_training_set_and_the_default_is_a_tenth_at_most():
+    from eoq.training.config import TrainConfig
+    from eoq.training.data import default_val
+    from eoq.training.loop import build_run
+
+    run = build_run(TrainConfig(data="embedded", val=0))
+    assert run.data.val_y is None and len(run.data.train_y) == 5000
+    assert default_val(50_000) == 5000 and default_val(5000) == 500
+    cfg = TrainConfig(data="embedded")
+    build_run(cfg)
+    assert cfg.val == 500
+
+
+def test_too_large_a_validation_split_is_one_clear_error():
+    ds = load_cifar10("embedded")
+    with pytest.raises(DataError, match="--val"):
+        ds.hold_out(5000)

@@ -1,4 +1,4 @@
-"""The direct VNNI / AMX convolutions (eoq/direct.py, csrc/direct.cpp) against float64 and the simulator."""
+"""The direct VNNI / AMX convolutions (eoq/engine/direct.py, csrc/direct.cpp) against float64 and the simulator."""
 import contextlib
 
 import pytest
@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eoq import direct
-from eoq import intengine as IE
-from eoq.layers import QConv2d
-from eoq.prepare import prepare
-from eoq.presets import get_preset
+from eoq.engine import direct
+from eoq.engine import intengine as IE
+from eoq.nn.layers import QConv2d
+from eoq.nn.prepare import prepare
+from eoq.quant.presets import get_preset
 
 needs_direct = pytest.mark.skipif(direct.module() is None, reason="no AVX-512 VNNI kernels here")
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from eoq import kernels
-from eoq import quantizers as Q
-from eoq.fixup_tail import _FixupTailFn, _tail
-from eoq.layers import QConv2d
-from eoq.prepare import prepare
-from eoq.presets import get_preset
-from eoq.spec import TensorQuant
+from eoq.nn.fixup_tail import _FixupTailFn, _tail
+from eoq.nn.layers import QConv2d
+from eoq.nn.prepare import prepare
+from eoq.quant import quantizers as Q
+from eoq.quant.presets import get_preset
+from eoq.quant.spec import TensorQuant
 
 
 def floats(shape, seed, channels_last=False):

@@ -7,15 +7,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eoq import intengine as IE
-from eoq import quantizers as Q
-from eoq.layers import QConv2d, QLinear, Scalar
+from eoq.engine import intengine as IE
 from eoq.models import build_model
-from eoq.optimizer import EOQSGD
-from eoq.prepare import grid_params, prepare
-from eoq.presets import get_preset
-from eoq.spec import SpecError, TensorQuant
-from eoq.train import train_step
+from eoq.nn.layers import FixupScalar, QConv2d, QLinear
+from eoq.nn.prepare import grid_params, prepare
+from eoq.quant import quantizers as Q
+from eoq.quant.presets import get_preset
+from eoq.quant.spec import SpecError, TensorQuant
+from eoq.training.loop import train_step
+from eoq.training.optimizer import EOQSGD
 
 conv_shapes = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 7), st.integers(3, 9),
                         st.integers(3, 9), st.sampled_from([(1, 0), (3, 1), (3, 0), (1, 1)]),
@@ -157,7 +157,7 @@ def test_full_training_steps_give_identical_weight_codes(model, channels_last):
         vals = torch.Generator().manual_seed(3)
         with torch.no_grad():      # distinct non-zero Fixup scalars, so that each fusion shows
             for m in net.modules():
-                if isinstance(m, Scalar):
+                if isinstance(m, FixupScalar):
                     v = torch.randint(-40, 41, (1,), generator=vals) / 64 + (m.mode == "scale")
                     m.value.copy_(Q.fixed_grid(v, int(m.exp), 8))
         data = torch.Generator().manual_seed(2)

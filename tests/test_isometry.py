@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.isometry import end_to_end, freeze_batchnorm, measure_blocks, quantized_backward_gains
-from analysis.jacobian import JacobianError, estimate, exact, hutchinson, slq
-from analysis.theorems import all_checks
+from analysis.isometry.blocks import end_to_end, freeze_batchnorm, measure_blocks, quantized_backward_gains
+from analysis.isometry.jacobian import JacobianError, estimate, exact, hutchinson, slq
+from analysis.isometry.theorems import all_checks
 from eoq.models import build_model
 from eoq.models.blocks import BasicBlock
-from eoq.prepare import prepare
-from eoq.presets import get_preset
+from eoq.nn.prepare import prepare
+from eoq.quant.presets import get_preset
 
 
 def bn_block(channels=16, seed=0):

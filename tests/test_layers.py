@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eoq import quantizers as Q
-from eoq.batchnorm import QBatchNorm2d
-from eoq.layers import QConv2d, QLinear, Scalar
-from eoq.spec import LayerQuant, TensorQuant
+from eoq.nn.batchnorm import QBatchNorm2d
+from eoq.nn.layers import FixupScalar, QConv2d, QLinear
+from eoq.quant import quantizers as Q
+from eoq.quant.spec import LayerQuant, TensorQuant
 
 Q8N = TensorQuant(bits=8)
 Q8S = TensorQuant(bits=8, rounding="stochastic")
@@ -85,7 +85,7 @@ def test_error_quantization_is_unbiased_on_average():
 
 
 def test_scalar_modes_and_fake_quant():
-    b, s = Scalar("bias"), Scalar("scale")
+    b, s = FixupScalar("bias"), FixupScalar("scale")
     x = torch.ones(3)
     with torch.no_grad():
         b.value.fill_(0.3)
@@ -93,7 +93,7 @@ def test_scalar_modes_and_fake_quant():
     b.quant = TensorQuant(bits=4)
     assert torch.equal(b(x), x + Q.sq(torch.tensor([0.3]), 4))
     with pytest.raises(ValueError):
-        Scalar("shift")
+        FixupScalar("shift")
 
 
 def test_qbatchnorm_without_bits_is_batchnorm():
@@ -125,9 +125,9 @@ def test_fused_bias_input_quantization_equals_the_plain_path(rounding):
     == the separate ops, then A (taken while an observer is attached): outputs, input gradients
     and every parameter gradient, bit for bit."""
     from eoq.models import build_model
-    from eoq.observe import observing
-    from eoq.prepare import prepare
-    from eoq.presets import get_preset
+    from eoq.nn.prepare import prepare
+    from eoq.quant.observe import observing
+    from eoq.quant.presets import get_preset
 
     spec = get_preset("eoq").with_changes(A=TensorQuant(bits=8, rounding=rounding))
 
@@ -138,7 +138,7 @@ def test_fused_bias_input_quantization_equals_the_plain_path(rounding):
         g = torch.Generator().manual_seed(5)
         with torch.no_grad():   # Fixup's zero-initialised layers would make most gradients zero
             for m in model.modules():
-                if isinstance(m, Scalar):    # distinct values: a swapped bias would show
+                if isinstance(m, FixupScalar):    # distinct values: a swapped bias would show
                     k = int(torch.randint(-8, 9, (1,), generator=g))
                     m.value.fill_(k / 64 if m.mode == "bias" else 1.0 + k / 16)
                 elif isinstance(m, (QConv2d, QLinear)):

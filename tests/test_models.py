@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eoq.layers import Scalar
 from eoq.models import MODELS, NORMS, build_model
 from eoq.models.fixup import fixup_branch_factor, he_fan_out_std
+from eoq.nn.layers import FixupScalar
 
 
 def n_params(model):
@@ -69,7 +69,7 @@ def test_fixup_zero_inits():
         assert torch.count_nonzero(block.convs[-1].weight) == 0
         assert torch.count_nonzero(block.convs[0].weight) > 0
     assert torch.count_nonzero(model.fc.weight) == 0 and torch.count_nonzero(model.fc.bias) == 0
-    scalars = [m for m in model.modules() if isinstance(m, Scalar)]
+    scalars = [m for m in model.modules() if isinstance(m, FixupScalar)]
     assert all(s.value.item() == (1.0 if s.mode == "scale" else 0.0) for s in scalars)
     assert sum(s.mode == "scale" for s in scalars) == len(model.blocks())
 

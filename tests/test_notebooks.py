@@ -19,3 +19,23 @@ def test_notebook_runs(path):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_imports_the_installed_packages(path):
+    """No sys.path change: the notebooks use the installed public API (import eoq, import analysis)."""
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "sys.path" not in code and "import eoq" in code
+
+
+def test_importing_analysis_keeps_the_notebook_backend():
+    """Importing the analysis package (its figure style) must not switch matplotlib's backend: a
+    notebook's inline figures would silently stop appearing."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import analysis, analysis.style; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"

@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from eoq import kernels
-from eoq.layers import QLinear
 from eoq.models import build_model
-from eoq.optimizer import EOQSGD, fixed_point, momentum_shift, pow2_round
-from eoq.prepare import grid_params, prepare
-from eoq.presets import get_preset
-from eoq.spec import SpecError, TensorQuant, WeightPolicy
-from eoq.train import train_step
+from eoq.nn.layers import QLinear
+from eoq.nn.prepare import grid_params, prepare
+from eoq.quant.presets import get_preset
+from eoq.quant.spec import SpecError, TensorQuant, WeightPolicy
+from eoq.training.loop import train_step
+from eoq.training.optimizer import EOQSGD, fixed_point, momentum_shift, pow2_round
 
 
 def train_steps(model, opt, steps, seed=0, batch=16):
@@ -256,9 +256,8 @@ def test_fixed_point_learning_rate_hand_worked():
 def test_fixed_point_lr_update_is_the_integer_product_and_shift():
     """With lr_bits the update is U = SR(L * v_code * 2^(e_v - s - e)): check against that integer
     formula computed here in Python integers (momentum 0, so v is the 16-bit G code tensor)."""
-    from eoq import rng
+    from eoq.quant import rng
 
-    lsb = 2.0 ** -8
     layer, opt = single_layer(0.0, -8, n=1000, u_bits=6)
     opt.spec = opt.spec.with_changes(lr_bits=8)
     g_codes = torch.randint(-2 ** 15 + 1, 2 ** 15, (1, 1000), generator=torch.Generator().manual_seed(3))
@@ -280,3 +279,17 @@ def test_fixed_point_lr_update_is_the_integer_product_and_shift():
         want = (y16 + bits[j]) // 2 ** 16                    # SR: add 16 random bits, floor
         assert u[j] == max(-31, min(31, want)), j
     assert max(map(abs, u)) == 31 and len(set(u)) > 40
+
+
+def test_plan_columns_agree_with_the_kernel_header():
+    """PlanCol (Python) and enum PlanCol (csrc/common.h) name the same columns with the same numbers."""
+    import re
+    from pathlib import Path
+
+    from eoq.training.optimizer import PlanCol
+
+    header = (Path(kernels.__file__).parent / "csrc" / "common.h").read_text()
+    body = re.search(r"enum PlanCol : int \{(.*?)\};", header, re.S).group(1)
+    cpp = {name: int(value) for name, value in re.findall(r"PLAN_([A-Z_]+) = (\d+)", body)}
+    assert cpp.pop("COLUMNS") == len(PlanCol)
+    assert cpp == {c.name: c.value for c in PlanCol}

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.qstats import QStatsCollector, read_qstats, tensor_stats
+from analysis.qstats.stats import QStatsCollector, read_qstats, tensor_stats
 from eoq.cli import main
-from eoq.spec import TensorQuant
+from eoq.quant.spec import TensorQuant
 
 
 @pytest.mark.parametrize("k", [4, 6, 8, 10])
@@ -18,7 +18,7 @@ def test_uniform_input_sqnr_is_602_k_db(k):
     x = torch.rand(400_000, generator=torch.Generator().manual_seed(k), dtype=torch.float64) * 2 - 1
     x[0] = 1.0
     q = TensorQuant(bits=k)
-    from eoq.quantizers import sq
+    from eoq.quant.quantizers import sq
     row, hist = tensor_stats("A", q, x, sq(x, k))
     step = 2.0 ** (1 - k)
     assert row["sqnr_db"] == pytest.approx(20 * k * math.log10(2) - 10 * math.log10(1 + 3 * step), abs=0.05)
@@ -34,7 +34,7 @@ def test_saturation_and_zero_fractions_are_counted_exactly():
     outer = torch.tensor([1.4, -1.4] * 50)
     tiny = torch.full((50,), 2.0 ** -10)
     x = torch.cat([inner, outer, tiny])
-    from eoq.quantizers import sq
+    from eoq.quant.quantizers import sq
     row, _ = tensor_stats("E", TensorQuant(bits=8), x, sq(x, 8))
     assert row["saturated"] == pytest.approx(100 / 1050)
     inner_zero = int((inner.abs() < 2 ** -8).sum())

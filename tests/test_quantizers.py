@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eoq import quantizers as Q
+from eoq.quant import quantizers as Q
 
 finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
 arrays = st.lists(finite, min_size=1, max_size=64)
@@ -32,20 +32,20 @@ def test_sigma_and_max_code():
 def test_q_direct_rounds_half_to_even():
     # k = 3: sigma = 0.25; 0.375 / 0.25 = 1.5 -> 2, 0.625 / 0.25 = 2.5 -> 2 (ties to even)
     x = torch.tensor([0.375, 0.625, -0.125, 0.1])
-    assert Q.q_direct(x, 3).tolist() == [0.5, 0.5, -0.0, 0.0]
+    assert Q.round_to_lsb(x, 3).tolist() == [0.5, 0.5, -0.0, 0.0]
 
 
 def test_clip_symmetric():
     x = torch.tensor([-2.0, -0.5, 0.75, 2.0])
-    assert Q.clip(x, 8).tolist() == [-127 / 128, -0.5, 0.75, 127 / 128]
+    assert Q.clip_to_range(x, 8).tolist() == [-127 / 128, -0.5, 0.75, 127 / 128]
 
 
 def test_shift_scale_examples():
-    assert float(Q.shift_scale(torch.tensor([0.3, -0.1]))) == 0.25   # log2 0.3 = -1.74 -> -2
-    assert float(Q.shift_scale(torch.tensor([3.0]))) == 4.0          # log2 3 = 1.58 -> 2
-    assert float(Q.shift_scale(torch.tensor([-5.0, 1.0]))) == 4.0    # log2 5 = 2.32 -> 2
-    assert float(Q.shift_scale(torch.zeros(4))) == 1.0               # defined for zeros
-    assert float(Q.shift_scale(torch.zeros(0))) == 1.0               # and for empty tensors
+    assert float(Q.pow2_scale(torch.tensor([0.3, -0.1]))) == 0.25   # log2 0.3 = -1.74 -> -2
+    assert float(Q.pow2_scale(torch.tensor([3.0]))) == 4.0          # log2 3 = 1.58 -> 2
+    assert float(Q.pow2_scale(torch.tensor([-5.0, 1.0]))) == 4.0    # log2 5 = 2.32 -> 2
+    assert float(Q.pow2_scale(torch.zeros(4))) == 1.0               # defined for zeros
+    assert float(Q.pow2_scale(torch.zeros(0))) == 1.0               # and for empty tensors
 
 
 def test_sq_hand_worked():
@@ -97,7 +97,7 @@ def test_cq_hand_worked():
 
 def test_stochastic_round_uses_floor_of_y_plus_random_bits():
     """SR(y) = floor(y + b / 2^16), b the hash bits of a key drawn from the generator."""
-    from eoq import rng
+    from eoq.quant import rng
     key = rng.draw_key(torch.Generator().manual_seed(1))
     b = rng.random_bits((5,), key).double()
     y = torch.tensor([0.2, 1.5, -0.7, 3.0, -2.25], dtype=torch.float64)
@@ -138,7 +138,7 @@ def test_sq_codes_on_grid_and_in_range(values, k, rounding, seed):
     x = torch.tensor(values)
     q = Q.sq_codes(x, k, rounding, torch.Generator().manual_seed(seed))
     assert int(q.codes.abs().max()) <= Q.max_code(k)
-    r = float(Q.shift_scale(x))
+    r = float(Q.pow2_scale(x))
     assert q.exponent == round(math.log2(r)) + 1 - k and q.exponent >= Q.MIN_EXPONENT + 1 - k
     v = Q.sq(x, k, rounding, torch.Generator().manual_seed(seed))
     assert torch.equal(q.dequantize(), v)            # integer view and float view agree exactly

@@ -1,6 +1,6 @@
 """eoq report: from real (tiny) runs to figures and a REPORT.md whose numbers come from those runs."""
 from eoq.cli import main
-from eoq.metrics import read_metrics
+from eoq.training.metrics import read_metrics
 
 BASE = ["train", "--data", "embedded", "--train-limit", "128", "--test-limit", "50", "--batch-size", "32",
         "--epochs", "1", "--no-progress"]

@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eoq import kernels, rng
-from eoq import quantizers as Q
+from eoq import kernels
+from eoq.quant import quantizers as Q
+from eoq.quant import rng
 
 
 def py_lowbias32(x: int) -> int:

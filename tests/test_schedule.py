@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from eoq.schedule import lr_at, momentum_at
+from eoq.training.schedule import lr_at, momentum_at
 
 
 @pytest.mark.parametrize("total,warmup", [(100, 0.3), (391 * 5, 0.3), (37, 0.15)])

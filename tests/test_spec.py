@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from eoq.models import build_model
-from eoq.layers import QConv2d, QLinear
-from eoq.prepare import grid_params, prepare
-from eoq.presets import PRESETS, describe, get_preset, load_spec
-from eoq.spec import FLOAT, QuantSpec, SpecError, TensorQuant
+from eoq.nn.layers import QConv2d, QLinear
+from eoq.nn.prepare import grid_params, prepare
+from eoq.quant.presets import PRESETS, describe, get_preset, load_spec
+from eoq.quant.spec import FLOAT, QuantSpec, SpecError, TensorQuant
 
 
 def test_presets_exist_and_are_complete():
@@ -106,3 +106,40 @@ def test_prepare_puts_initial_weights_on_grid_without_saturation():
             assert codes.abs().max() >= 64
     assert FLOAT.enabled is False and TensorQuant(bits=8).enabled
     assert all(isinstance(m, (QConv2d, QLinear)) for m in [model.conv1, model.fc])
+
+
+def test_base_override_merges_field_by_field(tmp_path):
+    """{"base": "eoq", "E": 6, "G": {"quantizer": "fq"}} once loaded G as float with quantizer fq and E
+    with nearest rounding: a kind's override now changes only what it names."""
+    from eoq.quant.presets import load_spec
+
+    path = tmp_path / "spec.json"
+    path.write_text('{"base": "eoq", "E": 6, "G": {"quantizer": "fq"}, "weight_policy": {"shrink_bits": 3}}')
+    spec, eoq = load_spec(str(path)), get_preset("eoq")
+    assert (spec.G.bits, spec.G.quantizer, spec.G.rounding) == (8, "fq", eoq.G.rounding)
+    assert (spec.E.bits, spec.E.rounding, spec.E.quantizer) == (6, "stochastic", "sq")
+    assert spec.weight_policy.saturate_frac == eoq.weight_policy.saturate_frac and spec.weight_policy.shrink_bits == 3
+    assert (spec.W, spec.A, spec.U) == (eoq.W, eoq.A, eoq.U)
+
+
+def test_a_quantizer_without_bits_is_an_error(tmp_path):
+    from eoq.quant.presets import load_spec
+
+    path = tmp_path / "spec.json"
+    path.write_text('{"base": "fp32", "G": {"quantizer": "fq"}}')
+    with pytest.raises(SpecError, match="no bits"):
+        load_spec(str(path))
+    with pytest.raises(SpecError, match="no bits"):
+        QuantSpec.from_dict({"G": {"rounding": "stochastic"}})
+
+
+def test_training_configuration_takes_a_spec_object():
+    """A QuantSpec passed as the preset (once: AttributeError 'QuantSpec' object has no attribute
+    'endswith') is kept as plain data, and loads back to the same spec."""
+    from eoq.quant.presets import load_spec
+    from eoq.training.config import TrainConfig
+
+    mine = get_preset("eoq").with_changes(name="mine", E=TensorQuant(bits=6, rounding="stochastic"))
+    cfg = TrainConfig(preset=mine).validate()
+    assert isinstance(cfg.preset, dict) and load_spec(cfg.preset) == mine
+    json.dumps(cfg.to_dict())

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from eoq.checkpoint import CheckpointError, load_checkpoint
-from eoq.config import ConfigError, TrainConfig
-from eoq.metrics import COLUMNS, read_metrics
-from eoq.train import TrainingDiverged, train
+from eoq.training.checkpoint import CheckpointError, load_checkpoint
+from eoq.training.config import ConfigError, TrainConfig
+from eoq.training.loop import TrainingDiverged, train
+from eoq.training.metrics import COLUMNS, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(data="embedded", train_limit=256, test_limit=200, batch_size=64, progress=False)
@@ -37,7 +37,7 @@ def test_short_run_writes_metrics_and_checkpoint(tmp_path, preset, norm):
 
 
 def test_resume_after_an_epoch_is_bit_exact(tmp_path, monkeypatch):
-    import eoq.train as T
+    import eoq.training.loop as T
 
     whole = train(cfg(tmp_path, "whole", epochs=2))
     real = T.train_batches
@@ -142,8 +142,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference):
 
 def test_momentum_cycling_and_label_smoothing_reach_the_optimizer(tmp_path, monkeypatch):
     """Every step's SGD momentum follows momentum_at; the loss is the smoothed cross-entropy."""
-    import eoq.train as T
-    from eoq.schedule import momentum_at
+    import eoq.training.loop as T
+    from eoq.training.schedule import momentum_at
 
     seen, losses = [], []
     step = T.train_step
@@ -167,7 +167,7 @@ def test_momentum_cycling_and_label_smoothing_reach_the_optimizer(tmp_path, monk
 def test_resume_keeps_the_checkpoints_schedule_when_defaults_change(tmp_path):
     """Schedule settings not given again come from the checkpoint; one made before a setting existed
     (here: no crop_pad, momentum cycling or Nesterov) gets that version's behaviour (crop pad 4)."""
-    from eoq.checkpoint import save_checkpoint
+    from eoq.training.checkpoint import save_checkpoint
 
     train(cfg(tmp_path, "old", preset="fp32", norm="fixup", epochs=1, schedule="cosine", warmup=0.1, momentum=0.75))
     path = tmp_path / "old" / "checkpoint.pt"
@@ -184,10 +184,10 @@ def test_resume_keeps_the_checkpoints_schedule_when_defaults_change(tmp_path):
 
 
 def test_resume_keeps_the_spec_the_run_started_with_when_a_preset_changes(tmp_path, monkeypatch, capsys):
-    """The eoq preset was redefined in the sixth session: a run started under the old definition
+    """The eoq preset was redefined once: a run started under the old definition
     resumes with it (from the checkpoint, or from config.json for checkpoints that predate that)."""
-    from eoq import presets
-    from eoq.checkpoint import save_checkpoint
+    from eoq.quant import presets
+    from eoq.training.checkpoint import save_checkpoint
 
     old = presets.PRESETS["eoq-shift"].with_changes(name="eoq")
     monkeypatch.setitem(presets.PRESETS, "eoq", old)

@@ -1,5 +1,5 @@
-// Helpers shared by the EOQ kernels: the counter hash of eoq/rng.py, the exact round(log2),
-// and the generator key draw of eoq.rng.draw_key.
+// Helpers shared by the EOQ kernels: the counter hash of eoq/quant/rng.py, the exact round(log2),
+// and the generator key draw of eoq.quant.rng.draw_key.
 #pragma once
 #include <torch/extension.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -10,6 +10,25 @@
 #include <utility>
 
 namespace eoqk {
+
+// Columns of the fused optimizer's per-tensor plan row (float64), written by eoq/training/
+// optimizer.py (class PlanCol, the same names and numbers; tests/test_optimizer.py checks that
+// the two agree) and read by grid_step in quant.cpp.
+enum PlanCol : int {
+  PLAN_LR = 0,        // effective learning rate of the tensor (lr * lr_scale, in its format)
+  PLAN_BITS = 1,      // bits of the stored weight codes
+  PLAN_U_BITS = 2,    // bits of the update codes
+  PLAN_U_MODE = 3,    // rounding of the update (0 nearest, 1 stochastic)
+  PLAN_G_BITS = 4,    // bits of G when the optimizer quantizes it (0: the layer did)
+  PLAN_G_MODE = 5,    // rounding of G
+  PLAN_M_BITS = 6,    // bits of the momentum buffer (0: float)
+  PLAN_M_MODE = 7,    // rounding of the momentum buffer
+  PLAN_SATURATE = 8,  // exponent policy: fraction of saturated codes that moves the exponent up
+  PLAN_SHRINK = 9,    // exponent policy: max|code| < 2^(k-1-shrink) moves it down
+  PLAN_READY = 10,    // 1 once the momentum buffer holds values
+  PLAN_EXACT_LR = 11, // 1 for a fixed-point lr: lr * v / 2^e formed exactly, in double
+  PLAN_COLUMNS = 12
+};
 
 inline uint32_t lowbias32(uint32_t x) {
   x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
@@ -51,7 +70,7 @@ inline int exponent_of(double a) {
   return std::max(f >= std::sqrt(0.5) ? p : p - 1, -100);
 }
 
-// The key draw of eoq.rng.draw_key: torch.randint(0, 2^32, (2,)) takes the low 32 bits of two
+// The key draw of eoq.quant.rng.draw_key: torch.randint(0, 2^32, (2,)) takes the low 32 bits of two
 // random64() draws of the CPU generator.
 inline std::pair<uint32_t, uint32_t> draw_key(c10::optional<at::Generator> gen_) {
   auto gen = at::get_generator_or_default<at::CPUGeneratorImpl>(gen_, at::detail::getDefaultCPUGenerator());

@@ -1,5 +1,5 @@
 // Direct int8 convolutions for narrow layers (AVX-512 VNNI vpdpbusd or AMX tdpbusd), no im2col.
-// eoq/direct.py holds the torch reference of each and says when the engine uses them.
+// eoq/engine/direct.py holds the torch reference of each and says when the engine uses them.
 //
 // vpdpbusd multiplies unsigned by signed bytes, so the activation side carries codes + 128
 // (uint8, 128 = the code 0 in padding) and the sums are corrected exactly afterwards:

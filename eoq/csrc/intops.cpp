@@ -1,4 +1,4 @@
-// Kernels of the integer engine (eoq/intengine.py holds the torch reference of each):
+// Kernels of the integer engine (eoq/engine/intengine.py holds the torch reference of each):
 //   im2col(x, kh, kw, stride, dilation, pad_top, pad_bottom, pad_left, pad_right)
 //       int8 NHWC x -> rows [N*Ho*Wo, kh*kw*C] (C fastest); the input is read as if dilated by
 //       `dilation` (zeros between pixels, for transposed convolutions) and zero-padded, without

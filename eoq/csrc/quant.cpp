@@ -1,5 +1,5 @@
-// Fused EOQ quantizer kernels (CPU). Bit-identical to the torch reference in eoq/quantizers.py
-// and eoq/rng.py; see eoq/kernels.py for how this file is compiled and when it is used.
+// Fused EOQ quantizer kernels (CPU). Bit-identical to the torch reference in eoq/quant/quantizers.py
+// and eoq/quant/rng.py; see eoq/kernels.py for how this file is compiled and when it is used.
 //
 //   amax(x)                          max|x| in one pass; NaN/Inf give a non-finite result
 //   round_scaled(x, e, m, r, k0, k1, codes)
@@ -8,7 +8,7 @@
 //       returns c * 2^e (float32, same layout) or c as integer codes.
 //   sq(x, bits, mode, generator, codes, bias, mult, relu, pre)
 //       SQ of x + bias, x * mult or (relu) max(x + pre, 0) + bias in one call
-//   grid_step(...)                   the integer-weight optimizer step (see eoq/optimizer.py)
+//   grid_step(...)                   the integer-weight optimizer step (see eoq/training/optimizer.py)
 //   random_bits(n, k0, k1)           the 16-bit random numbers b_0 .. b_{n-1} (for tests)
 // Element i is the row-major index in the *logical* shape (mod 2^32), so NCHW and channels-last
 // tensors get the same random bits for the same element.
@@ -242,7 +242,7 @@ std::tuple<at::Tensor, int64_t> sq(const at::Tensor& x, int64_t bits, int64_t mo
   return {round_scaled(x, lsb, m, mode, k.first, k.second, codes, bias, mult, 0, relu, pre), lsb};
 }
 
-// SQ of a float32 buffer in place (shift scale from its own max|x|), as eoq.quantizers.sq.
+// SQ of a float32 buffer in place (shift scale from its own max|x|), as eoq.quant.quantizers.sq.
 void sq_inplace(at::Tensor& x, int64_t bits, int64_t mode, uint32_t k0, uint32_t k1) {
   const double a = abs_max(x);
   TORCH_CHECK(std::isfinite(a), "cannot quantize a tensor holding NaN or Inf");
@@ -251,27 +251,31 @@ void sq_inplace(at::Tensor& x, int64_t bits, int64_t mode, uint32_t k0, uint32_t
   x.copy_(out);
 }
 
-// One EOQSGD step for integer-stored tensors (see eoq/optimizer.py, which holds the same
+// One EOQSGD step for integer-stored tensors (see eoq/training/optimizer.py, which holds the same
 // algorithm in torch ops and is the reference). cfg rows: lr_eff, bits, u_bits, u_mode,
 // gq_bits (0 = none), gq_mode, m_bits (0 = none), m_mode, saturate_frac, shrink_bits,
 // buffer_ready. keys: (n, 4, 2) int64 for G, M, U and the rescale.
 void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
                std::vector<at::Tensor> bufs, std::vector<at::Tensor> exps,
                std::vector<at::Tensor> updates, at::Tensor cfg_, at::Tensor keys_, double mu) {
+  TORCH_CHECK(cfg_.dim() == 2 && cfg_.size(1) == eoqk::PLAN_COLUMNS, "grid_step: the plan has ",
+              cfg_.size(1), " columns, the kernel reads ", int(eoqk::PLAN_COLUMNS));
   const auto cfg = cfg_.accessor<double, 2>();
   const auto keys = keys_.accessor<int64_t, 3>();
   // tensors are independent (own keys, own exponent): spread them over the threads
   auto step_one = [&](size_t i) {
     at::Tensor p = params[i];
     const int64_t n = p.numel();
-    const double lr = cfg[i][0];
-    const int64_t bits = int64_t(cfg[i][1]), u_bits = int64_t(cfg[i][2]), u_mode = int64_t(cfg[i][3]);
-    const int64_t gq_bits = int64_t(cfg[i][4]), gq_mode = int64_t(cfg[i][5]);
-    const int64_t m_bits = int64_t(cfg[i][6]), m_mode = int64_t(cfg[i][7]);
-    const double sat = cfg[i][8];
-    const int64_t shrink = int64_t(cfg[i][9]);
-    const bool ready = cfg[i][10] != 0;
-    const bool exact = cfg[i][11] != 0;   // fixed-point lr: v * lr / 2^e formed exactly, in double
+    using namespace eoqk;
+    const double lr = cfg[i][PLAN_LR];
+    const int64_t bits = int64_t(cfg[i][PLAN_BITS]), u_bits = int64_t(cfg[i][PLAN_U_BITS]);
+    const int64_t u_mode = int64_t(cfg[i][PLAN_U_MODE]);
+    const int64_t gq_bits = int64_t(cfg[i][PLAN_G_BITS]), gq_mode = int64_t(cfg[i][PLAN_G_MODE]);
+    const int64_t m_bits = int64_t(cfg[i][PLAN_M_BITS]), m_mode = int64_t(cfg[i][PLAN_M_MODE]);
+    const double sat = cfg[i][PLAN_SATURATE];
+    const int64_t shrink = int64_t(cfg[i][PLAN_SHRINK]);
+    const bool ready = cfg[i][PLAN_READY] != 0;
+    const bool exact = cfg[i][PLAN_EXACT_LR] != 0;
     auto key = [&](int slot, int w) { return static_cast<uint32_t>(keys[i][slot][w]); };
 
     at::Tensor g = grads[i].contiguous();

@@ -1,4 +1,4 @@
-// The Fixup block tail y = relu(x * s + b + identity) in one pass (eoq/fixup_tail.py holds the
+// The Fixup block tail y = relu(x * s + b + identity) in one pass (eoq/nn/fixup_tail.py holds the
 // torch reference). Each step is the float32 operation torch does, in torch's order, and the
 // build uses -ffp-contract=off (no fused multiply-add), so y is bit for bit
 // torch.relu(x * s + b + identity). x and identity must share sizes and (dense) strides; the

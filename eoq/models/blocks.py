@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..batchnorm import QBatchNorm2d
-from ..fixup_tail import fixup_tail
-from ..layers import QConv2d, Scalar, fused_relu_bias_input
+from ..nn.batchnorm import QBatchNorm2d
+from ..nn.fixup_tail import fixup_tail
+from ..nn.layers import FixupScalar, QConv2d, fused_relu_bias_input
 
 NORMS = ("bn", "fixup", "none")
 
@@ -54,9 +54,9 @@ class ResidualBlock(nn.Module):
         if norm == "bn":
             self.bns = nn.ModuleList(QBatchNorm2d(w) for w in width)
         if norm == "fixup":
-            self.biases_in = nn.ModuleList(Scalar("bias") for _ in convs)
-            self.biases_out = nn.ModuleList(Scalar("bias") for _ in convs)
-            self.scale = Scalar("scale")
+            self.biases_in = nn.ModuleList(FixupScalar("bias") for _ in convs)
+            self.biases_out = nn.ModuleList(FixupScalar("bias") for _ in convs)
+            self.scale = FixupScalar("scale")
         self.shortcut = shortcut
 
     def branch(self, x, tail: bool = True):

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..batchnorm import QBatchNorm2d
-from ..layers import QConv2d, QLinear, Scalar
+from ..nn.batchnorm import QBatchNorm2d
+from ..nn.layers import FixupScalar, QConv2d, QLinear
 from .blocks import NORMS, BasicBlock, Bottleneck, ResidualBlock
 from .fixup import fixup_branch_factor, he_fan_out_std, init_fixup_branch
 
@@ -34,7 +34,7 @@ class ResNet(nn.Module):
         self.conv1 = QConv2d(in_channels, widths[0], 7 if big_stem else 3, stride=2 if big_stem else 1,
                              padding=3 if big_stem else 1)
         self.bn1 = QBatchNorm2d(widths[0]) if norm == "bn" else None
-        self.bias1 = Scalar("bias") if norm == "fixup" else None
+        self.bias1 = FixupScalar("bias") if norm == "fixup" else None
         self.maxpool = nn.MaxPool2d(3, 2, 1) if big_stem else nn.Identity()
         in_planes, stages = widths[0], []
         for i, (planes, n) in enumerate(zip(widths, counts)):
@@ -45,7 +45,7 @@ class ResNet(nn.Module):
                 in_planes = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
-        self.bias2 = Scalar("bias") if norm == "fixup" else None
+        self.bias2 = FixupScalar("bias") if norm == "fixup" else None
         self.fc = QLinear(in_planes, num_classes)
         self._init()
 

@@ -8,10 +8,10 @@ import sys
 
 import torch
 
-from eoq.augment import steps_per_epoch, train_batches
-from eoq.config import TrainConfig
-from eoq.schedule import lr_at, momentum_at
-from eoq.train import build_run, train_step
+from eoq.training.batches import steps_per_epoch, train_batches
+from eoq.training.config import TrainConfig
+from eoq.training.loop import build_run, train_step
+from eoq.training.schedule import lr_at, momentum_at
 
 
 def main(steps: int) -> None:

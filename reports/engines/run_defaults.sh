@@ -3,7 +3,7 @@
 # policy, peak 0.15 -> 0.125, momentum 0.9375), i.e. the acceptance command of issue 2 with
 # --engine int, against the simulator in the integer engine's channels-last layout. As run: the two
 # side by side with 1 thread each. The eoq preset has changed since (sixth session; the fourth
-# session's recipe is eoq-shift); run_s7.sh calls this script with today's. Usage: [NAME=table_name] reports/engines/run_defaults.sh [RUNS_DIR]
+# session's recipe is eoq-shift); run_direct.sh calls this script with today's. Usage: [NAME=table_name] reports/engines/run_defaults.sh [RUNS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-runs/engines_defaults}

@@ -1,0 +1,149 @@
+"""Quantization-error statistics per layer and tensor kind (W, A, G, E, U, S, M), over training.
+
+A :class:`QStatsCollector` attaches to eoq's quantization hook (eoq/quant/observe.py). On every
+``every``-th step it records, for every quantized tensor x -> q:
+    sqnr_db    10 log10( sum x^2 / sum (q - x)^2 )           (inf when q == x)
+    rel_error  ||q - x|| / ||x||
+    bias       mean(q - x) / rms(x)                          (signed, relative to the tensor's scale)
+    saturated  fraction of x beyond the largest code's rounding interval, |x| > (M + 1/2) * 2^lsb
+    zeroed     fraction of the nonzero x that quantize to 0 (stored W/S: fraction of zero codes)
+    exponent   the LSB exponent lsb of the grid (value = code * 2^lsb; SQ: round(log2 max|x|) + 1 - k)
+and histograms of the values (64 bins over [-max|x|, max|x|]) and of the integer codes. For the
+updates U (x = lr * v / 2^e in units of the weight LSB, q = U) it adds the fraction of zero updates
+and the update-to-weight ratio ||U|| / ||codes||. Off-steps cost one flag check per quantization;
+with no collector attached there is no cost at all.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eoq.quant.quantizers import FQ_FRACTION_BITS, max_code, shift_exponent
+from eoq.training.atomic import atomic_write
+from eoq.training.csvfile import read_rows, write_rows
+
+COLUMNS = ("step", "layer", "kind", "bits", "quantizer", "numel", "sqnr_db", "rel_error", "bias", "saturated",
+           "zeroed", "exponent", "zero_updates", "update_weight_ratio")
+
+
+def grid_of(kind: str, q, amax: torch.Tensor) -> tuple[float, int]:
+    """(LSB exponent, largest code) of the grid ``q`` puts a tensor with max|x| = ``amax`` on
+    (U: units of the weight LSB)."""
+    if kind == "U":
+        return 0.0, max_code(q.bits)
+    e = float(shift_exponent(amax))
+    if q.quantizer == "cq":
+        return e - (q.cq_c.bit_length() - 1), q.cq_c - 1
+    if q.quantizer == "fq":
+        return e + 1 - q.bits - FQ_FRACTION_BITS, max_code(q.bits) << FQ_FRACTION_BITS
+    return e + 1 - q.bits, max_code(q.bits)
+
+
+def tensor_stats(kind: str, q, x: torch.Tensor, out: torch.Tensor, bins: int = 64) -> tuple[dict, dict]:
+    """The statistics row and the histograms of one quantization x -> out.
+
+    float32 reductions (the quantizers' own precision), exact integer counts for the fractions, and
+    torch's linear-time histogram and bincount: a sampled step stays cheap even for the large errors."""
+    x = x.detach().flatten().float()
+    y = out.detach().flatten().float()
+    n = x.numel()
+    err = y - x
+    sx, se = float(torch.dot(x, x)), float(torch.dot(err, err))
+    ax = x.abs()
+    amax_t = ax.max() if n else x.new_zeros(())
+    amax = float(amax_t)
+    lsb, m = grid_of(kind, q, amax_t)
+    unit = 2.0 ** lsb
+    n_nonzero = int(torch.count_nonzero(x))
+    n_zeroed = n_nonzero - int(torch.count_nonzero(y))   # every quantizer maps 0 to 0
+    rms = math.sqrt(sx / max(n, 1))
+    row = {"bits": q.bits, "quantizer": q.quantizer if kind != "U" else "update", "numel": n,
+           "sqnr_db": 10 * math.log10(sx / se) if se > 0 else float("inf") if sx > 0 else float("nan"),
+           "rel_error": math.sqrt(se / sx) if sx > 0 else float("nan"),
+           "bias": float(err.sum()) / n / rms if rms > 0 else 0.0,
+           "saturated": int(torch.count_nonzero(ax > (m + 0.5) * unit)) / max(n, 1),
+           "zeroed": n_zeroed / n_nonzero if n_nonzero else 0.0,
+           "exponent": lsb}
+    lim = amax if amax > 0 else 1.0
+    # y is on the grid, so one bin of width 1 per code counts the codes -m .. m exactly
+    code_counts = torch.histc(y * (1.0 / unit), 2 * m + 1, -m - 0.5, m + 0.5)
+    hists = {"values": torch.histc(x, bins, -lim, lim).long().numpy(), "value_edges": np.linspace(-lim, lim, bins + 1),
+             "codes": code_counts.long().numpy(), "code_min": -m, "lsb": unit, "max_code": m}
+    return row, hists
+
+
+class QStatsCollector:
+    """Observer recording quantization statistics every ``every`` steps (see module docs)."""
+
+    def __init__(self, every: int = 50, bins: int = 64, histograms: bool = True):
+        if every < 1:
+            raise ValueError(f"qstats sampling interval must be >= 1, got {every}")
+        self.every, self.bins, self.histograms = every, bins, histograms
+        self.step, self.active = 0, False
+        self.rows: list[dict] = []
+        self.hists: dict[str, np.ndarray] = {}
+
+    def step_begin(self, step: int) -> None:
+        self.step, self.active = step, step % self.every == 0
+
+    def after(self, kind, q, x, out, owner, weight_codes=None, weight=None):
+        if not self.active:
+            return
+        if weight_codes is not None and weight is not None:
+            self._stored(owner, weight_codes, *weight)
+        row, hists = tensor_stats(kind, q, x, out, self.bins)
+        layer = getattr(owner, "eoq_name", "?")
+        row = {"step": self.step, "layer": layer, "kind": kind, **row,
+               "zero_updates": float("nan"), "update_weight_ratio": float("nan")}
+        if kind == "U":
+            u = out.detach().double()
+            row["zero_updates"] = float((u == 0).double().mean())
+            if weight_codes is not None:
+                row["update_weight_ratio"] = float(u.norm() / weight_codes.double().norm().clamp_min(1e-30))
+        self.rows.append(row)
+        if self.histograms:
+            key = f"{self.step}/{layer}/{kind}"
+            for name, value in hists.items():
+                self.hists[f"{key}/{name}"] = np.asarray(value)
+
+    def _stored(self, owner, codes, exponent: float, bits: int) -> None:
+        """Integer-stored weights (W) or Fixup scalars (S): exact by construction (no SQNR), but
+        their saturation, zero codes, exponent and code histogram."""
+        kind = "S" if type(owner).__name__ == "FixupScalar" else "W"
+        c = codes.detach().double().flatten()
+        m = max_code(bits)
+        layer = getattr(owner, "eoq_name", "?")
+        self.rows.append({"step": self.step, "layer": layer, "kind": kind, "bits": bits, "quantizer": "stored",
+                          "numel": c.numel(), "sqnr_db": float("nan"), "rel_error": 0.0, "bias": 0.0,
+                          "saturated": float((c.abs() >= m).double().mean()),
+                          "zeroed": float((c == 0).double().mean()), "exponent": exponent,
+                          "zero_updates": float("nan"), "update_weight_ratio": float("nan")})
+        if self.histograms:
+            lo = int(c.min()) if c.numel() else 0
+            ci = c.long().numpy()
+            key = f"{self.step}/{layer}/{kind}"
+            self.hists[f"{key}/codes"] = np.bincount(ci - lo, minlength=1)
+            self.hists[f"{key}/code_min"] = np.asarray(lo)
+            self.hists[f"{key}/lsb"] = np.asarray(2.0 ** exponent)
+            self.hists[f"{key}/max_code"] = np.asarray(m)
+
+    def save(self, directory) -> None:
+        """``qstats.csv`` (tidy: one row per step, layer, kind) and ``qstats_hist.npz``, atomically."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        write_rows(d / "qstats.csv", self.rows, COLUMNS)
+        if self.histograms:
+            with atomic_write(d / "qstats_hist.npz") as fh:
+                np.savez_compressed(fh, **self.hists)
+
+
+def read_qstats(directory) -> list[dict]:
+    rows = read_rows(Path(directory) / "qstats.csv", text=("layer", "kind", "quantizer"))
+    for r in rows:         # every statistic a float (a step index too, as the figures expect)
+        for k in COLUMNS:
+            if k not in ("layer", "kind", "quantizer"):
+                r[k] = float(r[k])
+    return rows

@@ -1,0 +1,493 @@
+"""The integer execution engine: conv and linear layers computed in int8 x int8 -> int32 arithmetic.
+
+Selected with ``engine="int"`` (``eoq train --engine int``) for specs whose quantized layers have
+8-bit SQ activations A, errors E and gradients G and 8-bit stored weights (the ``eoq`` preset).
+Per quantized layer, with codes in channels-last (NHWC) order and K the GEMM's inner size:
+
+    forward        A codes (int8, SQ of the input)  x  W codes (the stored int8 weights)
+                   im2col(A) [N*Ho*Wo, kh*kw*Cin] @ W^T -> int32     ``torch._int_mm``
+    error          E codes (int8, SQ of dL/dout, stochastic rounding with the simulator's bits)
+                   im2col(dilate(E)) @ rot180(W)^T -> int32            (a transposed convolution;
+                   for stride s > 1, s*s sub-convolutions of the undilated E, one per phase)
+    weight grad    E^T @ im2col(A) -> int32 per chunk of rows, summed in int64, then
+                   G = SQ(., 8) evaluated on the integers (shift + the same random bits)
+
+Stride-1 convolutions with 16-64 output channels run on direct AMX / VNNI kernels instead
+(:mod:`eoq.engine.direct`: no im2col matrix, the same integer sums); the rest use the GEMMs above.
+
+The int32 accumulator never overflows silently: a product of two 8-bit codes is at most
+127 * 127, so a GEMM is split along K into chunks of at most ``SAFE_K`` = (2^31 - 1) // 127^2 =
+133,144 terms, whose int32 results are summed in int64 (the weight-gradient GEMM has K = N*Ho*Wo,
+131,072 at batch 128 on 32x32; the forward and error GEMMs have K <= 9 * 512): ``checked_int_mm``.
+Codes are at most 127 in magnitude (SQ clamps symmetrically), so the bound holds for any data.
+
+Between layers the engine hands PyTorch float32 tensors holding ``int32 * 2^exponent`` exactly
+(for |int32| < 2^24), so the elementwise parts (Fixup scalars, ReLU, residual add, shortcut,
+pooling, loss gradient) run as float32 operations on exactly representable values -- the same
+operations the simulator runs -- and then the next layer quantizes them again. The results agree
+with the simulator bit for bit wherever the simulator's float32 GEMMs are exact (every partial
+sum below 2^24 in units of the LSB product); tests check this per layer and for whole steps, and
+a 5-epoch CIFAR-10 run ended with identical weights in both engines (reports/engines/).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import distributed, kernels
+from ..quant import fusion, rng
+from ..quant import quantizers as Q
+from ..quant.observe import OBSERVERS
+from ..quant.spec import LayerQuant, SpecError
+from . import direct
+
+SAFE_K = (2 ** 31 - 1) // (127 * 127)   # 133,144 int8 products always fit in int32
+
+
+class BufferPool:
+    """Reused im2col and accumulator buffers. A fresh 19 MB tensor costs about 11 ms of page
+    faults here (glibc returns large blocks to the OS on free), ten times the copy into it."""
+
+    def __init__(self, per_shape: int = 4):
+        self.free: dict = {}
+        self.per_shape = per_shape
+
+    def take(self, shape, dtype) -> torch.Tensor:
+        bucket = self.free.get((tuple(shape), dtype))
+        return bucket.pop() if bucket else torch.empty(tuple(shape), dtype=dtype)
+
+    def give(self, t: torch.Tensor) -> None:
+        bucket = self.free.setdefault((tuple(t.shape), t.dtype), [])
+        if len(bucket) < self.per_shape:
+            bucket.append(t)
+
+
+POOL = BufferPool()
+
+
+def check_spec(quant: LayerQuant, name: str) -> None:
+    """The integer engine needs 8-bit SQ A/E/G and 8-bit stored weights on a quantized layer."""
+    for kind in ("A", "E", "G", "W"):
+        q = getattr(quant, kind)
+        if not q.enabled or q.bits > 8 or q.quantizer != "sq":
+            raise SpecError(f"--engine int needs 8-bit SQ {kind} on every quantized layer; layer {name!r} "
+                            f"has {kind} = {q.bits if q.enabled else 'float'} ({q.quantizer}). "
+                            "Use --engine sim for this spec.")
+
+
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    if t.stride() == (t.shape[1], 1):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype).copy_(t)
+
+
+def int_mm(a: torch.Tensor, b: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+    """``torch._int_mm`` (int8 x int8 -> int32), for K <= SAFE_K.
+
+    torch 2.13's CPU kernel returns wrong results (uninitialised memory) for some shapes when an
+    operand is a transposed view, and for an inner size K = 1 (both found by the tests here):
+    operands are copied to canonical row-major strides (``contiguous()`` keeps odd strides on
+    size-1 dimensions, which the kernel misreads), and K = 1 is padded to 2 with a zero column."""
+    a, b = _row_major(a), _row_major(b)
+    if a.shape[1] == 1:
+        a = F.pad(a, (0, 1))
+        b = F.pad(b, (0, 0, 0, 1))
+    if not pooled:
+        return torch._int_mm(a, b)
+    return torch._int_mm(a, b, out=POOL.take((a.shape[0], b.shape[1]), torch.int32))
+
+
+def checked_int_mm(a: torch.Tensor, b: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+    """a @ b for int8 matrices, exact: int32 per chunk of at most SAFE_K, int64 sum across chunks.
+    ``pooled``: an int32 result comes from POOL (give it back when done)."""
+    k = a.shape[1]
+    if k <= SAFE_K:
+        return int_mm(a, b, pooled)
+    out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.int64)
+    for s in range(0, k, SAFE_K):
+        out += int_mm(a[:, s:s + SAFE_K].contiguous(), b[s:s + SAFE_K]).to(torch.int64)
+    return out
+
+
+def to_nhwc(codes: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] codes (any memory layout) as a contiguous [N, H, W, C] tensor."""
+    return codes.permute(0, 2, 3, 1).contiguous()
+
+
+def im2col(x: torch.Tensor, kh: int, kw: int, stride: int, pad: tuple[int, int, int, int],
+           dilation: int = 1) -> torch.Tensor:
+    """Patches of an NHWC tensor as rows [N*Ho*Wo, kh*kw*C] (C fastest), padding (l, r, t, b).
+
+    ``dilation`` reads the input as if zeros stood between its pixels (transposed convolutions).
+    The C++ kernel pads and dilates on the fly; the torch reference (integer tensors cannot go
+    through F.unfold) materialises both, then takes a strided view."""
+    kern = kernels.load() if x.dtype == torch.int8 else None
+    if kern is not None:
+        n, h, w, c = x.shape
+        ho = ((h - 1) * dilation + 1 + pad[2] + pad[3] - kh) // stride + 1
+        wo = ((w - 1) * dilation + 1 + pad[0] + pad[1] - kw) // stride + 1
+        out = POOL.take((n * ho * wo, kh * kw * c), torch.int8)
+        return kern.im2col(x, kh, kw, stride, dilation, pad[2], pad[3], pad[0], pad[1], out)
+    if dilation > 1:
+        n, h, w, c = x.shape
+        d = x.new_zeros(n, (h - 1) * dilation + 1, (w - 1) * dilation + 1, c)
+        d[:, ::dilation, ::dilation] = x
+        x = d
+    if any(pad):
+        x = F.pad(x, (0, 0) + pad)
+    n, h, w, c = x.shape
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    sn, sh, sw, sc = x.stride()
+    view = x.as_strided((n, ho, wo, kh, kw, c), (sn, sh * stride, sw * stride, sh, sw, sc))
+    return view.reshape(n * ho * wo, kh * kw * c)
+
+
+def weight_matrix(w_codes: torch.Tensor) -> torch.Tensor:
+    """[Cout, Cin, kh, kw] codes as [Cout, kh*kw*Cin], the order im2col produces."""
+    return w_codes.permute(0, 2, 3, 1).reshape(w_codes.shape[0], -1)
+
+
+class WeightMats(NamedTuple):
+    """A conv's int8 weight codes as the two GEMM operands (row-major): ``fwd`` [kh*kw*Cin, Cout]
+    for the forward, ``bwd`` [kh*kw*Cout, Cin] (kernel rotated by 180 degrees) for the input
+    gradient; ``shape`` is the weight's [Cout, Cin, kh, kw]."""
+
+    fwd: torch.Tensor
+    bwd: torch.Tensor
+    shape: tuple[int, int, int, int]
+
+
+def weight_mats(w: torch.Tensor, exponent: int | None = None) -> WeightMats:
+    """The GEMM operands of conv weights: int8 codes ``w`` (torch reference), or float32 values on
+    the grid 2^exponent (one kernel pass, no intermediate code tensor)."""
+    kern = kernels.load() if exponent is not None else None
+    if kern is not None:
+        fwd, bwd = kern.weight_mats(w.detach(), exponent)
+        return WeightMats(fwd, bwd, tuple(w.shape))
+    if exponent is not None:
+        w = _grid_codes(w, exponent)
+    fwd = _row_major(weight_matrix(w).t())
+    bwd = _row_major(weight_matrix(w.flip(2, 3).transpose(0, 1)).t())   # [Cin, Cout, kh, kw] rotated
+    return WeightMats(fwd, bwd, tuple(w.shape))
+
+
+def conv_forward(a: torch.Tensor, w: torch.Tensor | WeightMats, stride: int,
+                 padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 NHWC output of conv(a, w) and the im2col matrix (kept for the weight gradient)."""
+    w = w if isinstance(w, WeightMats) else weight_mats(w)
+    cout, _, kh, kw = w.shape
+    cols = im2col(a, kh, kw, stride, (padding,) * 4)
+    n = a.shape[0]
+    ho = (a.shape[1] + 2 * padding - kh) // stride + 1
+    wo = (a.shape[2] + 2 * padding - kw) // stride + 1
+    out = checked_int_mm(cols, w.fwd, pooled=True)
+    return out.view(n, ho, wo, cout), cols
+
+
+def conv_input_grad(e: torch.Tensor, w: torch.Tensor | WeightMats, stride: int, padding: int,
+                    in_hw: tuple[int, int]) -> torch.Tensor:
+    """int32 NHWC dL/dinput: the transposed convolution of E with W, as a direct convolution of
+    E dilated by the stride and padded by k - 1 - p with the rotated, transposed kernel. For
+    stride s > 1 most of the dilated input is zeros, so it runs as s * s sub-convolutions of the
+    undilated E, one per output phase (:func:`_input_grad_phases`)."""
+    w = w if isinstance(w, WeightMats) else weight_mats(w)
+    if stride > 1:
+        return _input_grad_phases(e, w, stride, padding, in_hw)
+    n, ho, wo, cout = e.shape
+    _, cin, kh, kw = w.shape
+    extra_h = in_hw[0] - ((ho - 1) * stride - 2 * padding + kh)
+    extra_w = in_hw[1] - ((wo - 1) * stride - 2 * padding + kw)
+    ph, pw = kh - 1 - padding, kw - 1 - padding
+    cols = im2col(e, kh, kw, 1, (pw, pw + extra_w, ph, ph + extra_h), dilation=stride)
+    out = checked_int_mm(cols, w.bwd, pooled=True)
+    POOL.give(cols)
+    return out.view(n, in_hw[0], in_hw[1], cin)
+
+
+def _phase_taps(k: int, padding: int, stride: int, phase: int, out_len: int, e_len: int):
+    """For input-gradient positions i = phase + stride * j (j < J): the rotated-kernel taps t that
+    meet a non-zero of the dilated E (i + t - (k - 1 - p) divisible by the stride), and the
+    im2col padding (before, after) that makes a stride-1 window of len(taps) over the undilated E
+    give exactly those J positions (negative padding crops)."""
+    taps = [t for t in range(k) if (phase + t - (k - 1 - padding)) % stride == 0]
+    j = len(range(phase, out_len, stride))
+    if not taps or not j:
+        return taps, j, (0, 0)
+    first = (phase + taps[0] - (k - 1 - padding)) // stride        # E index read by j = 0
+    return taps, j, (-first, j - 1 + first + len(taps) - e_len)
+
+
+def _input_grad_phases(e, w: WeightMats, stride, padding, in_hw):
+    """The strided conv's input gradient phase by phase: positions (py + s*j, px + s*i) take only
+    the kernel taps of their phase (a 3x3 stride-2 conv: 1, 2, 2 and 4 taps instead of 9 on a
+    4x larger, mostly zero input). Integer sums of the same products: identical results."""
+    n, ho, wo, cout = e.shape
+    _, cin, kh, kw = w.shape
+    out = POOL.take((n, in_hw[0], in_hw[1], cin), torch.int32)
+    bwd = w.bwd.view(kh, kw, cout, cin)
+    for py in range(stride):
+        ty, jy, (pt, pb) = _phase_taps(kh, padding, stride, py, in_hw[0], ho)
+        for px in range(stride):
+            tx, jx, (pl, pr) = _phase_taps(kw, padding, stride, px, in_hw[1], wo)
+            dst = out[:, py::stride, px::stride]
+            if not ty or not tx:
+                dst.zero_()
+                continue
+            if not jy or not jx:
+                continue
+            cols = im2col(e, len(ty), len(tx), 1, (pl, pr, pt, pb))
+            sub = bwd[ty][:, tx].reshape(-1, cin)
+            res = checked_int_mm(cols, sub, pooled=True)
+            dst.copy_(res.view(n, jy, jx, cin))
+            _give(res)
+            POOL.give(cols)
+    return out
+
+
+def transpose(x: torch.Tensor) -> torch.Tensor:
+    """An int8 matrix transposed into row-major memory (C++ tiles; torch's copy is the reference)."""
+    kern = kernels.load() if x.dtype == torch.int8 else None
+    return kern.transpose(x) if kern is not None else x.t().contiguous()
+
+
+def weight_grad(e_rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """[Cout, K] = E^T @ cols (int32, or int64 when K needs chunks), K-chunked so that no int32
+    partial sum can overflow."""
+    return checked_int_mm(transpose(e_rows), cols)
+
+
+def sq_from_int(acc: torch.Tensor, exp_in: int, k: int, rounding: str, generator) -> tuple[torch.Tensor, int]:
+    """SQ(acc * 2^exp_in, k) on integers: the codes the float quantizer gives for the same value.
+
+    ``acc`` is in logical (row-major) order. exponent = round(log2 max|value|) exactly; shift
+    s = lsb - exp_in; nearest: round half to even of acc / 2^s; stochastic:
+    floor((floor(acc * 2^(16 - s)) + b) / 2^16) with the 16-bit numbers b of :mod:`eoq.quant.rng`."""
+    acc = acc.to(torch.int64)
+    kern = kernels.load()
+    if kern is not None and acc.numel():
+        codes, lsb = kern.sq_int(acc, exp_in, k, Q.Rounding(rounding).code, generator)
+        return codes, int(lsb)
+    amax = int(acc.abs().max()) if acc.numel() else 0
+    lsb = Q.exponent_of(float(amax) * 2.0 ** exp_in) + 1 - k
+    m = Q.max_code(k)
+    s = lsb - exp_in
+    if rounding == "nearest":
+        if s <= 0:
+            codes = acc << -s
+        else:
+            q = acc >> s
+            r = acc - (q << s)
+            half = 1 << (s - 1)
+            codes = q + ((r > half) | ((r == half) & ((q & 1) == 1))).to(torch.int64)
+    else:
+        bits = rng.random_bits(acc.shape, rng.draw_key(generator))
+        t = (acc << (16 - s)) if s <= 16 else (acc >> (s - 16))
+        codes = (t + bits) >> 16
+    return codes.clamp_(-m, m).to(torch.int8), lsb
+
+
+class _Saved(NamedTuple):
+    """What a forward keeps for its backward besides the int8 code tensors: the LSB exponents of
+    A and W, the input's spatial size (convolutions) and whether it ran channels-last."""
+
+    a_exp: int
+    w_exp: int
+    in_hw: tuple = ()
+    channels_last: bool = False
+
+
+def _codes(x: torch.Tensor, q, generator, layer=None) -> tuple[torch.Tensor, int]:
+    """SQ codes (int8, x's shape and layout) and LSB exponent of a batch tensor (A or E; a
+    data-parallel shard is quantized as part of the whole batch, see eoq.distributed). An input
+    that carries Fixup scalars for ``layer`` (layers.fused_bias_input, fused_relu_bias_input) is
+    quantized as x + bias or relu(x + pre) + bias, an error marked by the Fixup tail as x * s."""
+    affine = fusion.deferred(x, layer) or fusion.Affine()      # eoq/quant/fusion.py
+    codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator, sharded=distributed.active(),
+                              bias=affine.bias, relu_pre=affine.relu_pre, mult=affine.mult)
+    return codes.to(torch.int8), int(lsb)
+
+
+def _notify(kind, q, x, codes, lsb, owner):
+    for obs in OBSERVERS:
+        obs.after(kind, q, x, codes.to(torch.float32) * 2.0 ** lsb, owner)
+
+
+def _gradient(acc: torch.Tensor, exponent: int, layer, conv_shape=None) -> torch.Tensor:
+    """G of a weight-gradient accumulator (integer sums of int8 products, value acc * 2^exponent):
+    summed over data-parallel shards (exact), rounded once in the weight's logical order. A conv's
+    accumulator is [Cout, kh*kw*Cin] (im2col order) and ``conv_shape`` its weight's shape."""
+    if distributed.active():
+        acc = distributed.all_sum_(acc.to(torch.int64))
+    q = layer.quant.G
+    kern = kernels.load()
+    if conv_shape is not None and kern is not None and not OBSERVERS:
+        g, _ = kern.sq_int_conv(acc, exponent, q.bits, q.rounding.code, layer.generator,
+                                conv_shape[1])
+        return g.view(conv_shape)
+    if conv_shape is not None:
+        cout, cin, kh, kw = conv_shape
+        acc = acc.view(cout, kh, kw, cin).permute(0, 3, 1, 2).contiguous()
+    g, eg = sq_from_int(acc, exponent, q.bits, q.rounding, layer.generator)
+    if OBSERVERS:
+        _notify("G", q, acc.to(torch.float32) * 2.0 ** exponent, g, eg, layer)
+    return g.to(torch.float32) * 2.0 ** eg
+
+
+def _grid_codes(w: torch.Tensor, exponent: int) -> torch.Tensor:
+    """int8 codes of float values on the grid 2^exponent (exact: w = codes * 2^exponent)."""
+    return (w.detach() * 2.0 ** -exponent).round_().to(torch.int8)
+
+
+def weight_codes(layer) -> tuple[torch.Tensor, int]:
+    """The stored int8 weight codes and their exponent (the float parameter is codes * 2^e)."""
+    e = int(layer.weight_exp)
+    return _grid_codes(layer.weight, e), e
+
+
+def _give(t: torch.Tensor) -> None:
+    """Return an int32 accumulator or int8 im2col buffer (a base tensor, not a view) to the pool."""
+    base = t._base if t._base is not None else t
+    if base.dtype in (torch.int8, torch.int32) and base.is_contiguous():
+        POOL.give(base)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _to_float_nchw(acc_nhwc: torch.Tensor, exponent: int, channels_last: bool) -> torch.Tensor:
+    """int32 NHWC accumulators as float32 values acc * 2^exponent (one pass), logical NCHW; in
+    channels-last memory when the layer's input was (free), else NCHW-contiguous (a copy). The
+    simulator's conv output has that same layout, so reductions downstream (Fixup scalar
+    gradients, pooling) add in the same order and agree bit for bit."""
+    kern = kernels.load()
+    if kern is not None and acc_nhwc.dtype == torch.int32:
+        out = kern.dequant(acc_nhwc, exponent)
+    else:
+        out = acc_nhwc.to(torch.float32) * 2.0 ** exponent
+    return _nchw_view(out, channels_last)
+
+
+def _nchw_view(out_nhwc: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """An NHWC float tensor as logical NCHW: a free view in channels-last memory, else a copy."""
+    out = out_nhwc.permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()
+
+
+class IntConvFn(torch.autograd.Function):
+    """Conv2d on int8 codes (see module doc). Input and output are float32 tensors holding
+    int32 * 2^exponent; keep activations channels-last (``x.contiguous(memory_format=
+    torch.channels_last)``) and no layout copy is needed anywhere."""
+
+    @staticmethod
+    def forward(ctx, x, w, layer):
+        q = layer.quant
+        a, ea = _codes(x, q.A, layer.generator, layer)
+        _notify("A", q.A, x, a, ea, layer)
+        ew = int(layer.weight_exp)
+        cl = _channels_last(x)
+        ctx.layer, ctx.direct = layer, direct.eligible(layer, ctx.needs_input_grad[0])
+        if ctx.direct:
+            return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
+        wc = weight_mats(layer.weight, ew)
+        acc, cols = conv_forward(to_nhwc(a), wc, layer.stride[0], layer.padding[0])
+        out = _to_float_nchw(acc, ea + ew, cl)
+        _give(acc)
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(cols, wc.bwd)
+        else:
+            _give(cols)
+        ctx.meta, ctx.wshape = _Saved(ea, ew, tuple(x.shape[2:]), cl), wc.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if getattr(ctx, "done", False):
+            raise RuntimeError("the integer engine reuses its im2col buffers after the backward pass: "
+                               "backward twice through one graph (retain_graph) is not supported")
+        ctx.done = True
+        layer = ctx.layer
+        ea, ew, in_hw, cl = ctx.meta
+        q = layer.quant
+        e, ee = _codes(grad_out, q.E, layer.generator, layer)
+        _notify("E", q.E, grad_out, e, ee, layer)
+        e = to_nhwc(e)
+        if ctx.direct:
+            return _direct_backward(ctx, e, ee)
+        cols, wbwd = ctx.saved_tensors
+        gi = gw = None
+        wc = WeightMats(None, wbwd, ctx.wshape)
+        if ctx.needs_input_grad[0]:
+            acc = conv_input_grad(e, wc, layer.stride[0], layer.padding[0], in_hw)
+            gi = _to_float_nchw(acc, ee + ew, cl)
+            _give(acc)
+        if ctx.needs_input_grad[1]:
+            acc = weight_grad(e.reshape(-1, wc.shape[0]), cols)
+            gw = _gradient(acc, ea + ee, layer, wc.shape)
+        _give(cols)
+        return gi, gw, None
+
+
+def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
+    """IntConvFn.forward through the direct kernels (eoq/engine/direct.py): no im2col, float32 output
+    written by the kernel; the padded input codes are kept for the weight gradient."""
+    layer, kern = ctx.layer, direct.module()
+    dw = direct.grid_weights(kern, layer.weight, ew)
+    kh, kw = layer.kernel_size
+    out, xu = direct.conv(kern, a_nhwc, dw.fwd, dw.fwd_corr, kh, kw, layer.padding[0], ea + ew)
+    if any(ctx.needs_input_grad):
+        ctx.save_for_backward(xu, dw.bwd, dw.bwd_corr)
+    ctx.meta, ctx.wshape = _Saved(ea, ew, tuple(x.shape[2:]), cl), tuple(layer.weight.shape)
+    return _nchw_view(out, cl)
+
+
+def _direct_backward(ctx, e, ee):
+    """IntConvFn.backward through the direct kernels: the input gradient is the stride-1
+    convolution of E (padded by k - 1 - p) with the rotated kernel, the weight gradient an int64
+    accumulator in im2col order, rounded to G as on the GEMM path."""
+    xu, bwd, bwd_corr = ctx.saved_tensors
+    layer, kern = ctx.layer, direct.module()
+    ea, ew, _, cl = ctx.meta
+    _, cin, kh, kw = ctx.wshape
+    gi = gw = None
+    if ctx.needs_input_grad[0]:
+        out, _ = direct.conv(kern, e, bwd, bwd_corr, kh, kw, kh - 1 - layer.padding[0], ee + ew)
+        gi = _nchw_view(out, cl)
+    if ctx.needs_input_grad[1]:
+        gw = _gradient(direct.weight_grad(kern, xu, e, kh, kw, cin), ea + ee, layer, ctx.wshape)
+    return gi, gw, None
+
+
+class IntLinearFn(torch.autograd.Function):
+    """Linear on int8 codes; the bias (an integer-stored tensor) is added in float32 like the
+    simulator's addmm does."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, layer):
+        q = layer.quant
+        a, ea = _codes(x, q.A, layer.generator, layer)
+        _notify("A", q.A, x, a, ea, layer)
+        wc, ew = weight_codes(layer)
+        out = int_mm(a.contiguous(), wc.t()).to(torch.float32) * 2.0 ** (ea + ew)
+        ctx.save_for_backward(a, wc)
+        ctx.layer, ctx.meta, ctx.has_bias = layer, _Saved(ea, ew), b is not None
+        return out + b if b is not None else out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, wc = ctx.saved_tensors
+        layer = ctx.layer
+        ea, ew = ctx.meta.a_exp, ctx.meta.w_exp
+        q = layer.quant
+        e, ee = _codes(grad_out, q.E, layer.generator)
+        _notify("E", q.E, grad_out, e, ee, layer)
+        gi = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gi = int_mm(e, wc).to(torch.float32) * 2.0 ** (ee + ew)
+        if ctx.needs_input_grad[1]:
+            gw = _gradient(weight_grad(e, a), ea + ee, layer)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = e.to(torch.int64).sum(0).to(torch.float32) * 2.0 ** ee
+        return gi, gw, gb, None

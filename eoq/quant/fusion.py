@@ -1,0 +1,61 @@
+"""The side channel between fused kernels: what a tensor carries for the layer that consumes it.
+
+Fusing an elementwise op into a neighbour's quantizer means one op hands the next an unfinished
+tensor. The hand-over is a mark on the tensor, and every mark lives here (nowhere else reads or
+writes these attributes). Each mark names the layer it is for, so a tensor that reaches another
+consumer is treated as plain.
+
+``quantized for layer`` (attribute ``_eoq_quantized_for``): the tensor is already on ``layer``'s
+grid, do not quantize it again.
+    written by  nn.layers.fused_bias_input / fused_relu_bias_input (simulator: A(x + b) and
+                A(relu(x + pre) + b) in one kernel), nn.layers._ScaleQuantGradFn and
+                nn.fixup_tail._FixupTailFn backward (E(grad * s) in one kernel)
+    read by     nn.layers._input_quant (A) and nn.layers._error_quant (E)
+
+``deferred affine for layer`` (attribute ``_eoq_deferred``): the tensor is x, and ``layer``'s
+integer-engine quantizer must quantize affine(x) instead, applying the :class:`Affine` on the fly
+(no affine(x) tensor is ever built).
+    written by  nn.layers.fused_bias_input / fused_relu_bias_input (integer engine: the Fixup
+                biases and ReLU in front of a conv) and nn.fixup_tail._FixupTailFn backward
+                (integer engine: the Fixup multiplier s on the error)
+    read by     engine.intengine._codes
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Affine:
+    """The elementwise function a deferred tensor still needs: ``mult * x``, or
+    ``relu(x + relu_pre) + bias`` (``relu_pre`` None: ``x + bias``). At most one of ``mult`` and
+    ``bias`` is set (the kernels take either form, not both)."""
+
+    bias: float | None = None
+    relu_pre: float | None = None
+    mult: float | None = None
+
+
+def mark_quantized(t: torch.Tensor, layer) -> torch.Tensor:
+    """Mark ``t`` as already quantized for ``layer``; returns ``t``."""
+    t._eoq_quantized_for = layer
+    return t
+
+
+def quantized_for(t: torch.Tensor, layer) -> bool:
+    """Whether ``t`` was marked as already quantized for ``layer``."""
+    return getattr(t, "_eoq_quantized_for", None) is layer
+
+
+def defer(t: torch.Tensor, layer, affine: Affine) -> torch.Tensor:
+    """Mark ``t`` as x whose ``affine`` is left to ``layer``'s quantizer; returns ``t``."""
+    t._eoq_deferred = (layer, affine)
+    return t
+
+
+def deferred(t: torch.Tensor, layer) -> Affine | None:
+    """The affine ``t`` carries for ``layer``, or None."""
+    mark = getattr(t, "_eoq_deferred", None)
+    return mark[1] if mark is not None and mark[0] is layer else None

@@ -1,0 +1,23 @@
+"""Observers of quantization: one hook that analysis tools attach to (error statistics, cost).
+
+Every quantization in training goes through :func:`eoq.quant.apply.apply_quant`, which, while an
+observer is attached, calls ``observer.after(kind, q, x, out, owner)`` with the tensor kind (W, A,
+G, E, S, M), the quantizer settings, the input and output, and the owning module
+(``owner.eoq_name`` is its path in the model). The optimizer reports its updates the same way
+(kind U, with ``weight_codes`` and ``weight=(exponent, bits)`` of the stored tensor). With no
+observer attached the cost is one empty-list check.
+"""
+from __future__ import annotations
+
+import contextlib
+
+OBSERVERS: list = []
+
+
+@contextlib.contextmanager
+def observing(observer):
+    OBSERVERS.append(observer)
+    try:
+        yield observer
+    finally:
+        OBSERVERS.remove(observer)

@@ -1,0 +1,288 @@
+"""EOQ SGD: 8-bit integer weight updates, no float master copy; plain SGD for float tensors.
+
+For an integer-stored tensor w = codes * 2^e (see :class:`~eoq.nn.layers.GridParam`):
+    g      = G(grad) (+ weight_decay * w)            G already applied by the layer for conv/linear
+    v      = M(mu * v + g),  mu = 1 - 2^-s           momentum as a shift; M quantizes the buffer
+    delta  = lr * lr_scale * v                       lr rounded to a power of two if spec.lr_pow2, or to
+                                                     a fixed-point L * 2^-s if spec.lr_bits (then
+                                                     delta / 2^e is formed exactly: in float64, which
+                                                     holds the integer product L * v-code)
+    U      = clamp(SR(delta / 2^e), -(2^(u-1)-1), 2^(u-1)-1)   int8 update in units of the LSB
+    codes <- clamp(codes - U, -(2^(k-1)-1), 2^(k-1)-1)
+then the exponent policy (:class:`~eoq.quant.spec.WeightPolicy`) may move e by one bit. The random bits
+of G, M, U and the policy's halving come from four keys per tensor drawn at the start of the step
+(eoq.quant.rng). The integer-stored tensors are updated by one call into the fused kernel
+(``csrc/quant.cpp: grid_step``) when it is built and no observer is attached; the torch code
+below is the reference it is tested against bit for bit (``kernels.disabled()`` selects it). Float tensors
+(fp32 presets, float-end layers, BN) take the usual momentum SGD with the same lr, momentum and
+weight decay: v = mu v + g + wd w; w <- w - lr * lr_scale * v (Nesterov: w <- w - lr * lr_scale *
+(g + wd w + mu v), float updates only).
+
+Fixup scalars train at lr / 10 (``scalar_lr_scale``) and, like biases and BN parameters, without
+weight decay.
+"""
+from __future__ import annotations
+
+import enum
+import math
+
+import torch
+import torch.nn as nn
+
+from .. import kernels
+from ..nn.layers import FixupScalar, GridParam
+from ..nn.prepare import SCALAR_LR_SCALE, grid_params
+from ..quant import rng
+from ..quant.apply import apply_quant
+from ..quant.observe import OBSERVERS
+from ..quant.quantizers import MIN_EXPONENT, QuantizationError, max_code, round_scaled
+from ..quant.spec import QuantSpec, SpecError
+
+
+class PlanCol(enum.IntEnum):
+    """Columns of the fused optimizer's per-tensor plan row (float64), mirrored in
+    ``csrc/common.h`` (enum PlanCol, PLAN_<NAME>), where ``grid_step`` reads them."""
+
+    LR = 0          # effective learning rate of the tensor (lr * lr_scale, in its format)
+    BITS = 1        # bits of the stored weight codes
+    U_BITS = 2      # bits of the update codes
+    U_MODE = 3      # rounding of the update (Rounding.code)
+    G_BITS = 4      # bits of G when the optimizer quantizes it (0: the layer did)
+    G_MODE = 5      # rounding of G
+    M_BITS = 6      # bits of the momentum buffer (0: float)
+    M_MODE = 7      # rounding of the momentum buffer
+    SATURATE = 8    # exponent policy: fraction of saturated codes that moves the exponent up
+    SHRINK = 9      # exponent policy: max|code| < 2^(k-1-shrink) moves it down
+    READY = 10      # 1 once the momentum buffer holds values
+    EXACT_LR = 11   # 1 for a fixed-point lr (spec.lr_bits): lr * v / 2^e formed exactly
+
+
+def pow2_round(x: float) -> float:
+    """2^round(log2 x): the nearest power of two in the log domain (0 stays 0)."""
+    return 0.0 if x <= 0 else 2.0 ** round(math.log2(x))
+
+
+def fixed_point(x: float, bits: int) -> tuple[int, int]:
+    """(L, s) with L * 2^-s the nearest number to x > 0 with a ``bits``-bit mantissa:
+    2^(bits-1) <= L < 2^bits, L = round(x * 2^s) (half to even). A learning rate in this form is an
+    integer multiply and a shift in hardware."""
+    if not x > 0:
+        raise ValueError(f"fixed_point needs x > 0, got {x}")
+    s = bits - 1 - math.floor(math.log2(x))
+    mant = round(x * 2.0 ** s)
+    if mant >= 2 ** bits:                       # rounded up to the next power of two
+        mant, s = mant // 2, s - 1
+    elif mant < 2 ** (bits - 1):                # log2 was rounded up at a power of two
+        mant, s = round(x * 2.0 ** (s + 1)), s + 1
+    return mant, s
+
+
+def momentum_shift(mu: float) -> int | None:
+    """s with mu = 1 - 2^-s (None for mu = 0); other values are not a shift."""
+    if mu == 0:
+        return None
+    s = -math.log2(1 - mu) if 0 < mu < 1 else float("nan")
+    if not (s == s and s == round(s) and 1 <= s <= 16):
+        raise SpecError(f"integer (EOQ) updates need momentum 0 or 1 - 2^-s (0.5, 0.75, 0.875, 0.9375, ...), "
+                        f"got {mu}")
+    return int(s)
+
+
+class EOQSGD(torch.optim.Optimizer):
+    def __init__(self, model: nn.Module, spec: QuantSpec, lr: float, momentum: float = 0.875,
+                 weight_decay: float = 5e-4, scalar_lr_scale: float = SCALAR_LR_SCALE,
+                 generator: torch.Generator | None = None, nesterov: bool = False):
+        if not lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {weight_decay}")
+        self.spec, self.generator = spec, generator
+        self.grid: dict[int, GridParam] = {id(g.param): g for g in grid_params(model)}
+        if self.grid:
+            momentum_shift(momentum)
+            if nesterov:
+                raise SpecError("Nesterov momentum applies to float updates only; this model has "
+                                "integer-stored weights (plain momentum as a shift)")
+        self.nesterov = nesterov
+        scalar_ids = {id(m.value) for m in model.modules() if isinstance(m, FixupScalar)}
+        groups = {"grid": [], "decay": [], "no_decay": [], "scalar": []}
+        for p in model.parameters():
+            if not p.requires_grad:
+                continue
+            if id(p) in self.grid:
+                groups["grid"].append(p)
+            elif id(p) in scalar_ids:
+                groups["scalar"].append(p)
+            elif p.dim() > 1:
+                groups["decay"].append(p)
+            else:
+                groups["no_decay"].append(p)
+        param_groups = [
+            {"params": groups["grid"], "kind": "grid", "lr_scale": 1.0, "weight_decay": weight_decay},
+            {"params": groups["decay"], "kind": "float", "lr_scale": 1.0, "weight_decay": weight_decay},
+            {"params": groups["no_decay"], "kind": "float", "lr_scale": 1.0, "weight_decay": 0.0},
+            {"params": groups["scalar"], "kind": "float", "lr_scale": scalar_lr_scale, "weight_decay": 0.0},
+        ]
+        for g in self.grid.values():
+            if g.lr_scale != 1.0:
+                g.lr_scale = scalar_lr_scale
+        super().__init__([g for g in param_groups if g["params"]], {"lr": lr, "momentum": momentum})
+
+    def effective_lr(self, group: dict, grid: GridParam | None = None) -> float:
+        lr = group["lr"] * (grid.lr_scale if grid is not None else group["lr_scale"])
+        if grid is None:
+            return lr
+        if self.spec.lr_pow2:
+            return pow2_round(lr)
+        if self.spec.lr_bits:
+            mant, s = fixed_point(lr, self.spec.lr_bits)
+            return math.ldexp(mant, -s)
+        return lr
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        grid_items = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grid = self.grid.get(id(p))
+                if grid is None:
+                    self._float_step(p, group)
+                else:
+                    grid_items.append((p, grid, group))
+        if grid_items:
+            momentum_shift(grid_items[0][2]["momentum"])     # a schedule may change it: still a shift
+            keys = rng.draw_keys(self.generator, len(grid_items), 4)
+            if not self._fused_grid_step(grid_items, keys):
+                for (p, grid, group), key in zip(grid_items, keys.tolist()):
+                    self._grid_step(p, grid, group, [tuple(k) for k in key])
+        return loss
+
+    def _momentum(self, p, g, mu):
+        if mu == 0:
+            return g
+        state = self.state[p]
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = g.clone()
+        else:
+            buf.mul_(mu).add_(g)
+        return buf
+
+    def _float_step(self, p, group):
+        g = p.grad
+        if group["weight_decay"]:
+            g = g.add(p, alpha=group["weight_decay"])
+        v = self._momentum(p, g, group["momentum"])
+        if self.nesterov and group["momentum"]:
+            v = g.add(v, alpha=group["momentum"])          # g + mu v (PyTorch's Nesterov form)
+        p.add_(v, alpha=-self.effective_lr(group))
+
+    def _grid_step(self, p, grid: GridParam, group, keys):
+        """The reference integer update of one tensor; keys = (G, M, U, rescale) random-bit keys."""
+        gen, spec = self.generator, self.spec
+        g = apply_quant(grid.grad_quant, p.grad, gen, "G", grid.owner, key=keys[0])
+        if grid.weight_decay and group["weight_decay"]:
+            g = g.add(p, alpha=group["weight_decay"])
+        v = self._momentum(p, g, group["momentum"])
+        if spec.M.enabled and group["momentum"]:
+            v.copy_(apply_quant(spec.M, v, gen, "M", grid.owner, key=keys[1]))
+        inv_lsb = torch.exp2(-grid.exponent)
+        u_max = max_code(grid.update.bits)
+        if spec.lr_bits:      # exact: the integer product L * v-code, then a shift (float64 holds it)
+            delta = v.double() * (self.effective_lr(group, grid) * 2.0 ** -float(grid.exponent))
+        else:
+            delta = v * (self.effective_lr(group, grid) * inv_lsb)    # in units of the weight LSB
+        update = round_scaled(delta, 0, u_max, grid.update.rounding, key=keys[2])
+        self.state[p]["last_update"] = update.to(torch.int8 if grid.update.bits <= 8 else torch.int32)
+        k_max = max_code(grid.bits)
+        codes = (p * inv_lsb).round_()
+        for obs in OBSERVERS:
+            obs.after("U", grid.update, delta, update, grid.owner, weight_codes=codes,
+                      weight=(float(grid.exponent), grid.bits))
+        codes = codes.sub_(update).clamp_(-k_max, k_max)
+        codes = self._rescale(codes, grid, k_max, keys[3])
+        p.copy_(codes.mul_(torch.exp2(grid.exponent)))
+
+    def _rescale(self, codes: torch.Tensor, grid: GridParam, k_max: int, key) -> torch.Tensor:
+        """The exponent policy: up one bit on saturation (SR halving), down one when under-used."""
+        policy = self.spec.weight_policy
+        amax = float(codes.abs().max())
+        if amax >= k_max and float((codes.abs() >= k_max).float().mean()) > policy.saturate_frac:
+            grid.exponent += 1
+            return round_scaled(codes.double(), 1, k_max, "stochastic", key=key, codes=True).to(codes.dtype)
+        if 0 < amax < 2 ** (grid.bits - 1 - policy.shrink_bits) and float(grid.exponent) > MIN_EXPONENT:
+            grid.exponent -= 1
+            return codes * 2
+        return codes
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._plan_cache = None                  # the kernel plan holds references to old buffers
+
+    def _fused_grid_step(self, items, keys) -> bool:
+        """All integer-stored tensors in one kernel call; False when the kernel cannot take them."""
+        if OBSERVERS or kernels.usable(items[0][0]) is None:
+            return False
+        plan = self._plan(items)
+        if plan is None:
+            return False
+        params, bufs, exps, updates, rows, decays = plan
+        grads = []
+        for (p, grid, group), decay in zip(items, decays):
+            grads.append(p.grad.add(p, alpha=group["weight_decay"]) if decay else p.grad.contiguous())
+        rows[:, PlanCol.LR] = torch.tensor([self.effective_lr(group, grid) for _, grid, group in items],
+                                  dtype=torch.float64)
+        try:
+            kernels.load().grid_step(params, grads, bufs, exps, updates, rows, keys,
+                                     float(items[0][2]["momentum"]))
+        except RuntimeError as err:
+            if "NaN or Inf" in str(err):
+                raise QuantizationError("cannot quantize a tensor holding NaN or Inf: the training "
+                                        "diverged (optimizer step)") from None
+            raise
+        rows[:, PlanCol.READY] = 1.0                       # momentum buffers now hold values
+        return True
+
+    def _plan(self, items):
+        """Per-tensor settings for the kernel, built once per set of tensors (None: not supported)."""
+        ident = tuple(id(p) for p, _, _ in items)
+        cached = getattr(self, "_plan_cache", None)
+        if cached is not None and cached[0] == ident:
+            return cached[1]
+        spec, mu = self.spec, items[0][2]["momentum"]
+        m_on = spec.M.enabled and spec.M.quantizer == "sq"
+        if spec.M.enabled and not m_on:
+            return None
+        params, bufs, exps, updates, rows, decays = [], [], [], [], [], []
+        for p, grid, group in items:
+            gq, decay = grid.grad_quant, bool(grid.weight_decay and group["weight_decay"])
+            if (gq.enabled and (gq.quantizer != "sq" or decay)) or group["momentum"] != mu \
+                    or p.dtype != torch.float32 or not p.is_contiguous():
+                return None
+            state = self.state[p]
+            ready = "momentum_buffer" in state
+            if mu and not ready:
+                state["momentum_buffer"] = torch.empty_like(p)
+            u_dtype = torch.int8 if grid.update.bits <= 8 else torch.int32
+            if state.get("last_update") is None or state["last_update"].dtype != u_dtype:
+                state["last_update"] = torch.empty(p.shape, dtype=u_dtype)
+            params.append(p)
+            bufs.append(state.get("momentum_buffer", p))
+            exps.append(grid.exponent)
+            updates.append(state["last_update"])
+            decays.append(decay)
+            row = {PlanCol.LR: 0.0, PlanCol.BITS: grid.bits, PlanCol.U_BITS: grid.update.bits,
+                   PlanCol.U_MODE: grid.update.rounding.code, PlanCol.G_BITS: gq.bits or 0,
+                   PlanCol.G_MODE: gq.rounding.code, PlanCol.M_BITS: spec.M.bits if m_on else 0,
+                   PlanCol.M_MODE: spec.M.rounding.code, PlanCol.SATURATE: spec.weight_policy.saturate_frac,
+                   PlanCol.SHRINK: spec.weight_policy.shrink_bits, PlanCol.READY: float(ready),
+                   PlanCol.EXACT_LR: float(bool(spec.lr_bits))}
+            rows.append([row[c] for c in PlanCol])
+        plan = (params, bufs, exps, updates, torch.tensor(rows, dtype=torch.float64), decays)
+        self._plan_cache = (ident, plan)
+        return plan
