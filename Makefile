@@ -2,6 +2,7 @@
 #              trains fp32+BN, fp32+Fixup and 8-bit EOQ briefly, measures isometry and quantization error,
 #              counts the cost, and writes reports/quickstart/REPORT.md with its figures
 # make test  : the test suite (CI runs exactly this through .ci/run)
+# make lab   : the notebooks in JupyterLab with the project's environment (installs the [lab] extra)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,4 +30,9 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
-.PHONY: install run test
+LAB_ARGS ?=
+lab: install
+	$(BIN)/pip install -q -c constraints.txt -e '.[lab]'
+	$(BIN)/python -m jupyterlab --notebook-dir notebooks $(LAB_ARGS)
+
+.PHONY: install run test lab

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -40,13 +41,23 @@ def label(run: dict) -> str:
     return name + (" (channels-last)" if cfg.get("channels_last") else "")
 
 
+def _has_val(runs: list[dict]) -> bool:
+    """Whether any run measured a validation split (metrics.csv val_acc not nan)."""
+    return any(not math.isnan(x.get("val_acc", math.nan)) for r in runs for x in r["rows"])
+
+
 def accuracy_table(runs: list[dict]) -> str:
-    lines = ["| configuration | model | epochs | final test acc (%) | best test acc (%) | final train loss | minutes |",
-             "|---|---|---|---|---|---|---|"]
+    """One row per run: final and best test accuracy, final training loss, minutes; with a
+    validation split, the final and best validation accuracy first (settings are chosen on it)."""
+    val = _has_val(runs)
+    head = "| configuration | model | epochs | " + ("final val acc (%) | best val acc (%) | " if val else "")
+    lines = [head + "final test acc (%) | best test acc (%) | final train loss | minutes |",
+             "|---|---|---|" + ("---|---|" if val else "") + "---|---|---|---|"]
     for r in runs:
         rows, c = r["rows"], r["config"]
         last = rows[-1]
-        lines.append(f"| {label(r)} | {c['model']} | {last['epoch']} | {last['test_acc']:.2f} | "
+        vals = (f"{last['val_acc']:.2f} | {max(x['val_acc'] for x in rows):.2f} | " if val else "")
+        lines.append(f"| {label(r)} | {c['model']} | {last['epoch']} | {vals}{last['test_acc']:.2f} | "
                      f"{max(x['test_acc'] for x in rows):.2f} | {last['train_loss']:.3f} | "
                      f"{sum(x['seconds'] for x in rows) / 60:.1f} |")
     return "\n".join(lines)
@@ -87,23 +98,28 @@ def seed_table(runs: list[dict]) -> str:
     and the sample standard deviation (n - 1; blank for a single run) of the runs that finished.
     A run that stopped early (diverged, killed) is named with its last epoch and left out of both.
     The last column names the settings in which a group differs from the first group."""
+    val = _has_val(runs)
     lines = ["| configuration | seeds | final test acc (%) per seed | mean (%) | std (points) "
-             "| settings unlike row 1 |",
-             "|---|---|---|---:|---:|---|"]
+             + ("| val acc (%) per seed | val mean (%) | val std " if val else "") + "| settings unlike row 1 |",
+             "|---|---|---|---:|---:|" + ("---|---:|---:|" if val else "") + "---|"]
     groups = seed_groups(runs)
     for group in groups:
-        done = [g["rows"][-1]["test_acc"] for g in group if _finished(g)]
-        shown = [f"{g['rows'][-1]['test_acc']:.2f}" if _finished(g)
-                 else f"stopped after epoch {g['rows'][-1]['epoch'] if g['rows'] else 0}" for g in group]
-        mean = f"{statistics.fmean(done):.2f}" if done else ""
-        std = f"{statistics.stdev(done):.2f}" if len(done) > 1 else ""
+        cells = []
+        for key in ("test_acc", "val_acc") if val else ("test_acc",):
+            done = [g["rows"][-1][key] for g in group if _finished(g)]
+            shown = [f"{g['rows'][-1][key]:.2f}" if _finished(g)
+                     else f"stopped after epoch {g['rows'][-1]['epoch'] if g['rows'] else 0}" for g in group]
+            mean = f"{statistics.fmean(done):.2f}" if done else ""
+            std = f"{statistics.stdev(done):.2f}" if len(done) > 1 else ""
+            cells += [", ".join(shown), mean, std]
         lines.append(f"| {label(group[0])} | {', '.join(str(g['config']['seed']) for g in group)} | "
-                     f"{', '.join(shown)} | {mean} | {std} | {_differences(group[0], groups[0][0])} |")
+                     + " | ".join(cells) + f" | {_differences(group[0], groups[0][0])} |")
     return "\n".join(lines)
 
 
 def plot_curves(runs: list[dict], stem) -> list[Path]:
     fig, axes = figure(2)
+    val = _has_val(runs)
     names = [label(r) for r in runs]
     seen: dict[str, int] = {}
     others = [c for c in ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
@@ -117,7 +133,11 @@ def plot_curves(runs: list[dict], stem) -> list[Path]:
         shown = f"{name}, seed {r['config']['seed']}" if names.count(name) > 1 else name
         for ax, key in ((axes[0][0], "test_acc"), (axes[0][1], "train_loss")):
             ax.plot(ep, [x[key] for x in r["rows"]], marker="o", ms=3, label=shown, color=color, ls=style)
-    axes[0][0].set(xlabel="epoch", ylabel="test accuracy (%)", title="CIFAR-10 test accuracy")
+        if val:                            # validation: the same colour, open markers, thin
+            axes[0][0].plot(ep, [x["val_acc"] for x in r["rows"]], marker="o", ms=3, mfc="none", lw=0.8,
+                            color=color, ls=style, alpha=0.8)
+    title = "CIFAR-10 test (filled) and validation (open) accuracy" if val else "CIFAR-10 test accuracy"
+    axes[0][0].set(xlabel="epoch", ylabel="accuracy (%)" if val else "test accuracy (%)", title=title)
     axes[0][1].set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss", yscale="log")
     axes[0][0].legend(loc="lower right", fontsize="x-small" if len(runs) > 4 else None)
     return save(fig, stem)

@@ -26,6 +26,7 @@ from .training.data import DataError, Dataset, load_cifar10, sample
 from .training.loop import Run, TrainingDiverged, evaluate, train, train_step
 from .training.optimizer import EOQSGD
 from .training.setup import Setup, setup
+from .training.trained import TrainedRun, load_trained
 
 __all__ = [
     # quantization: specs, presets and their choices
@@ -35,6 +36,7 @@ __all__ = [
     "MODELS", "NORMS", "build_model", "prepare", "grid_params", "setup", "Setup", "EOQSGD",
     # data and training
     "data", "Dataset", "load_cifar10", "sample", "TrainConfig", "train", "train_step", "evaluate", "Run",
+    "load_trained", "TrainedRun",
     # errors a user can meet (each has a one-line message)
     "SpecError", "ConfigError", "DataError", "QuantizationError", "TrainingDiverged",
 ]

@@ -171,8 +171,7 @@ def _compile_in_child(name: str, build: Path) -> None:
     try:
         out, _ = proc.communicate(timeout=_build_timeout())
     except BaseException:           # a timeout, or this process interrupted: no compiler outlives it
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_session(proc.pid)
         proc.wait()
         raise
     if proc.returncode != 0:
@@ -180,10 +179,30 @@ def _compile_in_child(name: str, build: Path) -> None:
         raise RuntimeError(f"the kernel build failed: {lines[0] if lines else 'exit status ' + str(proc.returncode)}")
 
 
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (the build child leads one: ninja puts each
+    compiler command in a process group of its own, but they all stay in the session)."""
+    me = os.getpid()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:          # after "pid (comm)": state ppid pgrp session
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(sid, signal.SIGKILL)
+
+
 def _child_build(name: str, build: str, csrc: str) -> None:
     """In the build child: die with the parent, take the compiler down on SIGTERM, build."""
     def kill_group(signum, frame):
-        os.killpg(0, signal.SIGKILL)
+        _kill_session(os.getsid(0))
+        os._exit(1)
 
     signal.signal(signal.SIGTERM, kill_group)
     with contextlib.suppress(Exception):        # Linux: SIGTERM to this child when its parent dies

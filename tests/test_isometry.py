@@ -1,5 +1,6 @@
 """Isometry workbench: estimators against dense references, theorem checks, Fixup identity."""
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -111,3 +112,63 @@ def test_non_finite_inputs_are_rejected():
     with pytest.raises(JacobianError, match="NaN or Inf"):
         hutchinson(lambda v: v, images)
     assert freeze_batchnorm(model, torch.randn(2, 3, 32, 32)).training is False
+
+
+def test_extreme_singular_values_match_a_dense_svd():
+    """Matrix-free svds (JVP / VJP operator) against torch.linalg.svdvals of the materialised J,
+    on a conv block (more outputs than inputs) and a strided one (fewer)."""
+    from analysis.isometry.jacobian import extreme_singular_values
+
+    torch.manual_seed(0)
+    for conv in (torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.Conv2d(3, 2, 3, stride=2, padding=1)):
+        f = torch.nn.Sequential(conv, torch.nn.Tanh()).double()
+        x = torch.randn(1, conv.in_channels, 6, 6, dtype=torch.float64)
+        J = torch.func.jacrev(lambda v: f(v.reshape(x.shape)).reshape(-1))(x.reshape(-1))
+        sv = torch.linalg.svdvals(J.detach())
+        got = extreme_singular_values(f, x)
+        assert got.largest == pytest.approx(float(sv.max()), rel=1e-6)
+        assert got.smallest == pytest.approx(float(sv.min()), rel=1e-5)
+        assert got.condition == pytest.approx(float(sv.max() / sv.min()), rel=1e-5)
+
+
+def test_broadened_slq_density_keeps_the_moments():
+    """The Gaussian-broadened density (log axis) integrates to the total weight, and its first two
+    moments in eigenvalue approach SLQ's phi1 and phi2 for a narrow width."""
+    from analysis.isometry.jacobian import broadened_density
+
+    nodes, weights = np.array([0.05, 0.4, 1.0, 3.0]), np.array([0.1, 0.2, 0.3, 0.4])
+    lam, dens = broadened_density(nodes, weights, sigma=0.01, points=20000)
+    t = np.log10(lam)
+    assert np.trapezoid(dens, t) == pytest.approx(1.0, rel=1e-3)
+    assert np.trapezoid(dens * lam, t) == pytest.approx(float((weights * nodes).sum()), rel=1e-3)
+    assert np.trapezoid(dens * lam ** 2, t) == pytest.approx(float((weights * nodes ** 2).sum()), rel=2e-3)
+
+
+def test_confidence_interval_uses_students_t():
+    """Three samples 1, 2, 3: mean 2, sd 1, half-width t(0.975, 2) / sqrt(3) = 4.303 / 1.732."""
+    from analysis.isometry.jacobian import _mean_ci
+
+    mean, half = _mean_ci(torch.tensor([1.0, 2.0, 3.0]))
+    assert mean == 2.0 and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+
+
+def test_exact_refuses_a_jacobian_too_large_to_materialise(monkeypatch):
+    from analysis.isometry import jacobian
+
+    monkeypatch.setattr(jacobian, "EXACT_MAX_ENTRIES", 100)
+    f = torch.nn.Conv2d(1, 1, 3, padding=1)
+    with pytest.raises(JacobianError, match="hutchinson"):
+        jacobian.estimate(f, torch.randn(2, 1, 8, 8), "exact")
+
+
+def test_a_quantized_block_gets_one_line_saying_what_to_do():
+    import eoq
+    from analysis import quantization_off
+
+    s = eoq.setup("resnet20", "fixup", "eoq")
+    x, _ = eoq.sample(n=4)
+    block, h = s.model.blocks()[0], s.model.stem(x).detach()
+    with pytest.raises(JacobianError, match="quantization_off"):
+        estimate(block, h, "hutchinson")
+    with quantization_off(s.model):
+        assert estimate(block, h, "hutchinson").phi1 > 0

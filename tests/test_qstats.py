@@ -71,3 +71,26 @@ def test_training_with_collection(tmp_path):
     assert all(10 < r["sqnr_db"] < 60 for r in a)
     hist = np.load(out / "qstats" / "qstats_hist.npz")
     assert any(k.endswith("/E/values") for k in hist.files)
+
+
+def test_an_idle_collector_keeps_the_fused_kernels_on():
+    """Between its samples the collector is not listening, so the fused kernels (which hand out no
+    intermediate tensors) stay on; on a sampled step it is, and it records rows."""
+    from eoq.nn.layers import QConv2d, _fusable
+    from eoq.quant.observe import listening, observing
+    from eoq.training.loop import train_step
+    from eoq.training.setup import setup
+
+    s = setup("resnet20", "fixup", "eoq", seed=0)
+    conv = next(m for m in s.model.modules() if isinstance(m, QConv2d) and m.quant.any)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    c = QStatsCollector(every=4, histograms=False)
+    with observing(c):
+        c.step_begin(1)
+        assert not listening() and _fusable(conv, "A")
+        train_step(s.model, s.optimizer, x, y)
+        assert c.rows == []
+        c.step_begin(4)
+        assert listening() and not _fusable(conv, "A")
+        train_step(s.model, s.optimizer, x, y)
+        assert {r["kind"] for r in c.rows} >= {"A", "E", "G", "U"}

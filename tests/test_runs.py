@@ -67,3 +67,20 @@ def test_runs_sharing_a_label_share_a_colour_and_differ_in_line_style(tmp_path, 
     lines = figs[0].axes[0].get_lines()
     assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
     assert lines[0].get_linestyle() != lines[1].get_linestyle()
+
+
+def test_tables_show_validation_accuracy_when_runs_have_it(tmp_path):
+    """Settings are chosen on validation: with val_acc in metrics.csv, both tables show it (the
+    seed table with its mean and sample std: 60, 64 -> 62.00, 2.83)."""
+    from analysis.runs import accuracy_table
+
+    dirs = []
+    for seed, (val, test) in enumerate(((60.0, 70.0), (64.0, 72.0))):
+        d = make_run(tmp_path, f"v{seed}", seed, test)
+        (d / "metrics.csv").write_text("epoch,train_loss,train_acc,val_acc,test_acc,seconds,lr,steps\n"
+                                       f"1,1.0,50.0,{val},{test},10.0,0.1,352\n")
+        dirs.append(d)
+    runs = [load_run(d) for d in dirs]
+    assert "| final val acc (%) | best val acc (%) |" in accuracy_table(runs)
+    assert "| 60.00 | 60.00 | 70.00 |" in accuracy_table(runs)
+    assert seed_table(runs).splitlines()[2] == "| EOQ | 0, 1 | 70.00, 72.00 | 71.00 | 1.41 | 60.00, 64.00 | 62.00 | 2.83 |  |"

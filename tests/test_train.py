@@ -203,3 +203,35 @@ def test_resume_keeps_the_spec_the_run_started_with_when_a_preset_changes(tmp_pa
         assert run.optimizer.spec == old and run.optimizer.spec != presets.PRESETS["eoq"]
         assert "started with" in capsys.readouterr().err
         assert json.loads((tmp_path / "r" / "config.json").read_text())["spec"]["lr_pow2"] is True
+
+
+def test_load_trained_gives_the_model_back_with_its_spec_exponents_and_engine(tmp_path):
+    """load_state_dict into a fresh model silently gave an unquantized model; load_trained rebuilds
+    the run's own prepared model: same outputs, weights on their int8 grids, same engine."""
+    import eoq
+    from eoq.nn.prepare import grid_params
+
+    cfg = eoq.TrainConfig(data="embedded", train_limit=128, test_limit=32, val=0, batch_size=64, epochs=1,
+                          preset="eoq", engine="int", out=str(tmp_path / "r"), progress=False)
+    run = eoq.train(cfg)
+    back = eoq.load_trained(tmp_path / "r")
+    assert back.cfg.engine == "int" and back.spec == run.optimizer.spec and back.epoch == 1
+    assert [m.test_acc for m in back.metrics] == [m.test_acc for m in run.metrics]
+    x, _ = eoq.sample("embedded", n=8)
+    x = x.contiguous(memory_format=torch.channels_last)
+    run.model.eval()
+    with torch.no_grad():
+        assert torch.equal(back.model(x), run.model(x))
+    for a, b in zip(grid_params(back.model), grid_params(run.model)):
+        assert float(a.exponent) == float(b.exponent)
+        assert torch.equal(a.param, b.param) and a.codes().abs().max() <= 127
+    assert all(m.engine == "int" for m in back.model.modules() if getattr(m, "quant", None) is not None
+               and getattr(m.quant, "any", False))
+
+
+def test_load_trained_of_a_missing_run_is_one_clear_error(tmp_path):
+    import eoq
+    from eoq.training.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        eoq.load_trained(tmp_path / "nothing")

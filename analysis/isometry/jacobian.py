@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import stats
+from scipy.sparse import linalg as sparse_linalg
 
 from eoq.quant.formats import Choice
 from eoq.training.table import RowView
@@ -69,10 +71,17 @@ def _check_finite(x: torch.Tensor, what: str) -> None:
 
 
 def _mean_ci(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval: Student's t with n - 1 degrees of
+    freedom (a handful of samples is common here; t -> 1.96 for many)."""
     v = values.double()
     n = v.numel()
-    sd = float(v.std()) if n > 1 else float("inf")
-    return float(v.mean()), 1.96 * sd / math.sqrt(n)
+    if n < 2:
+        return float(v.mean()), float("inf")
+    return float(v.mean()), float(stats.t.ppf(0.975, n - 1)) * float(v.std()) / math.sqrt(n)
+
+
+# method="exact" materialises J per sample: refused above this many entries (512 MiB in float64)
+EXACT_MAX_ENTRIES = 2 ** 26
 
 
 def exact(f, xs: torch.Tensor, dtype: torch.dtype | None = None) -> PhiEstimate:
@@ -81,6 +90,13 @@ def exact(f, xs: torch.Tensor, dtype: torch.dtype | None = None) -> PhiEstimate:
     ``dtype`` casts the inputs (float64 needs a block whose parameters are float64 too:
     ``copy.deepcopy(module).double()``)."""
     dtype = dtype or xs.dtype
+    with torch.no_grad():
+        n_out = f(xs[:1].to(dtype))[0].numel()
+    entries = n_out * xs[0].numel()
+    if entries > EXACT_MAX_ENTRIES:
+        raise JacobianError(f"method='exact' would materialise a {n_out} x {xs[0].numel()} Jacobian per sample "
+                            f"({entries * 8 / 2 ** 30:.1f} GiB in float64, x {len(xs)} samples): use 'hutchinson' or "
+                            "'slq', which never build it")
     phis1, phis2, eigs = [], [], []
     for x in xs:
         x = x.unsqueeze(0).to(dtype)
@@ -202,12 +218,85 @@ def estimate(f, xs: torch.Tensor, method: JacobianMethod | str = JacobianMethod.
              generator: torch.Generator | None = None, dtype: torch.dtype | None = None) -> PhiEstimate:
     """phi1/phi2 of block ``f`` over the samples ``xs`` by the chosen method (see module docs)."""
     method = JacobianMethod.parse(method, JacobianError, "method")
-    if method is JacobianMethod.AUTO:
-        with torch.no_grad():
-            n_out = f(xs[:1])[0].numel()
-        method = JacobianMethod.EXACT if n_out * xs[0].numel() <= 2 ** 24 else JacobianMethod.HUTCHINSON
-    if method is JacobianMethod.EXACT:
-        return exact(f, xs, dtype)
-    if method is JacobianMethod.HUTCHINSON:
-        return hutchinson(f, xs, probes, generator)
-    return slq(f, xs[0], probes=max(probes, 4), generator=generator)
+    try:
+        if method is JacobianMethod.AUTO:
+            with torch.no_grad():
+                n_out = f(xs[:1])[0].numel()
+            method = JacobianMethod.EXACT if n_out * xs[0].numel() <= 2 ** 24 else JacobianMethod.HUTCHINSON
+        if method is JacobianMethod.EXACT:
+            return exact(f, xs, dtype)
+        if method is JacobianMethod.HUTCHINSON:
+            return hutchinson(f, xs, probes, generator)
+        return slq(f, xs[0], probes=max(probes, 4), generator=generator)
+    except RuntimeError as err:
+        if "setup_context" in str(err) or "functorch" in str(err):
+            raise JacobianError(QUANTIZED_BLOCK) from None
+        raise
+
+
+QUANTIZED_BLOCK = ("this block quantizes (its fused autograd functions have no forward-mode derivative): measure "
+                   "its float Jacobian on the quantized weights inside `with analysis.quantization_off(model):`, "
+                   "or the quantized backward with analysis.quantized_backward_gains")
+
+
+@dataclass(frozen=True)
+class SingularValues(RowView):
+    """The extreme singular values of one sample's block Jacobian and its condition number."""
+
+    largest: float
+    smallest: float
+
+    @property
+    def condition(self) -> float:
+        return self.largest / self.smallest if self.smallest > 0 else math.inf
+
+
+def extreme_singular_values(f, x: torch.Tensor, tol: float = 1e-6) -> SingularValues:
+    """sigma_max and sigma_min of J = df/dx at one sample ``x`` (batch of one), matrix-free: SciPy's
+    ``svds`` (ARPACK) on a LinearOperator whose matvec is a Jacobian-vector product and whose
+    rmatvec is a vector-Jacobian product, so J is never built. For a block with fewer outputs
+    than inputs sigma_min is that of the N_out nonzero ones (J J^T is what BDI looks at)."""
+    x = (x.unsqueeze(0) if x.dim() == 3 else x[:1]).detach()
+    _check_finite(x, "the block input")
+    with torch.no_grad():
+        out_shape = f(x).shape
+    n_out, n_in = int(np.prod(out_shape[1:])), x[0].numel()
+
+    def jv(v):
+        _, w = torch.func.jvp(f, (x,), (torch.as_tensor(v, dtype=x.dtype).reshape(x.shape),))
+        return w.detach().reshape(-1).double().numpy()
+
+    def jtu(u):
+        xr = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(f(xr), xr, torch.as_tensor(u, dtype=x.dtype).reshape(out_shape))
+        return g.detach().reshape(-1).double().numpy()
+
+    op = sparse_linalg.LinearOperator((n_out, n_in), matvec=jv, rmatvec=jtu, dtype=np.float64)
+    k_small = min(n_out, n_in)
+    try:
+        big = sparse_linalg.svds(op, k=1, which="LM", tol=tol, return_singular_vectors=False,
+                                 random_state=0)[0]
+        if k_small == 1:
+            small = big
+        else:
+            small = sparse_linalg.svds(op, k=1, which="SM", tol=tol, return_singular_vectors=False,
+                                       random_state=0)[0]
+    except RuntimeError as err:
+        if "setup_context" in str(err) or "functorch" in str(err):
+            raise JacobianError(QUANTIZED_BLOCK) from None
+        raise
+    return SingularValues(float(big), float(small))
+
+
+def broadened_density(nodes: np.ndarray, weights: np.ndarray, sigma: float = 0.05, points: int = 400,
+                      floor: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """SLQ's (nodes, weights) as a smooth spectral density on a log10 eigenvalue axis, the way
+    Ghorbani et al. (2019) and PyHessian draw it: each node a Gaussian of width ``sigma`` (in
+    decades) carrying its weight. Returns (eigenvalues, density per decade); the density
+    integrates to the total weight, and its moments in eigenvalue approach phi1, phi2 as sigma ->
+    0. Nodes below ``floor`` (zero eigenvalues) are drawn at the floor."""
+    t = np.log10(np.maximum(np.asarray(nodes, float), floor))
+    grid = np.linspace(t.min() - 4 * sigma, t.max() + 4 * sigma, points)
+    dens = (np.asarray(weights, float)[:, None] * stats.norm.pdf(grid[None, :], t[:, None], sigma)).sum(0)
+    return 10.0 ** grid, dens

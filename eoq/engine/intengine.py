@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from .. import distributed, kernels
 from ..quant import fusion, rng
 from ..quant import quantizers as Q
-from ..quant.observe import OBSERVERS
+from ..quant.observe import OBSERVERS, listening
 from ..quant.spec import LayerQuant, SpecError
 from . import direct
 
@@ -322,7 +322,7 @@ def _gradient(acc: torch.Tensor, exponent: int, layer, conv_shape=None) -> torch
         acc = distributed.all_sum_(acc.to(torch.int64))
     q = layer.quant.G
     kern = kernels.load()
-    if conv_shape is not None and kern is not None and not OBSERVERS:
+    if conv_shape is not None and kern is not None and not listening():
         g, _ = kern.sq_int_conv(acc, exponent, q.bits, q.rounding.code, layer.generator,
                                 conv_shape[1])
         return g.view(conv_shape)
@@ -330,7 +330,7 @@ def _gradient(acc: torch.Tensor, exponent: int, layer, conv_shape=None) -> torch
         cout, cin, kh, kw = conv_shape
         acc = acc.view(cout, kh, kw, cin).permute(0, 3, 1, 2).contiguous()
     g, eg = sq_from_int(acc, exponent, q.bits, q.rounding, layer.generator)
-    if OBSERVERS:
+    if listening():
         _notify("G", q, acc.to(torch.float32) * 2.0 ** exponent, g, eg, layer)
     return g.to(torch.float32) * 2.0 ** eg
 

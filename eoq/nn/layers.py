@@ -26,7 +26,7 @@ from ..engine import intengine
 from ..quant import fusion
 from ..quant import quantizers as Q
 from ..quant.apply import apply_quant
-from ..quant.observe import OBSERVERS
+from ..quant.observe import listening
 from ..quant.spec import FLOAT, LayerQuant, TensorQuant
 
 
@@ -138,7 +138,7 @@ def _fusable(layer, kind: str) -> bool:
     a plain SQ, no observer wanting the unquantized tensor, no data-parallel sharding (its max
     is global), not inside :func:`unfused`."""
     q = getattr(layer, "quant", None)
-    if q is None or not q.any or OBSERVERS or _UNFUSED[0] or distributed.active():
+    if q is None or not q.any or listening() or _UNFUSED[0] or distributed.active():
         return False
     t = getattr(q, kind)
     return t.enabled and t.quantizer == "sq"

@@ -6,12 +6,22 @@ G, E, S, M), the quantizer settings, the input and output, and the owning module
 (``owner.eoq_name`` is its path in the model). The optimizer reports its updates the same way
 (kind U, with ``weight_codes`` and ``weight=(exponent, bits)`` of the stored tensor). With no
 observer attached the cost is one empty-list check.
+
+An observer that samples (an ``active`` attribute, set in its ``step_begin``) is *listening* only
+on the steps it samples: on the others the fused kernels, which hand out no intermediate
+tensors, stay on, so an idle observer costs nothing. :func:`listening` is what the fusion
+decisions ask.
 """
 from __future__ import annotations
 
 import contextlib
 
 OBSERVERS: list = []
+
+
+def listening() -> bool:
+    """Whether an attached observer wants to see the quantized tensors of this step."""
+    return any(getattr(o, "active", True) for o in OBSERVERS)
 
 
 @contextlib.contextmanager

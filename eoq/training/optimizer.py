@@ -34,7 +34,7 @@ from ..nn.layers import FixupScalar, GridParam
 from ..nn.prepare import SCALAR_LR_SCALE, grid_params
 from ..quant import rng
 from ..quant.apply import apply_quant
-from ..quant.observe import OBSERVERS
+from ..quant.observe import OBSERVERS, listening
 from ..quant.quantizers import MIN_EXPONENT, QuantizationError, max_code, round_scaled
 from ..quant.spec import QuantSpec, SpecError
 
@@ -226,7 +226,7 @@ class EOQSGD(torch.optim.Optimizer):
 
     def _fused_grid_step(self, items, keys) -> bool:
         """All integer-stored tensors in one kernel call; False when the kernel cannot take them."""
-        if OBSERVERS or kernels.usable(items[0][0]) is None:
+        if listening() or kernels.usable(items[0][0]) is None:
             return False
         plan = self._plan(items)
         if plan is None:
