@@ -83,4 +83,5 @@ def test_tables_show_validation_accuracy_when_runs_have_it(tmp_path):
     runs = [load_run(d) for d in dirs]
     assert "| final val acc (%) | best val acc (%) |" in accuracy_table(runs)
     assert "| 60.00 | 60.00 | 70.00 |" in accuracy_table(runs)
-    assert seed_table(runs).splitlines()[2] == "| EOQ | 0, 1 | 70.00, 72.00 | 71.00 | 1.41 | 60.00, 64.00 | 62.00 | 2.83 |  |"
+    assert seed_table(runs).splitlines()[2] == ("| EOQ | 0, 1 | 70.00, 72.00 | 71.00 | 1.41 | 60.00, 64.00 | 62.00 "
+                                                "| 2.83 |  |")
