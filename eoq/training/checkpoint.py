@@ -31,7 +31,8 @@ def save_checkpoint(path, state: dict) -> None:
 def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {str(path)!r}: nothing to resume (drop --resume to start a new run)")
+        raise CheckpointError(f"no checkpoint at {str(path)!r}: nothing to resume (drop --resume, or resume=True, "
+                              "to start a new run)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:

@@ -249,8 +249,8 @@ def _open_run(cfg: TrainConfig, run: Run | None) -> tuple[Run, Path | None]:
     if state is not None:
         restore(run, state)
     elif out.exists() and any((out / f).exists() for f in ("checkpoint.pt", "metrics.csv")):
-        raise ConfigError(f"output directory {str(out)!r} holds another run: pass --resume to continue it, "
-                          "or choose another --out")
+        raise ConfigError(f"output directory {str(out)!r} holds another run: pass --resume (resume=True) to continue "
+                          "it, or choose another --out")
     if _lead():
         out.mkdir(parents=True, exist_ok=True)
         with atomic_write(out / "config.json", "w") as fh:
@@ -317,8 +317,8 @@ def _train_epoch(run: Run, out: Path | None, signals: _Signals, observers: tuple
                 save_checkpoint(out / "checkpoint.pt", checkpoint_state(run))
             if signals.received is not None:
                 bar.close()
-                saved = (f"checkpoint saved to {str(out / 'checkpoint.pt')!r}; continue with --resume"
-                         if out is not None else "trained in memory: nothing saved")
+                saved = (f"checkpoint saved to {str(out / 'checkpoint.pt')!r}; continue with --resume "
+                         "(resume=True)" if out is not None else "trained in memory: nothing saved")
                 raise Interrupted(f"interrupted at epoch {run.epoch + 1}, step {run.step}; {saved}", signals.received)
     bar.close()
     return lr, t0

@@ -29,6 +29,7 @@ one() {   # name|folder|options
   if [ -f "$dir/metrics.csv" ] && [ "$(tail -n1 "$dir/metrics.csv" | cut -d, -f1)" = "$epochs" ]; then
     echo "$name: finished"; return 0
   fi
+  if [ -f "$dir/DIVERGED" ]; then echo "$name: diverged ($(cat "$dir/DIVERGED")), not retried"; return 0; fi
   mkdir -p "$dir"
   exec 9>"$dir/.lock"                       # one process per run, even with two campaigns going
   if ! flock -n 9; then echo "$name: running in another process"; return 0; fi
@@ -39,10 +40,12 @@ one() {   # name|folder|options
   local rc=$?
   exec 9>&-
   echo "$(date -u +%FT%TZ) $name: exit $rc"
-  if [ $rc -eq 0 ]; then
+  [ $rc -eq 3 ] && tail -n1 "$dir/train.log" > "$dir/DIVERGED"   # exit 3: training diverged (eoq train)
+  if [ $rc -eq 0 ] || [ $rc -eq 3 ]; then                        # a divergence is a result too
     local keep="reports/comparison/$folder/runs/$name"
     [ "$folder" = lr_format ] && keep="reports/lr_format/runs/$name"
-    mkdir -p "$keep" && cp "$dir/config.json" "$dir/metrics.csv" "$dir/train.log" "$keep/"
+    mkdir -p "$keep"
+    for f in config.json metrics.csv train.log; do [ -f "$dir/$f" ] && cp "$dir/$f" "$keep/"; done
   fi
 }
 export -f one
