@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-runs/engines_5ep}
 # the eoq preset as it was when these runs were made (0.1% exponent policy, momentum 0.875);
-# `--preset eoq` without --momentum now trains with the third session's defaults
+# `--preset eoq` without --momentum now trains with the exponent-policy ablation's defaults
 COMMON=(--model resnet20 --norm fixup --preset reports/comparison/exponent-policy-ablation-5ep/specs/sat0001.json
         --epochs 5 --lr 0.15 --momentum 0.875 --threads 2 --no-progress)
 .venv/bin/eoq train "${COMMON[@]}" --engine int --out "$RUNS/int"

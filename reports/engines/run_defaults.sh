@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Fourth session: the same comparison as run.sh with the eoq preset's current defaults (5% exponent
+# The float-defaults tuning: the same comparison as run.sh with the eoq preset's current defaults (5% exponent
 # policy, peak 0.15 -> 0.125, momentum 0.9375), i.e. the acceptance command of issue 2 with
 # --engine int, against the simulator in the integer engine's channels-last layout. As run: the two
-# side by side with 1 thread each. The eoq preset has changed since (sixth session; the fourth
-# session's recipe is eoq-shift); run_direct.sh calls this script with today's. Usage: [NAME=table_name] reports/engines/run_defaults.sh [RUNS_DIR]
+# side by side with 1 thread each. The eoq preset has changed since (the defaults-5ep study; the
+# float-defaults tuning's recipe is eoq-shift); run_direct.sh calls this script with today's.
+# Usage: [NAME=table_name] reports/engines/run_defaults.sh [RUNS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-runs/engines_defaults}

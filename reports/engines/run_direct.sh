@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seventh session: run_defaults.sh's comparison with the sixth session's eoq preset (6-bit update
+# The lr-multiply ablation: run_defaults.sh's comparison with the defaults-5ep study's eoq preset (6-bit update
 # codes, float lr, OneCycle peak 0.2, no crop) and the direct AMX / VNNI convolutions
 # for the 16-64-channel layers (eoq/engine/direct.py): `eoq train --model resnet20 --norm fixup --preset eoq
 # --epochs 5 --threads 1` with --engine int against the simulator in the integer engine's

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sixth-session runs, ResNet-20, full CIFAR-10, 5 epochs, as run: two at a time with 1 thread each.
+# Defaults-5ep study: runs, ResNet-20, full CIFAR-10, 5 epochs, as run: two at a time with 1 thread each.
 # Every option not named is the default of `eoq train` at commit 31fab1d (see README.md here).
 # Usage: reports/comparison/defaults-5ep/run.sh [RUNS_DIR]
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Third-session EOQ ablations, ResNet-20 Fixup, full CIFAR-10, 5 epochs, seed 0 (as run: two at a
+# Exponent-policy ablation: EOQ ablations, ResNet-20 Fixup, full CIFAR-10, 5 epochs, seed 0 (as run: two at a
 # time with 1 thread each). Usage: reports/comparison/exponent-policy-ablation-5ep/run.sh [RUNS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../../.."

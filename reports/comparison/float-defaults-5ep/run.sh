@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fourth-session 5-epoch schedule tuning, ResNet-20 on the full CIFAR-10, seed 0, as run: two at a
+# Float-defaults tuning: 5-epoch schedule tuning, ResNet-20 on the full CIFAR-10, seed 0, as run: two at a
 # time with 1 thread each. Every option not named is the default of the time (peak lr 0.2, linear
 # one-cycle with 15% warm-up, momentum 0.875, weight decay 5e-4, batch 128, crop pad 4 + flips).
 # Usage: reports/comparison/float-defaults-5ep/run.sh [RUNS_DIR]
@@ -30,7 +30,7 @@ for p in 10 20; do
   .venv/bin/eoq train --model resnet20 --norm fixup --preset reports/comparison/float-defaults-5ep/specs/sat$p.json \
       --epochs 5 --threads 1 --no-progress --out "$RUNS/eoq_sat$p"
 done
-# momentum 1 - 2^-5 (the third session: 0.875 -> 0.9375 gave 69.78 -> 71.01), at peak 0.125 and 0.0625
+# momentum 1 - 2^-5 (the exponent-policy ablation: 0.875 -> 0.9375 gave 69.78 -> 71.01), at peak 0.125 and 0.0625
 M=(.venv/bin/eoq train --model resnet20 --norm fixup --preset eoq --epochs 5 --threads 1 --no-progress --momentum 0.96875)
 "${M[@]}"            --out "$RUNS/eoq_m96875"
 "${M[@]}" --lr 0.07  --out "$RUNS/eoq_m96875_lr0625"

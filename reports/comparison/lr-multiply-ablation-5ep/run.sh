@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seventh session: which of the sixth session's changes to EOQ carries its gain? The eoq preset's
+# The lr-multiply ablation: which of the defaults-5ep study's changes to EOQ carries its gain? The eoq preset's
 # arithmetic with one change undone at a time, all at eoq's own schedule (peak 0.2, OneCycle cos,
 # 30% warm-up, momentum 0.9375 -> 0.875, no crop), 5 epochs, seeds 0 and 1, on the integer engine
 # (bit-exact with the simulator in channels-last layout; 1 thread each, two runs at a time).
