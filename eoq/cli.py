@@ -141,8 +141,14 @@ def _cost(args) -> int:
     except TableError as err:
         raise ConfigError(str(err)) from None
     print(text)
-    print(f"norm power ratio (fp32 BN / EOQ Fixup) = {r['norm']['power_ratio']:.1f}")
-    print(f"norm speed ratio (fp32 BN / EOQ Fixup) = {r['norm']['speed_ratio']:.1f}")
+    for key, label in (("inference", "inference, BN as written"), ("inference_folded", "inference, BN folded")):
+        n = r[key].norm
+        print(f"{label}: power ratio {n.power_ratio:.1f}x, speed ratio {n.speed_ratio:.1f}x serial, "
+              f"{n.parallel_speed_ratio:.1f}x parallel datapath (paper: >70x, >18x)")
+    n = r.training.norm
+    print(f"training, BN with batch statistics: speed ratio {n.parallel_speed_ratio:.1f}x parallel datapath")
+    print(f"norm power ratio (fp32 BN / EOQ Fixup) = {n.power_ratio:.1f}")
+    print(f"norm speed ratio (fp32 BN / EOQ Fixup) = {n.speed_ratio:.1f}")
     return 0
 
 

@@ -125,6 +125,8 @@ def test_cost_command_ends_with_the_two_ratio_lines(capsys, tmp_path):
     assert lines[-2].startswith("norm power ratio (fp32 BN / EOQ Fixup) = ")
     assert lines[-1].startswith("norm speed ratio (fp32 BN / EOQ Fixup) = ")
     assert float(lines[-2].split("=")[1]) > 1 and float(lines[-1].split("=")[1]) > 1
+    assert any(l.startswith("inference, BN as written: power ratio") and "(paper: >70x, >18x)" in l for l in lines)
+    assert any(l.startswith("inference, BN folded: power ratio") for l in lines)
     assert (tmp_path / "cost_energy_resnet20.png").exists() and (tmp_path / "cost_resnet20.md").exists()
     assert main(["cost", "--model", "resnet21"]) == 2
 
@@ -144,3 +146,63 @@ def test_integer_update_counts_lr_as_a_shift_only_when_it_is_a_power_of_two(lr_p
     got = {op: sum(n for (_, _, _, o, f), n in t.select(phase="update", op=op) if f == "int16")
            for op in ("shift", "mult", "add")}
     assert got == {"shift": 80.0 if lr_pow2 else 40.0, "mult": 40.0 if lr_pow2 else 80.0, "add": 120.0}
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_inference_bn_counts_of_one_layer_equal_a_hand_count(folded):
+    """Inference BN over (2, 3, 4, 4): mC = 96 values, C = 3 channels, fp32.
+    As written, (x - mu) / sqrt(var + eps) * gamma + beta: adds 96 (x - mu) + 96 (+ beta) + 3 (var + eps)
+    = 195, divisions 96, mults 96, square roots 3. Folded, a x + b: 96 mults, 96 adds."""
+    from analysis.cost.counter import count_bn_inference
+
+    t = CostTally()
+    count_bn_inference(t, "bn", (2, 3, 4, 4), folded=folded)
+    got = {op: n for (_, _, phase, op, fmt), n in t.counts.items() if op not in ("read", "write")}
+    assert all(phase == "forward" and fmt == "fp32" for (_, _, phase, _, fmt) in t.counts if fmt != "byte")
+    assert got == ({"mult": 96, "add": 96} if folded else {"add": 195, "div": 96, "mult": 96, "sqrt": 3})
+
+
+def test_inference_count_is_the_forward_pass_with_bn_in_its_inference_form():
+    from analysis.cost.report import count_config
+
+    t = count_config("resnet20", "bn", "fp32", batch=2, inference="bn")
+    assert {k[2] for k in t.counts} == {"forward"}
+    train = count_config("resnet20", "bn", "fp32", batch=2)
+    assert t.macs() == train.macs("forward")
+    norm = {op: n for (_, cat, _, op, _), n in t.select(category="norm")}
+    assert norm["div"] > 0 and norm["sqrt"] < norm["div"]          # per element division, per channel sqrt
+
+
+def test_parallel_latency_of_one_layer_by_hand():
+    """One layer-phase: 1024 int8 mults and 1024 int32 adds, 6 fp32 divisions, 4096 bytes.
+    Units (default datapath): int8 mult 256 lanes -> 4 cycles; int32 add 64 lanes -> 16; fp32 div,
+    4 unpipelined units of 20 cycles -> 6 * 20 / 4 = 30: the busiest unit takes 30 cycles, plus the
+    pipeline latency max(1 int8 mult, 1 int32 add) = 1 -> 31; memory 4096 / 64 = 64 cycles: the
+    layer-phase takes max(31, 64) = 64. The serial model: 1024 * 1 + 1024 * 1 + 6 * 20 = 2168."""
+    from analysis.cost.tables import DATAPATHS, DEFAULT_CYCLES, load_datapath
+
+    t = CostTally()
+    t.add("conv", "gemm", "forward", "mult", "int8", 1024)
+    t.add("conv", "gemm", "forward", "add", "int32", 1024)
+    t.add("conv", "gemm", "forward", "div", "fp32", 6)
+    t.add("conv", "gemm", "forward", "read", "byte", 4096)
+    assert t.latency(DEFAULT_CYCLES, load_datapath()) == 64
+    assert t.latency(DEFAULT_CYCLES, DATAPATHS["serial"]) == 2168 == t.cycles(DEFAULT_CYCLES)
+    t.counts[("conv", "gemm", "forward", "read", "byte")] = 64            # now compute-bound
+    assert t.latency(DEFAULT_CYCLES, load_datapath()) == 31
+    t.add("fc", "gemm", "forward", "add", "int32", 640)                    # another layer: 10 + 1, in sequence
+    assert t.latency(DEFAULT_CYCLES, load_datapath()) == 31 + 11
+
+
+def test_datapath_overrides_and_errors(tmp_path):
+    from analysis.cost.tables import TableError, load_datapath
+
+    good = tmp_path / "t.json"
+    good.write_text('{"datapath": {"lanes": {"div": {"fp32": 16}}, "bytes_per_cycle": null}}')
+    d = load_datapath(str(good))
+    assert d["lanes"]["div"]["fp32"] == 16 and d["bytes_per_cycle"] is None and d["lanes"]["div"]["int8"] == 4
+    for bad in ('{"datapath": {"lanes": {"sin": {"fp32": 1}}}}', '{"datapath": {"lanes": {"div": {"fp32": 0}}}}',
+                '{"datapath": {"pipelined": {"div": "yes"}}}', '{"datapath": {"width": 3}}'):
+        good.write_text(bad)
+        with pytest.raises(TableError):
+            load_datapath(str(good))

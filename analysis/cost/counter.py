@@ -74,6 +74,31 @@ class CostTally:
     def cycles(self, cycles: dict, **where) -> float:
         return sum(n * cycles[op][fmt] for (_, _, _, op, fmt), n in self.select(**where) if op not in ("read", "write"))
 
+    def latency(self, cycles: dict, datapath: dict, **where) -> float:
+        """Cycles on a datapath (analysis/cost/tables.py: DATAPATHS): per layer and phase the
+        larger of the busiest unit's time and the memory time, summed over layers and phases."""
+        parts: dict = defaultdict(lambda: {"units": defaultdict(float), "latency": 0.0, "bytes": 0.0})
+        for (lay, _, phase, op, fmt), n in self.select(**where):
+            part = parts[(lay, phase)]
+            if op in ("read", "write"):
+                part["bytes"] += n
+                continue
+            lanes, c = datapath["lanes"][op][fmt], cycles[op][fmt]
+            if datapath["pipelined"][op]:
+                part["units"][(op, fmt)] += n / lanes
+                part["latency"] = max(part["latency"], c)
+            else:
+                part["units"][(op, fmt)] += n * c / lanes
+        bw = datapath["bytes_per_cycle"]
+        total = 0.0
+        for part in parts.values():
+            compute = max(part["units"].values(), default=0.0)
+            compute += part["latency"] if compute else 0.0
+            if bw is None:          # the serial model: every op in turn, memory not a bound
+                compute = sum(part["units"].values())
+            total += max(compute, part["bytes"] / bw if bw else 0.0)
+        return total
+
     def layers(self) -> list[str]:
         seen = {}
         for (lay, *_), _ in self.counts.items():
@@ -122,6 +147,29 @@ def count_bn(t: CostTally, name: str, shape, m: QBatchNorm2d, needs_input_grad: 
         t.add(name, "norm", "backward_error", "write", "byte", mc * b)
 
 
+def count_bn_inference(t: CostTally, name: str, shape, folded: bool = False) -> None:
+    """Inference-mode BN (running statistics) on (N, C, H, W), fp32, forward only.
+
+    As written, y = (x - mu) / sqrt(var + eps) * gamma + beta: per channel var + eps (C adds) and
+    its square root (C sqrt); per element x - mu (1 add), the division (1 div), * gamma (1 mult) and
+    + beta (1 add). Folded, y = a x + b with a = gamma / sqrt(var + eps) and b = beta - mu a per
+    channel, computed once when the model is loaded and not counted per inference: 1 mult and 1
+    add per element."""
+    n, c = shape[0], shape[1]
+    mc = n * c * int(torch.tensor(shape[2:]).prod()) if len(shape) > 2 else n * c
+    f = "forward"
+    if folded:
+        t.add(name, "norm", f, "mult", "fp32", mc)
+        t.add(name, "norm", f, "add", "fp32", mc)
+    else:
+        t.add(name, "norm", f, "add", "fp32", 2 * mc + c)
+        t.add(name, "norm", f, "div", "fp32", mc)
+        t.add(name, "norm", f, "mult", "fp32", mc)
+        t.add(name, "norm", f, "sqrt", "fp32", c)
+    t.add(name, "norm", f, "read", "byte", mc * 4)
+    t.add(name, "norm", f, "write", "byte", mc * 4)
+
+
 def count_quantizer(t: CostTally, name: str, phase: str, q: TensorQuant, numel: int, src: str = "int32") -> None:
     """SQ/FQ/CQ of n values held in ``src``: max|x| (n cmp), shift (n), round (n adds, plus n random
     bytes for stochastic rounding), clamp (2n cmp)."""
@@ -137,8 +185,8 @@ def count_quantizer(t: CostTally, name: str, phase: str, q: TensorQuant, numel: 
 class _LayerCounter:
     """Forward hooks: count known layers from their shapes and spec (their backward included)."""
 
-    def __init__(self, tally: CostTally, quantized_net: bool):
-        self.t, self.qnet = tally, quantized_net
+    def __init__(self, tally: CostTally, quantized_net: bool, bn: str = "training"):
+        self.t, self.qnet, self.bn = tally, quantized_net, bn
 
     def __call__(self, module, inputs, output):
         x = inputs[0]
@@ -147,7 +195,10 @@ class _LayerCounter:
         if isinstance(module, (QConv2d, QLinear)):
             self._gemm(module, name, x, output, needs_gi)
         elif isinstance(module, QBatchNorm2d):
-            count_bn(self.t, name, tuple(x.shape), module, needs_gi)
+            if self.bn == "training":
+                count_bn(self.t, name, tuple(x.shape), module, needs_gi)
+            else:
+                count_bn_inference(self.t, name, tuple(x.shape), folded=self.bn == "folded")
         elif isinstance(module, FixupScalar):
             self._scalar(module, name, output.numel(), needs_gi)
 
@@ -298,9 +349,23 @@ class _FunctionalCounter(TorchDispatchMode):
         self.t.add(layer, cat, phase, "write", "byte", n * BYTES[fmt])
 
 
-def count_training_step(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor) -> CostTally:
-    """Run one real training step of a prepared model and count what it does."""
+def count_inference(model: nn.Module, x: torch.Tensor, folded_bn: bool = False) -> CostTally:
+    """Count one inference (forward pass, eval mode: BN with its running statistics) of a prepared
+    model: the forward phase of the training count, with BN in its inference form (as written, or
+    folded into one multiply-add per element)."""
     tally = CostTally()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _count(model, tally, lambda: model(x), bn="folded" if folded_bn else "inference")
+    finally:
+        model.train(was_training)
+    return CostTally(defaultdict(float, {k: n for k, n in tally.counts.items() if k[2] == "forward"}))
+
+
+def _count(model: nn.Module, tally: CostTally, step, bn: str = "training", after=None) -> None:
+    """Run ``step`` with the layer hooks and the dispatch counter on; ``after`` (uncounted) then."""
     quantized_net = any(isinstance(m, (QConv2d, QLinear)) and m.quant.any for m in model.modules())
     for name, m in model.named_modules():
         if not hasattr(m, "eoq_name"):
@@ -308,18 +373,29 @@ def count_training_step(model: nn.Module, optimizer, x: torch.Tensor, y: torch.T
     root = type(model).__name__
     known_types = (QConv2d, QLinear, QBatchNorm2d, FixupScalar)
     known = {f"{root}.{n}" if n else root for n, m in model.named_modules() if isinstance(m, known_types)}
-    counter = _LayerCounter(tally, quantized_net)
+    counter = _LayerCounter(tally, quantized_net, bn)
     handles = [m.register_forward_hook(counter) for m in model.modules() if isinstance(m, known_types)]
     try:
         with unfused(), ModuleTracker() as tracker, \
                 _FunctionalCounter(tally, tracker, known, root, quantized_net) as mode:
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step()
             mode.enabled = False
-            optimizer.step()
+            if after is not None:
+                after()
     finally:
         for h in handles:
             h.remove()
+
+
+def count_training_step(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor) -> CostTally:
+    """Run one real training step of a prepared model and count what it does."""
+    tally = CostTally()
+
+    def forward_backward():
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+    _count(model, tally, forward_backward, after=optimizer.step)
     count_update(tally, model, optimizer)
     return tally

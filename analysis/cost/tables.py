@@ -55,6 +55,35 @@ ASSUMPTIONS = (
     "quantized networks hold values between layers as int32 (accumulators), the loss in fp32; Fixup "
     "scalars act on 8-bit codes (int8 multiply, int16 add), BN's WAGEUBN variant in int16/int8",
 )
+# Latency beyond a serial op count: a parallel datapath (an assumption, every entry overridable).
+# lanes[op][fmt]: units of that op and format working in parallel; an op on a pipelined unit
+# issues one per cycle per lane (its latency, cycles[op][fmt], is paid once per layer and phase),
+# on an unpipelined one (division, square root: iterative) one per cycles[op][fmt] per lane.
+# Within a layer and phase the units run concurrently and memory traffic overlaps compute, so
+# the layer-phase takes max(busiest unit, bytes / bytes_per_cycle) cycles (a roofline bound);
+# layers and phases run one after another. The serial model (DATAPATHS["serial"]: one
+# unpipelined unit per op, no memory bound) gives exactly sum(count x cycles per op).
+_WIDE = {"int8": 256, "int16": 128, "int32": 64, "fp16": 64, "fp32": 32}
+DEFAULT_DATAPATH = {
+    "lanes": {"add": dict(_WIDE), "cmp": dict(_WIDE), "shift": dict(_WIDE),
+              "mult": {"int8": 256, "int16": 64, "int32": 16, "fp16": 64, "fp32": 32},
+              "rand": {f: 64 for f in FORMATS}, "div": {f: 4 for f in FORMATS}, "sqrt": {f: 4 for f in FORMATS}},
+    "pipelined": {"add": True, "cmp": True, "shift": True, "mult": True, "rand": True, "div": False, "sqrt": False},
+    "bytes_per_cycle": 64.0,
+}
+DATAPATHS = {
+    "serial": {"lanes": {op: {f: 1 for f in FORMATS} for op in OPS},
+               "pipelined": {op: False for op in OPS}, "bytes_per_cycle": None},
+    "parallel": DEFAULT_DATAPATH,
+}
+DATAPATH_ASSUMPTIONS = (
+    "parallel datapath (assumed, overridable under \"datapath\"): lanes per op and format - add/cmp/shift "
+    "int8 256, int16 128, int32 64, fp16 64, fp32 32; mult int8 256, int16 64, int32 16, fp16 64, fp32 32; "
+    "random bytes 64; division and square root 4 iterative (unpipelined) units per format",
+    "pipelined units issue one op per cycle per lane and pay their latency once per layer and phase; "
+    "units run concurrently and memory overlaps compute: a layer-phase takes max(busiest unit, "
+    "bytes / 64 bytes per cycle) cycles (roofline); layers and phases run in sequence",
+)
 SOURCES = {
     "energy": "Horowitz, ISSCC 2014 (45 nm) for int8/int32/fp16/fp32 add and mult and memory; "
               "int16, comparison, shift, division, square root and random bits are assumptions "
@@ -67,16 +96,48 @@ class TableError(ValueError):
     pass
 
 
+def load_datapath(path: str | None = None) -> dict:
+    """The parallel datapath, updated from the "datapath" entry of a JSON file: {"lanes": {op:
+    {fmt: n}}, "pipelined": {op: bool}, "bytes_per_cycle": x}."""
+    datapath = copy.deepcopy(DEFAULT_DATAPATH)
+    given = _read(path).get("datapath", {}) if path is not None else {}
+    unknown = set(given) - set(datapath)
+    if unknown:
+        raise TableError(f"{path}: unknown keys in datapath {sorted(unknown)}; use lanes, pipelined, bytes_per_cycle")
+    for op, per_fmt in given.get("lanes", {}).items():
+        if op not in datapath["lanes"]:
+            raise TableError(f"{path}: unknown op {op!r} in datapath.lanes; known: {', '.join(datapath['lanes'])}")
+        for fmt, value in per_fmt.items():
+            if fmt not in FORMATS or not isinstance(value, (int, float)) or value <= 0:
+                raise TableError(f"{path}: datapath.lanes.{op}.{fmt} must be a positive number of a known format")
+            datapath["lanes"][op][fmt] = float(value)
+    for op, value in given.get("pipelined", {}).items():
+        if op not in datapath["pipelined"] or not isinstance(value, bool):
+            raise TableError(f"{path}: datapath.pipelined.{op} must be true or false for a known op")
+        datapath["pipelined"][op] = value
+    if "bytes_per_cycle" in given:
+        bw = given["bytes_per_cycle"]
+        if bw is not None and (not isinstance(bw, (int, float)) or bw <= 0):
+            raise TableError(f"{path}: datapath.bytes_per_cycle must be a positive number or null (no bound)")
+        datapath["bytes_per_cycle"] = bw
+    return datapath
+
+
+def _read(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError) as err:
+        raise TableError(f"cannot read cost table {path!r}: {err}") from None
+
+
 def load_tables(path: str | None = None) -> tuple[dict, dict]:
-    """The default tables, updated from a JSON file {"energy_pj": {op: {fmt: x}}, "cycles": {...}}."""
+    """The default tables, updated from a JSON file {"energy_pj": {op: {fmt: x}}, "cycles": {...}}
+    (its "datapath" entry is read by :func:`load_datapath`)."""
     energy, cycles = copy.deepcopy(DEFAULT_ENERGY_PJ), copy.deepcopy(DEFAULT_CYCLES)
     if path is None:
         return energy, cycles
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
-        raise TableError(f"cannot read cost table {path!r}: {err}") from None
+    data = _read(path)
     for key, table in (("energy_pj", energy), ("cycles", cycles)):
         for op, per_fmt in data.get(key, {}).items():
             if op not in table:
@@ -87,7 +148,7 @@ def load_tables(path: str | None = None) -> tuple[dict, dict]:
                 if not isinstance(value, (int, float)) or value < 0:
                     raise TableError(f"{path}: {key}.{op}.{fmt} must be a non-negative number")
                 table[op][fmt] = float(value)
-    unknown = set(data) - {"energy_pj", "cycles"}
+    unknown = set(data) - {"energy_pj", "cycles", "datapath"}
     if unknown:
-        raise TableError(f"{path}: unknown keys {sorted(unknown)}; use 'energy_pj' and 'cycles'")
+        raise TableError(f"{path}: unknown keys {sorted(unknown)}; use 'energy_pj', 'cycles' and 'datapath'")
     return energy, cycles
