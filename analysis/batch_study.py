@@ -1,24 +1,31 @@
-"""Small-batch and online training study: accuracy against batch size and against samples seen.
+"""Small-batch and online training study: accuracy against batch size and along the stream.
 
-Each configuration (fp32+BN, fp32+Fixup, EOQ; ResNet-20) trains on one pass over a stream of
-``--samples`` CIFAR-10 training images (a fixed shuffle, no augmentation: each sample is seen
-once) in batches of B, for every B in ``--batch-sizes``. Batch size 1 is true online training.
-Test accuracy on ``--test`` held-out images is measured at ``--points`` positions along the stream.
+Claim 5 of the paper: EOQ (no BN, 8 bits) is more advantageous in small-batch online training,
+where batch statistics are not available. The comparison is BN-free 8-bit training against
+BN-based training at the same precision (``wageubn``: 8-bit with quantized BN) and in float
+(fp32+BN), with fp32+Fixup as the float bound.
 
-Learning-rate rule (documented, switchable with ``--lr-rule``): lr(B) = lr_ref * sqrt(B / 128)
-("sqrt", the default; Krizhevsky 2014), or lr_ref * B / 128 ("linear", Goyal et al. 2017), with
-lr_ref = 0.1 for batch 128, constant over the stream, momentum 0.875. EOQ rounds it to a power of
-two as always. BN trains on the statistics of each batch (of one sample at B = 1) and is
-evaluated with its running averages.
+Protocol, for each configuration and batch size B (ResNet-20):
+  - a stream of ``--samples`` training images (default 20,000), each seen once, in a fixed order
+    per seed, drawn from the training images left after the validation split (``--val``, the
+    same split as ``eoq train``); no augmentation; batch 1 is true online training;
+  - the learning rate chosen on validation (stage "choose", seed 0) from a grid around the
+    square-root rule, lr_ref * sqrt(B / 128) * {0.5, 1, 2} (``--lr-factors``), with a linear
+    warm-up over the first ``--warmup`` of the stream and then constant; momentum 0.875;
+  - at the chosen lr, seeds ``--seeds`` (stage "final"); validation and test accuracy at
+    ``--points`` positions along the stream; the table gives mean +- std over the seeds.
 
-    python -m analysis.batch_study --samples 10000 --out reports/batch_study
-writes ``study.csv`` (one row per configuration, batch size and measuring point), ``study.md``
-(final accuracy by batch size) and ``accuracy_vs_batch.{png,pdf}``, ``accuracy_vs_samples.{png,pdf}``.
+    python -m analysis.batch_study --out reports/batch_study          (hours on the full data)
+writes ``runs.csv`` (one row per configuration, batch size, lr, seed, stage and measuring point;
+rewritten after every run, and read back with ``--resume`` so that an interrupted study goes on
+where it stopped), ``study.md`` (the grid, the chosen lr, the final table) and the figures
+``accuracy_vs_batch`` (error bars over seeds) and ``accuracy_vs_samples``.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -27,118 +34,189 @@ import torch
 from tqdm.auto import tqdm
 
 from eoq.training.batches import to_float
-from eoq.training.csvfile import write_rows
-from eoq.training.data import load_cifar10
+from eoq.training.csvfile import read_rows, write_rows
+from eoq.training.data import default_val, load_cifar10
 from eoq.training.loop import TrainingDiverged, evaluate, train_step
 from eoq.training.setup import setup
 
 from .style import COLORS, figure, save
 
-CONFIGS = {"fp32+BN": ("bn", "fp32"), "fp32+Fixup": ("fixup", "fp32"), "EOQ": ("fixup", "eoq")}
-LR_RULES = {"sqrt": lambda b: math.sqrt(b / 128), "linear": lambda b: b / 128}
+CONFIGS = {"fp32+BN": ("bn", "fp32"), "fp32+Fixup": ("fixup", "fp32"), "EOQ": ("fixup", "eoq"),
+           "WAGEUBN": ("bn", "wageubn")}
+COLUMNS = ["config", "batch", "lr", "seed", "stage", "seen", "val_acc", "test_acc", "seconds", "final"]
+_COLORS = {**COLORS, "WAGEUBN": "#9467bd"}
 
 
 def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, points: int,
-            seed: int = 0) -> list[dict]:
-    """Train on the stream; returns [{seen, test_acc, seconds}] at ``points`` positions."""
+            seed: int = 0, warmup: float = 0.05, test: bool = True) -> list[dict]:
+    """Train on the stream; returns [{seen, val_acc, test_acc, seconds}] at ``points`` positions
+    (a divergence ends the list with nan accuracies)."""
     s = setup("resnet20", norm, preset, seed=seed, lr=lr, momentum=0.875)
     model, opt = s.model, s.optimizer
     order = np.random.default_rng(seed).permutation(len(data.train_y))[:samples]
     marks = sorted({int(round(samples * (i + 1) / points)) for i in range(points)})
+    n_warm = max(1, int(round(warmup * math.ceil(samples / batch))))
     rows, seen, t0 = [], 0, time.perf_counter()
     model.train()
-    for start in range(0, samples, batch):
+    for step, start in enumerate(range(0, samples, batch)):
         idx = order[start:start + batch]
         x, y = to_float(torch.from_numpy(data.train_x[idx])), torch.from_numpy(data.train_y[idx]).long()
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / n_warm)
         try:
             train_step(model, opt, x, y)
         except TrainingDiverged:
-            return rows + [{"seen": seen, "test_acc": float("nan"), "seconds": time.perf_counter() - t0}]
+            return rows + [{"seen": seen, "val_acc": math.nan, "test_acc": math.nan,
+                            "seconds": time.perf_counter() - t0}]
         seen += len(idx)
         if marks and seen >= marks[0]:
             marks.pop(0)
-            acc = evaluate(model, data.test_x, data.test_y)
-            rows.append({"seen": seen, "test_acc": acc, "seconds": time.perf_counter() - t0})
+            val = evaluate(model, data.val_x, data.val_y)
+            tst = evaluate(model, data.test_x, data.test_y) if test else math.nan
+            model.train()
+            rows.append({"seen": seen, "val_acc": val, "test_acc": tst, "seconds": time.perf_counter() - t0})
     return rows
 
 
-def plot(results: list[dict], out: Path) -> list[Path]:
+def finals(results: list[dict], name: str, batch: int, stage: str, lr: float | None = None) -> list[dict]:
+    return [r for r in results if r["config"] == name and r["batch"] == batch and r["stage"] == stage
+            and r["final"] and (lr is None or math.isclose(r["lr"], lr))]
+
+
+def chosen_lr(results: list[dict], name: str, batch: int) -> float | None:
+    """The grid lr with the best final validation accuracy (a diverged run never wins)."""
+    runs = [r for r in finals(results, name, batch, "choose") if not math.isnan(r["val_acc"])]
+    return max(runs, key=lambda r: r["val_acc"])["lr"] if runs else None
+
+
+def mean_std(values: list[float]) -> str:
+    ok = [v for v in values if not math.isnan(v)]
+    if not ok:
+        return "diverged" if values else "-"
+    text = f"{statistics.fmean(ok):.2f}" + (f" ± {statistics.stdev(ok):.2f}" if len(ok) > 1 else "")
+    return text + (f" ({len(values) - len(ok)} diverged)" if len(ok) < len(values) else "")
+
+
+def table(results: list[dict], batches: list[int], names, key: str = "test_acc") -> str:
+    lines = ["| configuration | " + " | ".join(f"B={b}" for b in batches) + " |", "|---|" + "---|" * len(batches)]
+    for name in names:
+        cells = [mean_std([r[key] for r in finals(results, name, b, "final")]) for b in batches]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def grid_table(results: list[dict], batches: list[int], names) -> str:
+    lines = ["| configuration | B | lr tried: final validation accuracy (%) | chosen lr |", "|---|---|---|---|"]
+    for name in names:
+        for b in batches:
+            tried = sorted(finals(results, name, b, "choose"), key=lambda r: r["lr"])
+            cells = ", ".join(f"{r['lr']:.4g}: " + ("diverged" if math.isnan(r["val_acc"]) else f"{r['val_acc']:.2f}")
+                              for r in tried)
+            lr = chosen_lr(results, name, b)
+            lines.append(f"| {name} | {b} | {cells} | {'-' if lr is None else format(lr, '.4g')} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], out: Path, names) -> list[Path]:
     paths = []
     fig, axes = figure(1)
     ax = axes[0][0]
-    for name in CONFIGS:
-        pts = sorted((r["batch"], r["test_acc"]) for r in results if r["config"] == name and r["final"])
+    for name in names:
+        pts = []
+        for b in sorted({r["batch"] for r in results if r["config"] == name}):
+            accs = [r["test_acc"] for r in finals(results, name, b, "final") if not math.isnan(r["test_acc"])]
+            if accs:
+                pts.append((b, statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0))
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[name], label=name)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o-", capsize=3,
+                        color=_COLORS.get(name), label=name)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size (same samples seen)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set(xlabel="batch size (the same samples seen once)", ylabel="test accuracy (%), mean ± std over seeds")
     ax.legend()
     paths += save(fig, out / "accuracy_vs_batch")
     fig, axes = figure(1)
     ax = axes[0][0]
-    smallest, largest = min(r["batch"] for r in results), max(r["batch"] for r in results)
-    for name in CONFIGS:
-        for batch, style in ((smallest, "-"), (largest, "--")):
-            pts = [(r["seen"], r["test_acc"]) for r in results if r["config"] == name and r["batch"] == batch]
+    batches = sorted({r["batch"] for r in results})
+    for name in names:
+        for batch, style in ((batches[0], "-"), (batches[-1], "--")):
+            seen = sorted({r["seen"] for r in results if r["config"] == name and r["batch"] == batch
+                           and r["stage"] == "final"})
+            pts = []
+            for s in seen:
+                accs = [r["test_acc"] for r in results if r["config"] == name and r["batch"] == batch
+                        and r["stage"] == "final" and r["seen"] == s and not math.isnan(r["test_acc"])]
+                if accs:
+                    pts.append((s, statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0))
             if pts:
-                ax.plot(*zip(*pts), style, color=COLORS[name], label=f"{name}, batch {batch}")
-    ax.set_xlabel("training samples seen")
-    ax.set_ylabel("test accuracy (%)")
+                ax.errorbar(*zip(*[(p[0], p[1]) for p in pts]), yerr=[p[2] for p in pts], fmt=style, capsize=2,
+                            color=_COLORS.get(name), label=f"{name}, batch {batch}")
+    ax.set(xlabel="training samples seen", ylabel="test accuracy (%)")
     ax.legend(fontsize=7)
     paths += save(fig, out / "accuracy_vs_samples")
     return paths
 
 
-def table(results: list[dict], batches: list[int]) -> str:
-    lines = ["| configuration | " + " | ".join(f"B={b}" for b in batches) + " |",
-             "|---|" + "---|" * len(batches)]
-    for name in CONFIGS:
-        cells = []
-        for b in batches:
-            final = [r for r in results if r["config"] == name and r["batch"] == b and r["final"]]
-            cells.append("diverged" if final and math.isnan(final[0]["test_acc"]) else
-                         f"{final[0]['test_acc']:.2f}" if final else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=10000)
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 128])
+    ap = argparse.ArgumentParser(prog="python -m analysis.batch_study", description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=20000, help="length of the stream (each image seen once)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 32, 128])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--lr-ref", type=float, default=0.1)
-    ap.add_argument("--lr-rule", choices=list(LR_RULES), default="sqrt")
+    ap.add_argument("--lr-ref", type=float, default=0.1, help="lr at batch 128 of the square-root rule")
+    ap.add_argument("--lr-factors", type=float, nargs="+", default=[0.5, 1.0, 2.0],
+                    help="the grid: lr_ref * sqrt(B / 128) times each factor, chosen on validation")
+    ap.add_argument("--warmup", type=float, default=0.05, help="fraction of the stream of linear warm-up")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--points", type=int, default=5)
-    ap.add_argument("--test", type=int, default=1000, help="held-out test images")
+    ap.add_argument("--val", type=int, default=None, help="validation images (default: eoq train's split)")
+    ap.add_argument("--test", type=int, default=None, help="test images (default: all)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", action="store_true", help="go on from OUT/runs.csv")
     ap.add_argument("--out", default="reports/batch_study")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = load_cifar10(args.data).subset(None, args.test)
+    data = load_cifar10(args.data)
+    data = data.hold_out(args.val if args.val is not None else default_val(len(data.train_y))).subset(None, args.test)
     if args.samples > len(data.train_y):
-        raise SystemExit(f"--samples {args.samples} exceeds the {len(data.train_y)} training images")
+        raise SystemExit(f"--samples {args.samples} exceeds the {len(data.train_y)} training images left "
+                         "after the validation split")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    jobs = [(c, b) for c in args.configs for b in args.batch_sizes]
-    for name, batch in tqdm(jobs, desc="study"):
+    results = read_rows(out / "runs.csv", ints=("batch", "seed", "seen"), text=("config", "stage")) \
+        if args.resume and (out / "runs.csv").exists() else []
+    done = {(r["config"], r["batch"], round(r["lr"], 12), r["seed"], r["stage"]) for r in results}
+
+    def run(name, batch, lr, seed, stage):
+        if (name, batch, round(lr, 12), seed, stage) in done:
+            return
         norm, preset = CONFIGS[name]
-        lr = args.lr_ref * LR_RULES[args.lr_rule](batch)
-        rows = run_one(data, norm, preset, batch, args.samples, lr, args.points)
+        rows = run_one(data, norm, preset, batch, args.samples, lr, args.points, seed, args.warmup,
+                       test=stage == "final")
         for i, r in enumerate(rows):
-            results.append({"config": name, "batch": batch, "lr": lr, **r, "final": i == len(rows) - 1})
-        tqdm.write(f"{name} B={batch}: lr {lr:.4g}, test {rows[-1]['test_acc']:.2f}% after "
-                   f"{rows[-1]['seen']} samples, {rows[-1]['seconds']:.0f} s")
-    write_rows(out / "study.csv", results, ["config", "batch", "lr", "seen", "test_acc", "seconds", "final"])
-    md = [f"# Small-batch study: ResNet-20, {args.samples} CIFAR-10 samples seen once, "
-          f"{args.test} test images", "",
-          f"lr(B) = {args.lr_ref} x {'sqrt(B/128)' if args.lr_rule == 'sqrt' else 'B/128'}, constant, "
-          "momentum 0.875, no augmentation. Final test accuracy (%):", "", table(results, args.batch_sizes)]
+            results.append({"config": name, "batch": batch, "lr": lr, "seed": seed, "stage": stage, **r,
+                            "final": i == len(rows) - 1})
+        write_rows(out / "runs.csv", results, COLUMNS)
+        tqdm.write(f"{name} B={batch} lr {lr:.4g} seed {seed} ({stage}): val {rows[-1]['val_acc']:.2f}% "
+                   f"after {rows[-1]['seen']} samples, {rows[-1]['seconds']:.0f} s")
+
+    jobs = [(c, b) for c in args.configs for b in args.batch_sizes]
+    for name, batch in tqdm(jobs, desc="choose the lr"):
+        for f in args.lr_factors:
+            run(name, batch, args.lr_ref * math.sqrt(batch / 128) * f, args.seeds[0], "choose")
+    for name, batch in tqdm(jobs, desc="seeds at the chosen lr"):
+        lr = chosen_lr(results, name, batch)
+        for seed in args.seeds if lr is not None else ():
+            run(name, batch, lr, seed, "final")
+    md = [f"# Small-batch study: ResNet-20, a stream of {args.samples} CIFAR-10 training images seen once", "",
+          f"Validation {len(data.val_y)} images (the lr choice), test {len(data.test_y)} images (the table). "
+          f"lr grid: {args.lr_ref} x sqrt(B/128) x {args.lr_factors}, linear warm-up over {args.warmup:.0%} of "
+          f"the stream then constant, momentum 0.875, no augmentation; seeds {args.seeds} at the chosen lr.", "",
+          "## Final test accuracy (%), mean ± std over seeds", "", table(results, args.batch_sizes, args.configs), "",
+          "## Final validation accuracy (%), mean ± std over seeds", "",
+          table(results, args.batch_sizes, args.configs, "val_acc"), "",
+          "## The learning-rate grid (seed 0, validation)", "", grid_table(results, args.batch_sizes, args.configs)]
     (out / "study.md").write_text("\n".join(md) + "\n")
-    plot(results, out)
+    plot(results, out, args.configs)
     print("\n".join(md))
 
 
