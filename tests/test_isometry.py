@@ -172,3 +172,22 @@ def test_a_quantized_block_gets_one_line_saying_what_to_do():
         estimate(block, h, "hutchinson")
     with quantization_off(s.model):
         assert estimate(block, h, "hutchinson").phi1 > 0
+
+
+def test_a_network_whose_jacobian_vanishes_is_diverged_not_zero():
+    """A 'none' ResNet with every weight at zero passes nothing through (relu'(0) = 0): its
+    end-to-end phi is 0, which the sweep reports as diverged, not as 0 +- 0; a live one is measured."""
+    from analysis.isometry.experiment import measure_network
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    dead = build_model("resnet20", "none")
+    prepare(dead, get_preset("fp32"))
+    with torch.no_grad():
+        for p in dead.parameters():
+            p.zero_()
+    assert measure_network(dead, x) is None
+    live = build_model("resnet20", "fixup")
+    prepare(live, get_preset("fp32"))
+    rows, e2e = measure_network(live, x)
+    assert e2e.phi1 > 0 and rows

@@ -12,6 +12,7 @@ Writes blocks.csv, summary.csv, qbackward.csv, spectra (SLQ) and figures into ``
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from .blocks import (
     quantized_backward_gains,
     serial_product,
 )
-from .jacobian import broadened_density, slq
+from .jacobian import JacobianError, broadened_density, slq
 
 NORM_COLORS = {"none": "#d62728", "bn": "#1f77b4", "fixup": "#2ca02c"}
 
@@ -59,6 +60,19 @@ def train_steps(model, opt, data, steps: int, batch: int, seed: int) -> bool:
                 break
         epoch += 1
     return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def measure_network(model, images):
+    """(per-block rows, end-to-end estimate), or None for a diverged network: one whose end-to-end
+    phi is zero (every activation gone) or not finite is reported as diverged, never as 0 +- 0."""
+    try:
+        rows = measure_blocks(model, images, kinds=("block", "residual"))
+        e2e = end_to_end(model, images)
+    except JacobianError:                 # the block inputs or outputs are no longer finite
+        return None
+    if not math.isfinite(e2e.phi1) or e2e.phi1 == 0:
+        return None
+    return rows, e2e
 
 
 def run(args) -> None:
@@ -82,10 +96,13 @@ def run(args) -> None:
             if not ok:
                 summary.append({**base, "diverged": True})
                 continue
-            rows = measure_blocks(model, images, kinds=("block", "residual"))
+            measured = measure_network(model, images)
+            if measured is None:
+                summary.append({**base, "diverged": True})
+                continue
+            rows, e2e = measured
             for i, r in enumerate(rows):
                 blocks_rows.append({**base, "index": i // 2, **r})
-            e2e = end_to_end(model, images)
             summary.append({**base, "diverged": False, "end_to_end_phi1": e2e["phi1"],
                             "end_to_end_ci": e2e["phi1_ci"],
                             "serial_product": serial_product(rows),
