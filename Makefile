@@ -33,6 +33,6 @@ test: install
 LAB_ARGS ?=
 lab: install
 	$(BIN)/pip install -q -c constraints.txt -e '.[lab]'
-	$(BIN)/python -m jupyterlab --notebook-dir notebooks $(LAB_ARGS)
+	$(BIN)/python -m jupyterlab --notebook-dir notebooks --allow-root $(LAB_ARGS)
 
 .PHONY: install run test lab

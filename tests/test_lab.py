@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_makefile_lab_target_installs_the_extra_and_starts_jupyterlab():
     make = (ROOT / "Makefile").read_text()
     recipe = re.search(r"^lab:.*?\n((?:\t.*\n)+)", make, re.M).group(1)
-    assert ".[lab]" in recipe and "-m jupyterlab --notebook-dir notebooks" in recipe
+    assert ".[lab]" in recipe and "-m jupyterlab --notebook-dir notebooks --allow-root" in recipe
 
 
 def test_jupyterlab_serves_the_notebooks():
@@ -27,8 +27,8 @@ def test_jupyterlab_serves_the_notebooks():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = "eoq-test"
-    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--notebook-dir", "notebooks", "--no-browser",
-                             f"--port={port}", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--notebook-dir", "notebooks", "--allow-root",
+                             "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
                              "--ServerApp.port_retries=0"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
