@@ -34,11 +34,11 @@ from .batches import eval_batches, steps_per_epoch, train_batches
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import Dataset, default_val, load_cifar10
-from .metrics import COLUMNS, write_metrics
+from .metrics import metrics_table, write_metrics
 from .optimizer import EOQSGD
 from .schedule import lr_at, momentum_at
 from .setup import setup
-from .table import EpochMetrics, Table
+from .table import Table
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,7 +70,7 @@ class Run:
     @property
     def metrics(self) -> Table:
         """The finished epochs as typed rows (:class:`~eoq.training.table.EpochMetrics`)."""
-        return Table(EpochMetrics(**{k: r.get(k, float("nan")) for k in COLUMNS}) for r in self.rows)
+        return metrics_table(self.rows)
 
 
 def build_run(cfg: TrainConfig, spec: QuantSpec | None = None) -> Run:

@@ -10,12 +10,18 @@ the last checkpoint.
 from __future__ import annotations
 
 from .csvfile import read_rows, write_rows
+from .table import EpochMetrics, Table
 
 COLUMNS = ("epoch", "train_loss", "train_acc", "val_acc", "test_acc", "seconds", "lr", "steps")
 
 
 def write_metrics(path, rows: list[dict]) -> None:
     write_rows(path, [{k: r[k] for k in COLUMNS} for r in rows], COLUMNS, float_format=".6g")
+
+
+def metrics_table(rows: list[dict]) -> Table:
+    """metrics.csv rows (dicts, as checkpoints hold them) as typed EpochMetrics rows."""
+    return Table(EpochMetrics(**{k: r.get(k, float("nan")) for k in COLUMNS}) for r in rows)
 
 
 def read_metrics(path) -> list[dict]:

@@ -15,10 +15,10 @@ import torch
 from ..quant.spec import QuantSpec
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
-from .metrics import COLUMNS
+from .metrics import metrics_table
 from .optimizer import EOQSGD
 from .setup import setup
-from .table import EpochMetrics, Table
+from .table import Table
 
 
 @dataclass
@@ -49,5 +49,5 @@ def load_trained(run_dir, checkpoint: str = "checkpoint.pt") -> TrainedRun:
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise CheckpointError(f"{str(Path(run_dir) / checkpoint)!r} does not fit its own configuration: "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    metrics = Table(EpochMetrics(**{k: r.get(k, float("nan")) for k in COLUMNS}) for r in state.get("rows", []))
+    metrics = metrics_table(state.get("rows", []))
     return TrainedRun(cfg, spec, s.model.eval(), s.optimizer, s.generator, int(state["epoch"]), metrics)
