@@ -3,7 +3,10 @@
 # resnet56-15ep/, and the 5-epoch learning-rate-format runs of reports/lr_format/), two at a time
 # with one thread each, in the order listed. A finished run is skipped, an interrupted one resumed
 # from its checkpoint (--resume); each finished run's config.json, metrics.csv and log are copied
-# beside its report (never the checkpoint).
+# beside its report (never the checkpoint), and a run whose copy is there counts as finished, so a
+# fresh checkout goes on with the runs that are left. A run that diverged (exit 3) keeps its files
+# and is not retried. Checkpoints live in runs/ (not committed): a run stopped half-way in another
+# checkout starts again from its first epoch.
 #
 # Usage: reports/comparison/campaign.sh [GROUP ...]     (default: every group, in order)
 #   nohup reports/comparison/campaign.sh > runs/campaign.log 2>&1 &
@@ -24,12 +27,17 @@ groups=("$@")
 
 one() {   # name|folder|options
   IFS='|' read -r name folder opts <<<"$1"
-  local dir="runs/long/$name" epochs
+  local dir="runs/long/$name" epochs keep="reports/comparison/$folder/runs/$name"
+  [ "$folder" = lr_format ] && keep="reports/lr_format/runs/$name"
   epochs=$(sed -n 's/.*--epochs \([0-9]*\).*/\1/p' <<<"$opts")
-  if [ -f "$dir/metrics.csv" ] && [ "$(tail -n1 "$dir/metrics.csv" | cut -d, -f1)" = "$epochs" ]; then
-    echo "$name: finished"; return 0
-  fi
-  if [ -f "$dir/DIVERGED" ]; then echo "$name: diverged ($(cat "$dir/DIVERGED")), not retried"; return 0; fi
+  for done in "$dir" "$keep"; do        # finished here, or committed by an earlier checkout
+    if [ -f "$done/metrics.csv" ] && [ "$(tail -n1 "$done/metrics.csv" | cut -d, -f1)" = "$epochs" ]; then
+      echo "$name: finished ($done)"; return 0
+    fi
+  done
+  for done in "$dir" "$keep"; do
+    if [ -f "$done/DIVERGED" ]; then echo "$name: diverged ($(cat "$done/DIVERGED")), not retried"; return 0; fi
+  done
   mkdir -p "$dir"
   exec 9>"$dir/.lock"                       # one process per run, even with two campaigns going
   if ! flock -n 9; then echo "$name: running in another process"; return 0; fi
@@ -42,10 +50,8 @@ one() {   # name|folder|options
   echo "$(date -u +%FT%TZ) $name: exit $rc"
   [ $rc -eq 3 ] && tail -n1 "$dir/train.log" > "$dir/DIVERGED"   # exit 3: training diverged (eoq train)
   if [ $rc -eq 0 ] || [ $rc -eq 3 ]; then                        # a divergence is a result too
-    local keep="reports/comparison/$folder/runs/$name"
-    [ "$folder" = lr_format ] && keep="reports/lr_format/runs/$name"
     mkdir -p "$keep"
-    for f in config.json metrics.csv train.log; do [ -f "$dir/$f" ] && cp "$dir/$f" "$keep/"; done
+    for f in config.json metrics.csv train.log DIVERGED; do [ -f "$dir/$f" ] && cp "$dir/$f" "$keep/"; done
   fi
 }
 export -f one
