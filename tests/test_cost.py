@@ -131,21 +131,22 @@ def test_cost_command_ends_with_the_two_ratio_lines(capsys, tmp_path):
     assert main(["cost", "--model", "resnet21"]) == 2
 
 
-@pytest.mark.parametrize("lr_pow2", [True, False])
-def test_integer_update_counts_lr_as_a_shift_only_when_it_is_a_power_of_two(lr_pow2):
+@pytest.mark.parametrize("lr_pow2,lr_bits", [(True, None), (False, None), (False, 8)])
+def test_integer_update_counts_lr_as_a_shift_only_when_it_is_a_power_of_two(lr_pow2, lr_bits):
     """Hand count of one integer-updated linear layer's step (analysis.cost.count_update): n = 40
-    codes, weight decay on: momentum shift (+ lr shift), 3n adds, decay multiply (+ lr multiply)."""
+    codes, weight decay on: momentum shift (+ lr shift), 3n adds, decay multiply (+ lr multiply);
+    a fixed-point lr (lr_bits) is the integer multiply and one more shift (its 2^-s)."""
     from analysis.cost.counter import count_update
     from eoq.nn.layers import QLinear
     layer = QLinear(8, 5, bias=False)
-    spec = get_preset("eoq").with_changes(lr_pow2=lr_pow2)
+    spec = get_preset("eoq").with_changes(lr_pow2=lr_pow2, lr_bits=lr_bits)
     prepare(layer, spec, torch.Generator().manual_seed(0))
     opt = EOQSGD(layer, spec, lr=0.1, momentum=0.875, weight_decay=5e-4)
     t = CostTally()
     count_update(t, layer, opt)
     got = {op: sum(n for (_, _, _, o, f), n in t.select(phase="update", op=op) if f == "int16")
            for op in ("shift", "mult", "add")}
-    assert got == {"shift": 80.0 if lr_pow2 else 40.0, "mult": 40.0 if lr_pow2 else 80.0, "add": 120.0}
+    assert got == {"shift": 80.0 if lr_pow2 or lr_bits else 40.0, "mult": 40.0 if lr_pow2 else 80.0, "add": 120.0}
 
 
 @pytest.mark.parametrize("folded", [False, True])

@@ -28,8 +28,8 @@ def test_jupyterlab_serves_the_notebooks():
         port = s.getsockname()[1]
     token = "eoq-test"
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--notebook-dir", "notebooks", "--allow-root",
-                             "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
-                             "--ServerApp.port_retries=0"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+                             f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline, listing = time.monotonic() + 120, None

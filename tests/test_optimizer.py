@@ -98,12 +98,12 @@ def test_large_update_clamped_to_its_range_and_codes_to_grid(u_bits, limit):
     assert float(layer.weight_exp) == (-9 if limit == 31 else -7)     # max code 31 < 32: one bit down, exact
 
 
-def test_eoq_preset_clamps_updates_to_31_and_does_not_round_the_lr():
+def test_eoq_preset_clamps_updates_to_31_and_holds_the_lr_in_8_bit_fixed_point():
     spec = get_preset("eoq")
-    assert spec.U.bits == 6 and not spec.lr_pow2
+    assert spec.U.bits == 6 and not spec.lr_pow2 and spec.lr_bits == 8
     shift = get_preset("eoq-shift")
-    assert shift.U.bits == 8 and shift.lr_pow2
-    assert spec.with_changes(name="x", description="", U=shift.U, lr_pow2=True) == \
+    assert shift.U.bits == 8 and shift.lr_pow2 and shift.lr_bits is None
+    assert spec.with_changes(name="x", description="", U=shift.U, lr_pow2=True, lr_bits=None) == \
         shift.with_changes(name="x", description="")          # nothing else differs
 
 

@@ -259,8 +259,9 @@ def count_update(t: CostTally, model: nn.Module, optimizer) -> None:
 
     EOQ integer update of n codes: momentum v - (v >> s) + g (n shifts, 2n adds in the M format),
     weight decay (n mults, n adds), lr as a shift (n; a multiply in the M format when the spec does
-    not round it to a power of two), SR (n random bytes, n adds), clamp U (2n cmp), codes - U (n
-    int8 adds), clamp (2n cmp), saturation check (n cmp).
+    not round it to a power of two, and with a fixed-point lr the integer multiply plus its shift),
+    SR (n random bytes, n adds), clamp U (2n cmp), codes - U (n int8 adds), clamp (2n cmp),
+    saturation check (n cmp).
     Float SGD: weight decay (n mults + n adds), momentum (n mults + n adds), lr (n mults + n adds).
     """
     grid = getattr(optimizer, "grid", {})
@@ -273,8 +274,9 @@ def count_update(t: CostTally, model: nn.Module, optimizer) -> None:
             if g is not None:
                 mf = fmt_of(spec.M) if spec is not None and spec.M.enabled else "fp32"
                 lr_shift = spec is None or spec.lr_pow2
+                fixed = bool(spec is not None and spec.lr_bits)   # L * v, then the shift 2^-s
                 decay = 1 if group["weight_decay"] and g.weight_decay else 0
-                t.add(layer, "update", "update", "shift", mf, (1 + lr_shift) * n)
+                t.add(layer, "update", "update", "shift", mf, (1 + lr_shift + fixed) * n)
                 t.add(layer, "update", "update", "add", mf, 3 * n)
                 t.add(layer, "update", "update", "mult", mf, (decay + (not lr_shift)) * n)
                 t.add(layer, "update", "update", "rand", "int8", n)
