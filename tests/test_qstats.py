@@ -94,3 +94,30 @@ def test_an_idle_collector_keeps_the_fused_kernels_on():
         assert listening() and not _fusable(conv, "A")
         train_step(s.model, s.optimizer, x, y)
         assert {r["kind"] for r in c.rows} >= {"A", "E", "G", "U"}
+
+
+@pytest.mark.parametrize("kind,bits,rounding", [("A", 8, "nearest"), ("E", 8, "stochastic"), ("G", 4, "nearest")])
+def test_kernel_statistics_equal_the_torch_reference(kind, bits, rounding):
+    """The two-pass kernel against the torch passes: every count and histogram bin equal, sums to
+    float32 rounding. Values include exact bin edges, zeros and saturating outliers."""
+    from eoq import kernels
+    from eoq.quant.quantizers import sq
+    if kernels.load() is None:
+        pytest.skip("compiled kernels unavailable")
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(300_001, generator=g)
+    x[:1000] = 0.0
+    x[1000:1064] = torch.linspace(-4, 4, 64)          # bin edges of a [-4, 4] range
+    x[2000], x[2001] = 4.0, -4.0
+    q = TensorQuant(bits=bits, rounding=rounding)
+    y = sq(x, bits, rounding, torch.Generator().manual_seed(1))
+    row_k, hist_k = tensor_stats(kind, q, x, y)
+    with kernels.disabled():
+        row_t, hist_t = tensor_stats(kind, q, x, y)
+    for key in ("numel", "saturated", "zeroed", "exponent", "bits"):
+        assert row_k[key] == row_t[key], key
+    for key in ("sqnr_db", "rel_error", "bias"):
+        assert row_k[key] == pytest.approx(row_t[key], rel=1e-4, abs=1e-6), key
+    assert np.array_equal(hist_k["codes"], hist_t["codes"])
+    assert np.array_equal(hist_k["values"], hist_t["values"])
+    assert hist_k["values"].sum() == x.numel() and hist_k["codes"].sum() == x.numel()

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eoq import kernels
 from eoq.quant.quantizers import FQ_FRACTION_BITS, max_code, shift_exponent
 from eoq.training.atomic import atomic_write
 from eoq.training.csvfile import read_rows, write_rows
@@ -45,36 +46,67 @@ def grid_of(kind: str, q, amax: torch.Tensor) -> tuple[float, int]:
 def tensor_stats(kind: str, q, x: torch.Tensor, out: torch.Tensor, bins: int = 64) -> tuple[dict, dict]:
     """The statistics row and the histograms of one quantization x -> out.
 
-    float32 reductions (the quantizers' own precision), exact integer counts for the fractions, and
-    torch's linear-time histogram and bincount: a sampled step stays cheap even for the large errors."""
-    x = x.detach().flatten().float()
-    y = out.detach().flatten().float()
+    Two passes of the compiled kernel (``eoq/csrc/stats.cpp``: sums in double, exact integer
+    counts) for float32 tensors; otherwise the torch reference (:class:`_TorchPasses`, sums in
+    float32). The two agree to rounding in the sums and exactly in every
+    count (tests/test_qstats.py)."""
+    x = x.detach().reshape(-1)
+    y = out.detach().reshape(-1)
+    kern = kernels.usable(x) if y.dtype == torch.float32 else None
+    if kern is not None:
+        x, y = x.contiguous(), y.contiguous()
+    passes = _KernelPasses(kern, x, y) if kern is not None else _TorchPasses(x, y)
     n = x.numel()
-    err = y - x
-    sx, se = float(torch.dot(x, x)), float(torch.dot(err, err))
-    ax = x.abs()
-    amax_t = ax.max() if n else x.new_zeros(())
-    amax = float(amax_t)
-    lsb, m = grid_of(kind, q, amax_t)
+    amax, sx, se, serr, n_nonzero, n_nonzero_out = passes.moments()
+    lsb, m = grid_of(kind, q, torch.tensor(amax, dtype=torch.float64))
     unit = 2.0 ** lsb
-    n_nonzero = int(torch.count_nonzero(x))
-    n_zeroed = n_nonzero - int(torch.count_nonzero(y))   # every quantizer maps 0 to 0
+    lim = amax if amax > 0 else 1.0
+    saturated, values, codes = passes.hists((m + 0.5) * unit, lim, bins, unit, m)
     rms = math.sqrt(sx / max(n, 1))
     row = {"bits": q.bits, "quantizer": q.quantizer if kind != "U" else "update", "numel": n,
            "sqnr_db": 10 * math.log10(sx / se) if se > 0 else float("inf") if sx > 0 else float("nan"),
            "rel_error": math.sqrt(se / sx) if sx > 0 else float("nan"),
-           "bias": float(err.sum()) / n / rms if rms > 0 else 0.0,
-           "saturated": int(torch.count_nonzero(ax > (m + 0.5) * unit)) / max(n, 1),
-           "zeroed": n_zeroed / n_nonzero if n_nonzero else 0.0,
+           "bias": serr / n / rms if rms > 0 else 0.0,
+           "saturated": saturated / max(n, 1),
+           "zeroed": (n_nonzero - n_nonzero_out) / n_nonzero if n_nonzero else 0.0,  # every quantizer keeps 0
            "exponent": lsb}
-    lim = amax if amax > 0 else 1.0
-    # y is on the grid: y / unit are exact integers in -m .. m, counted by one bincount (a linear
-    # pass, two to three times faster than a 2m + 1-bin histc)
-    codes = (y * (1.0 / unit)).to(torch.int64).clamp_(-m, m).add_(m)
-    code_counts = torch.bincount(codes, minlength=2 * m + 1)
-    hists = {"values": torch.histc(x, bins, -lim, lim).long().numpy(), "value_edges": np.linspace(-lim, lim, bins + 1),
-             "codes": code_counts.numpy(), "code_min": -m, "lsb": unit, "max_code": m}
+    hists = {"values": values.numpy(), "value_edges": np.linspace(-lim, lim, bins + 1),
+             "codes": codes.numpy(), "code_min": -m, "lsb": unit, "max_code": m}
     return row, hists
+
+
+class _KernelPasses:
+    """The two passes of ``stats.cpp``."""
+
+    def __init__(self, kern, x, y):
+        self.kern, self.x, self.y = kern, x, y
+
+    def moments(self):
+        return self.kern.stats_moments(self.x, self.y)
+
+    def hists(self, threshold, lim, bins, unit, m):
+        return self.kern.stats_hists(self.x, self.y, threshold, lim, bins, unit, m)
+
+
+class _TorchPasses:
+    """The same statistics from torch ops (any dtype): the reference of the kernel."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x.float(), y.float()
+
+    def moments(self):
+        x, y = self.x, self.y
+        err = y - x
+        amax = float(x.abs().max()) if x.numel() else 0.0
+        return (amax, float(torch.dot(x, x)), float(torch.dot(err, err)), float(err.sum()),
+                int(torch.count_nonzero(x)), int(torch.count_nonzero(y)))
+
+    def hists(self, threshold, lim, bins, unit, m):
+        x, y = self.x, self.y
+        saturated = int(torch.count_nonzero(x.abs() > threshold))
+        values = torch.histc(x, bins, -lim, lim).long()
+        codes = (y * (1.0 / unit)).to(torch.int64).clamp_(-m, m).add_(m)   # y / unit: exact integers
+        return saturated, values, torch.bincount(codes, minlength=2 * m + 1)
 
 
 class QStatsCollector:
