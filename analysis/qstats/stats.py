@@ -8,7 +8,8 @@ A :class:`QStatsCollector` attaches to eoq's quantization hook (eoq/quant/observ
     saturated  fraction of x beyond the largest code's rounding interval, |x| > (M + 1/2) * 2^lsb
     zeroed     fraction of the nonzero x that quantize to 0 (stored W/S: fraction of zero codes)
     exponent   the LSB exponent lsb of the grid (value = code * 2^lsb; SQ: round(log2 max|x|) + 1 - k)
-and histograms of the values (64 bins over [-max|x|, max|x|]) and of the integer codes. For the
+and histograms of the values (64 bins over [-max|x|, max|x|]) and of the integer codes (at most
+512 bins: wider code ranges are summed in groups of ``code_step`` codes). For the
 updates U (x = lr * v / 2^e in units of the weight LSB, q = U) it adds the fraction of zero updates
 and the update-to-weight ratio ||U|| / ||codes||. Off-steps cost one flag check per quantization;
 with no collector attached there is no cost at all.
@@ -70,9 +71,25 @@ def tensor_stats(kind: str, q, x: torch.Tensor, out: torch.Tensor, bins: int = 6
            "saturated": saturated / max(n, 1),
            "zeroed": (n_nonzero - n_nonzero_out) / n_nonzero if n_nonzero else 0.0,  # every quantizer keeps 0
            "exponent": lsb}
-    hists = {"values": values.numpy(), "value_edges": np.linspace(-lim, lim, bins + 1),
-             "codes": codes.numpy(), "code_min": -m, "lsb": unit, "max_code": m}
+    code_counts, step = coarse_codes(codes.numpy())
+    hists = {"values": values.numpy().astype(np.int32), "value_edges": np.linspace(-lim, lim, bins + 1),
+             "codes": code_counts, "code_min": -m, "code_step": step, "lsb": unit, "max_code": m}
     return row, hists
+
+
+MAX_CODE_BINS = 512
+
+
+def coarse_codes(counts: np.ndarray) -> tuple[np.ndarray, int]:
+    """A code histogram as int32 counts (fresh memory, not a view of a torch tensor: those kept
+    their buffers alive and grew a training run's memory by 200 MB per sampled step), codes summed
+    in groups of ``step`` adjacent codes when there are more than MAX_CODE_BINS (the 16-bit momentum:
+    65,535 codes would take 17 MB per sampled step); bin i counts codes code_min + i * step ..
+    code_min + (i + 1) * step - 1."""
+    step = -(-len(counts) // MAX_CODE_BINS)
+    if step > 1:
+        counts = np.pad(counts, (0, -len(counts) % step)).reshape(-1, step).sum(1)
+    return counts.astype(np.int32), step
 
 
 class _KernelPasses:
@@ -159,8 +176,9 @@ class QStatsCollector:
             lo = int(c.min()) if c.numel() else 0
             ci = c.long().numpy()
             key = f"{self.step}/{layer}/{kind}"
-            self.hists[f"{key}/codes"] = np.bincount(ci - lo, minlength=1)
+            self.hists[f"{key}/codes"], step = coarse_codes(np.bincount(ci - lo, minlength=1))
             self.hists[f"{key}/code_min"] = np.asarray(lo)
+            self.hists[f"{key}/code_step"] = np.asarray(step)
             self.hists[f"{key}/lsb"] = np.asarray(2.0 ** exponent)
             self.hists[f"{key}/max_code"] = np.asarray(m)
 
