@@ -74,6 +74,9 @@ def _add_train(sub):
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--qstats-every", type=int, default=0,
                    help="record quantization-error statistics every N steps into OUT/qstats (0: off)")
+    p.add_argument("--collapse-epochs", type=int, default=2,
+                   help="stop (exit 3, as a divergence) once training has sat at chance accuracy with loss "
+                        "ln(classes) for N epochs after having learnt something (0: never)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_train)
 

@@ -235,3 +235,34 @@ def test_load_trained_of_a_missing_run_is_one_clear_error(tmp_path):
 
     with pytest.raises(CheckpointError, match="no checkpoint"):
         eoq.load_trained(tmp_path / "nothing")
+
+
+COLLAPSED_RUN = [  # eoq, ResNet-20, 30-epoch schedule, crop padding 4, seed 0: epochs 1-6 (train loss, train %)
+    (2.17775, 18.0267), (1.88635, 27.2756), (1.64352, 37.5644), (2.29045, 12.0422), (2.30429, 10.0333),
+    (2.30409, 10.02)]
+
+
+def _rows(pairs):
+    return [{"epoch": i + 1, "train_loss": loss, "train_acc": acc} for i, (loss, acc) in enumerate(pairs)]
+
+
+def test_collapse_is_recognised_after_n_epochs_at_chance():
+    from eoq.training.loop import collapsed
+    rows = _rows(COLLAPSED_RUN)
+    assert collapsed(rows[:5], 10, 2) is None          # epoch 4 (12.0%) is still a point above chance
+    why = collapsed(rows, 10, 2)
+    assert "collapsed to chance (10.0% train" in why and "after 37.6% at epoch 3" in why
+    assert collapsed(rows, 10, 0) is None               # switched off
+    assert collapsed(rows, 10, 3) is None
+    assert collapsed(_rows([(2.30, 10.1)] * 4), 10, 2) is None                  # never learnt: not a collapse
+    assert collapsed(_rows(COLLAPSED_RUN[:3] + [(2.30, 10.0), (2.0, 25.0), (2.30, 10.0)]), 10, 2) is None
+
+
+def test_a_collapse_stops_the_run_after_saving_its_metrics(tmp_path, monkeypatch):
+    from eoq.training import loop
+    monkeypatch.setattr(loop, "collapsed", lambda rows, classes, epochs: "collapsed (test)" if len(rows) == 2 else None)
+    with pytest.raises(TrainingDiverged, match=r"collapsed \(test\), stopped after epoch 2"):
+        train(cfg(tmp_path, "c", epochs=4, train_limit=64))
+    assert [r["epoch"] for r in read_metrics(tmp_path / "c" / "metrics.csv")] == [1, 2]
+    with pytest.raises(ConfigError, match="--collapse-epochs"):
+        train(cfg(tmp_path, "d", epochs=1, collapse_epochs=-1))

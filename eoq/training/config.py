@@ -83,6 +83,7 @@ class TrainConfig:
     threads: int | None = None
     checkpoint_every: int = 0    # steps between mid-epoch checkpoints (0: only at epoch ends)
     qstats_every: int = 0        # steps between quantization-statistics samples (0: off)
+    collapse_epochs: int = 2     # stop when training sits at chance this many epochs (0: never; loop.collapsed)
     progress: bool = True
 
     def validate(self) -> TrainConfig:
@@ -135,6 +136,8 @@ class TrainConfig:
             raise ConfigError(f"--crop-pad must be an integer in [0, 16], got {self.crop_pad!r}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if self.collapse_epochs < 0:
+            raise ConfigError(f"--collapse-epochs must be >= 0, got {self.collapse_epochs}")
         if self.qstats_every < 0:
             raise ConfigError(f"--qstats-every must be >= 0, got {self.qstats_every}")
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import sys
 import time
@@ -356,3 +357,26 @@ def _finish_epoch(run: Run, out: Path | None, observers: tuple, lr: float, t0: f
                 obs.save(out / "qstats")
     tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  train {row['train_acc']:.2f}%  "
                f"val {row['val_acc']:.2f}%  test {row['test_acc']:.2f}%  {row['seconds']:.0f} s")
+    why = collapsed(run.rows, int(data.train_y.max()) + 1, cfg.collapse_epochs)
+    if why:
+        raise TrainingDiverged(f"{why}, stopped after epoch {run.epoch} (its metrics and checkpoint are saved); "
+                               "try a lower --lr or a longer --warmup")
+
+
+def collapsed(rows: list[dict], classes: int, epochs: int) -> str | None:
+    """Why the run has collapsed, or None: its last ``epochs`` epochs (``epochs`` > 0) had a training
+    loss within 2% of ln(classes) and training accuracy within one point of chance, after an epoch
+    more than five points above chance. Such a network outputs one constant class; with integer
+    updates its gradients round to zero and it never recovers (seen at 30 epochs: EOQ at 10% from
+    epoch 4 to 9, reports/comparison/resnet20-30ep/)."""
+    chance, flat = 100.0 / classes, 0.98 * math.log(classes)
+    if epochs <= 0 or len(rows) <= epochs:
+        return None
+    last, before = rows[-epochs:], rows[:-epochs]
+    if not all(r["train_loss"] >= flat and r["train_acc"] < chance + 1.0 for r in last):
+        return None
+    best = max(before, key=lambda r: r["train_acc"])
+    if best["train_acc"] <= chance + 5.0:
+        return None
+    return (f"collapsed to chance ({last[-1]['train_acc']:.1f}% train, loss {last[-1]['train_loss']:.3f} "
+            f"= ln {classes}) for {epochs} epochs after {best['train_acc']:.1f}% at epoch {best['epoch']}")
