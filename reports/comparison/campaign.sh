@@ -32,7 +32,11 @@ one() {   # name|folder|options
   epochs=$(sed -n 's/.*--epochs \([0-9]*\).*/\1/p' <<<"$opts")
   for done in "$dir" "$keep"; do        # finished here, or committed by an earlier checkout
     if [ -f "$done/metrics.csv" ] && [ "$(tail -n1 "$done/metrics.csv" | cut -d, -f1)" = "$epochs" ]; then
-      echo "$name: finished ($done)"; return 0
+      echo "$name: finished ($done)"
+      if [ "$done" = "$dir" ] && [ ! -f "$keep/metrics.csv" ]; then   # finished outside this script
+        mkdir -p "$keep" && for f in config.json metrics.csv train.log; do cp "$dir/$f" "$keep/"; done
+      fi
+      return 0
     fi
   done
   for done in "$dir" "$keep"; do
