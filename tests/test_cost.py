@@ -1,5 +1,6 @@
 """Cost model: GEMM MACs against FlopCounterMode, BN against a hand count, tables, CLI."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,3 +208,20 @@ def test_datapath_overrides_and_errors(tmp_path):
         good.write_text(bad)
         with pytest.raises(TableError):
             load_datapath(str(good))
+
+
+def test_step_table_lists_exactly_what_the_cost_model_counts_and_the_readme_holds_it():
+    """One source of truth: every (phase, category, op) the cost model counts for an EOQ ResNet-20
+    step has a row in STEP_OPS and every STEP_OPS row is counted; README's table is the rendering."""
+    from analysis.cost import step_table as st
+    tally = st.resnet20_step()
+    counted = {(p, c, o) for (p, c, o, _f) in st.counted(tally)}
+    listed = [(s.phase, s.category, s.op) for s in st.STEP_OPS]
+    assert len(set(listed)) == len(listed)
+    assert counted - set(listed) == set(), "counted but not in the step table"
+    assert set(listed) - counted == set(), "in the step table but not counted"
+    rows = st.step_rows(tally)
+    assert sum(r.count for r in rows if r.op == "mult" and "A codes x W codes" in r.what) == tally.macs("forward")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert st.replace_block(readme, st.markdown(rows)) == readme, \
+        "README's step table is stale: python -m analysis.cost.step_table --write README.md"
