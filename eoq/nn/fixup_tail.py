@@ -10,7 +10,9 @@ add, ReLU) and a multiply backward that only feeds the conv's E quantizer. Fused
               d x = E(g * s) quantized here (simulator: ``sq_times``), or left to the integer
               conv's E quantizer, whose kernel multiplies on the fly (``eoq.quant.fusion.defer``)
 
-so outputs, gradients and random bits equal those of the separate modules bit for bit (tests:
+With ``exact`` (a model whose stream is held in fixed point, spec ``stream_bits``) every step is
+exact instead, in float64, and the sums of the backward too: the stream is rounded once, next.
+Either way, outputs, gradients and random bits equal those of the separate modules bit for bit (tests:
 tests/test_layers.py, tests/test_intengine.py). It is used when the conv's E is a plain SQ and
 nothing observes the tensors (:func:`eoq.nn.layers._fusable`); fp32 and observed runs take the
 modules one by one.
@@ -37,10 +39,13 @@ def _tail(x: torch.Tensor, s: torch.Tensor, b: torch.Tensor, identity: torch.Ten
 
 class _FixupTailFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, s, b, identity, layer):
-        y = _tail(x, s.detach(), b.detach(), identity)
+    def forward(ctx, x, s, b, identity, layer, exact):
+        if exact:          # the stream is rounded next (stream.py): every step here exact, in float64
+            y = torch.relu(x.double() * s.detach().double() + b.detach().double() + identity.double())
+        else:
+            y = _tail(x, s.detach(), b.detach(), identity)
         ctx.save_for_backward(x, s, y)
-        ctx.layer, ctx.b_shape = layer, b.shape
+        ctx.layer, ctx.b_shape, ctx.exact = layer, b.shape, exact
         return y
 
     @staticmethod
@@ -48,8 +53,13 @@ class _FixupTailFn(torch.autograd.Function):
         x, s, y = ctx.saved_tensors
         layer = ctx.layer
         g = torch.ops.aten.threshold_backward(grad, y, 0)
-        gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
-        gs = (g * x).sum_to_size(s.shape) if ctx.needs_input_grad[1] else None
+        if ctx.exact:      # grad: the error stream (16-bit values); the sums exact in float64
+            gb = g.sum_to_size(ctx.b_shape).float() if ctx.needs_input_grad[2] else None
+            gs = (g * x.double()).sum_to_size(s.shape).float() if ctx.needs_input_grad[1] else None
+            g = g.float()  # exact: the error stream's values
+        else:
+            gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
+            gs = (g * x).sum_to_size(s.shape) if ctx.needs_input_grad[1] else None
         gx = None
         if ctx.needs_input_grad[0]:
             if layer.engine == "int":
@@ -57,11 +67,14 @@ class _FixupTailFn(torch.autograd.Function):
             else:
                 q = layer.quant.E
                 gx = fusion.mark_quantized(Q.sq_times(g, s.detach(), q.bits, q.rounding, layer.generator), layer)
-        return gx, gs, gb, g if ctx.needs_input_grad[3] else None, None
+        return gx, gs, gb, g if ctx.needs_input_grad[3] else None, None, None
 
 
-def fixup_tail(x, scale, bias, identity, layer):
-    """relu(bias(scale(x)) + identity) for ``x`` = ``layer``'s output (see module doc)."""
+def fixup_tail(x, scale, bias, identity, layer, exact: bool = False):
+    """relu(bias(scale(x)) + identity) for ``x`` = ``layer``'s output (see module doc). ``exact``:
+    every step exact (float64 result), for a stream rounded next (eoq/nn/stream.py)."""
     if not _fusable(layer, "E"):
+        if exact:
+            return F.relu(bias(scale(x.double(), after=layer)) + identity.double())
         return F.relu(bias(scale(x, after=layer)) + identity)
-    return _FixupTailFn.apply(x, scale.effective(), bias.effective(), identity, layer)
+    return _FixupTailFn.apply(x, scale.effective(), bias.effective(), identity, layer, exact)

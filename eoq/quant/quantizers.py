@@ -325,3 +325,31 @@ def fixed_grid(x: torch.Tensor, lsb_exponent, k: int, rounding: str = "nearest",
                generator: torch.Generator | None = None) -> torch.Tensor:
     """Quantize onto a fixed grid: clamp(round(x / 2^e), +-(2^(k-1)-1)) * 2^e (weights, scalars)."""
     return round_scaled(x, int(lsb_exponent), max_code(k), rounding, generator).to(x.dtype)
+
+
+def fixed_exponent(amax: float, k: int) -> int:
+    """The smallest LSB exponent e with amax <= (2^(k-1) - 1) * 2^e (no value clips); 0 for amax = 0."""
+    if amax <= 0:
+        return 0
+    m = max_code(k)
+    e = math.ceil(math.log2(amax / m))
+    while amax > m * 2.0 ** e:              # exact comparisons settle a log2 rounded either way
+        e += 1
+    while amax <= m * 2.0 ** (e - 1):
+        e -= 1
+    return max(e, MIN_EXPONENT)
+
+
+def round_fixed(x: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+    """FX(x, k): x on a k-bit fixed-point grid that holds max|x| without clipping, round half to
+    even: (float32 values codes * 2^e, e). The residual stream and the error stream of a Fixup
+    ResNet at its block boundaries (spec ``stream_bits``): x is exact there (float64 or float32),
+    so this is the only rounding, as in an integer datapath that keeps the stream in k-bit
+    registers. k <= 24, so the values are exact in float32."""
+    check_bits(k)
+    amax = float(x.detach().abs().max()) if x.numel() else 0.0
+    if not math.isfinite(amax):
+        raise _non_finite(x)
+    e = fixed_exponent(amax, k)
+    y = torch.round(x.detach().double() * 2.0 ** -e).mul_(2.0 ** e)
+    return y.to(torch.float32), e
