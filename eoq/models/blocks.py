@@ -101,7 +101,7 @@ class ResidualBlock(nn.Module):
         identity = self.identity(x_id.double() if bits else x_id)
         # y = relu(x_m * scale + b_mb + identity), fused under EOQ
         return fixup_tail(self.branch(x, tail=False), self.scale, self.biases_out[-1], identity,
-                          self.convs[-1], exact=bits is not None)
+                          self.convs[-1], bits)
 
 
 class BasicBlock(ResidualBlock):

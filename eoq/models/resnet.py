@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..nn.batchnorm import QBatchNorm2d
 from ..nn.layers import FixupScalar, QConv2d, QLinear
-from ..nn.stream import stream_split
+from ..nn.stream import stream_split, to_stream
 from .blocks import NORMS, BasicBlock, Bottleneck, ResidualBlock
 from .fixup import fixup_branch_factor, he_fan_out_std, init_fixup_branch
 
@@ -74,8 +74,10 @@ class ResNet(nn.Module):
         x = self.conv1(x)
         if self.bn1 is not None:
             x = self.bn1(x)
+        if self.bias1 is not None and self.stream_bits:      # exact, then rounded to the stream
+            return to_stream(self.maxpool(F.relu(self.bias1(x.double()))), self.stream_bits)
         if self.bias1 is not None:
-            x = self.bias1(x.double() if self.stream_bits else x)     # exact before the stream's rounding
+            x = self.bias1(x)
         return self.maxpool(F.relu(x))
 
     def head(self, x):

@@ -10,8 +10,8 @@ add, ReLU) and a multiply backward that only feeds the conv's E quantizer. Fused
               d x = E(g * s) quantized here (simulator: ``sq_times``), or left to the integer
               conv's E quantizer, whose kernel multiplies on the fly (``eoq.quant.fusion.defer``)
 
-With ``exact`` (a model whose stream is held in fixed point, spec ``stream_bits``) every step is
-exact instead, in float64, and the sums of the backward too: the stream is rounded once, next.
+With ``bits`` (a model whose stream is held in fixed point, spec ``stream_bits``) every step is
+exact instead, in float64, and the sums of the backward too; y is then rounded once, to the stream.
 Either way, outputs, gradients and random bits equal those of the separate modules bit for bit (tests:
 tests/test_layers.py, tests/test_intengine.py). It is used when the conv's E is a plain SQ and
 nothing observes the tensors (:func:`eoq.nn.layers._fusable`); fp32 and observed runs take the
@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from .. import kernels
 from ..quant import fusion
 from ..quant import quantizers as Q
-from .layers import _fusable
+from .layers import _fusable, exact_sum
+from .stream import fx, to_stream
 
 
 def _tail(x: torch.Tensor, s: torch.Tensor, b: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
@@ -39,25 +40,28 @@ def _tail(x: torch.Tensor, s: torch.Tensor, b: torch.Tensor, identity: torch.Ten
 
 class _FixupTailFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, s, b, identity, layer, exact):
-        if exact:          # the stream is rounded next (stream.py): every step here exact, in float64
+    def forward(ctx, x, s, b, identity, layer, bits):
+        if bits:           # exact in float64, then the stream's one rounding (stream.py)
             y = torch.relu(x.double() * s.detach().double() + b.detach().double() + identity.double())
+            live = y > 0
+            y = fx(y, bits)
         else:
             y = _tail(x, s.detach(), b.detach(), identity)
-        ctx.save_for_backward(x, s, y)
-        ctx.layer, ctx.b_shape, ctx.exact = layer, b.shape, exact
+            live = y
+        ctx.save_for_backward(x, s, live)
+        ctx.layer, ctx.b_shape, ctx.exact = layer, b.shape, bool(bits)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, s, y = ctx.saved_tensors
+        x, s, live = ctx.saved_tensors
         layer = ctx.layer
-        g = torch.ops.aten.threshold_backward(grad, y, 0)
         if ctx.exact:      # grad: the error stream (16-bit values); the sums exact in float64
-            gb = g.sum_to_size(ctx.b_shape).float() if ctx.needs_input_grad[2] else None
-            gs = (g * x.double()).sum_to_size(s.shape).float() if ctx.needs_input_grad[1] else None
-            g = g.float()  # exact: the error stream's values
+            g = torch.where(live, grad, 0.0)
+            gb = exact_sum(g, ctx.b_shape) if ctx.needs_input_grad[2] else None
+            gs = exact_sum(g.double() * x.double(), s.shape) if ctx.needs_input_grad[1] else None
         else:
+            g = torch.ops.aten.threshold_backward(grad, live, 0)
             gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
             gs = (g * x).sum_to_size(s.shape) if ctx.needs_input_grad[1] else None
         gx = None
@@ -70,11 +74,11 @@ class _FixupTailFn(torch.autograd.Function):
         return gx, gs, gb, g if ctx.needs_input_grad[3] else None, None, None
 
 
-def fixup_tail(x, scale, bias, identity, layer, exact: bool = False):
-    """relu(bias(scale(x)) + identity) for ``x`` = ``layer``'s output (see module doc). ``exact``:
-    every step exact (float64 result), for a stream rounded next (eoq/nn/stream.py)."""
+def fixup_tail(x, scale, bias, identity, layer, bits: int | None = None):
+    """relu(bias(scale(x)) + identity) for ``x`` = ``layer``'s output (see module doc). ``bits``:
+    every step exact and the result rounded to the ``bits``-bit stream (eoq/nn/stream.py)."""
     if not _fusable(layer, "E"):
-        if exact:
-            return F.relu(bias(scale(x.double(), after=layer)) + identity.double())
+        if bits:
+            return to_stream(F.relu(bias(scale(x.double(), after=layer)) + identity.double()), bits)
         return F.relu(bias(scale(x, after=layer)) + identity)
-    return _FixupTailFn.apply(x, scale.effective(), bias.effective(), identity, layer, exact)
+    return _FixupTailFn.apply(x, scale.effective(), bias.effective(), identity, layer, bits)

@@ -328,7 +328,8 @@ def fixed_grid(x: torch.Tensor, lsb_exponent, k: int, rounding: str = "nearest",
 
 
 def fixed_exponent(amax: float, k: int) -> int:
-    """The smallest LSB exponent e with amax <= (2^(k-1) - 1) * 2^e (no value clips); 0 for amax = 0."""
+    """The smallest LSB exponent e with amax <= (2^(k-1) - 1) * 2^e (no value clips); 0 for amax = 0;
+    floored at MIN_EXPONENT like SQ's."""
     if amax <= 0:
         return 0
     m = max_code(k)
