@@ -357,7 +357,7 @@ def _finish_epoch(run: Run, out: Path | None, observers: tuple, lr: float, t0: f
                 obs.save(out / "qstats")
     tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  train {row['train_acc']:.2f}%  "
                f"val {row['val_acc']:.2f}%  test {row['test_acc']:.2f}%  {row['seconds']:.0f} s")
-    why = collapsed(run.rows, int(data.train_y.max()) + 1, cfg.collapse_epochs)
+    why = collapsed(run.rows, len(data.classes), cfg.collapse_epochs)
     if why:
         raise TrainingDiverged(f"{why}, stopped after epoch {run.epoch} (its metrics and checkpoint are saved); "
                                "try a lower --lr or a longer --warmup")

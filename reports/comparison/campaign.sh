@@ -25,6 +25,13 @@ RUNS_FILE=${RUNS_FILE:-reports/comparison/campaign.runs}
 groups=("$@")
 [ ${#groups[@]} -eq 0 ] && mapfile -t groups < <(cut -d"|" -f1 "$RUNS_FILE" | grep -v "^#" | awk "!seen[\$0]++")
 
+keep_files() {   # run dir, report copy: the run's files beside its report (never the checkpoint)
+  mkdir -p "$2"
+  for f in config.json metrics.csv train.log DIVERGED; do [ -f "$1/$f" ] && cp "$1/$f" "$2/"; done
+  return 0
+}
+export -f keep_files
+
 one() {   # name|folder|options
   IFS='|' read -r name folder opts <<<"$1"
   local dir="runs/long/$name" epochs keep="reports/comparison/$folder/runs/$name"
@@ -33,9 +40,7 @@ one() {   # name|folder|options
   for done in "$dir" "$keep"; do        # finished here, or committed by an earlier checkout
     if [ -f "$done/metrics.csv" ] && [ "$(tail -n1 "$done/metrics.csv" | cut -d, -f1)" = "$epochs" ]; then
       echo "$name: finished ($done)"
-      if [ "$done" = "$dir" ] && [ ! -f "$keep/metrics.csv" ]; then   # finished outside this script
-        mkdir -p "$keep" && for f in config.json metrics.csv train.log; do cp "$dir/$f" "$keep/"; done
-      fi
+      [ "$done" = "$dir" ] && [ ! -f "$keep/metrics.csv" ] && keep_files "$dir" "$keep"   # finished outside this script
       return 0
     fi
   done
@@ -53,10 +58,7 @@ one() {   # name|folder|options
   exec 9>&-
   echo "$(date -u +%FT%TZ) $name: exit $rc"
   [ $rc -eq 3 ] && tail -n1 "$dir/train.log" > "$dir/DIVERGED"   # exit 3: training diverged (eoq train)
-  if [ $rc -eq 0 ] || [ $rc -eq 3 ]; then                        # a divergence is a result too
-    mkdir -p "$keep"
-    for f in config.json metrics.csv train.log DIVERGED; do [ -f "$dir/$f" ] && cp "$dir/$f" "$keep/"; done
-  fi
+  if [ $rc -eq 0 ] || [ $rc -eq 3 ]; then keep_files "$dir" "$keep"; fi   # a divergence is a result too
 }
 export -f one
 export EOQ
