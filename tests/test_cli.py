@@ -61,6 +61,19 @@ def test_default_schedule_follows_preset_and_norm(preset, norm, want):
         (0.05, 0.75, None, False, "cosine", 0.1, 3)
 
 
+@pytest.mark.parametrize("preset,norm,epochs,want", [
+    ("fp32", "fixup", 14, (0.2, 0)), ("fp32", "fixup", 15, (0.2, 2)), ("fp32", "fixup", 30, (0.2, 2)),
+    ("eoq", "fixup", 5, (0.2, 0)), ("eoq", "fixup", 30, (0.1, 2)), ("eoq-float-ends", "fixup", 30, (0.1, 2)),
+    ("fp32", "bn", 30, (0.2, 2)), ("eoq-shift", "fixup", 30, (0.15, 4))])
+def test_long_schedule_defaults(preset, norm, epochs, want):
+    """From LONG_EPOCHS epochs on, Fixup runs take the crop (and eoq the lower peak) chosen on
+    validation at 30 epochs; other runs and short schedules keep their defaults."""
+    from eoq.training.config import TrainConfig
+    cfg = TrainConfig(preset=preset, norm=norm, epochs=epochs).validate()
+    assert (cfg.lr, cfg.crop_pad) == want
+    assert TrainConfig(preset=preset, norm=norm, epochs=epochs, crop_pad=1, lr=0.3).validate().crop_pad == 1
+
+
 def test_schedule_defaults_by_norm_and_update_kind(monkeypatch):
     """Unset schedule fields come from DEFAULTS with the (kind, norm) overrides; momentum cycling
     only together with the default momentum; integer-update presets never get float-only options."""
