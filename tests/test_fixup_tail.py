@@ -51,7 +51,7 @@ def test_backward_equals_autograd_of_the_separate_ops(engine, rounding):
     s, b = torch.tensor([0.9]), torch.tensor([0.05])
     ins = [t.clone().requires_grad_() for t in (x, s, b, identity)]
     layer.generator = torch.Generator().manual_seed(9)
-    _FixupTailFn.apply(*ins, layer).backward(grad)
+    _FixupTailFn.apply(*ins, layer, None).backward(grad)
     ref = [t.clone().requires_grad_() for t in (x, s, b, identity)]
     torch.relu(ref[0] * ref[1] + ref[2] + ref[3]).backward(grad)
     for a, r in zip(ins[1:], ref[1:]):                          # d s, d b, d identity
@@ -63,3 +63,34 @@ def test_backward_equals_autograd_of_the_separate_ops(engine, rounding):
         assert torch.equal(gx, Q.sq(ref[0].grad, 8, rounding, gen))
     else:                    # left to the integer conv's E quantizer, which multiplies on the fly
         assert torch.equal(gx, g) and torch.equal(g * s, ref[0].grad)
+
+
+@pytest.mark.parametrize("engine", ["sim", "int"])
+def test_exact_tail_equals_float64_autograd_of_the_separate_ops(engine):
+    """With a fixed-point stream (spec stream_bits) the tail is exact: its output is the float64
+    ops' result rounded once to the 16-bit stream, the scalar gradients are float64 sums rounded
+    once, E(g * s) the rounding of the exact product. The float32 ops round these values (checked),
+    so the comparison can fail."""
+    layer = QConv2d(8, 8, 3, padding=1)
+    prepare(layer, get_preset("eoq"), torch.Generator().manual_seed(0), engine=engine)
+    x, identity = floats((2, 8, 6, 6), 5), floats((2, 8, 6, 6), 6)
+    grad = floats((2, 8, 6, 6), 7).double()
+    s, b = torch.tensor([0.8125]), torch.tensor([0.046875])
+    ins = [t.clone().requires_grad_() for t in (x, s, b, identity)]
+    layer.generator = torch.Generator().manual_seed(9)
+    y = _FixupTailFn.apply(*ins, layer, 16)
+    ref = [t.clone().double().requires_grad_() for t in (x, s, b, identity)]
+    y_ref = torch.relu(ref[0] * ref[1] + ref[2] + ref[3])
+    assert not torch.equal(torch.relu(x * s + b + identity).double(), y_ref)   # float32 rounds
+    assert y.dtype == torch.float32 and torch.equal(y, Q.round_fixed(y_ref, 16)[0])
+    assert Q.round_fixed(y_ref, 16)[0].unique().numel() > 200      # not a degenerate case
+    grad = Q.round_fixed(grad, 16)[0]                           # the error stream arrives rounded
+    y.backward(grad)
+    y_ref.backward(grad.double())
+    for a, r in zip(ins[1:], ref[1:]):                          # d s, d b, d identity
+        assert torch.equal(a.grad, r.grad.float())
+    g = torch.ops.aten.threshold_backward(grad.double(), y_ref, 0)
+    if engine == "sim":
+        assert torch.equal(ins[0].grad, Q.sq(g * 0.8125, 8, "stochastic", torch.Generator().manual_seed(9)).float())
+    else:
+        assert torch.equal(ins[0].grad, g.float())

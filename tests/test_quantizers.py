@@ -1,4 +1,5 @@
 """Quantization primitives against hand-worked examples, float64 references and properties."""
+import contextlib
 import math
 
 import numpy as np
@@ -195,3 +196,23 @@ def test_fixed_grid_clamps_and_rounds():
     x = torch.tensor([0.0, 0.3, -10.0, 0.0078125])
     # LSB 2^-4, 4 bits: codes in [-7, 7]
     assert Q.fixed_grid(x, -4, 4).tolist() == [0.0, 5 / 16, -7 / 16, 0.0]
+
+
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_fused_affine_is_exact_before_the_rounding(use_kernel):
+    """SQ(x + b) rounds the exact sum: 2.5 LSB + 2^-40 rounds up to 3, where the float32 sum
+    (2.5 LSB: b is below its last bit) would tie to the even code 2. The same for relu(x + p) + b and
+    for the integer engine's codes."""
+    from eoq import kernels
+    from eoq.quant.quantizers import sq, sq_integer, sq_plus, sq_relu_plus
+    x = torch.tensor([1.0, 2.5 * 2.0 ** -7, -3.0 * 2.0 ** -7])
+    tiny = torch.tensor([2.0 ** -40])
+    ctx = contextlib.nullcontext() if use_kernel else kernels.disabled()
+    with ctx:
+        if use_kernel and kernels.load() is None:
+            pytest.skip("compiled kernels unavailable")
+        assert sq_plus(x, tiny, 8).tolist() == [127 * 2.0 ** -7, 3 * 2.0 ** -7, -3 * 2.0 ** -7]
+        assert sq(x + tiny, 8).tolist()[1] == 2 * 2.0 ** -7            # the float32 sum ties to even
+        assert sq_relu_plus(x, torch.zeros(1), tiny, 8).tolist()[1:] == [3 * 2.0 ** -7, 0.0]
+        codes, lsb = sq_integer(x, 8, bias=float(tiny))
+        assert codes.tolist() == [127, 3, -3] and lsb == -7

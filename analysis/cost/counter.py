@@ -11,6 +11,8 @@ step) runs under a TorchDispatchMode and torch's ModuleTracker.
 Fused kernels (the Fixup block tail, deferred biases) are switched off while counting
 (:func:`eoq.nn.layers.unfused`): the count is of the arithmetic, whichever kernels carry it out.
 Phases: forward, backward_error (errors flowing to the inputs), weight_grad, update.
+Category ``stream``: the fixed-point residual stream's roundings (spec stream_bits, eoq/nn/stream.py),
+counted as quantizers, not as the torch ops that simulate them.
 Formats: int8/int16/int32/fp16/fp32. In quantized networks the values between layers (conv
 accumulators, residual sums, errors from a GEMM) are int32; in float networks fp32; the loss is
 always fp32 (its gradient is then quantized like any error).
@@ -30,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.module_tracker import ModuleTracker
 
 from eoq.nn.batchnorm import QBatchNorm2d
+from eoq.nn import stream
 from eoq.nn.layers import FixupScalar, QConv2d, QLinear, unfused
 from eoq.quant.spec import TensorQuant
 
@@ -312,9 +315,25 @@ class _FunctionalCounter(TorchDispatchMode):
             self._count(func, args, out)
         return out
 
+    def stream_rounding(self, n: int, backward: bool) -> None:
+        """FX of n stream values (eoq/nn/stream.py) as a quantizer: max (n cmp), shift, round (n adds)."""
+        if not self.enabled:
+            return
+        layer, phase = self._where()
+        phase = "backward_error" if backward else phase
+        for op in ("cmp", "shift", "add"):
+            self.t.add(layer, "stream", phase, op, "int32", n)
+        self.t.add(layer, "stream", phase, "read", "byte", 4 * n)
+        self.t.add(layer, "stream", phase, "write", "byte", 2 * n)
+
+    def _where(self) -> tuple[str, str]:
+        inner = max(self.tracker.parents, key=len)
+        layer = "" if inner in ("Global", self.root) else inner[len(self.root) + 1:]
+        return layer, "backward_error" if self.tracker.is_bw else "forward"
+
     def _count(self, func, args, out):
         parents = self.tracker.parents
-        if parents & self.known:
+        if parents & self.known or stream.rounding():
             return
         op = func.overloadpacket.__name__.rstrip("_")
         if op in _FREE or not isinstance(out, torch.Tensor) and not isinstance(out, (tuple, list)):
@@ -322,9 +341,7 @@ class _FunctionalCounter(TorchDispatchMode):
         res = out if isinstance(out, torch.Tensor) else next((o for o in out if isinstance(o, torch.Tensor)), None)
         if res is None:
             return
-        inner = max(parents, key=len)
-        layer = "" if inner in ("Global", self.root) else inner[len(self.root) + 1:]
-        phase = "backward_error" if self.tracker.is_bw else "forward"
+        layer, phase = self._where()
         loss = op in ("_log_softmax", "_log_softmax_backward_data", "nll_loss_forward", "nll_loss_backward",
                       "nll_loss2d_forward")
         fmt = "fp32" if (loss or not self.qnet) else "int32"
@@ -380,10 +397,14 @@ def _count(model: nn.Module, tally: CostTally, step, bn: str = "training", after
     try:
         with unfused(), ModuleTracker() as tracker, \
                 _FunctionalCounter(tally, tracker, known, root, quantized_net) as mode:
-            step()
-            mode.enabled = False
-            if after is not None:
-                after()
+            stream.LISTENERS.append(mode.stream_rounding)       # the fixed-point stream's roundings
+            try:
+                step()
+                mode.enabled = False
+                if after is not None:
+                    after()
+            finally:
+                stream.LISTENERS.remove(mode.stream_rounding)
     finally:
         for h in handles:
             h.remove()

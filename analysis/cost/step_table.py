@@ -25,7 +25,8 @@ from .counter import PHASES, CostTally, count_training_step
 BEGIN, END = "<!-- step-table: python -m analysis.cost.step_table --write README.md -->", "<!-- /step-table -->"
 
 _INT = "int8 x int8 -> int32 (direct VNNI/AMX kernels or torch._int_mm)"
-_FLOAT_EXACT = "float32 on exact int32 x 2^e values"
+_EXACT = "exact (float64 holding integers x 2^e)"
+_ON_EXACT = "rounds the exact value (float64 in the kernel)"
 
 
 class StepOp(NamedTuple):
@@ -40,34 +41,44 @@ class StepOp(NamedTuple):
 
 
 STEP_OPS = [
-    StepOp("forward", "quantize", "cmp", "A quantizer SQ(x, 8): max abs(x) and the clamp to +-127", _FLOAT_EXACT),
-    StepOp("forward", "quantize", "shift", "A quantizer: shift by the power-of-two scale", _FLOAT_EXACT),
-    StepOp("forward", "quantize", "add", "A quantizer: round to nearest", _FLOAT_EXACT),
+    StepOp("forward", "quantize", "cmp", "A quantizer SQ(x, 8): max abs(x) and the clamp to +-127", _ON_EXACT),
+    StepOp("forward", "quantize", "shift", "A quantizer: shift by the power-of-two scale", _ON_EXACT),
+    StepOp("forward", "quantize", "add", "A quantizer: round to nearest", _ON_EXACT),
     StepOp("forward", "gemm", "mult", "conv / linear: A codes x W codes", _INT),
     StepOp("forward", "gemm", "add", "conv / linear: accumulation (and the classifier bias)", _INT),
     StepOp("forward", "norm", "add", "Fixup scalar biases x + b (two per conv, stem and head)",
-           "fused into the next A quantizer, " + _FLOAT_EXACT),
+           "fused into the next A quantizer or the block tail, " + _EXACT),
     StepOp("forward", "norm", "mult", "Fixup multiplier x * s after each block's last conv",
-           "fused block tail, " + _FLOAT_EXACT),
+           "fused block tail, " + _EXACT),
     StepOp("forward", "elementwise", "add", "residual adds (option-A shortcut: subsample, zero channels)",
-           "fused block tail, " + _FLOAT_EXACT),
-    StepOp("forward", "elementwise", "cmp", "ReLU", _FLOAT_EXACT),
-    StepOp("forward", "elementwise", "div", "global average pool: / (8 x 8), a shift", _FLOAT_EXACT),
+           "fused block tail, " + _EXACT),
+    StepOp("forward", "elementwise", "cmp", "ReLU", _EXACT),
+    StepOp("forward", "stream", "cmp", "residual stream FX(y, 16) at the stem's and each block's output: "
+           "max abs(y)", "float64 -> 16-bit values (eoq/nn/stream.py)"),
+    StepOp("forward", "stream", "shift", "residual stream: shift to its exponent", "float64 -> 16-bit values"),
+    StepOp("forward", "stream", "add", "residual stream: round half to even", "float64 -> 16-bit values"),
+    StepOp("forward", "elementwise", "div", "global average pool: / (8 x 8), a shift",
+           "float32, exact (16-bit values)"),
     StepOp("forward", "loss", "cmp", "softmax cross-entropy: max of the logits", "float32"),
     StepOp("forward", "loss", "add", "softmax cross-entropy: exp-sum and log", "float32"),
     StepOp("forward", "loss", "mult", "softmax cross-entropy", "float32"),
     StepOp("backward_error", "loss", "add", "loss gradient softmax(z) - onehot(y) at the logits", "float32"),
     StepOp("backward_error", "loss", "mult", "loss gradient: / batch size", "float32"),
-    StepOp("backward_error", "quantize", "cmp", "E quantizer SQ(e, 8): max abs(e) and the clamp", _FLOAT_EXACT),
-    StepOp("backward_error", "quantize", "shift", "E quantizer: shift by the power-of-two scale", _FLOAT_EXACT),
-    StepOp("backward_error", "quantize", "add", "E quantizer: stochastic rounding (add 16 random bits)", _FLOAT_EXACT),
+    StepOp("backward_error", "quantize", "cmp", "E quantizer SQ(e, 8): max abs(e) and the clamp", _ON_EXACT),
+    StepOp("backward_error", "quantize", "shift", "E quantizer: shift by the power-of-two scale", _ON_EXACT),
+    StepOp("backward_error", "quantize", "add", "E quantizer: stochastic rounding (add 16 random bits)", _ON_EXACT),
     StepOp("backward_error", "quantize", "rand", "E quantizer: the random bits (counter hash)", "int (hash)"),
     StepOp("backward_error", "gemm", "mult", "error to the layer input: E codes x W codes", _INT),
     StepOp("backward_error", "gemm", "add", "error to the layer input: accumulation", _INT),
     StepOp("backward_error", "norm", "mult", "Fixup multiplier backward e * s",
-           "fused into the E quantizer, " + _FLOAT_EXACT),
-    StepOp("backward_error", "elementwise", "cmp", "ReLU backward: mask by y > 0", _FLOAT_EXACT),
-    StepOp("backward_error", "elementwise", "div", "average-pool backward: / 64, a shift", _FLOAT_EXACT),
+           "fused into the E quantizer, " + _EXACT),
+    StepOp("backward_error", "elementwise", "cmp", "ReLU backward: mask by y > 0", _EXACT),
+    StepOp("backward_error", "elementwise", "add", "error at a block input: branch error + shortcut error", _EXACT),
+    StepOp("backward_error", "elementwise", "div", "average-pool backward: / 64, a shift", "float32, exact"),
+    StepOp("backward_error", "stream", "cmp", "error stream FX(e, 16) at each block input and the head: max abs(e)",
+           "float64 -> 16-bit values"),
+    StepOp("backward_error", "stream", "shift", "error stream: shift to its exponent", "float64 -> 16-bit values"),
+    StepOp("backward_error", "stream", "add", "error stream: round half to even", "float64 -> 16-bit values"),
     StepOp("weight_grad", "gemm", "mult", "weight gradient: E codes x A codes", _INT),
     StepOp("weight_grad", "gemm", "add", "weight gradient: accumulation (int64 across int32 chunks)", _INT),
     StepOp("weight_grad", "quantize", "cmp", "G quantizer SQ(g, 8): max abs(g) and the clamp", "integer"),
@@ -75,8 +86,8 @@ STEP_OPS = [
     StepOp("weight_grad", "quantize", "add", "G quantizer: stochastic rounding", "integer"),
     StepOp("weight_grad", "quantize", "rand", "G quantizer: the random bits", "int (hash)"),
     StepOp("weight_grad", "norm", "add", "Fixup scalar gradients: sum e (biases), sum e * x (multiplier)",
-           "float32 sums"),
-    StepOp("weight_grad", "norm", "mult", "Fixup multiplier gradient: e * x", "float32"),
+           "exact sums (float64), rounded once to 24 significant bits"),
+    StepOp("weight_grad", "norm", "mult", "Fixup multiplier gradient: e * x", _EXACT),
     StepOp("update", "update", "shift", "momentum v - (v >> s), the lr's shift 2^-s", "integer"),
     StepOp("update", "update", "add", "momentum + g, weight decay, rounding of U (momentum format); codes - U (int8)",
            "integer"),

@@ -55,17 +55,23 @@ def freeze_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
 
 @contextlib.contextmanager
 def quantization_off(model: nn.Module):
-    """Run quantized layers as their float equivalents on the stored (8-bit) weights."""
-    saved = {}
+    """Run quantized layers as their float equivalents on the stored (8-bit) weights, and the
+    residual stream in float32 (no fixed-point stream, eoq/nn/stream.py)."""
+    saved, streams = {}, {}
     for m in model.modules():
         if isinstance(m, (QConv2d, QLinear)):
             saved[m] = m.quant
             m.quant = LayerQuant()
+        if getattr(m, "stream_bits", None) is not None:
+            streams[m] = m.stream_bits
+            m.stream_bits = None
     try:
         yield model
     finally:
         for m, q in saved.items():
             m.quant = q
+        for m, bits in streams.items():
+            m.stream_bits = bits
 
 
 def chain(model) -> list[tuple[str, str, object]]:

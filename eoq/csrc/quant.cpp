@@ -7,7 +7,8 @@
 //       SR(y) = floor((floor(y * 2^16) + b) / 2^16) with b the 16 random bits of element i;
 //       returns c * 2^e (float32, same layout) or c as integer codes.
 //   sq(x, bits, mode, generator, codes, bias, mult, relu, pre)
-//       SQ of x + bias, x * mult or (relu) max(x + pre, 0) + bias in one call
+//       SQ of x + bias, x * mult or (relu) max(x + pre, 0) + bias in one call, the affine value
+//       formed exactly (in double) before its rounding
 //   grid_step(...)                   the integer-weight optimizer step (see eoq/training/optimizer.py)
 //   random_bits(n, k0, k1)           the 16-bit random numbers b_0 .. b_{n-1} (for tests)
 // Element i is the row-major index in the *logical* shape (mod 2^32), so NCHW and channels-last
@@ -63,26 +64,28 @@ double abs_max(const at::Tensor& x_) {
   return from_abs_bits(r);
 }
 
-// max|v| of v = x + bias, x * mult or (relu) max(x + pre, 0) + bias, each operation a float32
-// operation as torch's x + b, x * s, relu(x) (NaN stays NaN: std::max(NaN, 0) is NaN).
+// max|v| of v = x + bias, x * mult or (relu) max(x + pre, 0) + bias, each operation exact: in
+// double, which holds the sum or product of a float32 x and an 8-bit scalar exactly as long as
+// their binary exponents are less than 29 bits apart (NaN stays NaN: std::max(NaN, 0.0) is NaN).
 double abs_max_affine(const at::Tensor& x_, float mult, float bias, bool relu, float pre) {
   if (bias == 0.0f && mult == 1.0f && !relu) return abs_max(x_);
   at::Tensor x = x_.contiguous(x_.suggest_memory_format());
   const float* p = x.data_ptr<float>();
   const int64_t n = x.numel();
-  // one simple loop per case, so that each vectorizes
-  uint32_t r = at::parallel_reduce(0, n, 1 << 15, 0u, [&](int64_t b, int64_t e, uint32_t acc) {
-    uint32_t m = acc;
+  const double b = bias, s = mult, q = pre;
+  // one simple loop per case, so that each vectorizes; a NaN is carried as a NaN maximum
+  return at::parallel_reduce(0, n, 1 << 15, 0.0, [&](int64_t lo, int64_t hi, double acc) {
+    double m = acc;
+    bool nan = false;
     if (relu) {
-      for (int64_t i = b; i < e; ++i) m = std::max(m, abs_bits(std::max(p[i] + pre, 0.0f) + bias));
+      for (int64_t i = lo; i < hi; ++i) { const double v = std::fabs(std::max(p[i] + q, 0.0) + b); nan |= v != v; m = v > m ? v : m; }
     } else if (mult != 1.0f) {
-      for (int64_t i = b; i < e; ++i) m = std::max(m, abs_bits(p[i] * mult));
+      for (int64_t i = lo; i < hi; ++i) { const double v = std::fabs(p[i] * s); nan |= v != v; m = v > m ? v : m; }
     } else {
-      for (int64_t i = b; i < e; ++i) m = std::max(m, abs_bits(p[i] + bias));
+      for (int64_t i = lo; i < hi; ++i) { const double v = std::fabs(p[i] + b); nan |= v != v; m = v > m ? v : m; }
     }
-    return m;
-  }, [](uint32_t a, uint32_t b) { return std::max(a, b); });
-  return from_abs_bits(r);
+    return nan ? std::numeric_limits<double>::infinity() : m;
+  }, [](double a, double c) { return std::max(a, c); });
 }
 
 constexpr int64_t BLK = 512;
@@ -95,18 +98,31 @@ inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32
                         float bias = 0.0f, float mult = 1.0f, bool relu = false, float pre = 0.0f,
                         const uint32_t* given_bits = nullptr) {
   T c[BLK];
-  float src[BLK];
-  if (relu) {
-    for (int64_t l = 0; l < len; ++l) src[l] = std::max(s[l] + pre, 0.0f) + bias;
-    s = src;
-  } else if (mult != 1.0f) {
-    for (int64_t l = 0; l < len; ++l) src[l] = s[l] * mult;
-    s = src;
-  } else if (bias != 0.0f) {
-    for (int64_t l = 0; l < len; ++l) src[l] = s[l] + bias;
-    s = src;
-  }
-  if (mode == 0) {
+  if (relu || mult != 1.0f || bias != 0.0f) {
+    // the affine value and its rounding in double: exact (see abs_max_affine), then the same
+    // nearest / stochastic rounding as below on the exact value
+    double v[BLK];
+    const double b = bias, sc = mult, q = pre, dinv = static_cast<double>(inv), dm = static_cast<double>(m);
+    if (relu) {
+      for (int64_t l = 0; l < len; ++l) v[l] = std::max(s[l] + q, 0.0) + b;
+    } else if (mult != 1.0f) {
+      for (int64_t l = 0; l < len; ++l) v[l] = s[l] * sc;
+    } else {
+      for (int64_t l = 0; l < len; ++l) v[l] = s[l] + b;
+    }
+    uint32_t own[BLK];
+    const uint32_t* bits = given_bits;
+    if (mode != 0 && bits == nullptr) {
+      fill_bits(own, len, i0, di, k0, k1);
+      bits = own;
+    }
+    for (int64_t l = 0; l < len; ++l) {
+      double y = v[l] * dinv;
+      y = y < -dm ? -dm : (y > dm ? dm : y);
+      c[l] = static_cast<T>(mode == 0 ? std::nearbyint(y)
+                                      : std::floor((std::floor(y * 65536.0) + static_cast<double>(bits[l])) / 65536.0));
+    }
+  } else if (mode == 0) {
     for (int64_t l = 0; l < len; ++l) {
       T y = static_cast<T>(s[l] * inv);
       y = y < -m ? -m : (y > m ? m : y);

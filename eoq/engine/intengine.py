@@ -388,7 +388,7 @@ class IntConvFn(torch.autograd.Function):
         _notify("A", q.A, x, a, ea, layer)
         ew = int(layer.weight_exp)
         cl = _channels_last(x)
-        ctx.layer, ctx.direct = layer, direct.eligible(layer, ctx.needs_input_grad[0])
+        ctx.layer, ctx.direct, ctx.in_dtype = layer, direct.eligible(layer, ctx.needs_input_grad[0]), x.dtype
         if ctx.direct:
             return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
         wc = weight_mats(layer.weight, ew)
@@ -415,7 +415,8 @@ class IntConvFn(torch.autograd.Function):
         _notify("E", q.E, grad_out, e, ee, layer)
         e = to_nhwc(e)
         if ctx.direct:
-            return _direct_backward(ctx, e, ee)
+            gi, gw, _ = _direct_backward(ctx, e, ee)
+            return gi if gi is None else gi.to(ctx.in_dtype), gw, None
         cols, wbwd = ctx.saved_tensors
         gi = gw = None
         wc = WeightMats(None, wbwd, ctx.wshape)
@@ -427,7 +428,7 @@ class IntConvFn(torch.autograd.Function):
             acc = weight_grad(e.reshape(-1, wc.shape[0]), cols)
             gw = _gradient(acc, ea + ee, layer, wc.shape)
         _give(cols)
-        return gi, gw, None
+        return gi if gi is None else gi.to(ctx.in_dtype), gw, None
 
 
 def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
@@ -472,7 +473,7 @@ class IntLinearFn(torch.autograd.Function):
         wc, ew = weight_codes(layer)
         out = int_mm(a.contiguous(), wc.t()).to(torch.float32) * 2.0 ** (ea + ew)
         ctx.save_for_backward(a, wc)
-        ctx.layer, ctx.meta, ctx.has_bias = layer, _Saved(ea, ew), b is not None
+        ctx.layer, ctx.meta, ctx.has_bias, ctx.in_dtype = layer, _Saved(ea, ew), b is not None, x.dtype
         return out + b if b is not None else out
 
     @staticmethod
@@ -490,4 +491,4 @@ class IntLinearFn(torch.autograd.Function):
             gw = _gradient(weight_grad(e, a), ea + ee, layer)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = e.to(torch.int64).sum(0).to(torch.float32) * 2.0 ** ee
-        return gi, gw, gb, None
+        return gi if gi is None else gi.to(ctx.in_dtype), gw, gb, None

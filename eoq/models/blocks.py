@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..nn.batchnorm import QBatchNorm2d
 from ..nn.fixup_tail import fixup_tail
 from ..nn.layers import FixupScalar, QConv2d, fused_relu_bias_input
+from ..nn.stream import stream_split
 
 NORMS = ("bn", "fixup", "none")
 
@@ -43,6 +44,7 @@ class ResidualBlock(nn.Module):
     """A residual block whose branch is ``convs`` (3x3-3x3 basic or 1x1-3x3-1x1 bottleneck)."""
 
     expansion = 1
+    stream_bits: int | None = None     # the fixed-point stream of spec.stream_bits (set by prepare)
 
     def __init__(self, convs: list[QConv2d], shortcut: nn.Module, norm: str):
         super().__init__()
@@ -94,9 +96,12 @@ class ResidualBlock(nn.Module):
     def forward(self, x):
         if self.norm != "fixup":
             return F.relu(self.residual(x))
-        identity = self.identity(x)      # y = relu(x_m * scale + b_mb + identity), fused under EOQ
+        bits = self.stream_bits          # a fixed-point stream: x rounded here, the rest exact (stream.py)
+        x, x_id = stream_split(x, bits)
+        identity = self.identity(x_id.double() if bits else x_id)
+        # y = relu(x_m * scale + b_mb + identity), fused under EOQ
         return fixup_tail(self.branch(x, tail=False), self.scale, self.biases_out[-1], identity,
-                          self.convs[-1])
+                          self.convs[-1], bits)
 
 
 class BasicBlock(ResidualBlock):

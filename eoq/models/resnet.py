@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..nn.batchnorm import QBatchNorm2d
 from ..nn.layers import FixupScalar, QConv2d, QLinear
+from ..nn.stream import stream_split, to_stream
 from .blocks import NORMS, BasicBlock, Bottleneck, ResidualBlock
 from .fixup import fixup_branch_factor, he_fan_out_std, init_fixup_branch
 
@@ -24,6 +25,8 @@ IMAGENET_DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)
 
 
 class ResNet(nn.Module):
+    stream_bits: int | None = None     # Fixup: the fixed-point stream of spec.stream_bits (set by prepare)
+
     def __init__(self, block, counts, widths, norm: str, num_classes: int, shortcut: str,
                  stem: str, in_channels: int = 3):
         super().__init__()
@@ -71,11 +74,15 @@ class ResNet(nn.Module):
         x = self.conv1(x)
         if self.bn1 is not None:
             x = self.bn1(x)
+        if self.bias1 is not None and self.stream_bits:      # exact, then rounded to the stream
+            return to_stream(self.maxpool(F.relu(self.bias1(x.double()))), self.stream_bits)
         if self.bias1 is not None:
             x = self.bias1(x)
         return self.maxpool(F.relu(x))
 
     def head(self, x):
+        if self.bias2 is not None and self.stream_bits:
+            x, _ = stream_split(x, self.stream_bits)    # the last block's output and its error, rounded
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         if self.bias2 is not None:
             x = self.bias2(x, feeds=self.fc)

@@ -10,7 +10,9 @@ add, ReLU) and a multiply backward that only feeds the conv's E quantizer. Fused
               d x = E(g * s) quantized here (simulator: ``sq_times``), or left to the integer
               conv's E quantizer, whose kernel multiplies on the fly (``eoq.quant.fusion.defer``)
 
-so outputs, gradients and random bits equal those of the separate modules bit for bit (tests:
+With ``bits`` (a model whose stream is held in fixed point, spec ``stream_bits``) every step is
+exact instead, in float64, and the sums of the backward too; y is then rounded once, to the stream.
+Either way, outputs, gradients and random bits equal those of the separate modules bit for bit (tests:
 tests/test_layers.py, tests/test_intengine.py). It is used when the conv's E is a plain SQ and
 nothing observes the tensors (:func:`eoq.nn.layers._fusable`); fp32 and observed runs take the
 modules one by one.
@@ -23,7 +25,8 @@ import torch.nn.functional as F
 from .. import kernels
 from ..quant import fusion
 from ..quant import quantizers as Q
-from .layers import _fusable
+from .layers import _fusable, exact_sum
+from .stream import fx, to_stream
 
 
 def _tail(x: torch.Tensor, s: torch.Tensor, b: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
@@ -37,19 +40,30 @@ def _tail(x: torch.Tensor, s: torch.Tensor, b: torch.Tensor, identity: torch.Ten
 
 class _FixupTailFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, s, b, identity, layer):
-        y = _tail(x, s.detach(), b.detach(), identity)
-        ctx.save_for_backward(x, s, y)
-        ctx.layer, ctx.b_shape = layer, b.shape
+    def forward(ctx, x, s, b, identity, layer, bits):
+        if bits:           # exact in float64, then the stream's one rounding (stream.py)
+            y = torch.relu(x.double() * s.detach().double() + b.detach().double() + identity.double())
+            live = y > 0
+            y = fx(y, bits)
+        else:
+            y = _tail(x, s.detach(), b.detach(), identity)
+            live = y
+        ctx.save_for_backward(x, s, live)
+        ctx.layer, ctx.b_shape, ctx.exact = layer, b.shape, bool(bits)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, s, y = ctx.saved_tensors
+        x, s, live = ctx.saved_tensors
         layer = ctx.layer
-        g = torch.ops.aten.threshold_backward(grad, y, 0)
-        gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
-        gs = (g * x).sum_to_size(s.shape) if ctx.needs_input_grad[1] else None
+        if ctx.exact:      # grad: the error stream (16-bit values); the sums exact in float64
+            g = torch.where(live, grad, 0.0)
+            gb = exact_sum(g, ctx.b_shape) if ctx.needs_input_grad[2] else None
+            gs = exact_sum(g.double() * x.double(), s.shape) if ctx.needs_input_grad[1] else None
+        else:
+            g = torch.ops.aten.threshold_backward(grad, live, 0)
+            gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
+            gs = (g * x).sum_to_size(s.shape) if ctx.needs_input_grad[1] else None
         gx = None
         if ctx.needs_input_grad[0]:
             if layer.engine == "int":
@@ -57,11 +71,14 @@ class _FixupTailFn(torch.autograd.Function):
             else:
                 q = layer.quant.E
                 gx = fusion.mark_quantized(Q.sq_times(g, s.detach(), q.bits, q.rounding, layer.generator), layer)
-        return gx, gs, gb, g if ctx.needs_input_grad[3] else None, None
+        return gx, gs, gb, g if ctx.needs_input_grad[3] else None, None, None
 
 
-def fixup_tail(x, scale, bias, identity, layer):
-    """relu(bias(scale(x)) + identity) for ``x`` = ``layer``'s output (see module doc)."""
+def fixup_tail(x, scale, bias, identity, layer, bits: int | None = None):
+    """relu(bias(scale(x)) + identity) for ``x`` = ``layer``'s output (see module doc). ``bits``:
+    every step exact and the result rounded to the ``bits``-bit stream (eoq/nn/stream.py)."""
     if not _fusable(layer, "E"):
+        if bits:
+            return to_stream(F.relu(bias(scale(x.double(), after=layer)) + identity.double()), bits)
         return F.relu(bias(scale(x, after=layer)) + identity)
-    return _FixupTailFn.apply(x, scale.effective(), bias.effective(), identity, layer)
+    return _FixupTailFn.apply(x, scale.effective(), bias.effective(), identity, layer, bits)

@@ -94,10 +94,18 @@ class _QuantizedLayer:
 
 
 def _input_quant(x, layer):
-    """A(x), unless x came out of :class:`_BiasQuantFn` already quantized for this layer."""
+    """A(x), unless x came out of :class:`_BiasQuantFn` already quantized for this layer (float32:
+    an exact float64 input's codes fit it)."""
     if fusion.quantized_for(x, layer):
         return x
-    return apply_quant(layer.quant.A, x, layer.generator, "A", layer)
+    return apply_quant(layer.quant.A, x, layer.generator, "A", layer).float()
+
+
+def exact_sum(t: torch.Tensor, shape) -> torch.Tensor:
+    """t summed to ``shape`` exactly (float64: the values are integers times a power of two, and
+    their sum needs fewer than 53 bits), then rounded once to float32: the gradient of a Fixup
+    scalar, whatever order the reduction takes."""
+    return t.double().sum_to_size(shape).float()
 
 
 class _BiasQuantFn(torch.autograd.Function):
@@ -114,7 +122,7 @@ class _BiasQuantFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        gv = grad.sum_to_size(ctx.v_shape) if ctx.needs_input_grad[1] else None
+        gv = exact_sum(grad, ctx.v_shape) if ctx.needs_input_grad[1] else None
         return grad, gv, None
 
 
@@ -131,6 +139,13 @@ def unfused():
         yield
     finally:
         _UNFUSED[0] -= 1
+
+
+def _quantized(layer) -> bool:
+    """Whether ``layer`` quantizes anything: the elementwise work in front of it is then exact
+    (float64), as in the fused kernels, and only its quantizers round."""
+    q = getattr(layer, "quant", None)
+    return q is not None and q.any
 
 
 def _fusable(layer, kind: str) -> bool:
@@ -156,14 +171,14 @@ class _DeferredBiasFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, grad.sum_to_size(ctx.v_shape) if ctx.needs_input_grad[1] else None
+        return grad, exact_sum(grad, ctx.v_shape) if ctx.needs_input_grad[1] else None
 
 
 def fused_bias_input(x, v, layer):
     """x + v as the input of ``layer``: fused with its A quantization when that is a plain SQ and
     no observer wants the unquantized tensor; otherwise the plain sum."""
     if not _fusable(layer, "A"):
-        return x + v
+        return x.double() + v if _quantized(layer) else x + v
     if layer.engine == "int":
         return fusion.defer(_DeferredBiasFn.apply(x, v), layer, fusion.Affine(bias=float(v.detach())))
     return fusion.mark_quantized(_BiasQuantFn.apply(x, v, layer), layer)
@@ -192,8 +207,8 @@ class _ReluBiasQuantFn(torch.autograd.Function):
 def _relu_bias_backward(ctx, grad):
     x, pre = ctx.saved_tensors
     gx = torch.ops.aten.threshold_backward(grad, x, -float(pre))
-    gpre = gx.sum_to_size(ctx.shapes[0]) if ctx.needs_input_grad[1] else None
-    gbias = grad.sum_to_size(ctx.shapes[1]) if ctx.needs_input_grad[2] else None
+    gpre = exact_sum(gx, ctx.shapes[0]) if ctx.needs_input_grad[1] else None
+    gbias = exact_sum(grad, ctx.shapes[1]) if ctx.needs_input_grad[2] else None
     return gx, gpre, gbias
 
 
@@ -214,7 +229,7 @@ def fused_relu_bias_input(x, b_out: FixupScalar, b_in: FixupScalar, layer):
     """b_in(relu(b_out(x))) as the input of ``layer`` (inside a Fixup branch): one fused kernel
     when its A is a plain SQ (see :func:`_fusable`), otherwise the modules in turn."""
     if not _fusable(layer, "A"):
-        return b_in(F.relu(b_out(x)), feeds=layer)
+        return b_in(F.relu(b_out(x.double() if _quantized(layer) else x)), feeds=layer)
     pre, bias = b_out.effective(), b_in.effective()
     if layer.engine == "int":
         affine = fusion.Affine(bias=float(bias.detach()), relu_pre=float(pre.detach()))
@@ -238,7 +253,7 @@ class _ScaleQuantGradFn(torch.autograd.Function):
         x, v = ctx.saved_tensors
         layer = ctx.layer
         q = layer.quant.E
-        gv = (grad * x).sum_to_size(v.shape) if ctx.needs_input_grad[1] else None
+        gv = exact_sum(grad.double() * x.double(), v.shape) if ctx.needs_input_grad[1] else None
         gx = None
         if ctx.needs_input_grad[0]:
             gx = fusion.mark_quantized(Q.sq_times(grad, v, q.bits, q.rounding, layer.generator), layer)
@@ -266,7 +281,7 @@ class _QuantConvFn(torch.autograd.Function):
         xq = _input_quant(x, layer)
         wq = layer.forward_weight(w)
         ctx.save_for_backward(xq, wq)
-        ctx.layer = layer
+        ctx.layer, ctx.in_dtype = layer, x.dtype
         return F.conv2d(xq, wq, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
     @staticmethod
@@ -281,7 +296,7 @@ class _QuantConvFn(torch.autograd.Function):
             if distributed.active():
                 distributed.all_sum_(gw)          # sum over shards, then G rounds once
             gw = apply_quant(layer.quant.G, gw, layer.generator, "G", layer)
-        return gi, gw, None
+        return gi if gi is None else gi.to(ctx.in_dtype), gw, None
 
 
 class QConv2d(nn.Conv2d, _QuantizedLayer):
@@ -308,7 +323,7 @@ class _QuantLinearFn(torch.autograd.Function):
         xq = _input_quant(x, layer)
         wq = layer.forward_weight(w)
         ctx.save_for_backward(xq, wq)
-        ctx.layer = layer
+        ctx.layer, ctx.in_dtype = layer, x.dtype
         ctx.has_bias = b is not None
         return F.linear(xq, wq, b)
 
@@ -325,7 +340,7 @@ class _QuantLinearFn(torch.autograd.Function):
                 distributed.all_sum_(gw)
             gw = apply_quant(layer.quant.G, gw, layer.generator, "G", layer)
         gb = e.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gi, gw, gb, None
+        return gi if gi is None else gi.to(ctx.in_dtype), gw, gb, None
 
 
 class QLinear(nn.Linear, _QuantizedLayer):

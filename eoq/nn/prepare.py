@@ -62,6 +62,8 @@ def prepare(model: nn.Module, spec: QuantSpec | str, generator: torch.Generator 
                 _snap(m.value, m.exp, spec.S.bits, 1.0)
         elif isinstance(m, QBatchNorm2d):
             m.stat_bits, m.value_bits, m.affine_bits = spec.bn_stat_bits, spec.bn_value_bits, spec.bn_affine_bits
+        if hasattr(type(m), "stream_bits") and getattr(m, "norm", None) == "fixup":   # ResNet and its blocks
+            m.stream_bits = spec.stream_bits
     if engine == "int" and not any(getattr(m, "engine", "sim") == "int" for m in model.modules()):
         raise SpecError(f"--engine int has nothing to compute in integers: spec {spec.name!r} quantizes "
                         "no layer (use the eoq preset)")

@@ -24,12 +24,15 @@ _U31 = TensorQuant(bits=6, rounding="stochastic")
 # in hardware); at 5 epochs it cost nothing against the float lr on validation, seeds 0-1
 # (reports/lr_format/).
 _LR_BITS = 8
+# The residual stream and its error between blocks in 16-bit fixed point, every elementwise op in
+# between exact: an integer datapath's registers (QuantSpec.stream_bits).
+_STREAM_BITS = 16
 
 _EOQ = QuantSpec(
     name="eoq",
     W=_8N, A=_8N, G=_8S, E=_8S, U=_U31, S=_8S,
     M=TensorQuant(bits=16, rounding="stochastic"),
-    store_bits=8, lr_pow2=False, lr_bits=_LR_BITS, weight_policy=_EOQ_POLICY,
+    store_bits=8, lr_pow2=False, lr_bits=_LR_BITS, stream_bits=_STREAM_BITS, weight_policy=_EOQ_POLICY,
     description=("Full 8-bit EOQ (reconstruction): int8 weight codes with a per-layer power-of-two "
                  "exponent and no float master copy; A by SQ nearest; E and G by SQ with stochastic "
                  "rounding; int8 update codes U in units of the weight LSB by stochastic rounding, "
@@ -37,7 +40,9 @@ _EOQ = QuantSpec(
                  "step); Fixup scalars on their own 8-bit grids; momentum buffer 16-bit, momentum a "
                  "shift; the learning rate is a fixed-point number with an 8-bit mantissa (L * 2^-s) "
                  "that multiplies the momentum codes exactly (not rounded to a power of two: see "
-                 "eoq-shift). First conv and classifier are 8-bit too."))
+                 "eoq-shift); the residual stream and its error between blocks in 16-bit fixed point, "
+                 "every elementwise operation between the convolutions exact. First conv and "
+                 "classifier are 8-bit too."))
 
 PRESETS: dict[str, QuantSpec] = {
     "fp32": QuantSpec(
@@ -142,6 +147,9 @@ def describe(spec: QuantSpec) -> str:
     lines.append(f"  learning rate rounded to power of two: {spec.lr_pow2}")
     if spec.lr_bits:
         lines.append(f"  learning rate in fixed point: {spec.lr_bits}-bit mantissa x 2^-s")
+    if spec.stream_bits:
+        lines.append(f"  residual and error stream between blocks: {spec.stream_bits}-bit fixed point, "
+                     "elementwise operations exact")
     if spec.store_bits is not None:
         wp = spec.weight_policy
         lines.append(f"  exponent policy: up one bit when > {wp.saturate_frac:g} of codes saturate, "

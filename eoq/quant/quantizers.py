@@ -167,35 +167,35 @@ def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0, relu=Fa
 
 def _affine_sq(x, k, rounding, generator, reference, **affine) -> torch.Tensor:
     """SQ of an elementwise function of x (``affine``: the kernel's bias / mult / relu + pre), in
-    the kernel's two passes over x; ``reference()`` builds the same float32 tensor with torch ops
-    where the kernel cannot run, so both give identical results."""
+    the kernel's two passes over x; ``reference()`` builds the same values with torch ops in
+    float64 where the kernel cannot run. The affine value is exact either way (float64 holds the
+    sum or product of a float32 and an 8-bit scalar whose exponents are less than 29 bits apart),
+    so only the quantizer rounds, as in an integer datapath."""
     check_bits(k)
     fused = _fused_sq(x, k, rounding, generator, None, False, **affine)
-    return fused[0] if fused is not None else sq(reference(), k, rounding, generator)
+    return fused[0] if fused is not None else sq(reference(), k, rounding, generator).to(x.dtype)
 
 
 def sq_plus(x: torch.Tensor, bias: torch.Tensor, k: int, rounding: str = "nearest",
             generator: torch.Generator | None = None) -> torch.Tensor:
-    """SQ(x + bias, k) for a one-element ``bias``, without materialising x + bias in the kernel.
-
-    The float32 sum is the same IEEE addition torch's ``x + bias`` does, so the result is
-    identical to ``sq(x + bias, k)`` (the torch path computes exactly that)."""
-    return _affine_sq(x, k, rounding, generator, lambda: x + bias.detach(), bias=float(bias))
+    """SQ(x + bias, k) for a one-element ``bias``, the sum exact (see _affine_sq), without
+    materialising x + bias in the kernel."""
+    return _affine_sq(x, k, rounding, generator, lambda: x.double() + bias.detach().double(), bias=float(bias))
 
 
 def sq_relu_plus(x: torch.Tensor, pre: torch.Tensor, bias: torch.Tensor, k: int,
                  rounding: str = "nearest", generator: torch.Generator | None = None) -> torch.Tensor:
-    """SQ(relu(x + pre) + bias, k) for one-element ``pre`` and ``bias``, in two passes over x and
-    without materialising x + pre or the ReLU output in the kernel; each step is the float32
-    operation torch does, so the result is identical to ``sq(relu(x + pre) + bias, k)``."""
-    return _affine_sq(x, k, rounding, generator, lambda: torch.relu(x + pre.detach()) + bias.detach(),
+    """SQ(relu(x + pre) + bias, k) for one-element ``pre`` and ``bias``, each step exact (see
+    _affine_sq), in two passes over x without materialising x + pre or the ReLU output."""
+    return _affine_sq(x, k, rounding, generator,
+                      lambda: torch.relu(x.double() + pre.detach().double()) + bias.detach().double(),
                       bias=float(bias), relu=True, pre=float(pre))
 
 
 def sq_times(x: torch.Tensor, mult: torch.Tensor, k: int, rounding: str = "nearest",
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """SQ(x * mult, k) for a one-element ``mult``, identical to ``sq(x * mult, k)`` (see sq_plus)."""
-    return _affine_sq(x, k, rounding, generator, lambda: x * mult.detach(), mult=float(mult))
+    """SQ(x * mult, k) for a one-element ``mult``, the product exact (see _affine_sq)."""
+    return _affine_sq(x, k, rounding, generator, lambda: x.double() * mult.detach().double(), mult=float(mult))
 
 
 def _sharded_sq(x, k, rounding, generator, codes):
@@ -215,9 +215,8 @@ def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
                mult: float | None = None) -> tuple[torch.Tensor, int]:
     """SQ(x, k) as (integer codes, LSB exponent e_R + 1 - k); ``sharded``: x is this process's
     part of a batch split across processes (A and E under data parallelism); ``bias``: quantize
-    x + bias (float32 addition, as torch's), without an x + bias tensor where the kernel runs;
-    with ``relu_pre`` too: quantize relu(x + relu_pre) + bias; ``mult`` (alone): quantize x * mult
-    (each step torch's float32 op)."""
+    x + bias, without an x + bias tensor where the kernel runs; with ``relu_pre`` too: quantize
+    relu(x + relu_pre) + bias; ``mult`` (alone): quantize x * mult (each step exact, see _affine_sq)."""
     check_bits(k)
     relu = relu_pre is not None
     if mult is not None and (relu or bias is not None):
@@ -228,12 +227,10 @@ def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
                                                relu=relu, pre=relu_pre if relu else 0.0)
         if fused is not None:
             return fused
+        x = x.double()                                   # exact (see _affine_sq)
         if relu:
-            x = torch.relu(x + torch.tensor([relu_pre], dtype=x.dtype))
-        if mult is not None:
-            x = x * torch.tensor([m], dtype=x.dtype)
-        else:
-            x = x + torch.tensor([b], dtype=x.dtype)
+            x = torch.relu(x + relu_pre)
+        x = x * m if mult is not None else x + b
     if sharded:
         return _sharded_sq(x, k, rounding, generator, True)
     fused = _fused_sq(x, k, rounding, generator, None, True)
@@ -328,3 +325,32 @@ def fixed_grid(x: torch.Tensor, lsb_exponent, k: int, rounding: str = "nearest",
                generator: torch.Generator | None = None) -> torch.Tensor:
     """Quantize onto a fixed grid: clamp(round(x / 2^e), +-(2^(k-1)-1)) * 2^e (weights, scalars)."""
     return round_scaled(x, int(lsb_exponent), max_code(k), rounding, generator).to(x.dtype)
+
+
+def fixed_exponent(amax: float, k: int) -> int:
+    """The smallest LSB exponent e with amax <= (2^(k-1) - 1) * 2^e (no value clips); 0 for amax = 0;
+    floored at MIN_EXPONENT like SQ's."""
+    if amax <= 0:
+        return 0
+    m = max_code(k)
+    e = math.ceil(math.log2(amax / m))
+    while amax > m * 2.0 ** e:              # exact comparisons settle a log2 rounded either way
+        e += 1
+    while amax <= m * 2.0 ** (e - 1):
+        e -= 1
+    return max(e, MIN_EXPONENT)
+
+
+def round_fixed(x: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+    """FX(x, k): x on a k-bit fixed-point grid that holds max|x| without clipping, round half to
+    even: (float32 values codes * 2^e, e). The residual stream and the error stream of a Fixup
+    ResNet at its block boundaries (spec ``stream_bits``): x is exact there (float64 or float32),
+    so this is the only rounding, as in an integer datapath that keeps the stream in k-bit
+    registers. k <= 24, so the values are exact in float32."""
+    check_bits(k)
+    amax = float(x.detach().abs().max()) if x.numel() else 0.0
+    if not math.isfinite(amax):
+        raise _non_finite(x)
+    e = fixed_exponent(amax, k)
+    y = torch.round(x.detach().double() * 2.0 ** -e).mul_(2.0 ** e)
+    return y.to(torch.float32), e

@@ -141,6 +141,11 @@ class QuantSpec:
     lr_bits: learning rates of integer-updated tensors are fixed-point numbers L * 2^-s with an
     unsigned ``lr_bits``-bit mantissa L (top bit set), so that the update is an integer product
     of L and the momentum codes and a shift before its stochastic rounding (None: a float lr).
+    stream_bits: a Fixup ResNet's residual stream (the block outputs and the stem's output) and
+    its error stream (the error at the block boundaries) are held in ``stream_bits``-bit fixed
+    point (quantizers.round_fixed: the smallest exponent that holds the max, round half to even),
+    and every elementwise operation between two roundings is exact, as in an integer datapath
+    (None: float32 arithmetic, each operation rounded as float32 rounds it).
     layers: per-layer overrides, {module-name glob: "float" or {kind: quant}}, applied in order.
     """
 
@@ -158,6 +163,7 @@ class QuantSpec:
     bn_affine_bits: int | None = None
     lr_pow2: bool = False
     lr_bits: int | None = None
+    stream_bits: int | None = None
     weight_policy: WeightPolicy = field(default_factory=WeightPolicy)
     layers: tuple = ()
     description: str = ""
@@ -181,6 +187,10 @@ class QuantSpec:
                                 "a power of two, lr_bits a fixed-point mantissa)")
             if not self.U.enabled:
                 raise SpecError("lr_bits applies to integer updates: set U bits (and store_bits)")
+        if self.stream_bits is not None and (isinstance(self.stream_bits, bool) or not isinstance(self.stream_bits, int)
+                                             or not 2 <= self.stream_bits <= 24):
+            raise SpecError(f"stream_bits must be an integer in [2, 24] (float32 holds the stream exactly), "
+                            f"got {self.stream_bits!r}")
         for name in ("bn_stat_bits", "bn_value_bits", "bn_affine_bits"):
             bits = getattr(self, name)
             if bits is not None:

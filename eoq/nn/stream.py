@@ -1,0 +1,88 @@
+"""The residual stream of a Fixup ResNet in k-bit fixed point (spec ``stream_bits``).
+
+An integer datapath keeps the values that pass from block to block in registers of a fixed
+width. With ``stream_bits`` = k the model does the same at every block boundary (the stem's
+output, each block's output, the input of the pooling head):
+
+    forward    x -> FX(x, k)            the block output, computed exactly, rounded once (by the
+                                        block's tail, or the stem: :func:`to_stream`)
+    backward   e_branch + e_identity -> FX(e_branch + e_identity, k)
+               the error of the block input is the exact sum of what the branch (the first
+               conv's input error, int32 values) and the shortcut hand back, rounded once
+
+The boundary (:func:`stream_split`) rounds again on the way in, which leaves a stream value as it
+is. FX is :func:`eoq.quant.quantizers.round_fixed` (the smallest exponent that holds the max, round
+half to even). Between two roundings every elementwise operation is exact (float64 holds it:
+see fixup_tail.py and the fused quantizers), so the simulator, the integer engine and an integer
+implementation compute the same numbers. The split into two outputs is what makes the backward
+sum exact: autograd would otherwise add the two errors in float32 before this op saw them.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..quant.quantizers import round_fixed
+
+LISTENERS: list = []     # callables f(numel, backward) told of every stream rounding (the cost model)
+_ROUNDING = [0]
+
+
+def rounding() -> bool:
+    """Whether a stream rounding is running (the cost model counts it as one op, not its torch ops)."""
+    return _ROUNDING[0] > 0
+
+
+def fx(x: torch.Tensor, bits: int, backward: bool = False, counted: bool = True) -> torch.Tensor:
+    """FX(x, bits) as float32 (quantizers.round_fixed), told to LISTENERS unless not ``counted``
+    (the boundary's forward, which leaves a stream value as it is)."""
+    for f in LISTENERS if counted else ():
+        f(x.numel(), backward)
+    _ROUNDING[0] += 1
+    try:
+        return round_fixed(x, bits)[0]
+    finally:
+        _ROUNDING[0] -= 1
+
+
+class _StreamFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bits):
+        ctx.bits, ctx.dtype = bits, x.dtype
+        ctx.set_materialize_grads(False)       # an unused output (the pooling head) hands back None
+        y = fx(x, bits, counted=False)
+        return y, y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g_branch, g_identity):
+        parts = [g.double() for g in (g_branch, g_identity) if g is not None]
+        if not parts:
+            return None, None
+        g = parts[0] if len(parts) == 1 else parts[0] + parts[1]       # exact in float64
+        return fx(g, ctx.bits, backward=True).to(ctx.dtype), None
+
+
+def stream_split(x: torch.Tensor, bits: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x at a block boundary, as (input of the branch, input of the shortcut): both FX(x, bits),
+    their errors summed exactly and rounded to ``bits`` (see module doc); (x, x) when ``bits`` is None."""
+    if bits is None:
+        return x, x
+    return _StreamFn.apply(x, bits)
+
+
+class _ToStreamFn(torch.autograd.Function):
+    """FX(x, k) as float32 with a straight-through backward (the error arriving here was rounded
+    by the boundary downstream)."""
+
+    @staticmethod
+    def forward(ctx, x, bits):
+        ctx.dtype = x.dtype
+        return fx(x, bits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(ctx.dtype), None
+
+
+def to_stream(x: torch.Tensor, bits: int | None) -> torch.Tensor:
+    """An exactly computed stream value (float64) rounded to the ``bits``-bit stream, as float32."""
+    return x if bits is None else _ToStreamFn.apply(x, bits)
