@@ -402,12 +402,14 @@ void register_intops(pybind11::module& m);  // intops.cpp
 void register_tail(pybind11::module& m);    // tail.cpp
 void register_direct(pybind11::module& m);  // direct.cpp
 void register_stats(pybind11::module& m);   // stats.cpp
+void register_stream(pybind11::module& m);  // stream.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_intops(m);
   register_tail(m);
   register_direct(m);
   register_stats(m);
+  register_stream(m);
   m.def("amax", &abs_max);
   m.def("round_scaled", &round_scaled, pybind11::arg("x"), pybind11::arg("exponent"),
         pybind11::arg("max_code"), pybind11::arg("mode"), pybind11::arg("k0"), pybind11::arg("k1"),

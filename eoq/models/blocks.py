@@ -98,7 +98,8 @@ class ResidualBlock(nn.Module):
             return F.relu(self.residual(x))
         bits = self.stream_bits          # a fixed-point stream: x rounded here, the rest exact (stream.py)
         x, x_id = stream_split(x, bits)
-        identity = self.identity(x_id.double() if bits else x_id)
+        # option A adds b_1a before the shortcut: exact in float64 (an identity shortcut needs no copy)
+        identity = self.identity(x_id.double() if bits and not isinstance(self.shortcut, nn.Identity) else x_id)
         # y = relu(x_m * scale + b_mb + identity), fused under EOQ
         return fixup_tail(self.branch(x, tail=False), self.scale, self.biases_out[-1], identity,
                           self.convs[-1], bits)

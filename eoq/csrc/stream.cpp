@@ -1,0 +1,190 @@
+// The fixed-point residual stream (eoq/nn/stream.py, eoq/nn/fixup_tail.py hold the torch
+// reference): an exact elementwise value, in double, rounded once to FX(., bits) = the smallest
+// exponent that holds max|v| in bits-bit codes, round half to even. Two passes: max|v|, then the
+// rounding (v recomputed, not stored). Each v is exact in double (a float32 times an 8-bit
+// scalar plus terms on nearby grids), so the results equal the float64 torch ops bit for bit.
+//
+//   fx_affine(x, s, b, id, relu, bits) -> (y, live, e)   v = relu?(x * s + b + id); id may be empty;
+//                                                        live = v > 0 (the ReLU's mask, before rounding)
+//   fx_sum(a, b, bits) -> (y, e)                         v = a + b (b may be empty)
+//   dot_sums(g, x) -> (sum g, sum g * x)                 in double: the Fixup scalars' gradients
+//   masked_sums(grad, live, x) -> (g, sum g, sum g * x)  g = grad where live (the tail's backward)
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace {
+
+int fixed_exponent(double amax, int64_t bits) {
+  if (!(amax > 0)) return 0;
+  const double m = static_cast<double>((int64_t(1) << (bits - 1)) - 1);
+  int e = static_cast<int>(std::ceil(std::log2(amax / m)));
+  while (amax > std::ldexp(m, e)) ++e;            // exact comparisons settle a rounded log2
+  while (amax <= std::ldexp(m, e - 1)) --e;
+  return std::max(e, -100);
+}
+
+void check_pair(const at::Tensor& x, const at::Tensor& y, const char* what) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, what, ": float32 tensors");
+  TORCH_CHECK(x.is_non_overlapping_and_dense(), what, ": a dense tensor");
+  if (y.numel()) {
+    TORCH_CHECK(y.scalar_type() == at::kFloat && y.sizes() == x.sizes() && y.strides() == x.strides(),
+                what, ": both tensors need the same sizes and strides");
+  }
+}
+
+// max|f(i)| over i, or +inf when some f(i) is NaN/Inf (carried by a sum of f(i) * 0, which
+// keeps the loop free of branches so that it vectorizes).
+template <typename F>
+double amax_of(int64_t n, F f) {
+  using P = std::pair<double, double>;
+  const P r = at::parallel_reduce(0, n, 1 << 14, P(0.0, 0.0), [&](int64_t lo, int64_t hi, P acc) {
+    constexpr int L = 8;
+    double m[L] = {}, z[L] = {};
+    int64_t i = lo;
+    for (; i + L <= hi; i += L) {
+      for (int l = 0; l < L; ++l) {
+        const double v = f(i + l);
+        m[l] = std::max(m[l], std::fabs(v));
+        z[l] += v * 0.0;
+      }
+    }
+    for (; i < hi; ++i) {
+      const double v = f(i);
+      m[0] = std::max(m[0], std::fabs(v));
+      z[0] += v * 0.0;
+    }
+    for (int l = 0; l < L; ++l) acc.first = std::max(acc.first, m[l]), acc.second += z[l];
+    return acc;
+  }, [](P a, P b) { return P(std::max(a.first, b.first), a.second + b.second); });
+  return r.second == 0.0 ? r.first : std::numeric_limits<double>::infinity();
+}
+
+template <typename ID>
+std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine_t(const at::Tensor& x, double s, double b, const ID* pi,
+                                                        bool relu, int64_t bits) {
+  const float* px = x.data_ptr<float>();
+  const bool has_id = pi != nullptr;
+  auto v = [&](int64_t i) {
+    double t = static_cast<double>(px[i]) * s + b;
+    if (has_id) t += static_cast<double>(pi[i]);
+    return relu ? std::max(t, 0.0) : t;          // NaN stays NaN (std::max keeps its first argument)
+  };
+  const int64_t n = x.numel();
+  const double amax = amax_of(n, v);
+  TORCH_CHECK(std::isfinite(amax), "fx_affine: cannot round a tensor holding NaN or Inf");
+  const int e = fixed_exponent(amax, bits);
+  at::Tensor y = at::empty_like(x), live = at::empty_like(x, x.options().dtype(at::kBool));
+  TORCH_CHECK(y.strides() == x.strides() && live.strides() == x.strides(), "fx_affine: output strides");
+  float* py = y.data_ptr<float>();
+  bool* pl = live.data_ptr<bool>();
+  const double down = std::ldexp(1.0, -e), up = std::ldexp(1.0, e);
+  at::parallel_for(0, n, 1 << 14, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const double t = v(i);
+      pl[i] = t > 0.0;
+      py[i] = static_cast<float>(std::nearbyint(t * down) * up);
+    }
+  });
+  return {y, live, e};
+}
+
+// identity: float32 (a stream value) or float64 (an option-A shortcut of stream + bias, exact).
+std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine(const at::Tensor& x, double s, double b, const at::Tensor& id,
+                                                      bool relu, int64_t bits) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_non_overlapping_and_dense(), "fx_affine: a dense float32 x");
+  if (!id.numel()) return fx_affine_t<float>(x, s, b, nullptr, relu, bits);
+  TORCH_CHECK(id.sizes() == x.sizes() && id.strides() == x.strides(), "fx_affine: identity of x's sizes and strides");
+  if (id.scalar_type() == at::kDouble) return fx_affine_t<double>(x, s, b, id.data_ptr<double>(), relu, bits);
+  TORCH_CHECK(id.scalar_type() == at::kFloat, "fx_affine: identity float32 or float64");
+  return fx_affine_t<float>(x, s, b, id.data_ptr<float>(), relu, bits);
+}
+
+// g = grad where live, else 0 (the ReLU backward), with sum g and sum g * x in double.
+std::tuple<at::Tensor, double, double> masked_sums(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x) {
+  check_pair(grad, x, "masked_sums");
+  TORCH_CHECK(live.scalar_type() == at::kBool && live.strides() == grad.strides() && live.sizes() == grad.sizes(),
+              "masked_sums: a bool mask of grad's sizes and strides");
+  at::Tensor g = at::empty_like(grad);
+  TORCH_CHECK(g.strides() == grad.strides(), "masked_sums: output strides");
+  const float* pg = grad.data_ptr<float>();
+  const float* px = x.data_ptr<float>();
+  const bool* pl = live.data_ptr<bool>();
+  float* po = g.data_ptr<float>();
+  using P = std::pair<double, double>;
+  const P r = at::parallel_reduce(0, grad.numel(), 1 << 14, P(0.0, 0.0), [&](int64_t lo, int64_t hi, P acc) {
+    constexpr int L = 8;                     // independent lanes: the loop vectorizes (sums exact)
+    double sg[L] = {}, sx[L] = {};
+    int64_t i = lo;
+    for (; i + L <= hi; i += L) {
+      for (int l = 0; l < L; ++l) {
+        const float v = pl[i + l] ? pg[i + l] : 0.0f;
+        po[i + l] = v;
+        sg[l] += v;
+        sx[l] += static_cast<double>(v) * static_cast<double>(px[i + l]);
+      }
+    }
+    for (; i < hi; ++i) {
+      const float v = pl[i] ? pg[i] : 0.0f;
+      po[i] = v;
+      sg[0] += v;
+      sx[0] += static_cast<double>(v) * static_cast<double>(px[i]);
+    }
+    for (int l = 0; l < L; ++l) acc.first += sg[l], acc.second += sx[l];
+    return acc;
+  }, [](P p, P q) { return P(p.first + q.first, p.second + q.second); });
+  return {g, r.first, r.second};
+}
+
+std::tuple<at::Tensor, int64_t> fx_sum(const at::Tensor& a, const at::Tensor& b, int64_t bits) {
+  check_pair(a, b, "fx_sum");
+  const float* pa = a.data_ptr<float>();
+  const float* pb = b.numel() ? b.data_ptr<float>() : nullptr;
+  auto v = [&](int64_t i) { return static_cast<double>(pa[i]) + (pb != nullptr ? static_cast<double>(pb[i]) : 0.0); };
+  const int64_t n = a.numel();
+  const double amax = amax_of(n, v);
+  TORCH_CHECK(std::isfinite(amax), "fx_sum: cannot round a tensor holding NaN or Inf");
+  const int e = fixed_exponent(amax, bits);
+  at::Tensor y = at::empty_like(a);
+  TORCH_CHECK(y.strides() == a.strides(), "fx_sum: output strides");
+  float* py = y.data_ptr<float>();
+  const double down = std::ldexp(1.0, -e), up = std::ldexp(1.0, e);
+  at::parallel_for(0, n, 1 << 14, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) py[i] = static_cast<float>(std::nearbyint(v(i) * down) * up);
+  });
+  return {y, e};
+}
+
+std::tuple<double, double> dot_sums(const at::Tensor& g, const at::Tensor& x) {
+  check_pair(g, x, "dot_sums");
+  const float* pg = g.data_ptr<float>();
+  const float* px = x.data_ptr<float>();
+  using P = std::pair<double, double>;
+  const P r = at::parallel_reduce(0, g.numel(), 1 << 14, P(0.0, 0.0), [&](int64_t lo, int64_t hi, P acc) {
+    constexpr int L = 8;
+    double s[L] = {}, d[L] = {};
+    int64_t i = lo;
+    for (; i + L <= hi; i += L) {
+      for (int l = 0; l < L; ++l) {
+        s[l] += pg[i + l];
+        d[l] += static_cast<double>(pg[i + l]) * static_cast<double>(px[i + l]);
+      }
+    }
+    for (; i < hi; ++i) s[0] += pg[i], d[0] += static_cast<double>(pg[i]) * static_cast<double>(px[i]);
+    for (int l = 0; l < L; ++l) acc.first += s[l], acc.second += d[l];
+    return acc;
+  }, [](P p, P q) { return P(p.first + q.first, p.second + q.second); });
+  return {r.first, r.second};
+}
+
+}  // namespace
+
+void register_stream(pybind11::module& m) {
+  m.def("fx_affine", &fx_affine);
+  m.def("fx_sum", &fx_sum);
+  m.def("dot_sums", &dot_sums);
+  m.def("masked_sums", &masked_sums);
+}
