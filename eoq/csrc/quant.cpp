@@ -75,16 +75,15 @@ double abs_max_affine(const at::Tensor& x_, float mult, float bias, bool relu, f
   const double b = bias, s = mult, q = pre;
   // one simple loop per case, so that each vectorizes; a NaN is carried as a NaN maximum
   return at::parallel_reduce(0, n, 1 << 15, 0.0, [&](int64_t lo, int64_t hi, double acc) {
-    double m = acc;
-    bool nan = false;
+    double m = acc, z = 0.0;          // z: a sum of v * 0, NaN once some v is NaN or Inf
     if (relu) {
-      for (int64_t i = lo; i < hi; ++i) { const double v = std::fabs(std::max(p[i] + q, 0.0) + b); nan |= v != v; m = v > m ? v : m; }
+      for (int64_t i = lo; i < hi; ++i) { const double v = std::max(p[i] + q, 0.0) + b; z += v * 0.0; m = std::max(m, std::fabs(v)); }
     } else if (mult != 1.0f) {
-      for (int64_t i = lo; i < hi; ++i) { const double v = std::fabs(p[i] * s); nan |= v != v; m = v > m ? v : m; }
+      for (int64_t i = lo; i < hi; ++i) { const double v = p[i] * s; z += v * 0.0; m = std::max(m, std::fabs(v)); }
     } else {
-      for (int64_t i = lo; i < hi; ++i) { const double v = std::fabs(p[i] + b); nan |= v != v; m = v > m ? v : m; }
+      for (int64_t i = lo; i < hi; ++i) { const double v = p[i] + b; z += v * 0.0; m = std::max(m, std::fabs(v)); }
     }
-    return nan ? std::numeric_limits<double>::infinity() : m;
+    return z == 0.0 ? m : std::numeric_limits<double>::infinity();
   }, [](double a, double c) { return std::max(a, c); });
 }
 
@@ -116,11 +115,16 @@ inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32
       fill_bits(own, len, i0, di, k0, k1);
       bits = own;
     }
-    for (int64_t l = 0; l < len; ++l) {
-      double y = v[l] * dinv;
-      y = y < -dm ? -dm : (y > dm ? dm : y);
-      c[l] = static_cast<T>(mode == 0 ? std::nearbyint(y)
-                                      : std::floor((std::floor(y * 65536.0) + static_cast<double>(bits[l])) / 65536.0));
+    if (mode == 0) {
+      for (int64_t l = 0; l < len; ++l) {
+        const double y = std::min(std::max(v[l] * dinv, -dm), dm);
+        c[l] = static_cast<T>(std::nearbyint(y));
+      }
+    } else {
+      for (int64_t l = 0; l < len; ++l) {
+        const double y = std::min(std::max(v[l] * dinv, -dm), dm);
+        c[l] = static_cast<T>(std::floor((std::floor(y * 65536.0) + static_cast<double>(bits[l])) * (1.0 / 65536.0)));
+      }
     }
   } else if (mode == 0) {
     for (int64_t l = 0; l < len; ++l) {

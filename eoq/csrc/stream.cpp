@@ -63,18 +63,20 @@ double amax_of(int64_t n, F f) {
   return r.second == 0.0 ? r.first : std::numeric_limits<double>::infinity();
 }
 
-template <typename ID>
+// The tail's value relu?(x * s + b + id) of element i, each step exact in double.
+template <typename ID, bool HAS_ID, bool RELU>
+inline double tail_value(const float* px, const ID* pi, double s, double b, int64_t i) {
+  double t = static_cast<double>(px[i]) * s + b;
+  if (HAS_ID) t += static_cast<double>(pi[i]);
+  return RELU ? std::max(t, 0.0) : t;          // NaN stays NaN (std::max keeps its first argument)
+}
+
+template <typename ID, bool HAS_ID, bool RELU>
 std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine_t(const at::Tensor& x, double s, double b, const ID* pi,
-                                                        bool relu, int64_t bits) {
+                                                        int64_t bits) {
   const float* px = x.data_ptr<float>();
-  const bool has_id = pi != nullptr;
-  auto v = [&](int64_t i) {
-    double t = static_cast<double>(px[i]) * s + b;
-    if (has_id) t += static_cast<double>(pi[i]);
-    return relu ? std::max(t, 0.0) : t;          // NaN stays NaN (std::max keeps its first argument)
-  };
   const int64_t n = x.numel();
-  const double amax = amax_of(n, v);
+  const double amax = amax_of(n, [&](int64_t i) { return tail_value<ID, HAS_ID, RELU>(px, pi, s, b, i); });
   TORCH_CHECK(std::isfinite(amax), "fx_affine: cannot round a tensor holding NaN or Inf");
   const int e = fixed_exponent(amax, bits);
   at::Tensor y = at::empty_like(x), live = at::empty_like(x, x.options().dtype(at::kBool));
@@ -83,24 +85,36 @@ std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine_t(const at::Tensor& x, dou
   bool* pl = live.data_ptr<bool>();
   const double down = std::ldexp(1.0, -e), up = std::ldexp(1.0, e);
   at::parallel_for(0, n, 1 << 14, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const double t = v(i);
-      pl[i] = t > 0.0;
-      py[i] = static_cast<float>(std::nearbyint(t * down) * up);
+    constexpr int64_t B = 1024;
+    double t[B];
+    for (int64_t i0 = lo; i0 < hi; i0 += B) {
+      const int64_t len = std::min(B, hi - i0);
+      for (int64_t j = 0; j < len; ++j) t[j] = tail_value<ID, HAS_ID, RELU>(px, pi, s, b, i0 + j);
+      for (int64_t j = 0; j < len; ++j) pl[i0 + j] = t[j] > 0.0;
+      for (int64_t j = 0; j < len; ++j) py[i0 + j] = static_cast<float>(std::nearbyint(t[j] * down) * up);
     }
   });
   return {y, live, e};
+}
+
+template <typename ID>
+std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine_dispatch(const at::Tensor& x, double s, double b, const ID* pi,
+                                                               bool relu, int64_t bits) {
+  if (pi == nullptr) {
+    return relu ? fx_affine_t<ID, false, true>(x, s, b, pi, bits) : fx_affine_t<ID, false, false>(x, s, b, pi, bits);
+  }
+  return relu ? fx_affine_t<ID, true, true>(x, s, b, pi, bits) : fx_affine_t<ID, true, false>(x, s, b, pi, bits);
 }
 
 // identity: float32 (a stream value) or float64 (an option-A shortcut of stream + bias, exact).
 std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine(const at::Tensor& x, double s, double b, const at::Tensor& id,
                                                       bool relu, int64_t bits) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_non_overlapping_and_dense(), "fx_affine: a dense float32 x");
-  if (!id.numel()) return fx_affine_t<float>(x, s, b, nullptr, relu, bits);
+  if (!id.numel()) return fx_affine_dispatch<float>(x, s, b, nullptr, relu, bits);
   TORCH_CHECK(id.sizes() == x.sizes() && id.strides() == x.strides(), "fx_affine: identity of x's sizes and strides");
-  if (id.scalar_type() == at::kDouble) return fx_affine_t<double>(x, s, b, id.data_ptr<double>(), relu, bits);
+  if (id.scalar_type() == at::kDouble) return fx_affine_dispatch<double>(x, s, b, id.data_ptr<double>(), relu, bits);
   TORCH_CHECK(id.scalar_type() == at::kFloat, "fx_affine: identity float32 or float64");
-  return fx_affine_t<float>(x, s, b, id.data_ptr<float>(), relu, bits);
+  return fx_affine_dispatch<float>(x, s, b, id.data_ptr<float>(), relu, bits);
 }
 
 // g = grad where live, else 0 (the ReLU backward), with sum g and sum g * x in double.
@@ -120,18 +134,16 @@ std::tuple<at::Tensor, double, double> masked_sums(const at::Tensor& grad, const
     double sg[L] = {}, sx[L] = {};
     int64_t i = lo;
     for (; i + L <= hi; i += L) {
+      for (int l = 0; l < L; ++l) po[i + l] = pl[i + l] ? pg[i + l] : 0.0f;
       for (int l = 0; l < L; ++l) {
-        const float v = pl[i + l] ? pg[i + l] : 0.0f;
-        po[i + l] = v;
-        sg[l] += v;
-        sx[l] += static_cast<double>(v) * static_cast<double>(px[i + l]);
+        sg[l] += po[i + l];
+        sx[l] += static_cast<double>(po[i + l]) * static_cast<double>(px[i + l]);
       }
     }
     for (; i < hi; ++i) {
-      const float v = pl[i] ? pg[i] : 0.0f;
-      po[i] = v;
-      sg[0] += v;
-      sx[0] += static_cast<double>(v) * static_cast<double>(px[i]);
+      po[i] = pl[i] ? pg[i] : 0.0f;
+      sg[0] += po[i];
+      sx[0] += static_cast<double>(po[i]) * static_cast<double>(px[i]);
     }
     for (int l = 0; l < L; ++l) acc.first += sg[l], acc.second += sx[l];
     return acc;
