@@ -81,7 +81,7 @@ def exact_tail(x, s, b, identity, bits: int, relu: bool = True):
         identity = torch.empty_like(x, dtype=identity.dtype).copy_(identity)    # x's memory order
     if kern is not None and dense(x):
         for f in stream.LISTENERS:
-            f(x.numel(), False)
+            f(x.numel(), False, False)
         y, live, _ = stream._checked(lambda: kern.fx_affine(x.detach(), float(s), float(b),
                                                           stream._EMPTY if identity is None else identity.detach(),
                                                           relu, bits))

@@ -24,7 +24,8 @@ import torch
 from .. import kernels
 from ..quant.quantizers import QuantizationError, round_fixed
 
-LISTENERS: list = []     # callables f(numel, backward) told of every stream rounding (the cost model)
+LISTENERS: list = []     # callables f(numel, backward, summed) told of every stream rounding (the cost
+                         # model); summed: the rounding of a sum of two errors (their add included)
 _ROUNDING = [0]
 
 
@@ -37,7 +38,7 @@ def fx(x: torch.Tensor, bits: int, backward: bool = False, counted: bool = True)
     """FX(x, bits) as float32 (quantizers.round_fixed), told to LISTENERS unless not ``counted``
     (the boundary's forward, which leaves a stream value as it is)."""
     for f in LISTENERS if counted else ():
-        f(x.numel(), backward)
+        f(x.numel(), backward, False)
     _ROUNDING[0] += 1
     try:
         kern = kernels.usable(x)
@@ -70,7 +71,7 @@ def _checked(call):
 def fx_sum(a: torch.Tensor, b: torch.Tensor, bits: int) -> torch.Tensor:
     """FX(a + b, bits), the sum exact (float64), as float32: the error at a block input."""
     for f in LISTENERS:
-        f(a.numel(), True)
+        f(a.numel(), True, True)
     _ROUNDING[0] += 1
     try:
         kern = kernels.usable(a)
