@@ -8,12 +8,14 @@
 //                                                        live = v > 0 (the ReLU's mask, before rounding)
 //   fx_sum(a, b, bits) -> (y, e)                         v = a + b (b may be empty)
 //   dot_sums(g, x) -> (sum g, sum g * x)                 in double: the Fixup scalars' gradients
+//   sum_double(g) -> sum g                               in double
 //   masked_sums(grad, live, x) -> (g, sum g, sum g * x)  g = grad where live (the tail's backward)
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 namespace {
@@ -38,7 +40,9 @@ void check_pair(const at::Tensor& x, const at::Tensor& y, const char* what) {
 
 // max|f(i)| over i, or +inf when some f(i) is NaN/Inf (carried by a sum of f(i) * 0, which
 // keeps the loop free of branches so that it vectorizes).
-template <typename F>
+// RELU: f's values are taken as relu(f) (max with the lanes' start, 0): no select per element,
+// whose branch would mispredict on a ReLU's random signs.
+template <bool RELU, typename F>
 double amax_of(int64_t n, F f) {
   using P = std::pair<double, double>;
   const P r = at::parallel_reduce(0, n, 1 << 14, P(0.0, 0.0), [&](int64_t lo, int64_t hi, P acc) {
@@ -48,13 +52,13 @@ double amax_of(int64_t n, F f) {
     for (; i + L <= hi; i += L) {
       for (int l = 0; l < L; ++l) {
         const double v = f(i + l);
-        m[l] = std::max(m[l], std::fabs(v));
+        m[l] = std::max(m[l], RELU ? v : std::fabs(v));
         z[l] += v * 0.0;
       }
     }
     for (; i < hi; ++i) {
       const double v = f(i);
-      m[0] = std::max(m[0], std::fabs(v));
+      m[0] = std::max(m[0], RELU ? v : std::fabs(v));
       z[0] += v * 0.0;
     }
     for (int l = 0; l < L; ++l) acc.first = std::max(acc.first, m[l]), acc.second += z[l];
@@ -71,28 +75,33 @@ inline double tail_value(const float* px, const ID* pi, double s, double b, int6
   return RELU ? std::max(t, 0.0) : t;          // NaN stays NaN (std::max keeps its first argument)
 }
 
+// The rounding pass of fx_affine over n elements; restrict pointers let it vectorize.
+template <typename ID, bool HAS_ID, bool RELU>
+void fx_affine_block(const float* __restrict__ px, const ID* __restrict__ pi, float* __restrict__ py,
+                     uint8_t* __restrict__ pl, int64_t n, double s, double b, double down, double up) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double t = tail_value<ID, HAS_ID, RELU>(px, pi, s, b, i);
+    pl[i] = t > 0.0;
+    py[i] = static_cast<float>(std::nearbyint(t * down) * up);
+  }
+}
+
 template <typename ID, bool HAS_ID, bool RELU>
 std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine_t(const at::Tensor& x, double s, double b, const ID* pi,
                                                         int64_t bits) {
   const float* px = x.data_ptr<float>();
   const int64_t n = x.numel();
-  const double amax = amax_of(n, [&](int64_t i) { return tail_value<ID, HAS_ID, RELU>(px, pi, s, b, i); });
+  const double amax = amax_of<RELU>(n, [&](int64_t i) { return tail_value<ID, HAS_ID, false>(px, pi, s, b, i); });
   TORCH_CHECK(std::isfinite(amax), "fx_affine: cannot round a tensor holding NaN or Inf");
   const int e = fixed_exponent(amax, bits);
   at::Tensor y = at::empty_like(x), live = at::empty_like(x, x.options().dtype(at::kBool));
   TORCH_CHECK(y.strides() == x.strides() && live.strides() == x.strides(), "fx_affine: output strides");
   float* py = y.data_ptr<float>();
-  bool* pl = live.data_ptr<bool>();
+  // the mask as bytes: a bool store may alias every other pointer and stops vectorization
+  uint8_t* pl = reinterpret_cast<uint8_t*>(live.data_ptr<bool>());
   const double down = std::ldexp(1.0, -e), up = std::ldexp(1.0, e);
   at::parallel_for(0, n, 1 << 14, [&](int64_t lo, int64_t hi) {
-    constexpr int64_t B = 1024;
-    double t[B];
-    for (int64_t i0 = lo; i0 < hi; i0 += B) {
-      const int64_t len = std::min(B, hi - i0);
-      for (int64_t j = 0; j < len; ++j) t[j] = tail_value<ID, HAS_ID, RELU>(px, pi, s, b, i0 + j);
-      for (int64_t j = 0; j < len; ++j) pl[i0 + j] = t[j] > 0.0;
-      for (int64_t j = 0; j < len; ++j) py[i0 + j] = static_cast<float>(std::nearbyint(t[j] * down) * up);
-    }
+    fx_affine_block<ID, HAS_ID, RELU>(px + lo, HAS_ID ? pi + lo : pi, py + lo, pl + lo, hi - lo, s, b, down, up);
   });
   return {y, live, e};
 }
@@ -117,6 +126,41 @@ std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine(const at::Tensor& x, doubl
   return fx_affine_dispatch<float>(x, s, b, id.data_ptr<float>(), relu, bits);
 }
 
+// g where live (a 0/1 byte), else +0.0: a bit mask, not a select whose branch would mispredict.
+inline float masked(float g, uint8_t live) {
+  uint32_t u;
+  std::memcpy(&u, &g, 4);
+  u &= 0u - static_cast<uint32_t>(live);
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+
+// masked_sums over n elements: independent lanes and restrict pointers, so that it vectorizes.
+std::pair<double, double> masked_block(const float* __restrict__ pg, const uint8_t* __restrict__ pl,
+                                       const float* __restrict__ px, float* __restrict__ po, int64_t n) {
+  constexpr int L = 8;
+  double sg[L] = {}, sx[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    for (int l = 0; l < L; ++l) {
+      const float v = masked(pg[i + l], pl[i + l]);
+      po[i + l] = v;
+      sg[l] += v;
+      sx[l] += static_cast<double>(v) * static_cast<double>(px[i + l]);
+    }
+  }
+  for (; i < n; ++i) {
+    const float v = masked(pg[i], pl[i]);
+    po[i] = v;
+    sg[0] += v;
+    sx[0] += static_cast<double>(v) * static_cast<double>(px[i]);
+  }
+  double a = 0.0, c = 0.0;
+  for (int l = 0; l < L; ++l) a += sg[l], c += sx[l];
+  return {a, c};
+}
+
 // g = grad where live, else 0 (the ReLU backward), with sum g and sum g * x in double.
 std::tuple<at::Tensor, double, double> masked_sums(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x) {
   check_pair(grad, x, "masked_sums");
@@ -126,27 +170,12 @@ std::tuple<at::Tensor, double, double> masked_sums(const at::Tensor& grad, const
   TORCH_CHECK(g.strides() == grad.strides(), "masked_sums: output strides");
   const float* pg = grad.data_ptr<float>();
   const float* px = x.data_ptr<float>();
-  const bool* pl = live.data_ptr<bool>();
+  const uint8_t* pl = reinterpret_cast<const uint8_t*>(live.data_ptr<bool>());
   float* po = g.data_ptr<float>();
   using P = std::pair<double, double>;
   const P r = at::parallel_reduce(0, grad.numel(), 1 << 14, P(0.0, 0.0), [&](int64_t lo, int64_t hi, P acc) {
-    constexpr int L = 8;                     // independent lanes: the loop vectorizes (sums exact)
-    double sg[L] = {}, sx[L] = {};
-    int64_t i = lo;
-    for (; i + L <= hi; i += L) {
-      for (int l = 0; l < L; ++l) po[i + l] = pl[i + l] ? pg[i + l] : 0.0f;
-      for (int l = 0; l < L; ++l) {
-        sg[l] += po[i + l];
-        sx[l] += static_cast<double>(po[i + l]) * static_cast<double>(px[i + l]);
-      }
-    }
-    for (; i < hi; ++i) {
-      po[i] = pl[i] ? pg[i] : 0.0f;
-      sg[0] += po[i];
-      sx[0] += static_cast<double>(po[i]) * static_cast<double>(px[i]);
-    }
-    for (int l = 0; l < L; ++l) acc.first += sg[l], acc.second += sx[l];
-    return acc;
+    const P d = masked_block(pg + lo, pl + lo, px + lo, po + lo, hi - lo);
+    return P(acc.first + d.first, acc.second + d.second);
   }, [](P p, P q) { return P(p.first + q.first, p.second + q.second); });
   return {g, r.first, r.second};
 }
@@ -157,7 +186,7 @@ std::tuple<at::Tensor, int64_t> fx_sum(const at::Tensor& a, const at::Tensor& b,
   const float* pb = b.numel() ? b.data_ptr<float>() : nullptr;
   auto v = [&](int64_t i) { return static_cast<double>(pa[i]) + (pb != nullptr ? static_cast<double>(pb[i]) : 0.0); };
   const int64_t n = a.numel();
-  const double amax = amax_of(n, v);
+  const double amax = amax_of<false>(n, v);
   TORCH_CHECK(std::isfinite(amax), "fx_sum: cannot round a tensor holding NaN or Inf");
   const int e = fixed_exponent(amax, bits);
   at::Tensor y = at::empty_like(a);
@@ -192,6 +221,23 @@ std::tuple<double, double> dot_sums(const at::Tensor& g, const at::Tensor& x) {
   return {r.first, r.second};
 }
 
+// sum g in double (a Fixup scalar's gradient).
+double sum_double(const at::Tensor& g) {
+  TORCH_CHECK(g.scalar_type() == at::kFloat && g.is_non_overlapping_and_dense(), "sum_double: a dense float32 tensor");
+  const float* pg = g.data_ptr<float>();
+  return at::parallel_reduce(0, g.numel(), 1 << 14, 0.0, [&](int64_t lo, int64_t hi, double acc) {
+    constexpr int L = 8;
+    double s[L] = {};
+    int64_t i = lo;
+    for (; i + L <= hi; i += L) {
+      for (int l = 0; l < L; ++l) s[l] += pg[i + l];
+    }
+    for (; i < hi; ++i) s[0] += pg[i];
+    for (int l = 0; l < L; ++l) acc += s[l];
+    return acc;
+  }, [](double a, double b) { return a + b; });
+}
+
 }  // namespace
 
 void register_stream(pybind11::module& m) {
@@ -199,4 +245,5 @@ void register_stream(pybind11::module& m) {
   m.def("fx_sum", &fx_sum);
   m.def("dot_sums", &dot_sums);
   m.def("masked_sums", &masked_sums);
+  m.def("sum_double", &sum_double);
 }
