@@ -1,5 +1,6 @@
 """The fixed-point residual stream (eoq/nn/stream.py, spec stream_bits): FX rounding, the exact
 error sum at a block boundary, and whole steps that stay on the 16-bit grid in both engines."""
+import contextlib
 import math
 
 import pytest
@@ -7,6 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eoq import kernels
+from eoq.nn.fixup_tail import exact_tail, masked_exact_sums
 from eoq.nn.stream import stream_split
 from eoq.quant.quantizers import fixed_exponent, round_fixed
 from eoq.training.loop import train_step
@@ -35,16 +38,20 @@ def test_round_fixed_ties_go_to_even_and_the_exponent_is_exact():
     assert e == 0 and y.tolist() == [127.0, 2.0, 4.0, -2.0]
 
 
-def test_the_boundary_sums_the_two_errors_exactly_before_rounding():
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_the_boundary_sums_the_two_errors_exactly_before_rounding(use_kernel):
     """e_branch + e_identity in float32 loses the 2^-40 (below its last bit) and ties to even; the
-    boundary's exact sum rounds up. Forward: the stream is rounded to 16 bits."""
+    boundary's exact sum rounds up (kernel and torch path alike)."""
     x = torch.tensor([3.0, 1.0 + 2.0 ** -20], requires_grad=True)
-    a, b = stream_split(x, 16)
-    assert a.tolist() == [3.0, 1.0] and b.tolist() == [3.0, 1.0]      # LSB 2^-13 for max 3
+    a, b = stream_split(x, 16)           # a float32 input is a stream value already: passed as it is
+    assert a.tolist() == x.tolist() and b.tolist() == x.tolist()
+    a64, _ = stream_split(x.double(), 16)                             # an exact one is rounded
+    assert a64.dtype == torch.float32 and a64.tolist() == [3.0, 1.0]  # LSB 2^-13 for max 3
     lsb = 2.0 ** -14                                                  # for max 1.5
     g_branch = torch.tensor([1.5, 2.5 * lsb])
     g_identity = torch.tensor([0.0, 2.0 ** -40])
-    torch.autograd.backward([a, b], [g_branch, g_identity])
+    with contextlib.nullcontext() if use_kernel else kernels.disabled():
+        torch.autograd.backward([a, b], [g_branch, g_identity])
     assert x.grad.tolist() == [1.5, 3 * lsb]
     assert round_fixed(g_branch + g_identity, 16)[0].tolist() == [1.5, 2 * lsb]    # the float32 sum
 
@@ -74,3 +81,28 @@ def test_block_outputs_are_16_bit_and_both_engines_agree(engine):
         results[eng] = {k: v.clone() for k, v in s.model.state_dict().items()}
     assert all(torch.equal(results["sim"][k], results[engine][k]) for k in results["sim"])
     assert math.isfinite(sum(float(v.float().sum()) for v in results["sim"].values()))
+
+
+@pytest.mark.parametrize("identity_dtype", [torch.float32, torch.float64, None])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stream_kernels_equal_the_float64_torch_ops(identity_dtype, channels_last):
+    """csrc/stream.cpp against the torch reference: the rounded tail, its ReLU mask, the masked
+    gradient and both sums, bit for bit; an identity in the other memory order is handled too."""
+    if kernels.load() is None:
+        pytest.skip("compiled kernels unavailable")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 16, 8, 8, generator=g) * 1000
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    ident = None if identity_dtype is None else (torch.randn(4, 16, 8, 8, generator=g) * 3).to(identity_dtype)
+    s, b = torch.tensor([0.8125]), torch.tensor([-0.046875])
+    y_k, live_k = exact_tail(x, s, b, ident, 16)
+    with kernels.disabled():
+        y_t, live_t = exact_tail(x, s, b, ident, 16)
+    assert torch.equal(y_k, y_t) and torch.equal(live_k, live_t) and live_k.any() and not live_k.all()
+    grad = round_fixed(torch.randn(4, 16, 8, 8, generator=g), 16)[0]
+    grad = grad.contiguous(memory_format=torch.channels_last) if channels_last else grad
+    out_k = masked_exact_sums(grad, live_k, x)
+    with kernels.disabled():
+        out_t = masked_exact_sums(grad, live_t, x)
+    for a, r in zip(out_k, out_t):
+        assert torch.equal(a, r)

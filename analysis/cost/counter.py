@@ -315,12 +315,15 @@ class _FunctionalCounter(TorchDispatchMode):
             self._count(func, args, out)
         return out
 
-    def stream_rounding(self, n: int, backward: bool) -> None:
-        """FX of n stream values (eoq/nn/stream.py) as a quantizer: max (n cmp), shift, round (n adds)."""
+    def stream_rounding(self, n: int, backward: bool, summed: bool = False) -> None:
+        """FX of n stream values (eoq/nn/stream.py) as a quantizer: max (n cmp), shift, round (n adds);
+        ``summed``: of the sum of two errors, whose n adds are counted as elementwise work."""
         if not self.enabled:
             return
         layer, phase = self._where()
         phase = "backward_error" if backward else phase
+        if summed:
+            self.t.add(layer, "elementwise", phase, "add", "int32" if self.qnet else "fp32", n)
         for op in ("cmp", "shift", "add"):
             self.t.add(layer, "stream", phase, op, "int32", n)
         self.t.add(layer, "stream", phase, "read", "byte", 4 * n)

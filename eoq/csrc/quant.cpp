@@ -64,28 +64,44 @@ double abs_max(const at::Tensor& x_) {
   return from_abs_bits(r);
 }
 
+// The float32 ordered as an unsigned integer (negative values flipped): a min/max over these keys
+// vectorizes. NaN and Inf land at or beyond the keys of -inf and +inf.
+inline uint32_t order_key(uint32_t u) { return u ^ (static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u); }
+inline float from_key(uint32_t k) {
+  const uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
 // max|v| of v = x + bias, x * mult or (relu) max(x + pre, 0) + bias, each operation exact: in
 // double, which holds the sum or product of a float32 x and an 8-bit scalar exactly as long as
-// their binary exponents are less than 29 bits apart (NaN stays NaN: std::max(NaN, 0.0) is NaN).
+// their binary exponents are less than 29 bits apart. v is monotone in x, so max|v| is reached at
+// min x or max x: one pass for the range of x (integer keys), then the formula at both ends.
+// NaN or Inf in x give +inf.
 double abs_max_affine(const at::Tensor& x_, float mult, float bias, bool relu, float pre) {
   if (bias == 0.0f && mult == 1.0f && !relu) return abs_max(x_);
   at::Tensor x = x_.contiguous(x_.suggest_memory_format());
-  const float* p = x.data_ptr<float>();
-  const int64_t n = x.numel();
-  const double b = bias, s = mult, q = pre;
-  // one simple loop per case, so that each vectorizes; a NaN is carried as a NaN maximum
-  return at::parallel_reduce(0, n, 1 << 15, 0.0, [&](int64_t lo, int64_t hi, double acc) {
-    double m = acc;
-    bool nan = false;
-    if (relu) {
-      for (int64_t i = lo; i < hi; ++i) { const double v = std::fabs(std::max(p[i] + q, 0.0) + b); nan |= v != v; m = v > m ? v : m; }
-    } else if (mult != 1.0f) {
-      for (int64_t i = lo; i < hi; ++i) { const double v = std::fabs(p[i] * s); nan |= v != v; m = v > m ? v : m; }
-    } else {
-      for (int64_t i = lo; i < hi; ++i) { const double v = std::fabs(p[i] + b); nan |= v != v; m = v > m ? v : m; }
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "amax: float32 only");
+  const uint32_t* p = reinterpret_cast<const uint32_t*>(x.data_ptr<float>());
+  using R = std::pair<uint32_t, uint32_t>;    // (min key, max key)
+  const R r = at::parallel_reduce(0, x.numel(), 1 << 15, R(~0u, 0u), [&](int64_t lo, int64_t hi, R acc) {
+    uint32_t kl = acc.first, kh = acc.second;
+    for (int64_t i = lo; i < hi; ++i) {
+      const uint32_t k = order_key(p[i]);
+      kl = std::min(kl, k);
+      kh = std::max(kh, k);
     }
-    return nan ? std::numeric_limits<double>::infinity() : m;
-  }, [](double a, double c) { return std::max(a, c); });
+    return R(kl, kh);
+  }, [](R a, R c) { return R(std::min(a.first, c.first), std::max(a.second, c.second)); });
+  if (x.numel() == 0) return 0.0;
+  if (r.second >= order_key(0x7f800000u) || r.first <= order_key(0xff800000u)) {
+    return std::numeric_limits<double>::infinity();
+  }
+  double lo = from_key(r.first), hi = from_key(r.second);
+  if (mult != 1.0f) return std::fabs(static_cast<double>(mult)) * std::max(std::fabs(lo), std::fabs(hi));
+  if (relu) lo = std::max(lo + pre, 0.0), hi = std::max(hi + pre, 0.0);
+  return std::max(std::fabs(lo + bias), std::fabs(hi + bias));
 }
 
 constexpr int64_t BLK = 512;
@@ -116,11 +132,16 @@ inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32
       fill_bits(own, len, i0, di, k0, k1);
       bits = own;
     }
-    for (int64_t l = 0; l < len; ++l) {
-      double y = v[l] * dinv;
-      y = y < -dm ? -dm : (y > dm ? dm : y);
-      c[l] = static_cast<T>(mode == 0 ? std::nearbyint(y)
-                                      : std::floor((std::floor(y * 65536.0) + static_cast<double>(bits[l])) / 65536.0));
+    if (mode == 0) {
+      for (int64_t l = 0; l < len; ++l) {
+        const double y = std::min(std::max(v[l] * dinv, -dm), dm);
+        c[l] = static_cast<T>(std::nearbyint(y));
+      }
+    } else {
+      for (int64_t l = 0; l < len; ++l) {
+        const double y = std::min(std::max(v[l] * dinv, -dm), dm);
+        c[l] = static_cast<T>(std::floor((std::floor(y * 65536.0) + static_cast<double>(bits[l])) * (1.0 / 65536.0)));
+      }
     }
   } else if (mode == 0) {
     for (int64_t l = 0; l < len; ++l) {
@@ -402,12 +423,14 @@ void register_intops(pybind11::module& m);  // intops.cpp
 void register_tail(pybind11::module& m);    // tail.cpp
 void register_direct(pybind11::module& m);  // direct.cpp
 void register_stats(pybind11::module& m);   // stats.cpp
+void register_stream(pybind11::module& m);  // stream.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_intops(m);
   register_tail(m);
   register_direct(m);
   register_stats(m);
+  register_stream(m);
   m.def("amax", &abs_max);
   m.def("round_scaled", &round_scaled, pybind11::arg("x"), pybind11::arg("exponent"),
         pybind11::arg("max_code"), pybind11::arg("mode"), pybind11::arg("k0"), pybind11::arg("k1"),

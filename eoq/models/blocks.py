@@ -8,6 +8,7 @@ A shortcut is option A (subsample + zero-pad channels, CIFAR) or B (1x1 projecti
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -29,6 +30,29 @@ class ShortcutA(nn.Module):
     def forward(self, x):
         x = x[:, :, ::self.stride, ::self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.pad))
+
+
+class _ExactShortcutAFn(torch.autograd.Function):
+    """Option A after a Fixup scalar bias, exact (the fixed-point stream): pad(x[:, :, ::s, ::s] + b)
+    in float64. The scalar commutes with the subsampling, so it is added to the kept quarter only;
+    the backward scatters the error back in x's memory order (what the stream's exact sum reads)
+    and sums b's gradient in double (stream.exact_sums), rounded once."""
+
+    @staticmethod
+    def forward(ctx, x, b, stride, pad):
+        sub = x[:, :, ::stride, ::stride].double() + b.detach().double()
+        ctx.x_shape, ctx.stride, ctx.b_shape, ctx.channels = x.shape, stride, b.shape, x.shape[1]
+        ctx.layout = torch.channels_last if x.dim() == 4 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return F.pad(sub, (0, 0, 0, 0, 0, pad))
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad[:, :ctx.channels]
+        gx = torch.zeros(ctx.x_shape, dtype=torch.float32).contiguous(memory_format=ctx.layout)
+        gx[:, :, ::ctx.stride, ::ctx.stride] = g
+        gb = g.double().sum().float().view(ctx.b_shape) if ctx.needs_input_grad[1] else None
+        return gx, gb, None, None
 
 
 def make_shortcut(kind: str, in_planes: int, planes: int, stride: int, norm: str) -> nn.Module:
@@ -98,7 +122,11 @@ class ResidualBlock(nn.Module):
             return F.relu(self.residual(x))
         bits = self.stream_bits          # a fixed-point stream: x rounded here, the rest exact (stream.py)
         x, x_id = stream_split(x, bits)
-        identity = self.identity(x_id.double() if bits else x_id)
+        if bits and isinstance(self.shortcut, ShortcutA):     # option A after b_1a, exact (float64)
+            sc = self.shortcut
+            identity = _ExactShortcutAFn.apply(x_id, self.biases_in[0].effective(), sc.stride, sc.pad)
+        else:              # a projection shortcut's sum exact in float64; an identity needs no copy
+            identity = self.identity(x_id.double() if bits and not isinstance(self.shortcut, nn.Identity) else x_id)
         # y = relu(x_m * scale + b_mb + identity), fused under EOQ
         return fixup_tail(self.branch(x, tail=False), self.scale, self.biases_out[-1], identity,
                           self.convs[-1], bits)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..nn.batchnorm import QBatchNorm2d
 from ..nn.layers import FixupScalar, QConv2d, QLinear
+from ..nn.fixup_tail import fixup_stem
 from ..nn.stream import stream_split, to_stream
 from .blocks import NORMS, BasicBlock, Bottleneck, ResidualBlock
 from .fixup import fixup_branch_factor, he_fan_out_std, init_fixup_branch
@@ -75,6 +76,8 @@ class ResNet(nn.Module):
         if self.bn1 is not None:
             x = self.bn1(x)
         if self.bias1 is not None and self.stream_bits:      # exact, then rounded to the stream
+            if isinstance(self.maxpool, nn.Identity):
+                return fixup_stem(x, self.bias1, self.stream_bits)
             return to_stream(self.maxpool(F.relu(self.bias1(x.double()))), self.stream_bits)
         if self.bias1 is not None:
             x = self.bias1(x)

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from .. import kernels
 from ..quant import fusion
 from ..quant import quantizers as Q
-from .layers import _fusable, exact_sum
-from .stream import fx, to_stream
+from . import stream
+from .layers import _fusable, fusing_allowed
+from .stream import dense, fx, to_stream
 
 
 def _tail(x: torch.Tensor, s: torch.Tensor, b: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
@@ -41,10 +42,8 @@ def _tail(x: torch.Tensor, s: torch.Tensor, b: torch.Tensor, identity: torch.Ten
 class _FixupTailFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, s, b, identity, layer, bits):
-        if bits:           # exact in float64, then the stream's one rounding (stream.py)
-            y = torch.relu(x.double() * s.detach().double() + b.detach().double() + identity.double())
-            live = y > 0
-            y = fx(y, bits)
+        if bits:           # exact, then the stream's one rounding (stream.py)
+            y, live = exact_tail(x, s.detach(), b.detach(), identity, bits)
         else:
             y = _tail(x, s.detach(), b.detach(), identity)
             live = y
@@ -56,10 +55,9 @@ class _FixupTailFn(torch.autograd.Function):
     def backward(ctx, grad):
         x, s, live = ctx.saved_tensors
         layer = ctx.layer
-        if ctx.exact:      # grad: the error stream (16-bit values); the sums exact in float64
-            g = torch.where(live, grad, 0.0)
-            gb = exact_sum(g, ctx.b_shape) if ctx.needs_input_grad[2] else None
-            gs = exact_sum(g.double() * x.double(), s.shape) if ctx.needs_input_grad[1] else None
+        if ctx.exact:      # grad: the error stream (16-bit values); the sums exact, in double
+            g, gb, gs = masked_exact_sums(grad, live, x)
+            gb, gs = gb.view(ctx.b_shape), gs.view(s.shape)
         else:
             g = torch.ops.aten.threshold_backward(grad, live, 0)
             gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
@@ -74,6 +72,47 @@ class _FixupTailFn(torch.autograd.Function):
         return gx, gs, gb, g if ctx.needs_input_grad[3] else None, None, None
 
 
+def exact_tail(x, s, b, identity, bits: int, relu: bool = True):
+    """(FX(relu(x * s + b + identity), bits) as float32, the mask of the ReLU before rounding):
+    one kernel call (``csrc/stream.cpp``) where x and identity share a layout, else the float64
+    torch ops. ``identity`` may be None (the stem)."""
+    kern = kernels.usable(x)
+    if kern is not None and dense(x) and identity is not None and identity.stride() != x.stride():
+        identity = torch.empty_like(x, dtype=identity.dtype).copy_(identity)    # x's memory order
+    if kern is not None and dense(x):
+        for f in stream.LISTENERS:
+            f(x.numel(), False, False)
+        y, live, _ = stream._checked(lambda: kern.fx_affine(x.detach(), float(s), float(b),
+                                                          stream._EMPTY if identity is None else identity.detach(),
+                                                          relu, bits))
+        return y, live
+    t = x.double() * s.double() + b.double()
+    if identity is not None:
+        t = t + identity.double()
+    t = torch.relu(t) if relu else t
+    return fx(t, bits), t > 0
+
+
+def masked_exact_sums(grad, live, x):
+    """(g = grad where live, sum g, sum g * x): the sums in double, rounded once to float32."""
+    kern = kernels.usable(grad)
+    if kern is not None and x.dtype == grad.dtype and x.stride() == grad.stride() == live.stride() and dense(grad):
+        g, sg, sgx = kern.masked_sums(grad, live, x)
+        return g, torch.tensor([sg], dtype=torch.float32), torch.tensor([sgx], dtype=torch.float32)
+    g = torch.where(live, grad, 0.0)
+    return (g, *exact_sums(g, x))
+
+
+def exact_sums(g, x):
+    """(sum g, sum g * x) in double, each rounded once to float32 (one-element tensors)."""
+    kern = kernels.usable(g)
+    if kern is not None and x.dtype == g.dtype and x.stride() == g.stride() and dense(g):
+        sg, sgx = kern.dot_sums(g, x)
+    else:
+        sg, sgx = float(g.double().sum()), float((g.double() * x.double()).sum())
+    return torch.tensor([sg], dtype=torch.float32), torch.tensor([sgx], dtype=torch.float32)
+
+
 def fixup_tail(x, scale, bias, identity, layer, bits: int | None = None):
     """relu(bias(scale(x)) + identity) for ``x`` = ``layer``'s output (see module doc). ``bits``:
     every step exact and the result rounded to the ``bits``-bit stream (eoq/nn/stream.py)."""
@@ -82,3 +121,29 @@ def fixup_tail(x, scale, bias, identity, layer, bits: int | None = None):
             return to_stream(F.relu(bias(scale(x.double(), after=layer)) + identity.double()), bits)
         return F.relu(bias(scale(x, after=layer)) + identity)
     return _FixupTailFn.apply(x, scale.effective(), bias.effective(), identity, layer, bits)
+
+
+class _FixupStemFn(torch.autograd.Function):
+    """FX(relu(x + b), bits) after the stem conv (CIFAR layout), with the exact backward:
+    d x = grad where x + b > 0, d b = its sum (in double, rounded once)."""
+
+    @staticmethod
+    def forward(ctx, x, b, bits):
+        y, live = exact_tail(x, torch.ones(1), b.detach(), None, bits)
+        ctx.save_for_backward(live)
+        ctx.b_shape, ctx.dtype = b.shape, x.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (live,) = ctx.saved_tensors
+        g, gb, _ = masked_exact_sums(grad, live, grad)
+        return g.to(ctx.dtype), gb.view(ctx.b_shape), None
+
+
+def fixup_stem(x, bias, bits: int):
+    """The stream's first value: relu(bias(x)) exactly, rounded to ``bits`` (see _FixupStemFn); the
+    module ops in float64 where nothing may be fused (an observer, the cost model)."""
+    if not fusing_allowed():
+        return to_stream(F.relu(bias(x.double())), bits)
+    return _FixupStemFn.apply(x, bias.effective(), bits)

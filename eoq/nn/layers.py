@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import distributed
+from .. import distributed, kernels
 from ..engine import intengine
 from ..quant import fusion
 from ..quant import quantizers as Q
@@ -102,9 +102,13 @@ def _input_quant(x, layer):
 
 
 def exact_sum(t: torch.Tensor, shape) -> torch.Tensor:
-    """t summed to ``shape`` exactly (float64: the values are integers times a power of two, and
+    """t summed to ``shape`` exactly (in double: the values are integers times a power of two, and
     their sum needs fewer than 53 bits), then rounded once to float32: the gradient of a Fixup
-    scalar, whatever order the reduction takes."""
+    scalar, whatever order the reduction takes. One kernel pass for a full sum of a float32 tensor."""
+    kern = kernels.usable(t)
+    if kern is not None and math.prod(shape) == 1 and (t.is_contiguous()
+                                                       or t.is_contiguous(memory_format=torch.channels_last)):
+        return torch.tensor([kern.sum_double(t)], dtype=torch.float32).view(shape)
     return t.double().sum_to_size(shape).float()
 
 
@@ -146,6 +150,12 @@ def _quantized(layer) -> bool:
     (float64), as in the fused kernels, and only its quantizers round."""
     q = getattr(layer, "quant", None)
     return q is not None and q.any
+
+
+def fusing_allowed() -> bool:
+    """No observer wants unquantized tensors, no cost count needs the modules one by one, no
+    data-parallel sharding: fused kernels may replace module ops."""
+    return not (listening() or _UNFUSED[0] or distributed.active())
 
 
 def _fusable(layer, kind: str) -> bool:

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.quantizers import round_fixed
+from .. import kernels
+from ..quant.quantizers import QuantizationError, round_fixed
 
-LISTENERS: list = []     # callables f(numel, backward) told of every stream rounding (the cost model)
+LISTENERS: list = []     # callables f(numel, backward, summed) told of every stream rounding (the cost
+                         # model); summed: the rounding of a sum of two errors (their add included)
 _ROUNDING = [0]
 
 
@@ -36,10 +38,48 @@ def fx(x: torch.Tensor, bits: int, backward: bool = False, counted: bool = True)
     """FX(x, bits) as float32 (quantizers.round_fixed), told to LISTENERS unless not ``counted``
     (the boundary's forward, which leaves a stream value as it is)."""
     for f in LISTENERS if counted else ():
-        f(x.numel(), backward)
+        f(x.numel(), backward, False)
     _ROUNDING[0] += 1
     try:
+        kern = kernels.usable(x)
+        if kern is not None and dense(x):
+            return _checked(lambda: kern.fx_sum(x.detach(), _EMPTY, bits)[0])
         return round_fixed(x, bits)[0]
+    finally:
+        _ROUNDING[0] -= 1
+
+
+_EMPTY = torch.empty(0)
+
+
+def dense(t: torch.Tensor) -> bool:
+    """Contiguous in NCHW or channels-last memory: what the stream kernels take."""
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def _checked(call):
+    """A stream kernel's result; its NaN/Inf error as the QuantizationError the torch path raises."""
+    try:
+        return call()
+    except RuntimeError as err:
+        if "NaN or Inf" in str(err):
+            raise QuantizationError("cannot round the residual stream: it holds NaN or Inf (the training "
+                                    "diverged or the input is corrupt)") from None
+        raise
+
+
+def fx_sum(a: torch.Tensor, b: torch.Tensor, bits: int) -> torch.Tensor:
+    """FX(a + b, bits), the sum exact (float64), as float32: the error at a block input."""
+    for f in LISTENERS:
+        f(a.numel(), True, True)
+    _ROUNDING[0] += 1
+    try:
+        kern = kernels.usable(a)
+        if kern is not None and b.dtype == torch.float32 and dense(a):
+            if b.stride() != a.stride():
+                b = torch.empty_like(a).copy_(b)          # the same memory order (a cheap float32 copy)
+            return _checked(lambda: kern.fx_sum(a.detach(), b.detach(), bits)[0])
+        return round_fixed(a.double() + b.double(), bits)[0]
     finally:
         _ROUNDING[0] -= 1
 
@@ -49,16 +89,18 @@ class _StreamFn(torch.autograd.Function):
     def forward(ctx, x, bits):
         ctx.bits, ctx.dtype = bits, x.dtype
         ctx.set_materialize_grads(False)       # an unused output (the pooling head) hands back None
-        y = fx(x, bits, counted=False)
-        return y, y.view_as(y)
+        if x.dtype != torch.float32:            # not yet a stream value (FX leaves those as they are)
+            x = fx(x, bits, counted=False)
+        return x.view_as(x), x.view_as(x)
 
     @staticmethod
     def backward(ctx, g_branch, g_identity):
-        parts = [g.double() for g in (g_branch, g_identity) if g is not None]
+        parts = [g for g in (g_branch, g_identity) if g is not None]
         if not parts:
             return None, None
-        g = parts[0] if len(parts) == 1 else parts[0] + parts[1]       # exact in float64
-        return fx(g, ctx.bits, backward=True).to(ctx.dtype), None
+        if len(parts) == 1:
+            return fx(parts[0], ctx.bits, backward=True).to(ctx.dtype), None
+        return fx_sum(parts[0], parts[1], ctx.bits).to(ctx.dtype), None
 
 
 def stream_split(x: torch.Tensor, bits: int | None) -> tuple[torch.Tensor, torch.Tensor]:
