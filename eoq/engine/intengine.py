@@ -22,12 +22,14 @@ The int32 accumulator never overflows silently: a product of two 8-bit codes is 
 Codes are at most 127 in magnitude (SQ clamps symmetrically), so the bound holds for any data.
 
 Between layers the engine hands PyTorch float32 tensors holding ``int32 * 2^exponent`` exactly
-(for |int32| < 2^24), so the elementwise parts (Fixup scalars, ReLU, residual add, shortcut,
-pooling, loss gradient) run as float32 operations on exactly representable values -- the same
-operations the simulator runs -- and then the next layer quantizes them again. The results agree
-with the simulator bit for bit wherever the simulator's float32 GEMMs are exact (every partial
-sum below 2^24 in units of the LSB product); tests check this per layer and for whole steps, and
-a 5-epoch CIFAR-10 run ended with identical weights in both engines (reports/engines/).
+(for |int32| < 2^24). With the spec's ``stream_bits`` (the ``eoq`` presets) the elementwise work
+that follows (Fixup scalars, ReLU, residual add, option-A shortcut, the error sums) is exact and
+rounded only where an integer datapath rounds: to the 16-bit fixed-point stream at block
+boundaries (:mod:`eoq.nn.stream`) and by the next layer's A or E quantizer; without it those
+operations run in float32. Either way the simulator runs the same operations, so the results
+agree bit for bit wherever the simulator's float32 GEMMs are exact (every partial sum below 2^24
+in units of the LSB product); tests check this per layer and for whole steps, and a 5-epoch
+CIFAR-10 run ended with identical weights in both engines (reports/engines/).
 """
 from __future__ import annotations
 
