@@ -1,4 +1,4 @@
-"""The ``eoq`` command line: ``eoq train``, ``eoq presets``, ``eoq cost``, ``eoq report``.
+"""The ``eoq`` command line: ``eoq train``, ``eoq presets``, ``eoq cost``, ``eoq golden``, ``eoq report``.
 
 Every mistake a user can make (unknown names, bad numbers, missing data, bad checkpoints) ends in
 one line ``eoq: error: ...`` and exit status 2; no traceback.
@@ -169,6 +169,38 @@ def _report(args) -> int:
     return 0
 
 
+def _golden(args) -> int:
+    import torch
+
+    from .models import MODELS
+    from .training import golden
+    from .training.batches import epoch_order, to_float
+    from .training.data import default_val, load_cifar10
+
+    if args.model not in MODELS:
+        raise ConfigError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+    if args.batch_size < 1 or args.steps < 1:
+        raise ConfigError(f"--batch-size and --steps must be positive, got {args.batch_size} and {args.steps}")
+    if not args.lr > 0:
+        raise ConfigError(f"--lr must be > 0, got {args.lr}")
+    data = load_cifar10(args.data)
+    data = data.hold_out(default_val(len(data.train_y)))     # the training split of eoq train
+    if args.after < 0:
+        raise ConfigError(f"--after must be >= 0, got {args.after}")
+    n = args.batch_size * (args.steps + args.after)
+    if n > len(data.train_x):
+        raise ConfigError(f"--batch-size x (--steps + --after) = {n} is more than the {len(data.train_x)} "
+                          "training images")
+    idx = epoch_order(len(data.train_x), args.seed, 0)[:n]       # the first batches of epoch 0, no augmentation
+    images = to_float(torch.from_numpy(data.train_x)[idx])
+    labels = torch.from_numpy(data.train_y)[idx]
+    g = golden.record(args.model, args.batch_size, args.steps, images, labels, seed=args.seed, lr=args.lr,
+                      after=args.after)
+    path = golden.write(g, args.out)
+    print(f"{len(g.entries)} tensors of {args.steps} step(s) written to {path} and {path.parent / 'manifest.json'}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="eoq", description="EOQ Workbench: 8-bit integer training without BN.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +212,18 @@ def main(argv=None) -> int:
     c.add_argument("--table", default=None, help="JSON file overriding energy_pj / cycles entries")
     c.add_argument("--out", default=None, help="also write the markdown report and figures here")
     c.set_defaults(func=_cost)
+    g = sub.add_parser("golden", help="golden vectors: every integer tensor of a few integer training steps",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g.add_argument("--model", default="resnet20", help="a Fixup ResNet (resnet20/32/..., resnet18/34/50)")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--steps", type=int, default=2)
+    g.add_argument("--lr", type=float, default=0.1, help="fixed learning rate (no schedule)")
+    g.add_argument("--after", type=int, default=20,
+                   help="unrecorded steps first (at init a Fixup net's branches get no error: >= 3 records them busy)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--data", default=None, help="as eoq train --data (the first training images are used)")
+    g.add_argument("--out", required=True, help="directory for golden.npz and manifest.json")
+    g.set_defaults(func=_golden)
     r = sub.add_parser("report", help="figures and REPORT.md from run directories and analysis outputs")
     r.add_argument("runs", nargs="*", help="run directories (eoq train --out)")
     r.add_argument("--out", default="reports", help="where REPORT.md and the figures go")

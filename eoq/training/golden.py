@@ -1,0 +1,364 @@
+"""Golden vectors: every integer tensor of a few integer-engine training steps, for hardware teams.
+
+``eoq golden --model resnet20 --batch-size 8 --steps 2 --out DIR`` runs ``steps`` SGD steps of a
+Fixup ResNet under the ``eoq`` preset on ``--engine int`` and writes ``DIR/golden.npz`` (one array
+per tensor) and ``DIR/manifest.json``: for each tensor, in the order the step computes it, its
+name, shape, dtype and exponent (value = codes * 2^exponent; null for the few float32 tensors),
+the op that made it and what it is. Recorded per step ``s`` (names ``s<s>/...``):
+
+    inputs       input codes (the first conv's A), labels, every stored tensor's codes and exponent
+                 (weights, the classifier bias, the Fixup scalars), the momentum buffers (codes,
+                 exponent), each tensor's fixed-point learning rate (L, shift), the random-bit keys
+    forward      per layer: A codes, the integer accumulator (int32/int64 GEMM sums); the 16-bit
+                 stream at every block boundary; the logits (float32)
+    loss         dL/dlogits (float32): the one float operation of the step (softmax)
+    backward     per layer: E codes, the input-gradient accumulator, the weight-gradient
+                 accumulator, G codes; the 16-bit error stream at every block boundary; the
+                 Fixup scalars' and classifier bias's gradients (float32, exact sums rounded once)
+    update       per stored tensor: G of the optimizer (bias, scalars), momentum codes M, update
+                 codes U, the new codes and exponent
+
+The steps run the torch reference path (``kernels.disabled()``, every module on its own): every
+random-bit key is then drawn in Python, so it can be recorded beside the quantizer that used it,
+and the tests check that the compiled kernels give the same weights. A NumPy-only reference
+(:mod:`eoq.reference`) recomputes every tensor from the inputs.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import kernels
+from ..engine import intengine
+from ..nn import stream
+from ..nn.layers import FixupScalar, QConv2d, QLinear
+from ..quant import quantizers as Q
+from ..quant import rng
+from ..quant.observe import observing
+from .atomic import atomic_write
+from .optimizer import EOQSGD, fixed_point
+from .loop import train_step
+from .setup import setup
+
+
+@dataclass
+class Golden:
+    """Recorded tensors (name -> array) and their manifest entries, in op order."""
+
+    arrays: dict = field(default_factory=dict)
+    entries: list = field(default_factory=list)
+
+    def put(self, name: str, value, exponent=None, op: str = "", what: str = "") -> None:
+        if name in self.arrays:
+            raise RuntimeError(f"golden: tensor {name!r} recorded twice")
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        self.arrays[name] = arr
+        self.entries.append({"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype),
+                             "exponent": None if exponent is None else int(exponent), "op": op, "what": what})
+
+
+def _small_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    return codes.to(torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32)
+
+
+def _sq_lsb(x: torch.Tensor, bits: int) -> int:
+    """SQ's LSB exponent for the (exact) values x."""
+    return Q.exponent_of(float(x.detach().abs().max()) if x.numel() else 0.0) + 1 - bits
+
+
+class Recorder:
+    """Observer (eoq.quant.observe) and wrappers that record the tensors of a step into a Golden."""
+
+    active = True
+
+    def __init__(self, golden: Golden, model: nn.Module):
+        self.g, self.step, self.phase = golden, 0, "forward"
+        self.names = {m: name for name, m in model.named_modules()}
+        self.pending_codes: list = []   # exact (codes, lsb) from the integer engine, claimed by the next notify
+        self.pending_keys: list = []
+        self.last = None                # the module of the latest notify
+        self.exps: dict = {}            # (module, kind) -> LSB exponent of its latest A / E
+        self.param = None               # the stored tensor the optimizer is updating
+        self.depth = 0
+
+    def name(self, suffix: str) -> str:
+        return f"s{self.step}/{suffix}"
+
+    # --- observer -------------------------------------------------------------------------------
+    def after(self, kind, q, x, out, owner, **kw):
+        if self.param is not None:            # the optimizer (G, M, U of one stored tensor)
+            self._optimizer_tensor(kind, q, x, out, **kw)
+            return
+        mod = self.names.get(owner, "?")
+        if self.pending_codes:
+            codes, lsb = self.pending_codes.pop()
+        else:
+            lsb = _sq_lsb(x, q.bits)
+            codes = (out.detach().double() * 2.0 ** -lsb).round()
+        self.last = owner
+        self.exps[(owner, kind)] = lsb
+        self._claim_key(f"{mod}.{kind}")
+        what = {"A": "activation codes, SQ 8-bit nearest of the layer input",
+                "E": "error codes, SQ 8-bit stochastic of dL/d(layer output)",
+                "G": "weight-gradient codes, SQ 8-bit stochastic of the weight-gradient accumulator"}.get(kind, kind)
+        if kind == "G" and isinstance(owner, QConv2d):
+            codes = codes.reshape(owner.weight.shape)
+        self.g.put(self.name(f"{mod}.{kind}"), _small_codes(codes, q.bits), lsb, f"SQ{q.bits} {q.rounding}", what)
+
+    def _claim_key(self, label: str) -> None:
+        if self.pending_keys:
+            self.g.put(self.name(f"{label}.key"), np.array(self.pending_keys.pop(), dtype=np.uint32), None,
+                       "key", "random-bit key (k0, k1) of this quantizer (eoq.quant.rng)")
+        if self.pending_keys:
+            raise RuntimeError(f"golden: unclaimed random-bit keys before {label}")
+
+    def _optimizer_tensor(self, kind, q, x, out, **kw):
+        p = self.param
+        if kind == "U":
+            self.g.put(self.name(f"{p}.U"), out.detach().to(torch.int8), 0, f"SR, clamp +-{Q.max_code(q.bits)}",
+                       "update codes in units of the weight LSB")
+            return
+        lsb = _sq_lsb(x, q.bits)
+        codes = _small_codes((out.detach().double() * 2.0 ** -lsb).round(), q.bits)
+        what = {"G": "the gradient quantized by the optimizer (SQ 8-bit stochastic)",
+                "M": "momentum buffer codes after this step (SQ 16-bit stochastic of mu v + g)"}[kind]
+        self.g.put(self.name(f"{p}.{kind}"), codes, lsb, f"SQ{q.bits} {q.rounding}", what)
+
+    # --- wrapped engine functions ---------------------------------------------------------------
+    @contextmanager
+    def wrapped(self):
+        """Patch the integer engine, the stream and the key draws to report to this recorder."""
+        rec = self
+        originals = {}
+
+        def patch(module, attr, make):
+            originals[(module, attr)] = getattr(module, attr)
+            setattr(module, attr, make(getattr(module, attr)))
+
+        def codes_of(fn):
+            def wrapper(*a, **k):
+                codes, lsb = fn(*a, **k)
+                rec.pending_codes.append((codes, int(lsb)))
+                return codes, lsb
+            return wrapper
+
+        def accumulator(label, kind):
+            def make(fn):
+                def wrapper(*a, **k):
+                    rec.depth += 1
+                    try:
+                        out = fn(*a, **k)
+                    finally:
+                        rec.depth -= 1
+                    acc = out[0] if isinstance(out, tuple) else out
+                    if rec.depth == 0 and label != "skip":
+                        rec._accumulator(acc, label, kind)
+                    return out
+                return wrapper
+            return make
+
+        def keys(fn):
+            def wrapper(generator, *shape):
+                k = fn(generator, *shape)
+                if not shape:
+                    rec.pending_keys.append(k.tolist())
+                else:
+                    rec.opt_keys = k.clone()
+                return k
+            return wrapper
+
+        def gradient(fn):
+            def wrapper(acc, exponent, layer, conv_shape=None):
+                a = acc.to(torch.int64)
+                if conv_shape is not None:
+                    cout, cin, kh, kw = conv_shape
+                    a = a.view(cout, kh, kw, cin).permute(0, 3, 1, 2)
+                rec.g.put(rec.name(f"{rec.names[layer]}.dW_acc"), a, exponent, "E^T @ A (int64)",
+                          "weight-gradient accumulator: integer sum of E x A products")
+                return fn(acc, exponent, layer, conv_shape)
+            return wrapper
+
+        def fx(fn, summed):
+            def wrapper(*a, **k):
+                out = fn(*a, **k)
+                x = a[0].double() + a[1].double() if summed else a[0]
+                bits = a[2] if summed else a[1]
+                amax = float(x.detach().abs().max()) if x.numel() else 0.0
+                e = Q.fixed_exponent(amax, bits)
+                backward = summed or k.get("backward", False)
+                where = rec.names.get(rec.last, "?")
+                label = f"{where}.{'dstream' if backward else 'stream'}"
+                rec.g.put(rec.name(label), (out.detach().double() * 2.0 ** -e).round().to(torch.int16), e,
+                          "FX16 of the exact sum" if summed else "FX16",
+                          ("error stream at a block input: FX16(branch error + shortcut error)" if summed else
+                           "error stream entering the blocks from the head" if backward else
+                           "residual stream after this layer's block (or the stem): FX16 of the exact value"))
+                return out
+            return wrapper
+
+        patch(intengine, "_codes", codes_of)
+        patch(intengine, "sq_from_int", codes_of)
+        patch(intengine, "conv_forward", accumulator("acc", "A"))
+        patch(intengine, "conv_input_grad", accumulator("dX_acc", "E"))
+        patch(intengine, "weight_grad", accumulator("skip", None))    # recorded by _gradient
+        patch(intengine, "int_mm", accumulator(None, None))
+        patch(intengine, "_gradient", gradient)
+        patch(rng, "draw_keys", keys)
+        patch(stream, "fx", lambda fn: fx(fn, False))
+        patch(stream, "fx_sum", lambda fn: fx(fn, True))
+        try:
+            yield self
+        finally:
+            for (module, attr), fn in originals.items():
+                setattr(module, attr, fn)
+
+    def _accumulator(self, acc, label, kind):
+        layer = self.last
+        mod = self.names.get(layer, "?")
+        if label is None:              # the classifier's GEMMs (int_mm called by IntLinearFn)
+            if not isinstance(layer, QLinear):
+                return
+            if self.phase == "forward":
+                label, kind = "acc", "A"
+            elif (layer, "dX") not in self.exps:
+                label, kind = "dX_acc", "E"
+                self.exps[(layer, "dX")] = True
+            else:
+                return                 # its weight-gradient GEMM: recorded by _gradient
+        exponent = self.exps[(layer, kind)] + int(layer.weight_exp)
+        if acc.dim() == 4:
+            acc = acc.permute(0, 3, 1, 2)           # NHWC -> NCHW
+        what = ("forward accumulator: integer sum of A x W products" if kind == "A" else
+                "input-gradient accumulator: integer sum of E x W products")
+        self.g.put(self.name(f"{mod}.{label}"), acc.to(torch.int32), exponent, "GEMM int32", what)
+
+
+def stored_tensors(optimizer: EOQSGD) -> list:
+    """(name, GridParam) of every integer-stored tensor, in the optimizer's order (its key rows)."""
+    grid = optimizer.grid
+    return [(grid[id(p)].name, grid[id(p)]) for group in optimizer.param_groups for p in group["params"]
+            if id(p) in grid]
+
+
+def record(model: str = "resnet20", batch_size: int = 8, steps: int = 2, images=None, labels=None,
+           seed: int = 0, lr: float = 0.1, momentum: float = 0.875, weight_decay: float = 5e-4,
+           preset: str = "eoq", after: int = 0) -> Golden:
+    """Run ``after`` unrecorded, then ``steps`` recorded integer-engine steps of a Fixup ``model`` on
+    ``images`` (float32 NCHW, normalised, at least batch_size * (steps + after); the recorded steps
+    take the first ones) and record them (see module doc). A fixed learning rate (no schedule).
+    At initialisation a Fixup ResNet's classifier and the last conv of every branch are zero, so
+    no error reaches the branches for the first three steps: ``after`` >= 3 records them busy."""
+    need = batch_size * (steps + after)
+    if images is None or len(images) < need or labels is None or len(labels) < need:
+        raise ValueError(f"golden: need {need} images and labels, got {0 if images is None else len(images)}")
+    s = setup(model, "fixup", preset, seed=seed, engine="int", lr=lr, momentum=momentum,
+              weight_decay=weight_decay, channels_last=True)
+    if not s.spec.stream_bits or not s.spec.lr_bits:
+        raise ValueError(f"golden: preset {s.spec.name!r} has no fixed-point stream or learning rate (use eoq)")
+    golden = Golden()
+    golden.put("config", np.array(json.dumps({"model": model, "batch_size": batch_size, "steps": steps, "seed": seed,
+                                              "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                                              "after": after, "preset": s.spec.to_dict(),
+                                              "stored": [n for n, _ in stored_tensors(s.optimizer)]})),
+               None, "", "run settings (JSON); 'stored': the stored tensors in the optimizer's order")
+    rec = Recorder(golden, s.model)
+    items = stored_tensors(s.optimizer)
+    first = batch_size * steps
+    for k in range(after):                      # the fast path (compiled kernels), nothing recorded
+        lo = first + k * batch_size
+        train_step(s.model, s.optimizer, images[lo:lo + batch_size].contiguous(memory_format=torch.channels_last),
+                   labels[lo:lo + batch_size])
+    with ExitStack() as stack:
+        stack.enter_context(kernels.disabled())
+        stack.enter_context(rec.wrapped())
+        stack.enter_context(observing(rec))
+        for step in range(steps):
+            rec.step, rec.phase, rec.exps = step, "forward", {}
+            x = images[step * batch_size:(step + 1) * batch_size].contiguous(memory_format=torch.channels_last)
+            y = labels[step * batch_size:(step + 1) * batch_size]
+            _record_state(rec, s.optimizer, items)
+            golden.put(rec.name("labels"), y.to(torch.int64), None, "", "class labels")
+            logits = s.model(x)
+            golden.put(rec.name("logits"), logits, None, "float32 (acc * 2^e + bias)", "classifier output")
+            loss = F.cross_entropy(logits, y)
+            rec.phase = "backward"
+            s.optimizer.zero_grad(set_to_none=True)
+            dlogits = torch.autograd.grad(loss, logits, retain_graph=True)[0]
+            golden.put(rec.name("dlogits"), dlogits, None, "float32 softmax - onehot, / batch",
+                       "loss gradient at the logits: the one float operation of the step")
+            loss.backward()
+            _record_grads(rec, items)
+            _optimizer_step(rec, s.optimizer, items)
+    return golden
+
+
+def _record_state(rec: Recorder, opt: EOQSGD, items) -> None:
+    for name, grid in items:
+        golden_codes = (grid.param.detach().double() * 2.0 ** -float(grid.exponent)).round()
+        rec.g.put(rec.name(f"{name}.codes"), _small_codes(golden_codes, grid.bits), int(grid.exponent), "stored",
+                  "stored codes before this step")
+        buf = opt.state.get(grid.param, {}).get("momentum_buffer")
+        if buf is not None:       # its values (SQ16 codes * 2^e); as int32 codes on the grid of its max
+            lsb = _sq_lsb(buf, opt.spec.M.bits)
+            codes = buf.double() * 2.0 ** -lsb
+            if not torch.equal(codes, codes.round()):
+                raise RuntimeError(f"golden: momentum buffer of {name} is not on its SQ grid")
+            rec.g.put(rec.name(f"{name}.M_in"), codes.to(torch.int32), lsb, "stored",
+                      "momentum buffer before this step: int32 codes * 2^exponent (the values of its SQ16 codes)")
+        group = next(gr for gr in opt.param_groups if any(p is grid.param for p in gr["params"]))
+        mant, shift = fixed_point(group["lr"] * grid.lr_scale, opt.spec.lr_bits)
+        rec.g.put(rec.name(f"{name}.lr"), np.array([mant, shift], dtype=np.int64), None, "",
+                  "learning rate L * 2^-shift as (L, shift)")
+
+
+def _record_grads(rec: Recorder, items) -> None:
+    for name, grid in items:
+        if isinstance(grid.owner, FixupScalar) or (isinstance(grid.owner, QLinear) and name.endswith("bias")):
+            rec.g.put(rec.name(f"{name}.grad"), grid.param.grad.detach().clone(), None, "float32 (exact sum)",
+                      "gradient: an exact sum, rounded once to float32 (twice summed where used twice)")
+
+
+def _optimizer_step(rec: Recorder, opt: EOQSGD, items) -> None:
+    by_param = {id(grid.param): name for name, grid in items}
+    original = opt._grid_step
+
+    def grid_step(p, grid, group, keys):
+        rec.param = by_param[id(p)]
+        try:
+            return original(p, grid, group, keys)
+        finally:
+            rec.param = None
+
+    opt._grid_step = grid_step
+    try:
+        opt.step()
+    finally:
+        del opt._grid_step
+    keys = rec.opt_keys
+    rec.g.put(rec.name("optimizer.keys"), keys.numpy().astype(np.uint32), None, "key",
+              "per stored tensor (optimizer order), keys of G, M, U and the exponent policy's halving")
+    for name, grid in items:
+        codes = (grid.param.detach().double() * 2.0 ** -float(grid.exponent)).round()
+        rec.g.put(rec.name(f"{name}.new_codes"), _small_codes(codes, grid.bits), int(grid.exponent), "stored",
+                  "stored codes after this step (the exponent policy applied)")
+
+
+def write(golden: Golden, out) -> Path:
+    """golden.npz and manifest.json in ``out`` (created), each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "golden.npz") as fh:
+        np.savez_compressed(fh, **golden.arrays)
+    manifest = {"format": "eoq-golden-1",
+                "value": "codes * 2^exponent (exponent null: float32 values)",
+                "order": [e["name"] for e in golden.entries], "tensors": golden.entries}
+    with atomic_write(out / "manifest.json", "w") as fh:
+        json.dump(manifest, fh, indent=1)
+    return out / "golden.npz"
