@@ -198,7 +198,10 @@ def _golden(args) -> int:
                       after=args.after)
     path = golden.write(g, args.out)
     print(f"{len(g.entries)} tensors of {args.steps} step(s) written to {path} and {path.parent / 'manifest.json'}")
-    return 0
+    checked, bad = golden.verify(args.out)
+    print(f"NumPy reference (eoq/reference/numpy_step.py): {checked} tensors recomputed from the inputs, "
+          f"{len(bad)} differ{': ' + ', '.join(bad[:5]) if bad else ''}")
+    return 1 if bad else 0
 
 
 def main(argv=None) -> int:

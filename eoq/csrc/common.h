@@ -27,7 +27,8 @@ enum PlanCol : int {
   PLAN_SHRINK = 9,    // exponent policy: max|code| < 2^(k-1-shrink) moves it down
   PLAN_READY = 10,    // 1 once the momentum buffer holds values
   PLAN_EXACT_LR = 11, // 1 for a fixed-point lr: lr * v / 2^e formed exactly, in double
-  PLAN_COLUMNS = 12
+  PLAN_MIN_EXP = 12,  // exponent policy: the exponent goes down no further
+  PLAN_COLUMNS = 13
 };
 
 inline uint32_t lowbias32(uint32_t x) {

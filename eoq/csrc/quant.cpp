@@ -291,7 +291,7 @@ void sq_inplace(at::Tensor& x, int64_t bits, int64_t mode, uint32_t k0, uint32_t
 // One EOQSGD step for integer-stored tensors (see eoq/training/optimizer.py, which holds the same
 // algorithm in torch ops and is the reference). cfg rows: lr_eff, bits, u_bits, u_mode,
 // gq_bits (0 = none), gq_mode, m_bits (0 = none), m_mode, saturate_frac, shrink_bits,
-// buffer_ready. keys: (n, 4, 2) int64 for G, M, U and the rescale.
+// buffer_ready, exact_lr, min_exp (eoq/csrc/common.h: PlanCol). keys: (n, 4, 2) int64 for G, M, U and the rescale.
 void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
                std::vector<at::Tensor> bufs, std::vector<at::Tensor> exps,
                std::vector<at::Tensor> updates, at::Tensor cfg_, at::Tensor keys_, double mu) {
@@ -313,6 +313,7 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     const int64_t shrink = int64_t(cfg[i][PLAN_SHRINK]);
     const bool ready = cfg[i][PLAN_READY] != 0;
     const bool exact = cfg[i][PLAN_EXACT_LR] != 0;
+    const int64_t min_exp = int64_t(cfg[i][PLAN_MIN_EXP]);
     auto key = [&](int slot, int w) { return static_cast<uint32_t>(keys[i][slot][w]); };
 
     at::Tensor g = grads[i].contiguous();
@@ -388,7 +389,7 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
         double h = std::floor((std::floor(double(cp[j]) * 0.5 * 65536.0) + double(rbits32(uint32_t(j), r0, r1))) / 65536.0);
         cp[j] = float(h < -double(k_max) ? -double(k_max) : (h > double(k_max) ? double(k_max) : h));
       }
-    } else if (amax_c > 0 && amax_c < std::ldexp(1.0, int(bits - 1 - shrink)) && e > -100) {
+    } else if (amax_c > 0 && amax_c < std::ldexp(1.0, int(bits - 1 - shrink)) && e > min_exp) {
       e -= 1;
       for (int64_t j = 0; j < n; ++j) cp[j] *= 2;
     }

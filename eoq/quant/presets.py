@@ -15,7 +15,9 @@ _8S = TensorQuant(bits=8, rounding="stochastic")
 # EOQ's 8-bit weights: the exponent goes up only when more than 5% of the codes saturate. A finer
 # grid with some clipping trained better than no clipping (5-epoch ResNet-20, the same settings
 # otherwise: 0.1% -> 67.44%, 1% -> 69.54%, 5% -> 71.01%; reports/comparison/exponent-policy-ablation-5ep/).
-_EOQ_POLICY = WeightPolicy(saturate_frac=0.05)
+# Exponents go down no further than 2^-40: a Fixup bias finer than that (|b| < 127 * 2^-40) would
+# make the elementwise sums wider than 53 bits (see WeightPolicy).
+_EOQ_POLICY = WeightPolicy(saturate_frac=0.05, min_exponent=-40)
 # EOQ's update codes: int8, stochastic rounding, clamped to +-31 LSBs. At a high learning rate one
 # batch's gradient spike, applied in full (up to 127 LSBs, a weight's whole range), collapsed a run
 # to chance; the clamp prevents it (reports/comparison/defaults-5ep/).
@@ -153,7 +155,7 @@ def describe(spec: QuantSpec) -> str:
     if spec.store_bits is not None:
         wp = spec.weight_policy
         lines.append(f"  exponent policy: up one bit when > {wp.saturate_frac:g} of codes saturate, "
-                     f"down when 0 < max|code| < 2^(k-1-{wp.shrink_bits})")
+                     f"down when 0 < max|code| < 2^(k-1-{wp.shrink_bits}), not below 2^{wp.min_exponent}")
     for pattern, override in spec.layers:
         lines.append(f"  layer {pattern}: {override}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import enum
 import fnmatch
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .formats import QuantizationError, QuantizerKind, Rounding, check_bits
+from .formats import MIN_EXPONENT, QuantizationError, QuantizerKind, Rounding, check_bits
 
 QUANTIZERS = QuantizerKind.values()
 KINDS = ("W", "A", "G", "E", "U", "S", "M")
@@ -115,18 +115,28 @@ class WeightPolicy:
     of the same shape would have (3 standard deviations, times the Fixup branch factor). After
     every update: if more than ``saturate_frac`` of the codes sit at +-(2^(k-1)-1), the exponent
     goes up by one and the codes are halved with stochastic rounding; if 0 < max|code| <
-    2^(k-1-shrink_bits) the exponent goes down by one (codes doubled, exact). An all-zero tensor
-    keeps its exponent.
+    2^(k-1-shrink_bits) the exponent goes down by one (codes doubled, exact), but not below
+    ``min_exponent``. An all-zero tensor keeps its exponent.
+
+    The floor matters for the Fixup scalar biases: a bias that training pushes towards zero keeps
+    a few small codes while its exponent walks down one bit per step (to -65 within 400 steps of
+    ResNet-20), and the exact sum of a 16-bit stream value and such a bias no longer fits a 53-bit
+    (double) or any fixed-width adder. With the floor every forward sum of ResNet-20 spans fewer
+    than 53 bits, so the engine's float64 elementwise ops stay exact (eoq/reference/numpy_step.py).
     """
 
     saturate_frac: float = 0.001
     shrink_bits: int = 2
+    min_exponent: int = MIN_EXPONENT
 
     def __post_init__(self):
         if not 0 <= self.saturate_frac < 1:
             raise SpecError(f"saturate_frac must be in [0, 1), got {self.saturate_frac}")
         if not 1 <= self.shrink_bits <= 4:
             raise SpecError(f"shrink_bits must be in [1, 4], got {self.shrink_bits}")
+        if isinstance(self.min_exponent, bool) or not isinstance(self.min_exponent, int) \
+                or not MIN_EXPONENT <= self.min_exponent <= 0:
+            raise SpecError(f"min_exponent must be an integer in [{MIN_EXPONENT}, 0], got {self.min_exponent!r}")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ and the tests check that the compiled kernels give the same weights. A NumPy-onl
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class Golden:
     def put(self, name: str, value, exponent=None, op: str = "", what: str = "") -> None:
         if name in self.arrays:
             raise RuntimeError(f"golden: tensor {name!r} recorded twice")
-        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        arr = value.detach().cpu().numpy().copy() if isinstance(value, torch.Tensor) else np.array(value)  # a copy: engine buffers are reused
         self.arrays[name] = arr
         self.entries.append({"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype),
                              "exponent": None if exponent is None else int(exponent), "op": op, "what": what})
@@ -249,23 +250,24 @@ def stored_tensors(optimizer: EOQSGD) -> list:
 
 def record(model: str = "resnet20", batch_size: int = 8, steps: int = 2, images=None, labels=None,
            seed: int = 0, lr: float = 0.1, momentum: float = 0.875, weight_decay: float = 5e-4,
-           preset: str = "eoq", after: int = 0) -> Golden:
+           preset: str = "eoq", after: int = 0, engine: str = "int") -> Golden:
     """Run ``after`` unrecorded, then ``steps`` recorded integer-engine steps of a Fixup ``model`` on
     ``images`` (float32 NCHW, normalised, at least batch_size * (steps + after); the recorded steps
     take the first ones) and record them (see module doc). A fixed learning rate (no schedule).
+    ``engine`` "sim" records the same steps on the float simulator (no accumulators: it has none).
     At initialisation a Fixup ResNet's classifier and the last conv of every branch are zero, so
     no error reaches the branches for the first three steps: ``after`` >= 3 records them busy."""
     need = batch_size * (steps + after)
     if images is None or len(images) < need or labels is None or len(labels) < need:
         raise ValueError(f"golden: need {need} images and labels, got {0 if images is None else len(images)}")
-    s = setup(model, "fixup", preset, seed=seed, engine="int", lr=lr, momentum=momentum,
+    s = setup(model, "fixup", preset, seed=seed, engine=engine, lr=lr, momentum=momentum,
               weight_decay=weight_decay, channels_last=True)
     if not s.spec.stream_bits or not s.spec.lr_bits:
         raise ValueError(f"golden: preset {s.spec.name!r} has no fixed-point stream or learning rate (use eoq)")
     golden = Golden()
     golden.put("config", np.array(json.dumps({"model": model, "batch_size": batch_size, "steps": steps, "seed": seed,
                                               "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-                                              "after": after, "preset": s.spec.to_dict(),
+                                              "after": after, "engine": engine, "preset": s.spec.to_dict(),
                                               "stored": [n for n, _ in stored_tensors(s.optimizer)]})),
                None, "", "run settings (JSON); 'stored': the stored tensors in the optimizer's order")
     rec = Recorder(golden, s.model)
@@ -362,3 +364,22 @@ def write(golden: Golden, out) -> Path:
     with atomic_write(out / "manifest.json", "w") as fh:
         json.dump(manifest, fh, indent=1)
     return out / "golden.npz"
+
+
+REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "numpy_step.py"
+
+
+def reference():
+    """The NumPy reference (eoq/reference/numpy_step.py), loaded from its file: it imports no torch
+    and nothing of this package."""
+    spec = importlib.util.spec_from_file_location("eoq_numpy_step", REFERENCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def verify(folder) -> tuple[int, list[str]]:
+    """(how many tensors the NumPy reference recomputed, the names it does not reproduce bit for bit)."""
+    ref = reference()
+    result = out, _, manifest, _ = ref.recompute(folder)
+    return sum(e["name"] in out for e in manifest["tensors"]), ref.compare(folder, result)

@@ -35,7 +35,7 @@ from ..nn.prepare import SCALAR_LR_SCALE, grid_params
 from ..quant import rng
 from ..quant.apply import apply_quant
 from ..quant.observe import OBSERVERS, listening
-from ..quant.quantizers import MIN_EXPONENT, QuantizationError, max_code, round_scaled
+from ..quant.quantizers import QuantizationError, max_code, round_scaled
 from ..quant.spec import QuantSpec, SpecError
 
 
@@ -55,6 +55,7 @@ class PlanCol(enum.IntEnum):
     SHRINK = 9      # exponent policy: max|code| < 2^(k-1-shrink) moves it down
     READY = 10      # 1 once the momentum buffer holds values
     EXACT_LR = 11   # 1 for a fixed-point lr (spec.lr_bits): lr * v / 2^e formed exactly
+    MIN_EXP = 12    # exponent policy: the exponent goes down no further
 
 
 def pow2_round(x: float) -> float:
@@ -215,7 +216,7 @@ class EOQSGD(torch.optim.Optimizer):
         if amax >= k_max and float((codes.abs() >= k_max).float().mean()) > policy.saturate_frac:
             grid.exponent += 1
             return round_scaled(codes.double(), 1, k_max, "stochastic", key=key, codes=True).to(codes.dtype)
-        if 0 < amax < 2 ** (grid.bits - 1 - policy.shrink_bits) and float(grid.exponent) > MIN_EXPONENT:
+        if 0 < amax < 2 ** (grid.bits - 1 - policy.shrink_bits) and float(grid.exponent) > policy.min_exponent:
             grid.exponent -= 1
             return codes * 2
         return codes
@@ -281,7 +282,7 @@ class EOQSGD(torch.optim.Optimizer):
                    PlanCol.G_MODE: gq.rounding.code, PlanCol.M_BITS: spec.M.bits if m_on else 0,
                    PlanCol.M_MODE: spec.M.rounding.code, PlanCol.SATURATE: spec.weight_policy.saturate_frac,
                    PlanCol.SHRINK: spec.weight_policy.shrink_bits, PlanCol.READY: float(ready),
-                   PlanCol.EXACT_LR: float(bool(spec.lr_bits))}
+                   PlanCol.EXACT_LR: float(bool(spec.lr_bits)), PlanCol.MIN_EXP: spec.weight_policy.min_exponent}
             rows.append([row[c] for c in PlanCol])
         plan = (params, bufs, exps, updates, torch.tensor(rows, dtype=torch.float64), decays)
         self._plan_cache = (ident, plan)

@@ -1,0 +1,505 @@
+"""An executable reference of one EOQ integer training step, in NumPy only (no torch).
+
+    python eoq/reference/numpy_step.py DIR        # DIR from `eoq golden`: recompute and compare
+
+It reads a golden file (``eoq golden``: golden.npz + manifest.json) of a Fixup CIFAR ResNet
+(resnet20/32/44/56/110) under the ``eoq`` preset, takes only its *inputs* (the first layer's input
+codes, the labels, the stored codes, exponents and momentum buffers, the learning rates, the
+random-bit keys, and dL/dlogits, the one float operation of a step) and recomputes every other
+tensor of every recorded step, chaining the steps (the second starts from the weights the first
+computed). It is the second, independent implementation of the integer engine, written for
+reading: every number is an integer array and an exponent (value = codes * 2^e), every op exact
+integer arithmetic, and the only roundings are the four of the method:
+
+    SQ(x, k)   LSB e = round(log2 max|x|) + 1 - k (exactly: see exponent_of), codes clamped to
+               +-(2^(k-1)-1); nearest: half to even; stochastic: floor((floor(x*2^(16-e)) + b) / 2^16)
+               with b the 16-bit counter hash of eoq.quant.rng (random_bits)
+    FX(x, 16)  the residual stream and its error: the smallest e that holds max|x| in 16 bits,
+               round half to even
+    float32    the Fixup scalars' gradients (an exact sum, rounded once) and the optimizer's
+               g + wd * w (one rounding, as a fused multiply-add) and mu * v + g (two roundings)
+    SR         the update and the exponent policy's halving
+
+Convolutions are written as sums over kernel taps of integer matrix products (int64), the
+transposed convolution as a scatter: not the engine's im2col or phase decomposition. Covered: the
+CIFAR layout (3x3 convs, option-A shortcuts, global average pooling over a power-of-two area).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+M32 = 0xFFFFFFFF
+MIN_EXPONENT = -100
+
+
+# ----------------------------------------------------------------------------- random bits
+def lowbias32(x):
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & M32
+    return x ^ (x >> 16)
+
+
+def random_bits(n: int, key) -> np.ndarray:
+    """b_i in [0, 2^16) for the row-major indices i < n: two per hash of the pair index."""
+    k0, k1 = (int(k) for k in key)
+    i = np.arange(n, dtype=np.uint64)
+    h = lowbias32(lowbias32(((i >> np.uint64(1)) + np.uint64(k0)) & np.uint64(M32)) ^ np.uint64(k1))
+    return np.where(i & np.uint64(1), h & np.uint64(0xFFFF), h >> np.uint64(16)).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- exact numbers
+def shl(v: np.ndarray, s: int) -> np.ndarray:
+    """v * 2^s for s >= 0: int64, or Python integers (an object array) where int64 would overflow
+    (terms on grids far apart, such as a Fixup bias whose exponent has drifted down)."""
+    if s < 0:
+        raise ValueError("shl: negative shift")
+    if v.dtype != object and v.size and s and int(np.abs(v).max()).bit_length() + s > 62:
+        v = v.astype(object)
+    return v << s
+
+
+def small(v: np.ndarray) -> np.ndarray:
+    """Codes that fit int64 (after a rounding) back from Python integers."""
+    return v.astype(np.int64) if v.dtype == object else v
+
+
+def align(*terms):
+    """Terms (ints, exponent) on their common (smallest) exponent: (list of int64 arrays, e)."""
+    e = min(t[1] for t in terms)
+    return [shl(v if getattr(v, "dtype", None) == object else np.asarray(v, dtype=np.int64), ev - e)
+            for v, ev in terms], e
+
+
+def add(*terms):
+    vs, e = align(*terms)
+    out = vs[0]
+    for v in vs[1:]:
+        out = out + v
+    return out, e
+
+
+def exponent_of(m: int, e: int) -> int:
+    """round(log2(m * 2^e)) for an integer m >= 0, exactly: with m * 2^e = f * 2^p, f in [1/2, 1),
+    p when f >= 2^-1/2 (2 m^2 >= 4^bitlength), else p - 1; 0 for m = 0; at least MIN_EXPONENT."""
+    if m == 0:
+        return 0
+    bl = m.bit_length()
+    p = bl + e
+    return max(p if 2 * m * m >= 1 << (2 * bl) else p - 1, MIN_EXPONENT)
+
+
+def round_shift(v: np.ndarray, s: int) -> np.ndarray:
+    """round(v / 2^s), half to even (s > 0), or v * 2^-s (s <= 0)."""
+    if s <= 0:
+        return shl(v, -s)
+    q = v >> s
+    r = v - (q << s)
+    half = 1 << (s - 1)
+    return q + ((r > half) | ((r == half) & ((q & 1) == 1)))
+
+
+def sr_shift(v: np.ndarray, s: int, key) -> np.ndarray:
+    """floor((floor(v * 2^(16 - s)) + b) / 2^16): stochastic rounding of v / 2^s."""
+    t = shl(v, 16 - s) if s <= 16 else v >> (s - 16)
+    return (t + random_bits(v.size, key).reshape(v.shape)) >> 16
+
+
+def sq(x, bits: int, key=None):
+    """SQ(x, bits) of an exact value x = (ints, e): (codes, LSB exponent); key: stochastic rounding."""
+    v, e = x
+    m = (1 << (bits - 1)) - 1
+    lsb = exponent_of(int(np.abs(v).max()) if v.size else 0, e) + 1 - bits
+    codes = round_shift(v, lsb - e) if key is None else sr_shift(v, lsb - e, key)
+    return small(np.clip(codes, -m, m)), lsb
+
+
+def fx(x, bits: int = 16):
+    """FX(x, bits): the smallest exponent E with max|x| <= (2^(bits-1)-1) 2^E (at least
+    MIN_EXPONENT; 0 for x = 0), round half to even."""
+    v, e = x
+    m, top = int(np.abs(v).max()) if v.size else 0, (1 << (bits - 1)) - 1
+    if m == 0:
+        return np.zeros_like(v), 0
+
+    def holds(s):
+        return m <= top << s if s >= 0 else m << -s <= top
+
+    s = m.bit_length() - (bits - 1)
+    while not holds(s):
+        s += 1
+    while holds(s - 1):
+        s -= 1
+    s = max(e + s, MIN_EXPONENT) - e
+    return small(round_shift(v, s)), e + s
+
+
+def f32_exact(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """float32 values as exact (int64, exponent): on the grid of the smallest one's last bit."""
+    x = np.asarray(x, dtype=np.float32)
+    nz = x[x != 0].astype(np.float64)
+    e = int(np.frexp(nz)[1].min()) - 24 if nz.size else 0
+    v = np.ldexp(x.astype(np.float64), -e)
+    if np.any(np.abs(v) > 2.0 ** 62) or np.any(v != np.round(v)):
+        raise OverflowError("float32 values span too many octaves for int64")
+    return v.astype(np.int64), e
+
+
+def f32_of(m: int, e: int) -> np.float32:
+    """The exact value m * 2^e (Python integers) rounded once to float32, half to even."""
+    mag, s = abs(m), max(abs(m).bit_length() - 24, 0)
+    q, r = mag >> s, mag & ((1 << s) - 1)
+    if s and (r > 1 << (s - 1) or (r == 1 << (s - 1) and q & 1)):
+        q += 1
+    return np.float32(math.ldexp(q if m >= 0 else -q, s + e))
+
+
+def to_f32(v, e: int) -> np.ndarray:
+    """Exact values v * 2^e, each rounded once to float32."""
+    v = np.asarray(v)
+    return np.array([f32_of(int(m), e) for m in v.ravel()], dtype=np.float32).reshape(v.shape)
+
+
+def value_f32(x) -> np.ndarray:
+    """An exact value known to fit float32 (the engine's float32 tensors between layers)."""
+    out = to_f32(*x)
+    v, e = x
+    if not np.array_equal(np.ldexp(out.astype(np.float64), -e), v.astype(np.float64)):
+        raise OverflowError("a value between layers does not fit float32")
+    return out
+
+
+# ----------------------------------------------------------------------------- convolutions
+def conv(a: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """out[n, o, y, x] = sum_{c, i, j} a_pad[n, c, s y + i, s x + j] w[o, c, i, j] (int64)."""
+    n, c, h, wd = a.shape
+    o, _, kh, kw = w.shape
+    ap = np.pad(a.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    out = np.zeros((n, o, ho, wo), dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = ap[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride]
+            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j].astype(np.int64))
+    return out
+
+
+def conv_input_grad(e: np.ndarray, w: np.ndarray, stride: int, pad: int, hw) -> np.ndarray:
+    """dx[n, c, s y + i - p, s x + j - p] += e[n, o, y, x] w[o, c, i, j]: the transposed conv as a scatter."""
+    n, o, ho, wo = e.shape
+    _, c, kh, kw = w.shape
+    dxp = np.zeros((n, c, hw[0] + 2 * pad + stride, hw[1] + 2 * pad + stride), dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride] += \
+                np.einsum("nohw,oc->nchw", e.astype(np.int64), w[:, :, i, j].astype(np.int64))
+    return dxp[:, :, pad:pad + hw[0], pad:pad + hw[1]]
+
+
+def conv_weight_grad(e: np.ndarray, a: np.ndarray, stride: int, pad: int, kh: int, kw: int) -> np.ndarray:
+    """dw[o, c, i, j] = sum_{n, y, x} e[n, o, y, x] a_pad[n, c, s y + i, s x + j] (int64)."""
+    n, o, ho, wo = e.shape
+    ap = np.pad(a.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out = np.zeros((o, a.shape[1], kh, kw), dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = ap[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride]
+            out[:, :, i, j] = np.einsum("nohw,nchw->oc", e.astype(np.int64), patch)
+    return out
+
+
+# ----------------------------------------------------------------------------- the network
+class Step:
+    """One training step of a Fixup CIFAR ResNet: ``run`` fills ``out`` (name -> array, exponent)."""
+
+    def __init__(self, golden, step: int, state: dict, config: dict):
+        self.g, self.t, self.state, self.cfg = golden, step, state, config
+        self.out: dict = {}
+        spec = config["preset"]
+        self.bits = {k: spec[k]["bits"] for k in ("A", "E", "G", "U", "M")}
+        self.stream = spec["stream_bits"]
+
+    def key(self, name):
+        return self.g[f"s{self.t}/{name}.key"]
+
+    def put(self, name, codes, e=None):
+        self.out[f"s{self.t}/{name}"] = (np.asarray(codes), e)
+
+    def w(self, name):
+        return self.state[name]["codes"], self.state[name]["exp"]
+
+    def scalar(self, name):
+        codes, e = self.w(name + ".value")
+        return codes.astype(np.int64), e
+
+    def layer_forward(self, name, x, stride, pad, codes_in=None):
+        """A = SQ(x) (or the given input codes), acc = conv(A, W): returns (acc, its exponent)."""
+        a, ea = codes_in if codes_in is not None else sq(x, self.bits["A"])
+        w, ew = self.w(name + ".weight")
+        acc = conv(a, w, stride, pad)
+        if codes_in is None:
+            self.put(name + ".A", a, ea)
+        self.put(name + ".acc", acc, ea + ew)
+        self.saved[name] = (a, ea, stride, pad)
+        return acc, ea + ew
+
+    def layer_backward(self, name, err, input_grad=True):
+        """E = SQ_sr(err); dX = E conv^T W; dW = E (x) A, G = SQ_sr(dW): returns (dX, exponent)."""
+        a, ea, stride, pad = self.saved[name]
+        w, ew = self.w(name + ".weight")
+        e, ee = sq(err, self.bits["E"], self.key(name + ".E"))
+        self.put(name + ".E", e, ee)
+        dx = None
+        if input_grad:
+            dx = (conv_input_grad(e, w, stride, pad, a.shape[2:]), ee + ew)
+            self.put(name + ".dX_acc", dx[0], dx[1])
+        dw = conv_weight_grad(e, a, stride, pad, w.shape[2], w.shape[3])
+        self.put(name + ".dW_acc", dw, ea + ee)
+        self.grads[name + ".weight"] = sq((dw, ea + ee), self.bits["G"], self.key(name + ".G"))
+        self.put(name + ".G", *self.grads[name + ".weight"])
+        return dx
+
+    def scalar_grad(self, name, total):
+        """A Fixup scalar's gradient: an exact sum, rounded once to float32 (a second use adds in float32)."""
+        v = np.array([f32_of(int(total[0].sum()), total[1])], dtype=np.float32)
+        prev = self.sgrads.get(name)
+        self.sgrads[name] = v if prev is None else (prev + v).astype(np.float32)
+
+    def run(self):
+        self.saved, self.grads, self.sgrads = {}, {}, {}
+        blocks = sorted({n.split(".convs")[0] for n in self.state if ".convs." in n},
+                        key=lambda b: tuple(int(p) for p in b.split(".")[1:]))
+        a0 = (self.g[f"s{self.t}/conv1.A"].astype(np.int64), self.exp("conv1.A"))
+        # ---- forward
+        acc, e = self.layer_forward("conv1", None, 1, 1, codes_in=a0)
+        pre0 = add((acc, e), self.scalar("bias1"))
+        x = fx((np.maximum(pre0[0], 0), pre0[1]), self.stream)
+        self.put("conv1.stream", *x)
+        tape = []
+        for b in blocks:
+            i, j = (int(p) for p in b.split(".")[1:])
+            stride = 2 if i > 0 and j == 0 else 1
+            b1a, b1b = self.scalar(b + ".biases_in.0"), self.scalar(b + ".biases_out.0")
+            b2a, b2b = self.scalar(b + ".biases_in.1"), self.scalar(b + ".biases_out.1")
+            s = self.scalar(b + ".scale")
+            acc1, e1 = self.layer_forward(b + ".convs.0", add(x, b1a), stride, 1)
+            pre1 = add((acc1, e1), b1b)
+            acc2, e2 = self.layer_forward(b + ".convs.1", add((np.maximum(pre1[0], 0), pre1[1]), b2a), 1, 1)
+            cin, cout = x[0].shape[1], acc2.shape[1]
+            if stride == 1 and cin == cout:
+                identity = x
+            else:                    # option A: pad(x[:, :, ::2, ::2] + b_1a), zero channels
+                sub = add((x[0][:, :, ::stride, ::stride], x[1]), b1a)
+                identity = (np.pad(sub[0], ((0, 0), (0, cout - cin), (0, 0), (0, 0))), sub[1])
+            pre = add((acc2 * s[0], e2 + s[1]), b2b, identity)
+            tape.append((b, stride, cin, x, pre1, (acc2, e2), pre))
+            x = fx((np.maximum(pre[0], 0), pre[1]), self.stream)
+            self.put(b + ".convs.1.stream", *x)
+        hw = x[0].shape[2] * x[0].shape[3]
+        if hw & (hw - 1):
+            raise ValueError(f"global average pooling over {hw} positions is not a shift")
+        pooled = (x[0].sum(axis=(2, 3)), x[1] - (hw.bit_length() - 1))     # the sum, then a shift
+        a_fc, ea = sq(add(pooled, self.scalar("bias2")), self.bits["A"])
+        w_fc, ew = self.w("fc.weight")
+        acc_fc = a_fc @ w_fc.astype(np.int64).T
+        self.put("fc.A", a_fc, ea)
+        self.put("fc.acc", acc_fc, ea + ew)
+        b_codes, eb = self.w("fc.bias")
+        logits = value_f32((acc_fc, ea + ew)) + value_f32((b_codes.astype(np.int64), eb))
+        self.put("logits", logits.astype(np.float32))
+        # ---- loss: the one float operation; the golden file's dL/dlogits is used from here on
+        dlogits = self.g[f"s{self.t}/dlogits"]
+        self.softmax_gap = softmax_gap(logits, self.g[f"s{self.t}/labels"], dlogits)
+        # ---- backward
+        e, ee = sq(f32_exact(dlogits), self.bits["E"], self.key("fc.E"))
+        self.put("fc.E", e, ee)
+        dx = (e @ w_fc.astype(np.int64), ee + ew)
+        self.put("fc.dX_acc", *dx)
+        dw = (e.T @ a_fc, ea + ee)
+        self.put("fc.dW_acc", *dw)
+        self.grads["fc.weight"] = sq(dw, self.bits["G"], self.key("fc.G"))
+        self.put("fc.G", *self.grads["fc.weight"])
+        self.sgrads["fc.bias"] = to_f32(e.sum(axis=0), ee)
+        self.scalar_grad("bias2", dx)
+        n, c, h, wd = x[0].shape
+        err = fx((np.broadcast_to(dx[0][:, :, None, None], (n, c, h, wd)).copy(), dx[1] - (hw.bit_length() - 1)),
+                 self.stream)                                                # avgpool backward: a shift
+        self.put("fc.dstream", *err)
+        for b, stride, cin, x_in, pre1, (acc2, e2), pre in reversed(tape):
+            g = (np.where(pre[0] > 0, err[0], 0), err[1])                    # the block's ReLU
+            self.scalar_grad(b + ".biases_out.1", g)
+            self.scalar_grad(b + ".scale", (g[0] * acc2, g[1] + e2))
+            s = self.scalar(b + ".scale")
+            dx2 = self.layer_backward(b + ".convs.1", (g[0] * s[0], g[1] + s[1]))
+            self.scalar_grad(b + ".biases_in.1", dx2)
+            h1 = (np.where(pre1[0] > 0, dx2[0], 0), dx2[1])
+            self.scalar_grad(b + ".biases_out.0", h1)
+            dx1 = self.layer_backward(b + ".convs.0", h1)
+            self.scalar_grad(b + ".biases_in.0", dx1)
+            if stride == 1 and cin == g[0].shape[1]:
+                gid = g
+            else:                    # option A backward: the kept channels, scattered to the kept pixels
+                kept = g[0][:, :cin]
+                self.scalar_grad(b + ".biases_in.0", (kept, g[1]))
+                full = np.zeros(x_in[0].shape, dtype=np.int64)
+                full[:, :, ::stride, ::stride] = kept
+                gid = (full, g[1])
+            err = fx(add(dx1, gid), self.stream)
+            self.put(b + ".convs.0.dstream", *err)
+        g0 = (np.where(pre0[0] > 0, err[0], 0), err[1])
+        self.scalar_grad("bias1", g0)
+        self.layer_backward("conv1", g0, input_grad=False)
+        for name, v in self.sgrads.items():
+            self.put(name + ("" if name.startswith("fc.") else ".value") + ".grad", v)
+        self.update()
+
+    def exp(self, name):
+        return self.manifest_exp[f"s{self.t}/{name}"]
+
+    # ------------------------------------------------------------------------- the optimizer
+    def update(self):
+        cfg, spec = self.cfg, self.cfg["preset"]
+        keys = self.g[f"s{self.t}/optimizer.keys"]
+        mu = np.float32(cfg["momentum"])
+        wd = np.float32(cfg["weight_decay"])
+        u_max, policy = (1 << (self.bits["U"] - 1)) - 1, spec["weight_policy"]
+        for row, name in enumerate(cfg["stored"]):
+            st = self.state[name]
+            k = keys[row]
+            codes, e, bits = st["codes"].astype(np.int64), st["exp"], st["bits"]
+            k_max = (1 << (bits - 1)) - 1
+            layer = name.rsplit(".", 1)[0]
+            if name.endswith(".weight"):          # G from the layer, plus weight decay (one rounding)
+                gq, eg = self.grads[name]
+                gv, gexp = add((gq, eg), (codes * int(np.frexp(wd)[0] * 2 ** 24), e + int(np.frexp(wd)[1]) - 24))
+                g32 = to_f32(gv, gexp)
+            else:                                 # the optimizer's G of a bias or a Fixup scalar
+                gr = self.sgrads["fc.bias" if name == "fc.bias" else layer]
+                gq, eg = sq(f32_exact(gr), self.bits["G"], k[0])
+                self.put(name + ".G", gq, eg)
+                g32 = value_f32((gq, eg))
+            if st.get("m") is not None:
+                v32 = (value_f32(st["m"]) * mu).astype(np.float32) + g32     # mu v + g: two float32 roundings
+            else:
+                v32 = g32
+            m = sq(f32_exact(v32.astype(np.float32)), self.bits["M"], k[1])
+            self.put(name + ".M", *m)
+            mant, shift = (int(v) for v in self.g[f"s{self.t}/{name}.lr"])
+            f = m[1] - shift - e                  # delta = M * L * 2^f, in units of the weight LSB
+            t = m[0] * mant
+            t = shl(t, f + 16) if f + 16 >= 0 else t >> -(f + 16)            # floor(delta * 2^16)
+            t = np.clip(t, -u_max << 16, u_max << 16)                         # clamp(delta, +-u_max)
+            u = (t + random_bits(t.size, k[2]).reshape(t.shape)) >> 16
+            self.put(name + ".U", u, 0)
+            codes = np.clip(codes - u, -k_max, k_max)
+            amax = int(np.abs(codes).max())
+            frac = np.float32(np.count_nonzero(np.abs(codes) >= k_max)) / np.float32(codes.size)
+            if amax >= k_max and frac > policy["saturate_frac"]:
+                e += 1                                                       # SR halving
+                codes = np.clip((shl(codes, 15) + random_bits(codes.size, k[3]).reshape(codes.shape)) >> 16,
+                                -k_max, k_max)
+            elif 0 < amax < 1 << (bits - 1 - policy["shrink_bits"]) and e > policy.get("min_exponent", MIN_EXPONENT):
+                e -= 1
+                codes = codes * 2
+            self.put(name + ".new_codes", codes, e)
+            st["codes"], st["exp"], st["m"] = codes, e, m
+
+
+def softmax_gap(logits, labels, dlogits) -> float:
+    """max |(softmax - onehot) / batch (float64) - the golden dL/dlogits|: the float op, checked loosely."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(labels)), labels] -= 1
+    return float(np.abs(p / len(labels) - dlogits).max())
+
+
+# ----------------------------------------------------------------------------- golden files
+def load(folder):
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest.get("format") != "eoq-golden-1":
+        raise ValueError(f"{folder}: not an eoq golden file (format {manifest.get('format')!r})")
+    with np.load(folder / "golden.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, manifest
+
+
+def initial_state(g, manifest, config):
+    exps = {e["name"]: e["exponent"] for e in manifest["tensors"]}
+    state = {}
+    for name in config["stored"]:
+        m = f"s0/{name}.M_in"
+        state[name] = {"codes": g[f"s0/{name}.codes"].astype(np.int64), "exp": exps[f"s0/{name}.codes"],
+                       "bits": 8, "m": (g[m].astype(np.int64), exps[m]) if m in g else None}
+    return state, exps
+
+
+def as_buffer(m, bits: int):
+    """Momentum codes (SQ, LSB e) as the golden file stores a buffer: codes on the grid its max
+    implies, round(log2 max|v|) + 1 - bits (never above e: exact)."""
+    codes, e = m
+    lsb = exponent_of(int(np.abs(codes).max()), e) + 1 - bits
+    return shl(codes, e - lsb), lsb
+
+
+def recompute(folder):
+    """Every recomputed tensor (name -> (array, exponent)), the golden arrays, the manifest, the softmax gaps."""
+    g, manifest = load(folder)
+    config = json.loads(str(g["config"]))
+    if not config["preset"].get("stream_bits") or not config["preset"].get("lr_bits"):
+        raise ValueError("the reference covers the eoq preset (fixed-point stream and learning rate)")
+    state, exps = initial_state(g, manifest, config)
+    out, gaps = {}, []
+    for t in range(config["steps"]):
+        if t:                     # the state this reference carried over, in the golden file's form
+            for name, st in state.items():
+                out[f"s{t}/{name}.codes"] = (st["codes"], st["exp"])
+                if st["m"] is not None:
+                    out[f"s{t}/{name}.M_in"] = as_buffer(st["m"], config["preset"]["M"]["bits"])
+        step = Step(g, t, state, config)
+        step.manifest_exp = exps
+        step.run()
+        out.update(step.out)
+        gaps.append(step.softmax_gap)
+    return out, g, manifest, gaps
+
+
+def compare(folder, result=None) -> list[str]:
+    """Names of golden tensors that the reference does not reproduce bit for bit (value and exponent);
+    ``result``: recompute(folder) when already at hand."""
+    out, g, manifest, _ = result or recompute(folder)
+    bad = []
+    for e in manifest["tensors"]:
+        name = e["name"]
+        if name not in out:
+            continue
+        arr, exp = out[name]
+        if arr.shape != g[name].shape or not np.array_equal(arr, g[name]) or exp != e["exponent"]:
+            bad.append(name)
+    return bad
+
+
+def main(argv) -> int:
+    if len(argv) != 1:
+        print(__doc__.splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    result = out, g, manifest, gaps = recompute(argv[0])
+    checked = [e["name"] for e in manifest["tensors"] if e["name"] in out]
+    bad = compare(argv[0], result)
+    print(f"{len(checked)} of {len(manifest['tensors'])} golden tensors recomputed, {len(bad)} differ; "
+          f"softmax (float64) within {max(gaps):.1e} of the golden dL/dlogits")
+    for name in bad[:20]:
+        print("  differs:", name)
+    print("torch imported:", "torch" in sys.modules)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

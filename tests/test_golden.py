@@ -1,0 +1,226 @@
+"""Golden vectors (eoq golden) and the NumPy reference (eoq/reference/numpy_step.py): the reference
+recomputes every tensor of two ResNet-20 integer-engine steps bit for bit from the golden file's
+inputs; the simulator records the same tensors; the compiled kernels reach the same weights; the
+reference's primitives against hand-worked numbers; the datapath bounds with adversarial codes."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from eoq.cli import main
+from eoq.engine import intengine
+from eoq.nn.fixup_tail import exact_tail
+from eoq.nn.stream import fx_sum
+from eoq.quant import rng
+from eoq.quant.presets import get_preset
+from eoq.training import golden
+from eoq.training.loop import train_step
+from eoq.training.setup import setup
+from eoq import kernels
+
+REF = golden.reference()
+B, STEPS, AFTER = 4, 2, 3
+INPUTS = (".codes", ".lr", ".key", ".M_in", "/labels", "/dlogits", "/conv1.A", "optimizer.keys")
+
+
+@pytest.fixture(scope="module")
+def data(shared_zip):
+    from eoq.training.batches import epoch_order, to_float
+    from eoq.training.data import default_val, load_cifar10
+
+    d = load_cifar10(shared_zip)
+    d = d.hold_out(default_val(len(d.train_y)))
+    idx = epoch_order(len(d.train_x), 0, 0)[:B * (STEPS + AFTER)]       # what eoq golden takes
+    return to_float(torch.from_numpy(d.train_x)[idx]), torch.from_numpy(d.train_y)[idx]
+
+
+@pytest.fixture(scope="module")
+def golden_dir(tmp_path_factory, shared_zip):
+    out = tmp_path_factory.mktemp("golden")
+    assert main(["golden", "--batch-size", str(B), "--steps", str(STEPS), "--after", str(AFTER),
+                 "--data", str(shared_zip), "--out", str(out)]) == 0
+    return out
+
+
+def _load(folder):
+    with np.load(folder / "golden.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, json.loads((folder / "manifest.json").read_text())
+
+
+def test_manifest_lists_every_tensor_in_op_order(golden_dir):
+    arrays, manifest = _load(golden_dir)
+    names = [e["name"] for e in manifest["tensors"]]
+    assert names == manifest["order"] and set(names) == set(arrays) and len(names) == len(set(names))
+    for e in manifest["tensors"]:
+        assert list(arrays[e["name"]].shape) == e["shape"] and str(arrays[e["name"]].dtype) == e["dtype"]
+    config = json.loads(str(arrays["config"]))
+    convs = [n[:-len(".weight")] for n in config["stored"] if n.endswith(".weight") and n != "fc.weight"]
+    assert len(convs) == 19
+    for s in range(STEPS):
+        pos = {n: i for i, n in enumerate(names) if n.startswith(f"s{s}/")}
+        for c in convs:                  # forward before backward, E before G, every quantizer's key beside it
+            for kind in ("A", "acc", "E", "E.key", "dW_acc", "G", "G.key"):
+                assert f"s{s}/{c}.{kind}" in pos, (c, kind)
+            assert pos[f"s{s}/{c}.acc"] < pos[f"s{s}/logits"] < pos[f"s{s}/dlogits"] < pos[f"s{s}/{c}.E"]
+            assert pos[f"s{s}/{c}.E"] < pos[f"s{s}/{c}.G"] < pos[f"s{s}/optimizer.keys"]
+        assert sum(n.endswith(".stream") for n in pos) == 10 and sum(n.endswith(".dstream") for n in pos) == 10
+        for name in config["stored"]:
+            for kind in ("codes", "lr", "M", "U", "new_codes"):
+                assert f"s{s}/{name}.{kind}" in pos
+        assert arrays[f"s{s}/stages.2.2.convs.1.stream"].dtype == np.int16
+        assert arrays[f"s{s}/stages.0.0.convs.0.E"].dtype == np.int8
+        assert np.abs(arrays[f"s{s}/stages.0.0.convs.0.E"]).max() > 0        # errors reach the first block
+
+
+def test_numpy_reference_recomputes_every_tensor_bit_for_bit(golden_dir):
+    result = out, arrays, manifest, gaps = REF.recompute(golden_dir)
+    assert REF.compare(golden_dir, result) == []
+    computed = {n for n in arrays if not n.endswith(INPUTS) and n != "config"}
+    assert computed <= set(out)                                  # nothing left out
+    assert max(gaps) < 1e-6                                      # the float op, checked loosely
+    # the file alone, without torch
+    run = subprocess.run([sys.executable, str(golden.REFERENCE), str(golden_dir)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 differ" in run.stdout and "torch imported: False" in run.stdout
+
+
+@pytest.mark.parametrize("change", ["key", "weight"])
+def test_the_reference_notices_a_changed_input(golden_dir, tmp_path, change):
+    arrays, manifest = _load(golden_dir)
+    if change == "key":                   # another key for one error quantizer: its codes change
+        name, first = "s0/stages.1.1.convs.1.E.key", "s0/stages.1.1.convs.1.E"
+        arrays[name] = arrays[name] ^ np.uint32(1)
+    else:                                 # one weight code one LSB up: its accumulator changes
+        name, first = "s0/stages.2.0.convs.0.weight.codes", "s0/stages.2.0.convs.0.acc"
+        arrays[name] = arrays[name].copy()
+        arrays[name].flat[7] += 1 if arrays[name].flat[7] < 127 else -1
+    np.savez(tmp_path / "golden.npz", **arrays)
+    shutil.copy(golden_dir / "manifest.json", tmp_path / "manifest.json")
+    bad = REF.compare(tmp_path)
+    assert bad and bad[0] == first
+
+
+def test_simulator_records_the_same_tensors_and_kernels_reach_the_same_weights(golden_dir, data):
+    arrays, manifest = _load(golden_dir)
+    exps = {e["name"]: e["exponent"] for e in manifest["tensors"]}
+    x, y = data
+    sim = golden.record("resnet20", B, STEPS, x, y, after=AFTER, engine="sim")
+    common = [n for n in sim.arrays if n != "config"]
+    assert len(common) > 1200 and all(n in arrays for n in common)   # all but the accumulators
+    sim_exps = {e["name"]: e["exponent"] for e in sim.entries}
+    bad = [n for n in common if not np.array_equal(sim.arrays[n], arrays[n]) or sim_exps[n] != exps[n]]
+    assert bad == []
+    # the compiled kernels, no observer: the same steps reach the golden file's new codes
+    s = setup("resnet20", "fixup", "eoq", seed=0, engine="int", lr=0.1, channels_last=True)
+    order = [B * STEPS + k * B for k in range(AFTER)] + [k * B for k in range(STEPS)]
+    for lo in order:
+        train_step(s.model, s.optimizer, x[lo:lo + B].contiguous(memory_format=torch.channels_last), y[lo:lo + B])
+    for name, grid in golden.stored_tensors(s.optimizer):
+        e = int(grid.exponent)
+        assert e == exps[f"s{STEPS - 1}/{name}.new_codes"], name
+        codes = (grid.param.detach().double() * 2.0 ** -e).round().numpy()
+        assert np.array_equal(codes, arrays[f"s{STEPS - 1}/{name}.new_codes"]), name
+
+
+def test_reference_primitives_hand_worked():
+    assert REF.exponent_of(181, 0) == 7 and REF.exponent_of(182, 0) == 8     # log2: 7.4998, 7.5078
+    assert REF.exponent_of(3, -10) == -8 and REF.exponent_of(0, 5) == 0
+    assert REF.round_shift(np.array([5, 7, -5, 6, -7]), 1).tolist() == [2, 4, -2, 3, -4]   # ties to even
+    codes, e = REF.fx((np.array([40000, -3]), 0))           # 16 bits hold 40000 at 2^1; -1.5 -> -2
+    assert e == 1 and codes.tolist() == [20000, -2]
+    codes, lsb = REF.sq((np.array([1000, -3]), 0), 8)      # round(log2 1000) = 10 -> LSB 2^3
+    assert lsb == 3 and codes.tolist() == [125, 0]
+    key = (123456789, 987654321)
+    b = REF.random_bits(1001, key)                         # the engine's counter hash (torch ops)
+    assert b.tolist() == rng.random_bits((1001,), key).tolist()
+    v = np.full(1001, 3)                                   # SR(3 / 4): 1 exactly when b >= 2^14
+    assert (REF.sr_shift(v, 2, key) == (b >= 2 ** 14)).all()
+    assert REF.f32_of(2 ** 24 + 1, 0) == 2 ** 24 and REF.f32_of(2 ** 24 + 3, 0) == 2 ** 24 + 4
+    assert REF.f32_of(-(2 ** 25 + 6), -3) == -(2 ** 25 + 8) / 8
+
+
+def test_reference_update_hand_worked():
+    """One stored tensor, codes (100, -3) at 2^-8, its layer's G codes (12000, -6) at 2^-16, no
+    momentum buffer yet, lr 205 * 2^-10, no decay. M = SQ16: max 12000 * 2^-16 = 0.183, round(log2)
+    = -2 (12000 / 2^14 = 0.73 >= 2^-1/2), LSB 2^-17, codes (24000, -12) exact. The update in units of
+    the weight LSB is M * 205 * 2^(-17 - 10 + 8): 24000 * 205 = 4,920,000 -> floor(x 2^16) = 615,000,
+    so U = 9 + [615000 mod 2^16 + b >= 2^16] = 9 + [25,176 + b >= 65,536]; -12 * 205 = -2460 ->
+    floor(-2460 / 8) = -308, U = -1 + [b >= 308]. New codes 100 - U, -3 - U (max 91: no rescale)."""
+    keys = np.array([[[1, 2], [3, 4], [5, 6], [7, 8]]], dtype=np.uint32)
+    cfg = {"momentum": 0.875, "weight_decay": 0.0, "stored": ["w.weight"],
+           "preset": {k: {"bits": b} for k, b in (("A", 8), ("E", 8), ("G", 8), ("U", 6), ("M", 16))}}
+    cfg["preset"].update(stream_bits=16, weight_policy={"saturate_frac": 0.05, "shrink_bits": 2, "min_exponent": -40})
+    state = {"w.weight": {"codes": np.array([100, -3]), "exp": -8, "bits": 8, "m": None}}
+    step = REF.Step({"s0/optimizer.keys": keys, "s0/w.weight.lr": np.array([205, 10])}, 0, state, cfg)
+    step.grads, step.sgrads = {"w.weight": (np.array([12000, -6]), -16)}, {}
+    step.update()
+    m, em = step.out["s0/w.weight.M"]
+    assert em == -17 and m.tolist() == [24000, -12]
+    b = REF.random_bits(2, (5, 6))
+    u = [9 + int(25_176 + b[0] >= 65_536), -1 + int(b[1] >= 308)]
+    assert step.out["s0/w.weight.U"][0].tolist() == u
+    assert state["w.weight"]["codes"].tolist() == [100 - u[0], -3 - u[1]] and state["w.weight"]["exp"] == -8
+
+
+# ---------------------------------------------------------------------------- datapath bounds
+def test_accumulators_pass_between_layers_exactly_at_the_largest_resnet20_k():
+    """|acc| <= 127^2 K = 9,290,304 < 2^24 for K = 3 * 3 * 64: all codes at +-127 (adversarial), the
+    int32 GEMM and its float32 hand-off are exact, as the reference's int64 sum."""
+    a = torch.full((1, 4, 4, 64), 127, dtype=torch.int8)                 # NHWC codes
+    w = torch.full((64, 64, 3, 3), -127, dtype=torch.int8)
+    acc, _ = intengine.conv_forward(a, w, 1, 1)
+    want = REF.conv(a.permute(0, 3, 1, 2).numpy(), w.numpy(), 1, 1)
+    assert int(acc.abs().max()) == 127 ** 2 * 576 < 2 ** 24
+    assert np.array_equal(acc.permute(0, 3, 1, 2).numpy(), want)
+    out = intengine._to_float_nchw(acc, -20, False)
+    assert np.array_equal(out.double().numpy() * 2.0 ** 20, want.astype(np.float64))
+
+
+def _tail_case(bias_exponent):
+    """x = (2^20, 160) on the stream grid 2^6 (FX16 of 2^20: LSB 64): 160 is the tie 2.5 LSB, so
+    the exact x + b with a tiny positive bias rounds up to 192, x alone to even, 128."""
+    x = torch.tensor([2.0 ** 20, 160.0]).view(1, 2, 1, 1)
+    s, b = torch.ones(1), torch.tensor([2.0 ** bias_exponent])
+    exact = REF.fx(REF.add((np.array([2 ** 20, 160]), 0), (np.array([1]), bias_exponent)))
+    return x, s, b, exact
+
+
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_tail_sum_is_exact_within_53_bits_and_the_floor_keeps_it_there(use_kernel):
+    """The tail's v = x * s + b + identity is formed in double: exact while its terms span at most
+    53 bits. The eoq preset keeps every stored exponent >= -40, so a Fixup bias is never finer
+    than 2^-40 while ResNet-20's sums reach at most about 2^12: the worst case here (2^20 down to
+    2^-30) is exact; a bias at 2^-50 (what an unfloored exponent reaches) is lost to rounding and
+    the result differs from the exact integer sum (the reason for the floor)."""
+    assert get_preset("eoq").weight_policy.min_exponent == -40
+    ctx = kernels.disabled() if not use_kernel else torch.no_grad()
+    with ctx:
+        x, s, b, (codes, e) = _tail_case(-30)
+        y, _ = exact_tail(x, s, b, torch.zeros_like(x), 16)
+        assert e == 6 and codes.tolist() == [16384, 3]
+        assert (y.flatten().double() * 2.0 ** -e).tolist() == codes.tolist()
+        x, s, b, (codes, e) = _tail_case(-50)
+        y, _ = exact_tail(x, s, b, torch.zeros_like(x), 16)
+        assert codes.tolist() == [16384, 3] and (y.flatten().double() * 2.0 ** -e).tolist() == [16384, 2]
+
+
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_error_sum_at_a_block_input_is_exact_for_int32_and_int16_terms(use_kernel):
+    """FX16(dX + e_identity): dX an input-gradient accumulator (|dX| < 2^24, float32-exact) and the
+    identity's 16-bit stream error, their LSBs up to 29 bits apart: within 53 bits, exact. Adversarial:
+    dX = 2^24 - 1 and identity errors of +-1 LSB at 2^-29, which decide the ties of the rounding."""
+    ctx = kernels.disabled() if not use_kernel else torch.no_grad()
+    with ctx:
+        a = torch.tensor([2.0 ** 24 - 1, 2.0 ** 24 - 1, 2560.0, 1536.0]).view(1, 4, 1, 1)   # ties: 2.5, 1.5 LSB
+        b = torch.tensor([2.0 ** -29, -(2.0 ** -29), 2.0 ** -29, -(2.0 ** -29)]).view(1, 4, 1, 1)
+        y = fx_sum(a, b, 16)
+        ints = np.array([(2 ** 24 - 1) * 2 ** 29 + 1, (2 ** 24 - 1) * 2 ** 29 - 1, 2560 * 2 ** 29 + 1,
+                         1536 * 2 ** 29 - 1], dtype=object)
+        codes, e = REF.fx((ints, -29))
+        assert e == 10 and (y.flatten().double() * 2.0 ** -e).tolist() == codes.tolist()
+        assert codes.tolist() == [16384, 16384, 3, 1]
