@@ -59,7 +59,7 @@ class Golden:
     def put(self, name: str, value, exponent=None, op: str = "", what: str = "") -> None:
         if name in self.arrays:
             raise RuntimeError(f"golden: tensor {name!r} recorded twice")
-        arr = value.detach().cpu().numpy().copy() if isinstance(value, torch.Tensor) else np.array(value)  # a copy: engine buffers are reused
+        arr = value.detach().cpu().numpy().copy() if isinstance(value, torch.Tensor) else np.array(value)
         self.arrays[name] = arr
         self.entries.append({"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype),
                              "exponent": None if exponent is None else int(exponent), "op": op, "what": what})
