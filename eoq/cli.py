@@ -198,7 +198,11 @@ def _golden(args) -> int:
                       after=args.after)
     path = golden.write(g, args.out)
     print(f"{len(g.entries)} tensors of {args.steps} step(s) written to {path} and {path.parent / 'manifest.json'}")
-    checked, bad = golden.verify(args.out)
+    try:
+        checked, bad = golden.verify(args.out)
+    except ValueError as err:                 # a layout the reference does not implement
+        print(f"NumPy reference: not checked ({err})")
+        return 0
     print(f"NumPy reference (eoq/reference/numpy_step.py): {checked} tensors recomputed from the inputs, "
           f"{len(bad)} differ{': ' + ', '.join(bad[:5]) if bad else ''}")
     return 1 if bad else 0

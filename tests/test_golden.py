@@ -224,3 +224,12 @@ def test_error_sum_at_a_block_input_is_exact_for_int32_and_int16_terms(use_kerne
         codes, e = REF.fx((ints, -29))
         assert e == 10 and (y.flatten().double() * 2.0 ** -e).tolist() == codes.tolist()
         assert codes.tolist() == [16384, 16384, 3, 1]
+
+
+def test_golden_command_refuses_bad_input(tmp_path, capsys):
+    assert main(["golden", "--model", "resnet7", "--out", str(tmp_path)]) == 2
+    assert main(["golden", "--batch-size", "0", "--out", str(tmp_path)]) == 2
+    assert main(["golden", "--after", "-1", "--data", "embedded", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("eoq: error:") == 3 and "--after" in err
+    assert not list(tmp_path.iterdir())                 # nothing written
