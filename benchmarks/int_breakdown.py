@@ -2,10 +2,10 @@
 
 Wraps the integer engine's entry points in timers (``eoq.quant.quantizers.sq_integer`` for the A and E
 codes, the direct VNNI kernels of :mod:`eoq.engine.direct`, the im2col + ``_int_mm`` paths of
-:mod:`eoq.engine.intengine`, G rounding) and prints the mean milliseconds per training step of each,
-after ``--warmup`` steps. The remainder of the step is PyTorch's float32 elementwise work
-(ReLU backward, Fixup sums, residual adds), the loss and the optimizer. Nested entries are not
-double counted: the wrapped functions do not call one another.
+:mod:`eoq.engine.intengine`, G rounding, the 16-bit stream's kernels, the Fixup scalars' sums, the
+optimizer) and prints the mean milliseconds per training step of each, after ``--warmup`` steps.
+The remainder of the step is autograd, layout copies, the loss, the option-A shortcut and the
+pooling head. Nested entries are not double counted: the wrapped functions do not call one another.
 """
 from __future__ import annotations
 
@@ -18,15 +18,21 @@ from bench_int import make
 from common import setup, test_images
 
 from eoq.engine import direct, intengine
+from eoq.nn import fixup_tail, layers, stream
 from eoq.quant import quantizers as Q
 from eoq.training.loop import train_step
+from eoq.training.optimizer import EOQSGD
 
 ENTRIES = [(Q, "sq_integer", "A/E quantizers"), (direct, "conv", "direct conv (fwd + input grad)"),
            (direct, "weight_grad", "direct weight grad"), (direct, "grid_weights", "direct weight packing"),
            (intengine, "conv_forward", "im2col + GEMM forward"),
            (intengine, "conv_input_grad", "im2col + GEMM input grad"),
            (intengine, "weight_grad", "GEMM weight grad"), (intengine, "_to_float_nchw", "dequantization"),
-           (intengine, "weight_mats", "GEMM weight operands"), (intengine, "_gradient", "G rounding")]
+           (intengine, "weight_mats", "GEMM weight operands"), (intengine, "_gradient", "G rounding"),
+           (fixup_tail, "exact_tail", "stream: exact tail + FX16"),
+           (fixup_tail, "masked_exact_sums", "stream: tail backward (mask, sums)"),
+           (stream, "fx", "stream: FX16 of an error"), (stream, "fx_sum", "stream: FX16 of an error sum"),
+           (layers, "exact_sum", "Fixup scalar gradient sums"), (EOQSGD, "step", "optimizer step")]
 
 
 def main():
