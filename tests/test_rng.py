@@ -141,18 +141,20 @@ def test_sq_same_with_and_without_kernels():
        st.integers(0, 2 ** 31), st.booleans(), st.sampled_from([0.0, 0.25, -0.3, 1.5]),
        st.sampled_from([0.0, 0.0625, -0.75]))
 def test_fused_affine_sq_equals_torch_ops(shape, rounding, seed, channels_last, pre, bias):
-    """The kernel's SQ(x + b), SQ(x * s) and SQ(relu(x + p) + b) == the same float32 torch ops
-    followed by SQ (the torch path), for both roundings and layouts."""
+    """The kernel's SQ(x + b), SQ(x * s) and SQ(relu(x + p) + b) == the same ops in float64, where
+    each step is exact, followed by SQ (the torch path), for both roundings and layouts. (float32
+    ops would round x + 1.5 and, now and then, move a value across a rounding tie.)"""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     x[(x.abs() < 0.2)] = -pre              # elements that land exactly on the ReLU's threshold
     if channels_last and len(shape) == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     p, b = torch.tensor([pre]), torch.tensor([bias])
-    cases = [(Q.sq_plus, (x, b), x + b), (Q.sq_times, (x, b + 1), x * (b + 1)),
-             (Q.sq_relu_plus, (x, p, b), torch.relu(x + p) + b)]
+    xd, pd, bd = x.double(), p.double(), b.double()
+    cases = [(Q.sq_plus, (x, b), xd + bd), (Q.sq_times, (x, b + 1), xd * (bd + 1)),
+             (Q.sq_relu_plus, (x, p, b), torch.relu(xd + pd) + bd)]
     for fn, args, plain in cases:
         fast = fn(*args, 8, rounding, torch.Generator().manual_seed(seed + 1))
-        ref = Q.sq(plain, 8, rounding, torch.Generator().manual_seed(seed + 1))
+        ref = Q.sq(plain, 8, rounding, torch.Generator().manual_seed(seed + 1)).float()
         with kernels.disabled():
             slow = fn(*args, 8, rounding, torch.Generator().manual_seed(seed + 1))
         assert torch.equal(fast, ref) and torch.equal(slow, ref), fn.__name__
