@@ -6,6 +6,7 @@ import math
 import statistics
 from pathlib import Path
 
+from eoq.quant.spec import QuantSpec, SpecError
 from eoq.training.loop import SCHEDULE_FIELDS
 from eoq.training.metrics import read_metrics
 
@@ -71,12 +72,21 @@ def _settings(run: dict) -> dict:
     return {k: v for k, v in run["config"].items() if k not in _NOT_SETTINGS and v is not None}
 
 
+def _spec(spec):
+    """A saved spec with the fields it predates filled with their defaults (which it used)."""
+    try:
+        return QuantSpec.from_dict(spec).to_dict() if spec else spec
+    except (SpecError, TypeError):
+        return spec
+
+
 def seed_groups(runs: list[dict]) -> list[list[dict]]:
     """Runs grouped by identical settings (config and spec equal apart from _NOT_SETTINGS; a
-    setting a run predates, null in its config, counts as unset), in order of first appearance."""
+    setting a run predates, null in its config or missing from its spec, counts as its default),
+    in order of first appearance."""
     groups: dict[str, list[dict]] = {}
     for r in runs:
-        key = json.dumps([_settings(r), r.get("spec")], sort_keys=True)
+        key = json.dumps([_settings(r), _spec(r.get("spec"))], sort_keys=True)
         groups.setdefault(key, []).append(r)
     return list(groups.values())
 

@@ -85,3 +85,20 @@ def test_tables_show_validation_accuracy_when_runs_have_it(tmp_path):
     assert "| 60.00 | 60.00 | 70.00 |" in accuracy_table(runs)
     assert seed_table(runs).splitlines()[2] == ("| EOQ | 0, 1 | 70.00, 72.00 | 71.00 | 1.41 | 60.00, 64.00 | 62.00 "
                                                 "| 2.83 |  |")
+
+
+def test_a_spec_field_a_run_predates_counts_as_its_default(tmp_path):
+    """A run saved before a spec field existed (no stream_bits, no weight_policy.min_exponent) used
+    the field's default: it groups with a run that names the default, not with one that changes it."""
+    from eoq.quant.spec import QuantSpec
+
+    new = QuantSpec(name="x").to_dict()
+    old = {k: v for k, v in new.items() if k not in ("stream_bits", "lr_bits")}
+    old["weight_policy"] = {k: v for k, v in new["weight_policy"].items() if k != "min_exponent"}
+    changed = {**new, "stream_bits": 16}
+    dirs = [make_run(tmp_path, f"s{i}", i, 70.0) for i in range(3)]
+    for d, spec in zip(dirs, (old, new, changed)):
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, "spec": spec}))
+    groups = seed_groups([load_run(d) for d in dirs])
+    assert [[r["config"]["seed"] for r in g] for g in groups] == [[0, 1], [2]]
