@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from eoq.training.csvfile import read_rows
 from eoq.training.loop import SCHEDULE_FIELDS
 
-from .runs import accuracy_table, label, load_run, plot_curves
+from .runs import _finished, accuracy_table, label, load_run, plot_curves, seed_groups, seed_table
 from .style import figure, save
 
 CLAIMS = (
@@ -42,10 +43,14 @@ def _copy_figures(src: Path, dst: Path, prefix: str) -> list[str]:
 
 
 def _stored_on_int8_grid(run: dict) -> str:
-    """Check the run's final checkpoint: every integer-stored tensor is codes * 2^e with |codes| <= 127."""
+    """Check the run's final checkpoint: every integer-stored tensor is codes * 2^e with |codes| <= 127.
+    Without one (checkpoints are not committed), say what the run's spec stores."""
     ck = Path(run["dir"]) / "checkpoint.pt"
     if not ck.exists():
-        return "no checkpoint"
+        spec = run.get("spec") or {}
+        u = (spec.get("U") or {}).get("bits")
+        return (f"no checkpoint kept; its spec stores {spec.get('store_bits')}-bit weight codes and {u}-bit "
+                "update codes (tests/test_optimizer.py: every stored tensor stays on its int8 grid)")
     state = torch.load(ck, map_location="cpu", weights_only=True)["model"]
     total = on_grid = 0
     for key, exp in state.items():
@@ -59,6 +64,16 @@ def _stored_on_int8_grid(run: dict) -> str:
         total += 1
         on_grid += bool(torch.equal(codes, codes.round()) and codes.abs().max() <= 127)
     return f"{on_grid}/{total} stored tensors are int8 codes x 2^e" if total else "no integer-stored tensors"
+
+
+def _mean_text(name: str, group: list[dict]) -> str:
+    """'name 85.12%' for one finished run, 'name 85.12 ± 0.30% (3 seeds)' for several."""
+    acc = [r["rows"][-1]["test_acc"] for r in group if _finished(r)]
+    if not acc:
+        return f"{name}: no finished run"
+    if len(acc) == 1:
+        return f"{name} {acc[0]:.2f}%"
+    return f"{name} {statistics.fmean(acc):.2f} ± {statistics.stdev(acc):.2f}% ({len(acc)} seeds)"
 
 
 def plot_batch_sizes(runs: list[dict], stem) -> list[Path]:
@@ -92,18 +107,26 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
 
     if loaded:
         plot_curves(loaded, out_dir / "accuracy_curves")
-        md += ["## Accuracy", "", accuracy_table(loaded), "",
-               "![accuracy](accuracy_curves.png)", "",
+        groups = seed_groups(loaded)
+        md += ["## Accuracy", "", accuracy_table(loaded), ""]
+        if any(len(g) > 1 for g in groups):
+            md += ["Over seeds (runs that differ only in their seed; sample standard deviation):", "",
+                   seed_table(loaded), ""]
+        md += ["![accuracy](accuracy_curves.png)", "",
                "*Test accuracy and training loss per epoch on CIFAR-10 (log-scale loss).*", ""]
-        by = {label(r): r for r in loaded}
-        if "EOQ" in by:
-            e = by["EOQ"]["rows"][-1]["test_acc"]
-            parts = [f"EOQ {e:.2f}%"] + [f"{k} {v['rows'][-1]['test_acc']:.2f}%" for k, v in by.items() if k != "EOQ"]
+        firsts = {}                                          # label -> its first seed group
+        for g in groups:
+            firsts.setdefault(label(g[0]), g)
+        eoq = next((k for k in firsts if k.startswith("EOQ")), None)
+        if eoq is not None:
+            parts = [_mean_text(k, firsts[k]) for k in [eoq] + [k for k in firsts if k != eoq]]
             sched = {json.dumps({k: r["config"].get(k) for k in SCHEDULE_FIELDS}, sort_keys=True) for r in loaded}
             how = "same schedule" if len(sched) == 1 else "each its own schedule (config.json)"
+            e = firsts[eoq][0]
             claims[CLAIMS[0]] = (", ".join(parts),
-                                 f"ResNet-20, {by['EOQ']['rows'][-1]['epoch']} epochs, {how} (table above)")
-            claims[CLAIMS[1]] = (_stored_on_int8_grid(by["EOQ"]),
+                                 f"{e['config']['model']}, {e['rows'][-1]['epoch']} epochs, {how}, final test "
+                                 "accuracy, mean ± std over seeds where several (tables above)")
+            claims[CLAIMS[1]] = (_stored_on_int8_grid(e),
                                  "final checkpoint of the EOQ run; updates are int8 by construction (tested)")
         if len({r["config"]["batch_size"] for r in loaded}) > 1:
             plot_batch_sizes(loaded, out_dir / "batch_size")

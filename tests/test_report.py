@@ -28,3 +28,29 @@ def test_report_rejects_unfinished_runs(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
     assert "not a finished run directory" in capsys.readouterr().err
+
+
+def test_report_gives_seed_means_and_names_the_integer_engine_run(tmp_path):
+    """Runs that differ only in seed: the seed table and, in the reproduction table, mean ± std
+    (70 and 72 -> 71.00 ± 1.41); an integer-engine EOQ run counts as EOQ; without a checkpoint
+    the storage claim says what the spec stores."""
+    import json
+
+    from analysis.report import build_report
+    from eoq.quant.presets import get_preset
+
+    dirs = []
+    for name, preset, engine, seed, acc in (("e0", "eoq", "int", 0, 70.0), ("e1", "eoq", "int", 1, 72.0),
+                                            ("f0", "fp32", "sim", 0, 75.0)):
+        d = tmp_path / name
+        d.mkdir()
+        cfg = {"model": "resnet20", "norm": "fixup", "preset": preset, "engine": engine, "epochs": 1,
+               "seed": seed, "batch_size": 128}
+        (d / "config.json").write_text(json.dumps({"train": cfg, "spec": get_preset(preset).to_dict()}))
+        (d / "metrics.csv").write_text("epoch,train_loss,train_acc,val_acc,test_acc,seconds,lr,steps\n"
+                                       f"1,1.0,50.0,60.0,{acc},10.0,0.1,352\n")
+        dirs.append(str(d))
+    text = build_report(dirs, str(tmp_path / "r"), cost_batch=4).read_text()
+    assert "| EOQ (integer engine) | 0, 1 | 70.00, 72.00 | 71.00 | 1.41 |" in text
+    assert "EOQ (integer engine) 71.00 ± 1.41% (2 seeds), fp32+Fixup 75.00%" in text
+    assert "no checkpoint kept; its spec stores 8-bit weight codes and 6-bit update codes" in text
