@@ -223,8 +223,9 @@ def conv_weight_grad(e: np.ndarray, a: np.ndarray, stride: int, pad: int, kh: in
 class Step:
     """One training step of a Fixup CIFAR ResNet: ``run`` fills ``out`` (name -> array, exponent)."""
 
-    def __init__(self, golden, step: int, state: dict, config: dict):
+    def __init__(self, golden, step: int, state: dict, config: dict, exponents: dict | None = None):
         self.g, self.t, self.state, self.cfg = golden, step, state, config
+        self.exponents = exponents or {}          # the golden manifest's exponent of every tensor
         self.out: dict = {}
         spec = config["preset"]
         self.bits = {k: spec[k]["bits"] for k in ("A", "E", "G", "U", "M")}
@@ -365,14 +366,14 @@ class Step:
         self.update()
 
     def exp(self, name):
-        return self.manifest_exp[f"s{self.t}/{name}"]
+        return self.exponents[f"s{self.t}/{name}"]
 
     # ------------------------------------------------------------------------- the optimizer
     def update(self):
         cfg, spec = self.cfg, self.cfg["preset"]
         keys = self.g[f"s{self.t}/optimizer.keys"]
         mu = np.float32(cfg["momentum"])
-        wd = np.float32(cfg["weight_decay"])
+        wd = f32_exact(np.array([cfg["weight_decay"]]))
         u_max, policy = (1 << (self.bits["U"] - 1)) - 1, spec["weight_policy"]
         for row, name in enumerate(cfg["stored"]):
             st = self.state[name]
@@ -382,7 +383,7 @@ class Step:
             layer = name.rsplit(".", 1)[0]
             if name.endswith(".weight"):          # G from the layer, plus weight decay (one rounding)
                 gq, eg = self.grads[name]
-                gv, gexp = add((gq, eg), (codes * int(np.frexp(wd)[0] * 2 ** 24), e + int(np.frexp(wd)[1]) - 24))
+                gv, gexp = add((gq, eg), (codes * wd[0], e + wd[1]))
                 g32 = to_f32(gv, gexp)
             else:                                 # the optimizer's G of a bias or a Fixup scalar
                 gr = self.sgrads["fc.bias" if name == "fc.bias" else layer]
@@ -397,18 +398,14 @@ class Step:
             self.put(name + ".M", *m)
             mant, shift = (int(v) for v in self.g[f"s{self.t}/{name}.lr"])
             f = m[1] - shift - e                  # delta = M * L * 2^f, in units of the weight LSB
-            t = m[0] * mant
-            t = shl(t, f + 16) if f + 16 >= 0 else t >> -(f + 16)            # floor(delta * 2^16)
-            t = np.clip(t, -u_max << 16, u_max << 16)                         # clamp(delta, +-u_max)
-            u = (t + random_bits(t.size, k[2]).reshape(t.shape)) >> 16
+            u = np.clip(sr_shift(m[0] * mant, -f, k[2]), -u_max, u_max)       # SR, then the clamp
             self.put(name + ".U", u, 0)
             codes = np.clip(codes - u, -k_max, k_max)
             amax = int(np.abs(codes).max())
             frac = np.float32(np.count_nonzero(np.abs(codes) >= k_max)) / np.float32(codes.size)
             if amax >= k_max and frac > policy["saturate_frac"]:
                 e += 1                                                       # SR halving
-                codes = np.clip((shl(codes, 15) + random_bits(codes.size, k[3]).reshape(codes.shape)) >> 16,
-                                -k_max, k_max)
+                codes = sr_shift(codes, 1, k[3])                             # |codes / 2| < k_max
             elif 0 < amax < 1 << (bits - 1 - policy["shrink_bits"]) and e > policy.get("min_exponent", MIN_EXPONENT):
                 e -= 1
                 codes = codes * 2
@@ -466,7 +463,8 @@ def recompute(folder):
         raise ValueError("the reference covers the eoq preset (fixed-point stream and learning rate)")
     state, exps = initial_state(g, manifest, config)
     if any(".shortcut." in n for n in state) or state["conv1.weight"]["codes"].shape[2:] != (3, 3):
-        raise NotCovered(f"the reference covers the CIFAR ResNets (3x3 stem, option-A shortcuts), not {config['model']}")
+        raise NotCovered("the reference covers the CIFAR ResNets (3x3 stem, option-A shortcuts), "
+                         f"not {config['model']}")
     out, gaps = {}, []
     for t in range(config["steps"]):
         if t:                     # the state this reference carried over, in the golden file's form
@@ -474,8 +472,7 @@ def recompute(folder):
                 out[f"s{t}/{name}.codes"] = (st["codes"], st["exp"])
                 if st["m"] is not None:
                     out[f"s{t}/{name}.M_in"] = as_buffer(st["m"], config["preset"]["M"]["bits"])
-        step = Step(g, t, state, config)
-        step.manifest_exp = exps
+        step = Step(g, t, state, config, exps)
         step.run()
         out.update(step.out)
         gaps.append(step.softmax_gap)
@@ -497,15 +494,20 @@ def compare(folder, result=None) -> list[str]:
     return bad
 
 
+def check(folder) -> tuple[int, list[str], float]:
+    """(tensors recomputed, names not reproduced bit for bit, the softmax check's largest gap)."""
+    result = out, _, manifest, gaps = recompute(folder)
+    return sum(e["name"] in out for e in manifest["tensors"]), compare(folder, result), max(gaps)
+
+
 def main(argv) -> int:
     if len(argv) != 1:
         print(__doc__.splitlines()[2].strip(), file=sys.stderr)
         return 2
-    result = out, g, manifest, gaps = recompute(argv[0])
-    checked = [e["name"] for e in manifest["tensors"] if e["name"] in out]
-    bad = compare(argv[0], result)
-    print(f"{len(checked)} of {len(manifest['tensors'])} golden tensors recomputed, {len(bad)} differ; "
-          f"softmax (float64) within {max(gaps):.1e} of the golden dL/dlogits")
+    checked, bad, gap = check(argv[0])
+    total = len(json.loads((Path(argv[0]) / "manifest.json").read_text())["tensors"])
+    print(f"{checked} of {total} golden tensors recomputed, {len(bad)} differ; "
+          f"softmax (float64) within {gap:.1e} of the golden dL/dlogits")
     for name in bad[:20]:
         print("  differs:", name)
     print("torch imported:", "torch" in sys.modules)

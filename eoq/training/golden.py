@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from .. import kernels
 from ..engine import intengine
 from ..nn import stream
-from ..nn.layers import FixupScalar, QConv2d, QLinear
+from ..nn.layers import QConv2d, QLinear
 from ..quant import quantizers as Q
 from ..quant import rng
 from ..quant.observe import observing
@@ -69,9 +69,14 @@ def _small_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return codes.to(torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32)
 
 
+def _on_grid(values: torch.Tensor, exponent: int) -> torch.Tensor:
+    """The integers values / 2^exponent (exact for values on that grid), as float64."""
+    return (values.detach().double() * 2.0 ** -exponent).round()
+
+
 def _sq_lsb(x: torch.Tensor, bits: int) -> int:
     """SQ's LSB exponent for the (exact) values x."""
-    return Q.exponent_of(float(x.detach().abs().max()) if x.numel() else 0.0) + 1 - bits
+    return Q.shift_exponent(x.detach()) + 1 - bits
 
 
 class Recorder:
@@ -102,7 +107,7 @@ class Recorder:
             codes, lsb = self.pending_codes.pop()
         else:
             lsb = _sq_lsb(x, q.bits)
-            codes = (out.detach().double() * 2.0 ** -lsb).round()
+            codes = _on_grid(out, lsb)
         self.last = owner
         self.exps[(owner, kind)] = lsb
         self._claim_key(f"{mod}.{kind}")
@@ -127,7 +132,7 @@ class Recorder:
                        "update codes in units of the weight LSB")
             return
         lsb = _sq_lsb(x, q.bits)
-        codes = _small_codes((out.detach().double() * 2.0 ** -lsb).round(), q.bits)
+        codes = _small_codes(_on_grid(out, lsb), q.bits)
         what = {"G": "the gradient quantized by the optimizer (SQ 8-bit stochastic)",
                 "M": "momentum buffer codes after this step (SQ 16-bit stochastic of mu v + g)"}[kind]
         self.g.put(self.name(f"{p}.{kind}"), codes, lsb, f"SQ{q.bits} {q.rounding}", what)
@@ -196,7 +201,7 @@ class Recorder:
                 backward = summed or k.get("backward", False)
                 where = rec.names.get(rec.last, "?")
                 label = f"{where}.{'dstream' if backward else 'stream'}"
-                rec.g.put(rec.name(label), (out.detach().double() * 2.0 ** -e).round().to(torch.int16), e,
+                rec.g.put(rec.name(label), _on_grid(out, e).to(torch.int16), e,
                           "FX16 of the exact sum" if summed else "FX16",
                           ("error stream at a block input: FX16(branch error + shortcut error)" if summed else
                            "error stream entering the blocks from the head" if backward else
@@ -223,16 +228,10 @@ class Recorder:
     def _accumulator(self, acc, label, kind):
         layer = self.last
         mod = self.names.get(layer, "?")
-        if label is None:              # the classifier's GEMMs (int_mm called by IntLinearFn)
-            if not isinstance(layer, QLinear):
+        if label is None:              # the classifier's GEMMs called by IntLinearFn (its weight-
+            if not isinstance(layer, QLinear):      # gradient GEMM runs inside weight_grad, not recorded)
                 return
-            if self.phase == "forward":
-                label, kind = "acc", "A"
-            elif (layer, "dX") not in self.exps:
-                label, kind = "dX_acc", "E"
-                self.exps[(layer, "dX")] = True
-            else:
-                return                 # its weight-gradient GEMM: recorded by _gradient
+            label, kind = ("acc", "A") if self.phase == "forward" else ("dX_acc", "E")
         exponent = self.exps[(layer, kind)] + int(layer.weight_exp)
         if acc.dim() == 4:
             acc = acc.permute(0, 3, 1, 2)           # NHWC -> NCHW
@@ -264,14 +263,14 @@ def record(model: str = "resnet20", batch_size: int = 8, steps: int = 2, images=
               weight_decay=weight_decay, channels_last=True)
     if not s.spec.stream_bits or not s.spec.lr_bits:
         raise ValueError(f"golden: preset {s.spec.name!r} has no fixed-point stream or learning rate (use eoq)")
+    items = stored_tensors(s.optimizer)
     golden = Golden()
     golden.put("config", np.array(json.dumps({"model": model, "batch_size": batch_size, "steps": steps, "seed": seed,
                                               "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                                               "after": after, "engine": engine, "preset": s.spec.to_dict(),
-                                              "stored": [n for n, _ in stored_tensors(s.optimizer)]})),
+                                              "stored": [n for n, _ in items]})),
                None, "", "run settings (JSON); 'stored': the stored tensors in the optimizer's order")
     rec = Recorder(golden, s.model)
-    items = stored_tensors(s.optimizer)
     first = batch_size * steps
     for k in range(after):                      # the fast path (compiled kernels), nothing recorded
         lo = first + k * batch_size
@@ -302,27 +301,26 @@ def record(model: str = "resnet20", batch_size: int = 8, steps: int = 2, images=
 
 
 def _record_state(rec: Recorder, opt: EOQSGD, items) -> None:
+    groups = {id(p): group for group in opt.param_groups for p in group["params"]}
     for name, grid in items:
-        golden_codes = (grid.param.detach().double() * 2.0 ** -float(grid.exponent)).round()
-        rec.g.put(rec.name(f"{name}.codes"), _small_codes(golden_codes, grid.bits), int(grid.exponent), "stored",
+        rec.g.put(rec.name(f"{name}.codes"), _small_codes(grid.codes(), grid.bits), int(grid.exponent), "stored",
                   "stored codes before this step")
         buf = opt.state.get(grid.param, {}).get("momentum_buffer")
         if buf is not None:       # its values (SQ16 codes * 2^e); as int32 codes on the grid of its max
             lsb = _sq_lsb(buf, opt.spec.M.bits)
-            codes = buf.double() * 2.0 ** -lsb
-            if not torch.equal(codes, codes.round()):
+            codes = _on_grid(buf, lsb)
+            if not torch.equal(codes, buf.double() * 2.0 ** -lsb):
                 raise RuntimeError(f"golden: momentum buffer of {name} is not on its SQ grid")
             rec.g.put(rec.name(f"{name}.M_in"), codes.to(torch.int32), lsb, "stored",
                       "momentum buffer before this step: int32 codes * 2^exponent (the values of its SQ16 codes)")
-        group = next(gr for gr in opt.param_groups if any(p is grid.param for p in gr["params"]))
-        mant, shift = fixed_point(group["lr"] * grid.lr_scale, opt.spec.lr_bits)
+        mant, shift = fixed_point(groups[id(grid.param)]["lr"] * grid.lr_scale, opt.spec.lr_bits)
         rec.g.put(rec.name(f"{name}.lr"), np.array([mant, shift], dtype=np.int64), None, "",
                   "learning rate L * 2^-shift as (L, shift)")
 
 
 def _record_grads(rec: Recorder, items) -> None:
     for name, grid in items:
-        if isinstance(grid.owner, FixupScalar) or (isinstance(grid.owner, QLinear) and name.endswith("bias")):
+        if not name.endswith(".weight"):       # the classifier bias and the Fixup scalars
             rec.g.put(rec.name(f"{name}.grad"), grid.param.grad.detach().clone(), None, "float32 (exact sum)",
                       "gradient: an exact sum, rounded once to float32 (twice summed where used twice)")
 
@@ -347,8 +345,7 @@ def _optimizer_step(rec: Recorder, opt: EOQSGD, items) -> None:
     rec.g.put(rec.name("optimizer.keys"), keys.numpy().astype(np.uint32), None, "key",
               "per stored tensor (optimizer order), keys of G, M, U and the exponent policy's halving")
     for name, grid in items:
-        codes = (grid.param.detach().double() * 2.0 ** -float(grid.exponent)).round()
-        rec.g.put(rec.name(f"{name}.new_codes"), _small_codes(codes, grid.bits), int(grid.exponent), "stored",
+        rec.g.put(rec.name(f"{name}.new_codes"), _small_codes(grid.codes(), grid.bits), int(grid.exponent), "stored",
                   "stored codes after this step (the exponent policy applied)")
 
 
@@ -380,6 +377,5 @@ def reference():
 
 def verify(folder) -> tuple[int, list[str]]:
     """(how many tensors the NumPy reference recomputed, the names it does not reproduce bit for bit)."""
-    ref = reference()
-    result = out, _, manifest, _ = ref.recompute(folder)
-    return sum(e["name"] in out for e in manifest["tensors"]), ref.compare(folder, result)
+    checked, bad, _ = reference().check(folder)
+    return checked, bad
