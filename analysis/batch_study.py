@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from eoq.engine import Engine
 from eoq.training.batches import to_float
 from eoq.training.csvfile import read_rows, write_rows
 from eoq.training.data import default_val, load_cifar10
@@ -43,15 +44,18 @@ from .style import COLORS, figure, save
 
 CONFIGS = {"fp32+BN": ("bn", "fp32"), "fp32+Fixup": ("fixup", "fp32"), "EOQ": ("fixup", "eoq"),
            "WAGEUBN": ("bn", "wageubn")}
+ON_ENGINE = ("EOQ",)   # the configurations --engine applies to (int needs 8-bit SQ A/E/G/W); others run sim
 COLUMNS = ["config", "batch", "lr", "seed", "stage", "seen", "val_acc", "test_acc", "seconds", "final"]
 _COLORS = {**COLORS, "WAGEUBN": "#9467bd"}
 
 
 def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, points: int,
-            seed: int = 0, warmup: float = 0.05, test: bool = True) -> list[dict]:
+            seed: int = 0, warmup: float = 0.05, test: bool = True, engine: str = "sim") -> list[dict]:
     """Train on the stream; returns [{seen, val_acc, test_acc, seconds}] at ``points`` positions
-    (a divergence ends the list with nan accuracies)."""
-    s = setup("resnet20", norm, preset, seed=seed, lr=lr, momentum=0.875)
+    (a divergence ends the list with nan accuracies). ``engine`` "int" runs NHWC, as eoq train does."""
+    nhwc = Engine.parse(engine) is Engine.INT
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    s = setup("resnet20", norm, preset, seed=seed, lr=lr, momentum=0.875, engine=engine, channels_last=nhwc)
     model, opt = s.model, s.optimizer
     order = np.random.default_rng(seed).permutation(len(data.train_y))[:samples]
     marks = sorted({int(round(samples * (i + 1) / points)) for i in range(points)})
@@ -60,7 +64,8 @@ def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, p
     model.train()
     for step, start in enumerate(range(0, samples, batch)):
         idx = order[start:start + batch]
-        x, y = to_float(torch.from_numpy(data.train_x[idx])), torch.from_numpy(data.train_y[idx]).long()
+        x = to_float(torch.from_numpy(data.train_x[idx])).contiguous(memory_format=fmt)
+        y = torch.from_numpy(data.train_y[idx]).long()
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / n_warm)
         try:
@@ -71,8 +76,8 @@ def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, p
         seen += len(idx)
         if marks and seen >= marks[0]:
             marks.pop(0)
-            val = evaluate(model, data.val_x, data.val_y)
-            tst = evaluate(model, data.test_x, data.test_y) if test else math.nan
+            val = evaluate(model, data.val_x, data.val_y, memory_format=fmt)
+            tst = evaluate(model, data.test_x, data.test_y, memory_format=fmt) if test else math.nan
             model.train()
             rows.append({"seen": seen, "val_acc": val, "test_acc": tst, "seconds": time.perf_counter() - t0})
     return rows
@@ -170,6 +175,8 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=None, help="validation images (default: eoq train's split)")
     ap.add_argument("--test", type=int, default=None, help="test images (default: all)")
     ap.add_argument("--data", default=None)
+    ap.add_argument("--engine", default="int", choices=[e.value for e in Engine],
+                    help=f"the engine of {', '.join(ON_ENGINE)} (bit-exact either way; int is faster)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true", help="go on from OUT/runs.csv")
     ap.add_argument("--out", default="reports/batch_study")
@@ -191,7 +198,7 @@ def main(argv=None):
             return
         norm, preset = CONFIGS[name]
         rows = run_one(data, norm, preset, batch, args.samples, lr, args.points, seed, args.warmup,
-                       test=stage == "final")
+                       test=stage == "final", engine=args.engine if name in ON_ENGINE else "sim")
         for i, r in enumerate(rows):
             results.append({"config": name, "batch": batch, "lr": lr, "seed": seed, "stage": stage, **r,
                             "final": i == len(rows) - 1})
@@ -210,7 +217,8 @@ def main(argv=None):
     md = [f"# Small-batch study: ResNet-20, a stream of {args.samples} CIFAR-10 training images seen once", "",
           f"Validation {len(data.val_y)} images (the lr choice), test {len(data.test_y)} images (the table). "
           f"lr grid: {args.lr_ref} x sqrt(B/128) x {args.lr_factors}, linear warm-up over {args.warmup:.0%} of "
-          f"the stream then constant, momentum 0.875, no augmentation; seeds {args.seeds} at the chosen lr.", "",
+          f"the stream then constant, momentum 0.875, no augmentation; seeds {args.seeds} at the chosen lr; "
+          f"{', '.join(ON_ENGINE)} on the {args.engine} engine.", "",
           "## Final test accuracy (%), mean ± std over seeds", "", table(results, args.batch_sizes, args.configs), "",
           "## Final validation accuracy (%), mean ± std over seeds", "",
           table(results, args.batch_sizes, args.configs, "val_acc"), "",

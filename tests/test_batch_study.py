@@ -34,3 +34,34 @@ def test_study_end_to_end_on_the_embedded_data(tmp_path):
     before = (out / "runs.csv").read_text()
     batch_study.main(argv + ["--resume"])                              # nothing left to run: same rows
     assert (out / "runs.csv").read_text() == before
+
+
+def test_eoq_runs_the_same_numbers_on_either_engine(tmp_path, monkeypatch):
+    """The study's EOQ runs on the int engine by default; being bit-exact with the simulation, the
+    engine must not change a single logit at any measuring point (batch 1, the online case, and 4)."""
+    import torch
+    from eoq.training.batches import to_float
+    logits = []
+
+    def fingerprint(model, images, labels, batch_size=500, memory_format=torch.contiguous_format):
+        model.eval()
+        with torch.no_grad():
+            out = model(to_float(torch.as_tensor(images)).contiguous(memory_format=memory_format))
+        logits.append(out.double())
+        model.train()
+        return 10.0
+
+    monkeypatch.setattr(batch_study, "evaluate", fingerprint)
+
+    def run(engine):
+        logits.clear()
+        batch_study.main(["--samples", "12", "--batch-sizes", "1", "4", "--points", "2", "--val", "40",
+                          "--test", "40", "--seeds", "0", "--configs", "EOQ", "--lr-factors", "2",
+                          "--data", "embedded", "--threads", "1", "--engine", engine, "--out", str(tmp_path / engine)])
+        return list(logits)
+
+    sim, int_ = run("sim"), run("int")
+    assert len(sim) == 2 * 2 * 3                      # batches x points x (val in choose; val, test in final)
+    assert all(torch.equal(a, b) for a, b in zip(sim, int_, strict=True))
+    assert not torch.equal(sim[0], sim[1])            # the points differ: the net trained in between
+    assert "on the int engine" in (tmp_path / "int" / "study.md").read_text()
