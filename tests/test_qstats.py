@@ -1,4 +1,5 @@
 """Quantization-error statistics against hand-computed values, and collection during training."""
+import contextlib
 import math
 
 import numpy as np
@@ -148,3 +149,38 @@ def test_a_sampled_training_step_keeps_little_memory():
     assert {r["kind"] for r in c.rows} >= {"A", "E", "G", "U", "W", "M"}
     assert sum(v.nbytes for v in c.hists.values()) < 1 << 20
     assert not any(isinstance(v.base, torch.Tensor) for v in c.hists.values())
+
+
+@pytest.mark.parametrize("engine", ["sim", "int"])
+def test_collecting_statistics_changes_no_result(engine):
+    """A sampled step runs the unfused path (every intermediate tensor handed to the collector);
+    it must draw the same random bits and round the same way as the fused kernels, so a run with
+    the collector ends with the same codes, exponents, momentum and last updates as one without
+    (this is what lets the statistics of a long run be taken from a repeat of it)."""
+    from eoq.quant.observe import observing
+    from eoq.training.loop import train_step
+    from eoq.training.setup import setup
+
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(4, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last),
+                torch.randint(0, 10, (4,), generator=g)) for _ in range(4)]
+
+    def run(collect: bool):
+        s = setup("resnet20", "fixup", "eoq", seed=3, lr=0.05, engine=engine, channels_last=engine == "int")
+        c = QStatsCollector(every=2, histograms=False)
+        with observing(c) if collect else contextlib.nullcontext():
+            for step, (x, y) in enumerate(batches):
+                if collect:
+                    c.step_begin(step)
+                train_step(s.model, s.optimizer, x, y)
+        state = {k: v.clone() for k, v in s.model.state_dict().items()}
+        for i, st in enumerate(s.optimizer.state.values()):
+            state.update({f"opt{i}.{k}": v.clone() for k, v in st.items() if torch.is_tensor(v)})
+        return state, c.rows
+
+    plain, _ = run(False)
+    seen, rows = run(True)
+    assert sorted({r["step"] for r in rows}) == [0, 2]
+    assert plain.keys() == seen.keys()
+    differ = [k for k in plain if not torch.equal(plain[k], seen[k])]
+    assert differ == [], differ

@@ -199,7 +199,7 @@ class EOQSGD(torch.optim.Optimizer):
         else:
             delta = v * (self.effective_lr(group, grid) * inv_lsb)    # in units of the weight LSB
         update = round_scaled(delta, 0, u_max, grid.update.rounding, key=keys[2])
-        self.state[p]["last_update"] = update.to(torch.int8 if grid.update.bits <= 8 else torch.int32)
+        self._keep_update(p, update.to(torch.int8 if grid.update.bits <= 8 else torch.int32))
         k_max = max_code(grid.bits)
         codes = (p * inv_lsb).round_()
         for obs in OBSERVERS:
@@ -208,6 +208,16 @@ class EOQSGD(torch.optim.Optimizer):
         codes = codes.sub_(update).clamp_(-k_max, k_max)
         codes = self._rescale(codes, grid, k_max, keys[3])
         p.copy_(codes.mul_(torch.exp2(grid.exponent)))
+
+    def _keep_update(self, p, update: torch.Tensor) -> None:
+        """state["last_update"] := update, in place when it exists: the fused kernel's plan holds that
+        tensor and writes every later update into it (a new tensor here would leave the state
+        showing this step's update after the fused steps that follow)."""
+        old = self.state[p].get("last_update")
+        if old is not None and old.dtype == update.dtype and old.shape == update.shape:
+            old.copy_(update)
+        else:
+            self.state[p]["last_update"] = update
 
     def _rescale(self, codes: torch.Tensor, grid: GridParam, k_max: int, key) -> torch.Tensor:
         """The exponent policy: up one bit on saturation (SR halving), down one when under-used."""
