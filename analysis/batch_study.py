@@ -19,12 +19,15 @@ Protocol, for each configuration and batch size B (ResNet-20):
 writes ``runs.csv`` (one row per configuration, batch size, lr, seed, stage and measuring point;
 rewritten after every run, and read back with ``--resume`` so that an interrupted study goes on
 where it stopped), ``study.md`` (the grid, the chosen lr, the final table) and the figures
-``accuracy_vs_batch`` (error bars over seeds) and ``accuracy_vs_samples``.
+``accuracy_vs_batch`` (error bars over seeds) and ``accuracy_vs_samples``. Processes that share
+the work (``--part NAME`` with their own ``--configs``; reports/batch_study/run.sh) each write
+``runs-NAME.csv`` in the same folder; the table and figures are made from every ``runs*.csv`` there.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import time
 from pathlib import Path
@@ -34,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eoq.engine import Engine
+from eoq.training.atomic import atomic_write
 from eoq.training.batches import to_float
 from eoq.training.csvfile import read_rows, write_rows
 from eoq.training.data import default_val, load_cifar10
@@ -47,6 +51,10 @@ CONFIGS = {"fp32+BN": ("bn", "fp32"), "fp32+Fixup": ("fixup", "fp32"), "EOQ": ("
 ON_ENGINE = ("EOQ",)   # the configurations --engine applies to (int needs 8-bit SQ A/E/G/W); others run sim
 COLUMNS = ["config", "batch", "lr", "seed", "stage", "seen", "val_acc", "test_acc", "seconds", "final"]
 _COLORS = {**COLORS, "WAGEUBN": "#9467bd"}
+
+
+def read_csv(path: Path) -> list[dict]:
+    return read_rows(path, ints=("batch", "seed", "seen"), text=("config", "stage"))
 
 
 def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, points: int,
@@ -178,7 +186,10 @@ def main(argv=None):
     ap.add_argument("--engine", default="int", choices=[e.value for e in Engine],
                     help=f"the engine of {', '.join(ON_ENGINE)} (bit-exact either way; int is faster)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--resume", action="store_true", help="go on from OUT/runs.csv")
+    ap.add_argument("--resume", action="store_true", help="go on from OUT/runs.csv (OUT/runs-PART.csv)")
+    ap.add_argument("--part", default=None,
+                    help="share the study between processes: this one writes OUT/runs-PART.csv (give each its "
+                         "own --configs); the table and figures read every OUT/runs*.csv")
     ap.add_argument("--out", default="reports/batch_study")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -187,10 +198,14 @@ def main(argv=None):
     if args.samples > len(data.train_y):
         raise SystemExit(f"--samples {args.samples} exceeds the {len(data.train_y)} training images left "
                          "after the validation split")
+    if args.part is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", args.part):
+        raise SystemExit(f"--part {args.part!r}: letters, digits, '-' and '_' only (it names runs-PART.csv)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = read_rows(out / "runs.csv", ints=("batch", "seed", "seen"), text=("config", "stage")) \
-        if args.resume and (out / "runs.csv").exists() else []
+    mine = out / (f"runs-{args.part}.csv" if args.part else "runs.csv")
+    others = [f for f in sorted(out.glob("runs*.csv")) if f != mine]
+    own = read_csv(mine) if args.resume and mine.exists() else []
+    results = own + [r for f in others for r in read_csv(f)]        # every part's rows: choices, tables
     done = {(r["config"], r["batch"], round(r["lr"], 12), r["seed"], r["stage"]) for r in results}
 
     def run(name, batch, lr, seed, stage):
@@ -200,9 +215,11 @@ def main(argv=None):
         rows = run_one(data, norm, preset, batch, args.samples, lr, args.points, seed, args.warmup,
                        test=stage == "final", engine=args.engine if name in ON_ENGINE else "sim")
         for i, r in enumerate(rows):
-            results.append({"config": name, "batch": batch, "lr": lr, "seed": seed, "stage": stage, **r,
-                            "final": i == len(rows) - 1})
-        write_rows(out / "runs.csv", results, COLUMNS)
+            row = {"config": name, "batch": batch, "lr": lr, "seed": seed, "stage": stage, **r,
+                   "final": i == len(rows) - 1}
+            own.append(row)
+            results.append(row)
+        write_rows(mine, own, COLUMNS)
         tqdm.write(f"{name} B={batch} lr {lr:.4g} seed {seed} ({stage}): val {rows[-1]['val_acc']:.2f}% "
                    f"after {rows[-1]['seen']} samples, {rows[-1]['seconds']:.0f} s")
 
@@ -214,17 +231,20 @@ def main(argv=None):
         lr = chosen_lr(results, name, batch)
         for seed in args.seeds if lr is not None else ():
             run(name, batch, lr, seed, "final")
+    results = own + [r for f in sorted(out.glob("runs*.csv")) if f != mine for r in read_csv(f)]   # parts as they are now
+    names = [c for c in CONFIGS if c in args.configs or any(r["config"] == c for r in results)]
     md = [f"# Small-batch study: ResNet-20, a stream of {args.samples} CIFAR-10 training images seen once", "",
           f"Validation {len(data.val_y)} images (the lr choice), test {len(data.test_y)} images (the table). "
           f"lr grid: {args.lr_ref} x sqrt(B/128) x {args.lr_factors}, linear warm-up over {args.warmup:.0%} of "
           f"the stream then constant, momentum 0.875, no augmentation; seeds {args.seeds} at the chosen lr; "
           f"{', '.join(ON_ENGINE)} on the {args.engine} engine.", "",
-          "## Final test accuracy (%), mean ± std over seeds", "", table(results, args.batch_sizes, args.configs), "",
+          "## Final test accuracy (%), mean ± std over seeds", "", table(results, args.batch_sizes, names), "",
           "## Final validation accuracy (%), mean ± std over seeds", "",
-          table(results, args.batch_sizes, args.configs, "val_acc"), "",
-          "## The learning-rate grid (seed 0, validation)", "", grid_table(results, args.batch_sizes, args.configs)]
-    (out / "study.md").write_text("\n".join(md) + "\n")
-    plot(results, out, args.configs)
+          table(results, args.batch_sizes, names, "val_acc"), "",
+          "## The learning-rate grid (seed 0, validation)", "", grid_table(results, args.batch_sizes, names)]
+    with atomic_write(out / "study.md", "w") as fh:       # parts may finish at the same moment
+        fh.write("\n".join(md) + "\n")
+    plot(results, out, names)
     print("\n".join(md))
 
 

@@ -3,6 +3,8 @@ grid, seeds at the chosen lr, table with mean +- std, figures; and it resumes fr
 import csv
 import math
 
+import pytest
+
 from analysis import batch_study
 
 
@@ -65,3 +67,24 @@ def test_eoq_runs_the_same_numbers_on_either_engine(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(sim, int_, strict=True))
     assert not torch.equal(sim[0], sim[1])            # the points differ: the net trained in between
     assert "on the int engine" in (tmp_path / "int" / "study.md").read_text()
+
+
+def test_parts_share_the_study(tmp_path):
+    """Two processes, each with its own configurations and --part, write runs-a.csv and runs-b.csv
+    in one folder; the second's table holds both parts; a resumed part runs nothing again."""
+    out = tmp_path / "study"
+    common = ["--samples", "8", "--batch-sizes", "2", "--points", "1", "--val", "20", "--test", "20", "--seeds", "0",
+              "--lr-factors", "1", "--data", "embedded", "--threads", "1", "--out", str(out)]
+    batch_study.main(common + ["--configs", "EOQ", "--part", "a"])
+    batch_study.main(common + ["--configs", "fp32+Fixup", "--part", "b"])
+    a = list(csv.DictReader(open(out / "runs-a.csv")))
+    b = list(csv.DictReader(open(out / "runs-b.csv")))
+    assert {r["config"] for r in a} == {"EOQ"} and {r["config"] for r in b} == {"fp32+Fixup"}
+    assert not (out / "runs.csv").exists()
+    text = (out / "study.md").read_text()
+    assert "| EOQ |" in text and "| fp32+Fixup |" in text and "| WAGEUBN |" not in text
+    before = (out / "runs-a.csv").read_text()
+    batch_study.main(common + ["--configs", "EOQ", "--part", "a", "--resume"])
+    assert (out / "runs-a.csv").read_text() == before
+    with pytest.raises(SystemExit, match="--part"):
+        batch_study.main(common + ["--part", "../x"])
