@@ -18,7 +18,7 @@ import torch
 from eoq.training.csvfile import read_rows
 from eoq.training.loop import SCHEDULE_FIELDS
 
-from .runs import _finished, accuracy_table, label, load_run, plot_curves, seed_groups, seed_table
+from .runs import _finished, accuracy_table, label, load_run, plot_curves, seed_groups, seed_table, stop_text
 from .style import figure, save
 
 CLAIMS = (
@@ -70,7 +70,7 @@ def _mean_text(name: str, group: list[dict]) -> str:
     """'name 85.12%' for one finished run, 'name 85.12 ± 0.30% (3 seeds)' for several."""
     acc = [r["rows"][-1]["test_acc"] for r in group if _finished(r)]
     if not acc:
-        return f"{name}: no finished run"
+        return f"{name}: " + "; ".join(stop_text(r) for r in group)
     if len(acc) == 1:
         return f"{name} {acc[0]:.2f}%"
     return f"{name} {statistics.fmean(acc):.2f} ± {statistics.stdev(acc):.2f}% ({len(acc)} seeds)"
@@ -81,7 +81,8 @@ def plot_batch_sizes(runs: list[dict], stem) -> list[Path]:
     ax = axes[0][0]
     groups: dict[str, list] = {}
     for r in runs:
-        groups.setdefault(label(r), []).append((r["config"]["batch_size"], r["rows"][-1]["test_acc"]))
+        if r["rows"]:
+            groups.setdefault(label(r), []).append((r["config"]["batch_size"], r["rows"][-1]["test_acc"]))
     for name, pts in groups.items():
         ax.plot(*zip(*sorted(pts)), marker="o", label=name)
     ax.set(xscale="log", xlabel="batch size", ylabel="final test accuracy (%)", title="accuracy vs batch size")
@@ -114,19 +115,27 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
                    seed_table(loaded), ""]
         md += ["![accuracy](accuracy_curves.png)", "",
                "*Test accuracy and training loss per epoch on CIFAR-10 (log-scale loss).*", ""]
-        firsts = {}                                          # label -> its first seed group
-        for g in groups:
-            firsts.setdefault(label(g[0]), g)
-        eoq = next((k for k in firsts if k.startswith("EOQ")), None)
-        if eoq is not None:
-            parts = [_mean_text(k, firsts[k]) for k in [eoq] + [k for k in firsts if k != eoq]]
-            sched = {json.dumps({k: r["config"].get(k) for k in SCHEDULE_FIELDS}, sort_keys=True) for r in loaded}
-            how = "same schedule" if len(sched) == 1 else "each its own schedule (config.json)"
-            e = firsts[eoq][0]
-            claims[CLAIMS[0]] = (", ".join(parts),
-                                 f"{e['config']['model']}, {e['rows'][-1]['epoch']} epochs, {how}, final test "
-                                 "accuracy, mean ± std over seeds where several (tables above)")
-            claims[CLAIMS[1]] = (_stored_on_int8_grid(e),
+        found, hows, eoq_run = [], [], None
+        for model in dict.fromkeys(g[0]["config"]["model"] for g in groups):     # each depth its own line
+            firsts = {}                                      # label -> its first seed group of this model
+            for g in groups:
+                if g[0]["config"]["model"] == model:
+                    firsts.setdefault(label(g[0]), g)
+            eoq = next((k for k in firsts if k.startswith("EOQ")), None)
+            if eoq is None:
+                continue
+            mine = [r for g in firsts.values() for r in g]
+            epochs = sorted({r["config"]["epochs"] for r in mine})
+            sched = {json.dumps({k: r["config"].get(k) for k in SCHEDULE_FIELDS}, sort_keys=True) for r in mine}
+            found.append(f"{model}, {'/'.join(map(str, epochs))} epochs: "
+                         + ", ".join(_mean_text(k, firsts[k]) for k in [eoq] + [k for k in firsts if k != eoq]))
+            hows.append("same schedule" if len(sched) == 1 else "each its own schedule (config.json)")
+            eoq_run = eoq_run or next((r for r in firsts[eoq] if _finished(r)), firsts[eoq][0])
+        if found:
+            claims[CLAIMS[0]] = ("; ".join(found),
+                                 f"{' / '.join(dict.fromkeys(hows))}, final test accuracy, mean ± std over seeds "
+                                 "where several (tables above)")
+            claims[CLAIMS[1]] = (_stored_on_int8_grid(eoq_run),
                                  "final checkpoint of the EOQ run; updates are int8 by construction (tested)")
         if len({r["config"]["batch_size"] for r in loaded}) > 1:
             plot_batch_sizes(loaded, out_dir / "batch_size")

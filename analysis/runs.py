@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -23,8 +24,20 @@ def load_run(path) -> dict:
     cfg = json.loads((path / "config.json").read_text())
     for key, before in _BEFORE.items():
         cfg["train"].setdefault(key, before)
+    diverged = path / "DIVERGED"                     # written beside a run that diverged (campaign.sh)
     return {"dir": str(path), "config": cfg["train"], "spec": cfg.get("spec"),
-            "rows": read_metrics(path / "metrics.csv")}
+            "rows": read_metrics(path / "metrics.csv"),
+            "diverged": diverged.read_text().strip() if diverged.exists() else None}
+
+
+def stop_text(run: dict) -> str:
+    """How an unfinished run ended: 'diverged at epoch 3, step 17' (from its DIVERGED file; the
+    reason itself where it names no step), else 'stopped after epoch N'."""
+    why = run.get("diverged")
+    if why:
+        where = re.search(r"at epoch \d+, step \d+", why)
+        return "diverged " + (where.group(0) if where else why.removeprefix("eoq: error: ").split(";")[0])
+    return f"stopped after epoch {run['rows'][-1]['epoch'] if run['rows'] else 0}"
 
 
 def label(run: dict) -> str:
@@ -36,7 +49,7 @@ def label(run: dict) -> str:
         preset = preset.get("name") or "custom"
     elif preset.endswith(".json"):
         preset = (run.get("spec") or {}).get("name") or Path(preset).stem
-    name = "EOQ" if preset == "eoq" else f"{preset}+{cfg['norm']}"
+    name = "EOQ" if preset == "eoq" and cfg["norm"] == "fixup" else f"{preset}+{cfg['norm']}"   # EOQ: with Fixup
     if cfg.get("engine") == "int":
         return name + " (integer engine)"
     return name + (" (channels-last)" if cfg.get("channels_last") else "")
@@ -56,9 +69,13 @@ def accuracy_table(runs: list[dict]) -> str:
              "|---|---|---|" + ("---|---|" if val else "") + "---|---|---|---|"]
     for r in runs:
         rows, c = r["rows"], r["config"]
+        if not rows:                                      # ended inside its first epoch
+            lines.append(f"| {label(r)} | {c['model']} | 0: {stop_text(r)} |" + " |" * (6 if val else 4))
+            continue
         last = rows[-1]
         vals = (f"{last['val_acc']:.2f} | {max(x['val_acc'] for x in rows):.2f} | " if val else "")
-        lines.append(f"| {label(r)} | {c['model']} | {last['epoch']} | {vals}{last['test_acc']:.2f} | "
+        epochs = f"{last['epoch']}" + ("" if _finished(r) or not r.get("diverged") else f": {stop_text(r)}")
+        lines.append(f"| {label(r)} | {c['model']} | {epochs} | {vals}{last['test_acc']:.2f} | "
                      f"{max(x['test_acc'] for x in rows):.2f} | {last['train_loss']:.3f} | "
                      f"{sum(x['seconds'] for x in rows) / 60:.1f} |")
     return "\n".join(lines)
@@ -117,8 +134,7 @@ def seed_table(runs: list[dict]) -> str:
         cells = []
         for key in ("test_acc", "val_acc") if val else ("test_acc",):
             done = [g["rows"][-1][key] for g in group if _finished(g)]
-            shown = [f"{g['rows'][-1][key]:.2f}" if _finished(g)
-                     else f"stopped after epoch {g['rows'][-1]['epoch'] if g['rows'] else 0}" for g in group]
+            shown = [f"{g['rows'][-1][key]:.2f}" if _finished(g) else stop_text(g) for g in group]
             mean = f"{statistics.fmean(done):.2f}" if done else ""
             std = f"{statistics.stdev(done):.2f}" if len(done) > 1 else ""
             cells += [", ".join(shown), mean, std]
@@ -130,15 +146,17 @@ def seed_table(runs: list[dict]) -> str:
 def plot_curves(runs: list[dict], stem) -> list[Path]:
     fig, axes = figure(2)
     val = _has_val(runs)
-    names = [label(r) for r in runs]
+    bases = [label(r) for r in runs]
+    models = {r["config"]["model"] for r in runs}          # several depths: the legend names the model
+    names = [b + (f", {r['config']['model']}" if len(models) > 1 else "") for b, r in zip(bases, runs)]
     seen: dict[str, int] = {}
     others = [c for c in ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
               if c not in COLORS.values()]
-    unnamed = [n for n in dict.fromkeys(names) if n not in COLORS]   # one colour per label, in order
-    for r, name in zip(runs, names):
+    unnamed = [n for n in dict.fromkeys(bases) if n not in COLORS]   # one colour per label, in order
+    for r, base, name in zip(runs, bases, names):
         ep = [x["epoch"] for x in r["rows"]]
-        color = COLORS.get(name) or others[unnamed.index(name) % len(others)]
-        k = seen[name] = seen.get(name, -1) + 1        # runs sharing a label: told apart by seed and line
+        color = COLORS.get(base) or others[unnamed.index(base) % len(others)]
+        k = seen[base] = seen.get(base, -1) + 1        # runs sharing a label: told apart by line style
         style = ("-", "--", ":", "-.")[k % 4]
         shown = f"{name}, seed {r['config']['seed']}" if names.count(name) > 1 else name
         for ax, key in ((axes[0][0], "test_acc"), (axes[0][1], "train_loss")):

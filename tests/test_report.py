@@ -54,3 +54,32 @@ def test_report_gives_seed_means_and_names_the_integer_engine_run(tmp_path):
     assert "| EOQ (integer engine) | 0, 1 | 70.00, 72.00 | 71.00 | 1.41 |" in text
     assert "EOQ (integer engine) 71.00 ± 1.41% (2 seeds), fp32+Fixup 75.00%" in text
     assert "no checkpoint kept; its spec stores 8-bit weight codes and 6-bit update codes" in text
+
+
+def test_the_claim_line_gives_each_depth_and_names_a_divergence(tmp_path):
+    """Runs of two depths: the reproduction table's first claim gives one part per model, each with
+    its own epochs, and a run that diverged (DIVERGED file, no finished epoch) is named with where."""
+    import json
+
+    from analysis.report import build_report
+    from eoq.quant.presets import get_preset
+
+    dirs = []
+    for name, model, norm, preset, epochs, acc in (("e20", "resnet20", "fixup", "eoq", 30, 85.0),
+                                                   ("f20", "resnet20", "fixup", "fp32", 30, 86.0),
+                                                   ("e56", "resnet56", "fixup", "eoq", 15, 84.0),
+                                                   ("n56", "resnet56", "none", "eoq", 15, None)):
+        d = tmp_path / name
+        d.mkdir()
+        cfg = {"model": model, "norm": norm, "preset": preset, "engine": "int" if preset == "eoq" else "sim",
+               "epochs": epochs, "seed": 0, "batch_size": 128}
+        (d / "config.json").write_text(json.dumps({"train": cfg, "spec": get_preset(preset).to_dict()}))
+        rows = "" if acc is None else "".join(f"{e},1.0,50.0,60.0,{acc},10.0,0.1,352\n" for e in range(1, epochs + 1))
+        (d / "metrics.csv").write_text("epoch,train_loss,train_acc,val_acc,test_acc,seconds,lr,steps\n" + rows)
+        if acc is None:
+            (d / "DIVERGED").write_text("eoq: error: loss became nan at epoch 1, step 12; no checkpoint\n")
+        dirs.append(str(d))
+    text = build_report(dirs, str(tmp_path / "r"), cost_batch=4).read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| Full 8-bit"))
+    assert ("resnet20, 30 epochs: EOQ (integer engine) 85.00%, fp32+Fixup 86.00%; resnet56, 15 epochs: "
+            "EOQ (integer engine) 84.00%, eoq+none (integer engine): diverged at epoch 1, step 12") in line

@@ -102,3 +102,29 @@ def test_a_spec_field_a_run_predates_counts_as_its_default(tmp_path):
         (d / "config.json").write_text(json.dumps({**cfg, "spec": spec}))
     groups = seed_groups([load_run(d) for d in dirs])
     assert [[r["config"]["seed"] for r in g] for g in groups] == [[0, 1], [2]]
+
+
+def test_a_diverged_run_says_where_in_every_table(tmp_path):
+    """A run with a DIVERGED file (written by campaign.sh from the run's last log line) is named
+    'diverged at epoch E, step S' in the seed table, the accuracy table and the report's claim
+    line, also when it ended inside its first epoch (no metrics row at all)."""
+    from analysis.report import _mean_text
+    from analysis.runs import accuracy_table
+
+    ok = make_run(tmp_path, "ok", 0, 70.0, model="resnet56", norm="fixup")
+    early = make_run(tmp_path, "early", 0, 70.0, model="resnet56", norm="none")
+    (early / "metrics.csv").write_text("epoch,train_loss,train_acc,test_acc,seconds,lr,steps\n")
+    (early / "DIVERGED").write_text("eoq: error: loss became nan at epoch 1, step 37; no checkpoint was "
+                                    "written yet (try a lower --lr or a longer --warmup)\n")
+    late = make_run(tmp_path, "late", 0, 30.0, model="resnet56", norm="none", preset="fp32", epochs=3)
+    (late / "DIVERGED").write_text("eoq: error: a quantizer met NaN or Inf at epoch 2, step 5; the last good "
+                                   "checkpoint is 'x'\n")
+    runs = [load_run(d) for d in (ok, early, late)]
+    assert runs[0]["diverged"] is None
+    table = seed_table(runs).splitlines()
+    assert "| diverged at epoch 1, step 37 |" in table[3] and "| diverged at epoch 2, step 5 |" in table[4]
+    acc = accuracy_table(runs).splitlines()
+    assert acc[3].startswith("| eoq+none | resnet56 | 0: diverged at epoch 1, step 37 |")   # EOQ is with Fixup
+    assert acc[3].count("|") == acc[2].count("|")                   # as many cells as the others
+    assert "| 1: diverged at epoch 2, step 5 | 30.00 |" in acc[4]
+    assert _mean_text("EOQ", [runs[1]]) == "EOQ: diverged at epoch 1, step 37"
