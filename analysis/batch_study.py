@@ -60,10 +60,10 @@ def read_csv(path: Path) -> list[dict]:
 def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, points: int,
             seed: int = 0, warmup: float = 0.05, test: bool = True, engine: str = "sim") -> list[dict]:
     """Train on the stream; returns [{seen, val_acc, test_acc, seconds}] at ``points`` positions
-    (a divergence ends the list with nan accuracies). ``engine`` "int" runs NHWC, as eoq train does."""
-    nhwc = Engine.parse(engine) is Engine.INT
-    fmt = torch.channels_last if nhwc else torch.contiguous_format
-    s = setup("resnet20", norm, preset, seed=seed, lr=lr, momentum=0.875, engine=engine, channels_last=nhwc)
+    (a divergence ends the list with nan accuracies). ``engine`` "int" takes NHWC inputs, as eoq
+    train does (the parameters stay contiguous: the optimizer's fused kernel wants them so)."""
+    fmt = torch.channels_last if Engine.parse(engine) is Engine.INT else torch.contiguous_format
+    s = setup("resnet20", norm, preset, seed=seed, lr=lr, momentum=0.875, engine=engine)
     model, opt = s.model, s.optimizer
     order = np.random.default_rng(seed).permutation(len(data.train_y))[:samples]
     marks = sorted({int(round(samples * (i + 1) / points)) for i in range(points)})
