@@ -182,6 +182,17 @@ class QStatsCollector:
             self.hists[f"{key}/lsb"] = np.asarray(2.0 ** exponent)
             self.hists[f"{key}/max_code"] = np.asarray(m)
 
+    def load(self, directory, before: int) -> None:
+        """Take back the samples of steps < ``before`` that ``save`` wrote (a resumed run; samples
+        saved from later steps, if any, are taken again)."""
+        d = Path(directory)
+        if (d / "qstats.csv").exists():
+            old = read_rows(d / "qstats.csv", ints=("step", "bits", "numel"), text=("layer", "kind", "quantizer"))
+            self.rows = [r for r in old if r["step"] < before] + self.rows
+        if self.histograms and (d / "qstats_hist.npz").exists():
+            with np.load(d / "qstats_hist.npz") as z:
+                self.hists = {**{k: z[k] for k in z.files if _hist_step(k) < before}, **self.hists}
+
     def save(self, directory) -> None:
         """``qstats.csv`` (tidy: one row per step, layer, kind) and ``qstats_hist.npz``, atomically."""
         d = Path(directory)
@@ -190,6 +201,10 @@ class QStatsCollector:
         if self.histograms:
             with atomic_write(d / "qstats_hist.npz") as fh:
                 np.savez_compressed(fh, **self.hists)
+
+
+def _hist_step(key: str) -> int:
+    return int(key.split("/", 1)[0])
 
 
 def read_qstats(directory) -> list[dict]:

@@ -217,8 +217,14 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
 
     ``observers`` are attached to the quantization hook (eoq/quant/observe.py) for the whole run;
     those with ``step_begin(global_step)`` hear of every step, those with ``save(dir)`` save into
-    ``out/qstats`` after every epoch."""
+    ``out/qstats`` with every checkpoint, and on resume those with ``load(dir, before)`` take back
+    what they had saved from the steps before the checkpoint's."""
     run, out = _open_run(cfg, run)
+    if cfg.resume and out is not None and (out / "qstats").is_dir():
+        done = run.epoch * steps_per_epoch(len(run.data.train_y), cfg.batch_size) + run.step
+        for obs in observers:
+            if hasattr(obs, "load"):
+                obs.load(out / "qstats", before=done)
     run.model.train()
     with _Signals() as signals, contextlib.ExitStack() as stack:
         for obs in observers:
@@ -316,6 +322,7 @@ def _train_epoch(run: Run, out: Path | None, signals: _Signals, observers: tuple
             t0 = time.perf_counter()
             if _lead() and out is not None:
                 save_checkpoint(out / "checkpoint.pt", checkpoint_state(run))
+                _save_observers(out, observers)
             if signals.received is not None:
                 bar.close()
                 saved = (f"checkpoint saved to {str(out / 'checkpoint.pt')!r}; continue with --resume "
@@ -323,6 +330,14 @@ def _train_epoch(run: Run, out: Path | None, signals: _Signals, observers: tuple
                 raise Interrupted(f"interrupted at epoch {run.epoch + 1}, step {run.step}; {saved}", signals.received)
     bar.close()
     return lr, t0
+
+
+def _save_observers(out: Path, observers: tuple) -> None:
+    """After the checkpoint (never before it: what an observer saved always precedes the step a
+    resumed run goes on from)."""
+    for obs in observers:
+        if hasattr(obs, "save"):
+            obs.save(out / "qstats")
 
 
 def _finish_epoch(run: Run, out: Path | None, observers: tuple, lr: float, t0: float) -> None:
@@ -352,9 +367,7 @@ def _finish_epoch(run: Run, out: Path | None, observers: tuple, lr: float, t0: f
     if out is not None:
         save_checkpoint(out / "checkpoint.pt", checkpoint_state(run))
         write_metrics(out / "metrics.csv", run.rows)
-        for obs in observers:
-            if hasattr(obs, "save"):
-                obs.save(out / "qstats")
+        _save_observers(out, observers)
     tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  train {row['train_acc']:.2f}%  "
                f"val {row['val_acc']:.2f}%  test {row['test_acc']:.2f}%  {row['seconds']:.0f} s")
     why = collapsed(run.rows, len(data.classes), cfg.collapse_epochs)
