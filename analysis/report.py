@@ -2,7 +2,8 @@
 
 Sections: accuracy table and curves (fp32+BN, fp32+Fixup, EOQ), accuracy against batch size (when
 the runs differ in batch size), isometry (from an isometry_experiment directory), quantization
-error (from a run trained with --qstats-every), cost (counted now) and the reproduction table:
+error (from a run trained with --qstats-every), cost (counted now), small-batch online training
+(from an analysis.batch_study directory) and the reproduction table:
 each claim of the paper's abstract beside what this report measured, and how. Every number in the
 report comes from the inputs given; a claim without inputs is marked "not measured here".
 """
@@ -66,6 +67,32 @@ def _stored_on_int8_grid(run: dict) -> str:
     return f"{on_grid}/{total} stored tensors are int8 codes x 2^e" if total else "no integer-stored tensors"
 
 
+def _batch_study_section(folder: Path, out_dir: Path) -> tuple[list[str], tuple[str, str]]:
+    """The small-batch study's final table (every ``runs*.csv`` of ``folder``, analysis/batch_study.py)
+    and its figures; the claim line gives the two smallest batch sizes."""
+    from . import batch_study as bs
+
+    results = [r for f in sorted(folder.glob("runs*.csv")) for r in bs.read_csv(f)]
+    final = [r for r in results if r["stage"] == "final" and r["final"]]
+    if not final:
+        return [], ("not measured here (no finished run in the small-batch study)", "")
+    batches = sorted({r["batch"] for r in final})
+    names = [c for c in bs.CONFIGS if any(r["config"] == c for r in final)]
+    samples = max(r["seen"] for r in final)
+    figs = _copy_figures(folder, out_dir, "accuracy_vs_")
+    md = ["## Small-batch online training", "",
+          f"From `{folder}` (analysis/batch_study.py, its README gives the protocol): one pass over a stream of "
+          f"{samples} training images, the lr of each configuration and batch size chosen on validation, final "
+          "test accuracy (%), mean ± std over seeds:", "", bs.table(results, batches, names), ""]
+    md += [f"![{f}]({f})" for f in figs] + ([""] if figs else [])
+    parts = []
+    for b in batches[:2]:
+        cells = [f"{n} {bs.mean_std([r['test_acc'] for r in bs.finals(results, n, b, 'final')])}" for n in names]
+        parts.append(f"batch {b}: " + ", ".join(cells))
+    return md, ("; ".join(parts), f"one pass over {samples} images, lr chosen on validation per configuration and "
+                                  "batch size, test accuracy, mean ± std over seeds (small-batch section)")
+
+
 def _mean_text(name: str, group: list[dict]) -> str:
     """'name 85.12%' for one finished run, 'name 85.12 ± 0.30% (3 seeds)' for several."""
     acc = [r["rows"][-1]["test_acc"] for r in group if _finished(r)]
@@ -92,7 +119,7 @@ def plot_batch_sizes(runs: list[dict], stem) -> list[Path]:
 
 def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_run: str | None = None,
                  cost_model: str = "resnet20", cost_batch: int = 128, title: str = "EOQ Workbench report",
-                 command: str = "") -> Path:
+                 command: str = "", batch_study: str | None = None) -> Path:
     from .cost.report import readings_table
     from .cost.report import report as cost_report
     from .qstats.figures import plot_curves as q_curves
@@ -200,6 +227,11 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
                          f"{i.power_ratio:.1f}x, {i.speed_ratio:.1f}x, {i.parallel_speed_ratio:.1f}x; folded: "
                          f"{f.power_ratio:.1f}x, {f.speed_ratio:.1f}x, {f.parallel_speed_ratio:.1f}x",
                          "op counts x Horowitz 45 nm energies / assumed cycles and datapath (cost section)")
+
+    if batch_study:
+        section, claim = _batch_study_section(Path(batch_study), out_dir)
+        md += section
+        claims[CLAIMS[4]] = claim
 
     md += ["## Reproduction table", "", "| claim (abstract) | measured here | how |", "|---|---|---|"]
     md += [f"| {c} | {m} | {h} |" for c, (m, h) in claims.items()]

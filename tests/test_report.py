@@ -83,3 +83,32 @@ def test_the_claim_line_gives_each_depth_and_names_a_divergence(tmp_path):
     line = next(x for x in text.splitlines() if x.startswith("| Full 8-bit"))
     assert ("resnet20, 30 epochs: EOQ (integer engine) 85.00%, fp32+Fixup 86.00%; resnet56, 15 epochs: "
             "EOQ (integer engine) 84.00%, eoq+none (integer engine): diverged at epoch 1, step 12") in line
+
+
+def test_the_small_batch_claim_comes_from_the_batch_study(tmp_path, capsys):
+    """--batch-study: the study's final rows (two parts, two seeds) give the section's table and the
+    claim line for the two smallest batch sizes: EOQ at batch 1, 30 and 32 -> 31.00 ± 1.41."""
+    from analysis.batch_study import COLUMNS
+    from analysis.report import build_report
+    from eoq.training.csvfile import write_rows
+
+    study = tmp_path / "study"
+    study.mkdir()
+    rows = {"a": [], "b": []}
+    for part, name, accs in (("b", "EOQ", {1: (30.0, 32.0), 2: (40.0, 40.0), 8: (50.0, 52.0)}),
+                             ("a", "fp32+BN", {1: (20.0, 22.0), 2: (35.0, 37.0), 8: (55.0, 55.0)})):
+        for b, pair in accs.items():
+            rows[part].append({"config": name, "batch": b, "lr": 0.01, "seed": 0, "stage": "choose", "seen": 100,
+                               "val_acc": 1.0, "test_acc": float("nan"), "seconds": 1.0, "final": True})
+            for seed, acc in enumerate(pair):
+                rows[part].append({"config": name, "batch": b, "lr": 0.01, "seed": seed, "stage": "final",
+                                   "seen": 100, "val_acc": 1.0, "test_acc": acc, "seconds": 1.0, "final": True})
+    for part, r in rows.items():
+        write_rows(study / f"runs-{part}.csv", r, COLUMNS)
+    text = build_report([], str(tmp_path / "r"), cost_batch=4, batch_study=str(study)).read_text()
+    assert "## Small-batch online training" in text and "| fp32+BN | 21.00 ± 1.41 | 36.00 ± 1.41 | 55.00 ± 0.00 |" in text
+    line = next(x for x in text.splitlines() if x.startswith("| Larger advantage"))
+    assert "batch 1: fp32+BN 21.00 ± 1.41, EOQ 31.00 ± 1.41; batch 2: fp32+BN 36.00 ± 1.41, EOQ 40.00 ± 0.00" in line
+    (tmp_path / "empty").mkdir()
+    assert main(["report", "--batch-study", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
+    assert "holds no runs*.csv" in capsys.readouterr().err
