@@ -106,9 +106,11 @@ def test_the_small_batch_claim_comes_from_the_batch_study(tmp_path, capsys):
     for part, r in rows.items():
         write_rows(study / f"runs-{part}.csv", r, COLUMNS)
     text = build_report([], str(tmp_path / "r"), cost_batch=4, batch_study=str(study)).read_text()
-    assert "## Small-batch online training" in text and "| fp32+BN | 21.00 ± 1.41 | 36.00 ± 1.41 | 55.00 ± 0.00 |" in text
+    assert "## Small-batch online training" in text
+    assert "| fp32+BN | 21.00 ± 1.41 | 36.00 ± 1.41 | 55.00 ± 0.00 |" in text
     line = next(x for x in text.splitlines() if x.startswith("| Larger advantage"))
-    assert "batch 1: fp32+BN 21.00 ± 1.41, EOQ 31.00 ± 1.41; batch 2: fp32+BN 36.00 ± 1.41, EOQ 40.00 ± 0.00" in line
+    assert "batch 1: fp32+BN 21.00 ± 1.41, EOQ 31.00 ± 1.41; batch 2: fp32+BN 36.00 ± 1.41, EOQ 40.00 ± 0.00" \
+        in line
     (tmp_path / "empty").mkdir()
     assert main(["report", "--batch-study", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
     assert "holds no runs*.csv" in capsys.readouterr().err
