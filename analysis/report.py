@@ -134,14 +134,17 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
     claims = {c: ("not measured here", "") for c in CLAIMS}
 
     if loaded:
-        plot_curves(loaded, out_dir / "accuracy_curves")
+        models = list(dict.fromkeys(r["config"]["model"] for r in loaded))
         groups = seed_groups(loaded)
         md += ["## Accuracy", "", accuracy_table(loaded), ""]
         if any(len(g) > 1 for g in groups):
             md += ["Over seeds (runs that differ only in their seed; sample standard deviation):", "",
                    seed_table(loaded), ""]
-        md += ["![accuracy](accuracy_curves.png)", "",
-               "*Test accuracy and training loss per epoch on CIFAR-10 (log-scale loss).*", ""]
+        for model in models:                                  # one figure per depth
+            stem = "accuracy_curves" + (f"_{model}" if len(models) > 1 else "")
+            plot_curves([r for r in loaded if r["config"]["model"] == model], out_dir / stem)
+            md += [f"![accuracy]({stem}.png)", "",
+                   f"*{model}: test accuracy and training loss per epoch on CIFAR-10 (log-scale loss).*", ""]
         found, hows, eoq_run = [], [], None
         for model in dict.fromkeys(g[0]["config"]["model"] for g in groups):     # each depth its own line
             firsts = {}                                      # label -> its first seed group of this model

@@ -80,6 +80,9 @@ def test_the_claim_line_gives_each_depth_and_names_a_divergence(tmp_path):
             (d / "DIVERGED").write_text("eoq: error: loss became nan at epoch 1, step 12; no checkpoint\n")
         dirs.append(str(d))
     text = build_report(dirs, str(tmp_path / "r"), cost_batch=4).read_text()
+    for model in ("resnet20", "resnet56"):                      # a figure per depth
+        assert f"![accuracy](accuracy_curves_{model}.png)" in text
+        assert (tmp_path / "r" / f"accuracy_curves_{model}.pdf").exists()
     line = next(x for x in text.splitlines() if x.startswith("| Full 8-bit"))
     assert ("resnet20, 30 epochs: EOQ (integer engine) 85.00%, fp32+Fixup 86.00%; resnet56, 15 epochs: "
             "EOQ (integer engine) 84.00%, eoq+none (integer engine): diverged at epoch 1, step 12") in line
