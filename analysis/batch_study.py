@@ -12,8 +12,10 @@ Protocol, for each configuration and batch size B (ResNet-20):
   - the learning rate chosen on validation (stage "choose", seed 0) from a grid around the
     square-root rule, lr_ref * sqrt(B / 128) * {0.5, 1, 2} (``--lr-factors``), with a linear
     warm-up over the first ``--warmup`` of the stream and then constant; momentum 0.875;
-  - at the chosen lr, seeds ``--seeds`` (stage "final"); validation and test accuracy at
-    ``--points`` positions along the stream; the table gives mean +- std over the seeds.
+  - at the chosen lr, seeds ``--seeds`` (stage "final"); validation accuracy at ``--points``
+    positions along the stream (the curves), test accuracy once, at its end (the table: mean +- std
+    over the seeds). A choosing run measures validation at the end only: the choice reads nothing
+    else, and evaluation would otherwise cost as much as training at the larger batch sizes.
 
     python -m analysis.batch_study --out reports/batch_study          (hours on the full data)
 writes ``runs.csv`` (one row per configuration, batch size, lr, seed, stage and measuring point;
@@ -59,8 +61,9 @@ def read_csv(path: Path) -> list[dict]:
 
 def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, points: int,
             seed: int = 0, warmup: float = 0.05, test: bool = True, engine: str = "sim") -> list[dict]:
-    """Train on the stream; returns [{seen, val_acc, test_acc, seconds}] at ``points`` positions
-    (a divergence ends the list with nan accuracies). ``engine`` "int" takes NHWC inputs, as eoq
+    """Train on the stream; returns [{seen, val_acc, test_acc, seconds}] at ``points`` positions,
+    test accuracy (``test``) at the last one only, nan before (a divergence ends the list with nan
+    accuracies). ``engine`` "int" takes NHWC inputs, as eoq
     train does (the parameters stay contiguous: the optimizer's fused kernel wants them so)."""
     fmt = torch.channels_last if Engine.parse(engine) is Engine.INT else torch.contiguous_format
     s = setup("resnet20", norm, preset, seed=seed, lr=lr, momentum=0.875, engine=engine)
@@ -83,9 +86,11 @@ def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, p
                             "seconds": time.perf_counter() - t0}]
         seen += len(idx)
         if marks and seen >= marks[0]:
-            marks.pop(0)
+            while marks and seen >= marks[0]:     # a large batch may pass several points at once
+                marks.pop(0)
             val = evaluate(model, data.val_x, data.val_y, memory_format=fmt)
-            tst = evaluate(model, data.test_x, data.test_y, memory_format=fmt) if test else math.nan
+            last = not marks
+            tst = evaluate(model, data.test_x, data.test_y, memory_format=fmt) if test and last else math.nan
             model.train()
             rows.append({"seen": seen, "val_acc": val, "test_acc": tst, "seconds": time.perf_counter() - t0})
     return rows
@@ -156,14 +161,14 @@ def plot(results: list[dict], out: Path, names) -> list[Path]:
                            and r["stage"] == "final"})
             pts = []
             for s in seen:
-                accs = [r["test_acc"] for r in results if r["config"] == name and r["batch"] == batch
-                        and r["stage"] == "final" and r["seen"] == s and not math.isnan(r["test_acc"])]
+                accs = [r["val_acc"] for r in results if r["config"] == name and r["batch"] == batch
+                        and r["stage"] == "final" and r["seen"] == s and not math.isnan(r["val_acc"])]
                 if accs:
                     pts.append((s, statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0))
             if pts:
                 ax.errorbar(*zip(*[(p[0], p[1]) for p in pts]), yerr=[p[2] for p in pts], fmt=style, capsize=2,
                             color=_COLORS.get(name), label=f"{name}, batch {batch}")
-    ax.set(xlabel="training samples seen", ylabel="test accuracy (%)")
+    ax.set(xlabel="training samples seen", ylabel="validation accuracy (%), mean ± std over seeds")
     ax.legend(fontsize=7)
     paths += save(fig, out / "accuracy_vs_samples")
     return paths
@@ -212,7 +217,8 @@ def main(argv=None):
         if (name, batch, round(lr, 12), seed, stage) in done:
             return
         norm, preset = CONFIGS[name]
-        rows = run_one(data, norm, preset, batch, args.samples, lr, args.points, seed, args.warmup,
+        rows = run_one(data, norm, preset, batch, args.samples, lr, args.points if stage == "final" else 1,
+                       seed, args.warmup,
                        test=stage == "final", engine=args.engine if name in ON_ENGINE else "sim")
         for i, r in enumerate(rows):
             row = {"config": name, "batch": batch, "lr": lr, "seed": seed, "stage": stage, **r,

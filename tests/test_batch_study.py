@@ -21,6 +21,12 @@ def test_study_end_to_end_on_the_embedded_data(tmp_path):
     # the grid: lr_ref * sqrt(B / 128) * {0.5, 1, 2}
     grid = sorted(float(r["lr"]) for r in choose if r["config"] == "EOQ" and r["batch"] == "4")
     assert [round(g / (0.1 * math.sqrt(4 / 128)), 9) for g in grid] == [0.5, 1.0, 2.0]
+    # choosing runs: validation at the end only, never the test set; final runs: validation at both
+    # points, the test set once, at the end of the stream
+    assert all(r["final"] == "True" and r["test_acc"] == "nan" for r in rows if r["stage"] == "choose")
+    seeded = [r for r in rows if r["stage"] == "final"]
+    assert [r["seen"] for r in seeded[:2]] == ["8", "16"] and all(r["val_acc"] != "nan" for r in seeded)
+    assert all((r["test_acc"] != "nan") == (r["final"] == "True") for r in seeded)
     final = [r for r in rows if r["stage"] == "final" and r["final"] == "True"]
     for name in batch_study.CONFIGS:
         for b in ("1", "4"):
@@ -63,7 +69,7 @@ def test_eoq_runs_the_same_numbers_on_either_engine(tmp_path, monkeypatch):
         return list(logits)
 
     sim, int_ = run("sim"), run("int")
-    assert len(sim) == 2 * 2 * 3                      # batches x points x (val in choose; val, test in final)
+    assert len(sim) == 2 * (1 + 2 + 1)                # batches x (choose: val at the end; final: val at 2 points, test)
     assert all(torch.equal(a, b) for a, b in zip(sim, int_, strict=True))
     assert not torch.equal(sim[0], sim[1])            # the points differ: the net trained in between
     assert "on the int engine" in (tmp_path / "int" / "study.md").read_text()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts or resumes the small-batch study (analysis/batch_study.py) in two processes of one thread
-# each, sharing the work by configuration (part a: the BN trainings, WAGEUBN and fp32+BN; part b:
-# the BN-free ones, EOQ and fp32+Fixup); each writes reports/batch_study/runs-<part>.csv after every run and goes on from it
+# each, sharing the work by configuration (part a: WAGEUBN, whose steps take two to three times
+# fp32's; part b: EOQ, fp32+Fixup and fp32+BN); each writes reports/batch_study/runs-<part>.csv after every run and goes on from it
 # (--resume), so a run cut short starts again and every finished one is kept. When both parts
 # are done, study.md and the figures are made from both.
 #
@@ -21,8 +21,8 @@ part() {   # name, configurations...
     >>"runs/batch_study_$name.log" 2>&1
   echo "$(date -u +%FT%TZ) part $name: exit $?"
 }
-part a WAGEUBN fp32+BN &
-part b EOQ fp32+Fixup &
+part a WAGEUBN &
+part b EOQ fp32+Fixup fp32+BN &
 wait
 # both done: this renders the table and figures from both parts (nothing is left to run)
-"$PY" -m analysis.batch_study --configs WAGEUBN fp32+BN --part a --threads 1 --resume --out "$OUT" | tail -n 40
+"$PY" -m analysis.batch_study --configs WAGEUBN --part a --threads 1 --resume --out "$OUT" | tail -n 40
