@@ -47,11 +47,13 @@ from eoq.training.loop import TrainingDiverged, evaluate, train_step
 from eoq.training.setup import setup
 
 from .style import COLORS, figure, save
+from .update_trace import UpdateTrace
 
 CONFIGS = {"fp32+BN": ("bn", "fp32"), "fp32+Fixup": ("fixup", "fp32"), "EOQ": ("fixup", "eoq"),
            "WAGEUBN": ("bn", "wageubn")}
 ON_ENGINE = ("EOQ",)   # the configurations --engine applies to (int needs 8-bit SQ A/E/G/W); others run sim
-COLUMNS = ["config", "batch", "lr", "seed", "stage", "seen", "val_acc", "test_acc", "seconds", "final"]
+COLUMNS = ["config", "batch", "lr", "seed", "stage", "seen", "val_acc", "test_acc", "seconds", "final",
+           "zero_updates", "update_lsb", "exponent_moves"]      # the last three: integer updates (UpdateTrace)
 _COLORS = {**COLORS, "WAGEUBN": "#9467bd"}
 
 
@@ -68,9 +70,11 @@ def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, p
     fmt = torch.channels_last if Engine.parse(engine) is Engine.INT else torch.contiguous_format
     s = setup("resnet20", norm, preset, seed=seed, lr=lr, momentum=0.875, engine=engine)
     model, opt = s.model, s.optimizer
+    n_steps = math.ceil(samples / batch)
+    trace = UpdateTrace(opt, every=max(1, n_steps // 50)) if getattr(opt, "grid", None) else None
     order = np.random.default_rng(seed).permutation(len(data.train_y))[:samples]
     marks = sorted({int(round(samples * (i + 1) / points)) for i in range(points)})
-    n_warm = max(1, int(round(warmup * math.ceil(samples / batch))))
+    n_warm = max(1, int(round(warmup * n_steps)))
     rows, seen, t0 = [], 0, time.perf_counter()
     model.train()
     for step, start in enumerate(range(0, samples, batch)):
@@ -83,7 +87,9 @@ def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, p
             train_step(model, opt, x, y)
         except TrainingDiverged:
             return rows + [{"seen": seen, "val_acc": math.nan, "test_acc": math.nan,
-                            "seconds": time.perf_counter() - t0}]
+                            "seconds": time.perf_counter() - t0, **_updates(trace)}]
+        if trace is not None:
+            trace.after_step()
         seen += len(idx)
         if marks and seen >= marks[0]:
             while marks and seen >= marks[0]:     # a large batch may pass several points at once
@@ -92,8 +98,17 @@ def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, p
             last = not marks
             tst = evaluate(model, data.test_x, data.test_y, memory_format=fmt) if test and last else math.nan
             model.train()
-            rows.append({"seen": seen, "val_acc": val, "test_acc": tst, "seconds": time.perf_counter() - t0})
+            rows.append({"seen": seen, "val_acc": val, "test_acc": tst, "seconds": time.perf_counter() - t0,
+                         **(_updates(trace) if last else {})})
     return rows
+
+
+def _updates(trace: UpdateTrace | None) -> dict:
+    """The integer-update columns of a run's last row (nan for a float optimizer)."""
+    if trace is None:
+        return {"zero_updates": math.nan, "update_lsb": math.nan, "exponent_moves": math.nan}
+    u = trace.summary()
+    return {"zero_updates": u.zero_updates, "update_lsb": u.update_lsb, "exponent_moves": u.exponent_moves}
 
 
 def finals(results: list[dict], name: str, batch: int, stage: str, lr: float | None = None) -> list[dict]:
@@ -120,6 +135,19 @@ def table(results: list[dict], batches: list[int], names, key: str = "test_acc")
     for name in names:
         cells = [mean_std([r[key] for r in finals(results, name, b, "final")]) for b in batches]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def update_table(results: list[dict], batches: list[int], names) -> str:
+    lines = ["| configuration | B | zero updates | mean non-zero update (LSB) | exponent moves / 1k steps |",
+             "|---|---|---:|---:|---:|"]
+    for name in names:
+        for b in batches:
+            runs = [r for r in finals(results, name, b, "final") if not math.isnan(r.get("zero_updates", math.nan))]
+            if runs:
+                z, u, e = (statistics.fmean(r[k] for r in runs)
+                           for k in ("zero_updates", "update_lsb", "exponent_moves"))
+                lines.append(f"| {name} | {b} | {z:.4f} | {u:.2f} | {e:.1f} |")
     return "\n".join(lines)
 
 
@@ -237,7 +265,8 @@ def main(argv=None):
         lr = chosen_lr(results, name, batch)
         for seed in args.seeds if lr is not None else ():
             run(name, batch, lr, seed, "final")
-    results = own + [r for f in sorted(out.glob("runs*.csv")) if f != mine for r in read_csv(f)]   # parts as they are now
+    # the other parts as they are now
+    results = own + [r for f in sorted(out.glob("runs*.csv")) if f != mine for r in read_csv(f)]
     names = [c for c in CONFIGS if c in args.configs or any(r["config"] == c for r in results)]
     md = [f"# Small-batch study: ResNet-20, a stream of {args.samples} CIFAR-10 training images seen once", "",
           f"Validation {len(data.val_y)} images (the lr choice), test {len(data.test_y)} images (the table). "
@@ -248,6 +277,11 @@ def main(argv=None):
           "## Final validation accuracy (%), mean ± std over seeds", "",
           table(results, args.batch_sizes, names, "val_acc"), "",
           "## The learning-rate grid (seed 0, validation)", "", grid_table(results, args.batch_sizes, names)]
+    if any(not math.isnan(r.get("zero_updates", math.nan)) for r in results if r["stage"] == "final"):
+        md += ["", "## Integer weight updates at the chosen lr (mean over seeds)", "",
+               "Fraction of zero update codes, mean size of the non-zero ones in weight LSBs, and exponent "
+               "moves of stored tensors per 1,000 steps (analysis/update_trace.py).", "",
+               update_table(results, args.batch_sizes, names)]
     with atomic_write(out / "study.md", "w") as fh:       # parts may finish at the same moment
         fh.write("\n".join(md) + "\n")
     plot(results, out, names)

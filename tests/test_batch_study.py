@@ -35,8 +35,14 @@ def test_study_end_to_end_on_the_embedded_data(tmp_path):
             best = max((r for r in choose if r["config"] == name and r["batch"] == b and r["val_acc"] != "nan"),
                        key=lambda r: float(r["val_acc"]))
             assert {r["lr"] for r in mine} == {best["lr"]}             # the lr chosen on validation
+    for r in final:                  # integer updates traced for the 8-bit trainings, nan for the float ones
+        quantized = r["config"] in ("EOQ", "WAGEUBN")
+        assert (r["zero_updates"] != "nan") == quantized
+        if quantized:
+            assert 0 <= float(r["zero_updates"]) <= 1 and float(r["exponent_moves"]) >= 0
     text = (out / "study.md").read_text()
     assert "B=1" in text and "WAGEUBN" in text and "±" in text and "chosen lr" in text
+    assert "## Integer weight updates" in text and "| EOQ | 1 |" in text
     for stem in ("accuracy_vs_batch", "accuracy_vs_samples"):
         assert (out / f"{stem}.png").stat().st_size > 1000 and (out / f"{stem}.pdf").exists()
     before = (out / "runs.csv").read_text()
