@@ -64,9 +64,9 @@ def read_csv(path: Path) -> list[dict]:
 def run_one(data, norm: str, preset: str, batch: int, samples: int, lr: float, points: int,
             seed: int = 0, warmup: float = 0.05, test: bool = True, engine: str = "sim") -> list[dict]:
     """Train on the stream; returns [{seen, val_acc, test_acc, seconds}] at ``points`` positions,
-    test accuracy (``test``) at the last one only, nan before (a divergence ends the list with nan
-    accuracies). ``engine`` "int" takes NHWC inputs, as eoq
-    train does (the parameters stay contiguous: the optimizer's fused kernel wants them so)."""
+    test accuracy (``test``) at the last one only, nan before, and the last row with the integer
+    update columns (a divergence ends the list with nan accuracies). ``engine`` "int" takes NHWC
+    inputs, as eoq train does (the weights stay contiguous, as the optimizer's fused kernel wants)."""
     fmt = torch.channels_last if Engine.parse(engine) is Engine.INT else torch.contiguous_format
     s = setup("resnet20", norm, preset, seed=seed, lr=lr, momentum=0.875, engine=engine)
     model, opt = s.model, s.optimizer
