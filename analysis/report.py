@@ -10,6 +10,7 @@ report comes from the inputs given; a claim without inputs is marked "not measur
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -20,6 +21,7 @@ from eoq.training.csvfile import read_rows
 from eoq.training.loop import SCHEDULE_FIELDS
 
 from .runs import _finished, accuracy_table, label, load_run, plot_curves, seed_groups, seed_table, stop_text
+from . import verdicts
 from .style import figure, save
 
 CLAIMS = (
@@ -43,15 +45,16 @@ def _copy_figures(src: Path, dst: Path, prefix: str) -> list[str]:
     return names
 
 
-def _stored_on_int8_grid(run: dict) -> str:
-    """Check the run's final checkpoint: every integer-stored tensor is codes * 2^e with |codes| <= 127.
-    Without one (checkpoints are not committed), say what the run's spec stores."""
+def _stored_on_int8_grid(run: dict) -> tuple[str, int | None, int | None]:
+    """Check the run's final checkpoint: every integer-stored tensor is codes * 2^e with |codes| <= 127;
+    (text, tensors on the grid, tensors checked). Without one (checkpoints are not committed), say
+    what the run's spec stores (None, None)."""
     ck = Path(run["dir"]) / "checkpoint.pt"
     if not ck.exists():
         spec = run.get("spec") or {}
         u = (spec.get("U") or {}).get("bits")
         return (f"no checkpoint kept; its spec stores {spec.get('store_bits')}-bit weight codes and {u}-bit "
-                "update codes (tests/test_optimizer.py: every stored tensor stays on its int8 grid)")
+                "update codes (tests/test_optimizer.py: every stored tensor stays on its int8 grid)", None, None)
     state = torch.load(ck, map_location="cpu", weights_only=True)["model"]
     total = on_grid = 0
     for key, exp in state.items():
@@ -64,10 +67,11 @@ def _stored_on_int8_grid(run: dict) -> str:
         codes = w / torch.exp2(exp)
         total += 1
         on_grid += bool(torch.equal(codes, codes.round()) and codes.abs().max() <= 127)
-    return f"{on_grid}/{total} stored tensors are int8 codes x 2^e" if total else "no integer-stored tensors"
+    text = f"{on_grid}/{total} stored tensors are int8 codes x 2^e" if total else "no integer-stored tensors"
+    return text, on_grid, total
 
 
-def _batch_study_section(folder: Path, out_dir: Path) -> tuple[list[str], tuple[str, str]]:
+def _batch_study_section(folder: Path, out_dir: Path) -> tuple[list[str], tuple[str, str, str]]:
     """The small-batch study's final table (every ``runs*.csv`` of ``folder``, analysis/batch_study.py)
     and its figures; the claim line gives the two smallest batch sizes."""
     from . import batch_study as bs
@@ -75,7 +79,7 @@ def _batch_study_section(folder: Path, out_dir: Path) -> tuple[list[str], tuple[
     results = [r for f in sorted(folder.glob("runs*.csv")) for r in bs.read_csv(f)]
     final = [r for r in results if r["stage"] == "final" and r["final"]]
     if not final:
-        return [], ("not measured here (no finished run in the small-batch study)", "")
+        return [], ("not measured here (no finished run in the small-batch study)", "", verdicts.NOT_MEASURED)
     batches = sorted({r["batch"] for r in final})
     names = [c for c in bs.CONFIGS if any(r["config"] == c for r in final)]
     samples = max(r["seen"] for r in final)
@@ -85,12 +89,35 @@ def _batch_study_section(folder: Path, out_dir: Path) -> tuple[list[str], tuple[
           f"{samples} training images, the lr of each configuration and batch size chosen on validation, final "
           "test accuracy (%), mean ± std over seeds:", "", bs.table(results, batches, names), ""]
     md += [f"![{f}]({f})" for f in figs] + ([""] if figs else [])
-    parts = []
+    parts, means = [], {}
     for b in batches[:2]:
         cells = [f"{n} {bs.mean_std([r['test_acc'] for r in bs.finals(results, n, b, 'final')])}" for n in names]
         parts.append(f"batch {b}: " + ", ".join(cells))
+        for n in names:
+            accs = [r["test_acc"] for r in bs.finals(results, n, b, "final") if not math.isnan(r["test_acc"])]
+            means.setdefault(b, {})[n] = statistics.fmean(accs) if accs else math.nan
     return md, ("; ".join(parts), f"one pass over {samples} images, lr chosen on validation per configuration and "
-                                  "batch size, test accuracy, mean ± std over seeds (small-batch section)")
+                                  "batch size, test accuracy, mean ± std over seeds (small-batch section)",
+                verdicts.small_batch(means))
+
+
+def _mean(group: list[dict] | None) -> float | None:
+    """Mean final test accuracy of a seed group's finished runs (nan: none finished; None: no group)."""
+    if group is None:
+        return None
+    acc = [r["rows"][-1]["test_acc"] for r in group if _finished(r)]
+    return statistics.fmean(acc) if acc else float("nan")
+
+
+def _farthest_unit_phi(iso: Path, depth: float) -> float | None:
+    """phi(JJ^T) of the residual unit farthest from 1 in the quantized, trained Fixup network of
+    the given depth (the isometry sweep's blocks.csv)."""
+    if not (iso / "blocks.csv").exists():
+        return None
+    phis = [r["phi1"] for r in read_rows(iso / "blocks.csv", text=("norm", "precision", "stage", "block", "kind"))
+            if r["depth"] == depth and r["norm"] == "fixup" and r["precision"] == "eoq" and r["stage"] == "trained"
+            and r["kind"] == "residual"]
+    return max(phis, key=lambda v: abs(v - 1)) if phis else None
 
 
 def _mean_text(name: str, group: list[dict]) -> str:
@@ -131,7 +158,7 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
     loaded = [load_run(r) for r in runs]
     md = [f"# {title}", "", "Generated by `eoq report` from real runs" + (f" (`{command}`)" if command else "") + ".",
           "Only the paper's abstract is public: the method here is a reconstruction (see README).", ""]
-    claims = {c: ("not measured here", "") for c in CLAIMS}
+    claims = {c: ("not measured here", "", verdicts.NOT_MEASURED) for c in CLAIMS}
 
     if loaded:
         models = list(dict.fromkeys(r["config"]["model"] for r in loaded))
@@ -145,7 +172,7 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
             plot_curves([r for r in loaded if r["config"]["model"] == model], out_dir / stem)
             md += [f"![accuracy]({stem}.png)", "",
                    f"*{model}: test accuracy and training loss per epoch on CIFAR-10 (log-scale loss).*", ""]
-        found, hows, eoq_run = [], [], None
+        found, hows, eoq_run, per_depth = [], [], None, []
         for model in dict.fromkeys(g[0]["config"]["model"] for g in groups):     # each depth its own line
             firsts = {}                                      # label -> its first seed group of this model
             for g in groups:
@@ -160,13 +187,16 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
             found.append(f"{model}, {'/'.join(map(str, epochs))} epochs: "
                          + ", ".join(_mean_text(k, firsts[k]) for k in [eoq] + [k for k in firsts if k != eoq]))
             hows.append("same schedule" if len(sched) == 1 else "each its own schedule (config.json)")
+            per_depth.append((model, _mean(firsts[eoq]), _mean(firsts.get("fp32+Fixup")),
+                              _mean(firsts.get("wageubn+bn"))))
             eoq_run = eoq_run or next((r for r in firsts[eoq] if _finished(r)), firsts[eoq][0])
         if found:
             claims[CLAIMS[0]] = ("; ".join(found),
                                  f"{' / '.join(dict.fromkeys(hows))}, final test accuracy, mean ± std over seeds "
-                                 "where several (tables above)")
-            claims[CLAIMS[1]] = (_stored_on_int8_grid(eoq_run),
-                                 "final checkpoint of the EOQ run; updates are int8 by construction (tested)")
+                                 "where several (tables above)", verdicts.accuracy(per_depth))
+            text, on_grid, total = _stored_on_int8_grid(eoq_run)
+            claims[CLAIMS[1]] = (text, "final checkpoint of the EOQ run; updates are int8 by construction (tested)",
+                                 verdicts.storage(on_grid, total, (eoq_run.get("spec") or {}).get("store_bits")))
         if len({r["config"]["batch_size"] for r in loaded}) > 1:
             plot_batch_sizes(loaded, out_dir / "batch_size")
             md += ["![batch size](batch_size.png)", "", "*Final test accuracy against batch size.*", ""]
@@ -194,7 +224,8 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
             if none:
                 text += f"; plain He init ('none', fp32, init): {none[0]['end_to_end_phi1']:.3g}"
             claims[CLAIMS[2]] = (f"ResNet-{int(deepest)} end-to-end φ(JJᵀ), Fixup: {text}",
-                                 "Hutchinson estimates on CIFAR-10 test images (isometry section)")
+                                 "Hutchinson estimates on CIFAR-10 test images (isometry section)",
+                                 verdicts.isometry(_farthest_unit_phi(iso, deepest), int(deepest)))
 
     if qstats_run and (Path(qstats_run) / "qstats" / "qstats.csv").exists():
         rows = read_qstats(Path(qstats_run) / "qstats")
@@ -229,15 +260,21 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
                          f"{n.parallel_speed_ratio:.1f}x on the parallel datapath; inference BN as written: "
                          f"{i.power_ratio:.1f}x, {i.speed_ratio:.1f}x, {i.parallel_speed_ratio:.1f}x; folded: "
                          f"{f.power_ratio:.1f}x, {f.speed_ratio:.1f}x, {f.parallel_speed_ratio:.1f}x",
-                         "op counts x Horowitz 45 nm energies / assumed cycles and datapath (cost section)")
+                         "op counts x Horowitz 45 nm energies / assumed cycles and datapath (cost section)",
+                         verdicts.cost([(f"{name}, {how}", r.power_ratio, sp)
+                                        for name, r in (("training BN", n), ("inference BN as written", i),
+                                                        ("inference BN folded", f))
+                                        for how, sp in (("serial", r.speed_ratio),
+                                                        ("parallel datapath", r.parallel_speed_ratio))]))
 
     if batch_study:
         section, claim = _batch_study_section(Path(batch_study), out_dir)
         md += section
         claims[CLAIMS[4]] = claim
 
-    md += ["## Reproduction table", "", "| claim (abstract) | measured here | how |", "|---|---|---|"]
-    md += [f"| {c} | {m} | {h} |" for c, (m, h) in claims.items()]
+    md += ["## Reproduction table", "", "| claim (abstract) | verdict | measured here | how |", "|---|---|---|---|"]
+    md += [f"| {c} | {v} | {m} | {h} |" for c, (m, h, v) in claims.items()]
+    md += ["", "Verdict rules (analysis/verdicts.py), by claim: " + " ".join(verdicts.RULES)]
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(md) + "\n")
     return path

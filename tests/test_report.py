@@ -86,6 +86,8 @@ def test_the_claim_line_gives_each_depth_and_names_a_divergence(tmp_path):
     line = next(x for x in text.splitlines() if x.startswith("| Full 8-bit"))
     assert ("resnet20, 30 epochs: EOQ (integer engine) 85.00%, fp32+Fixup 86.00%; resnet56, 15 epochs: "
             "EOQ (integer engine) 84.00%, eoq+none (integer engine): diverged at epoch 1, step 12") in line
+    assert "| reproduced (resnet20: EOQ -1.00 against fp32+Fixup) |" in line     # resnet56 has no fp32+Fixup
+    assert "Verdict rules (analysis/verdicts.py)" in text
 
 
 def test_the_small_batch_claim_comes_from_the_batch_study(tmp_path, capsys):
@@ -114,6 +116,7 @@ def test_the_small_batch_claim_comes_from_the_batch_study(tmp_path, capsys):
     line = next(x for x in text.splitlines() if x.startswith("| Larger advantage"))
     assert "batch 1: fp32+BN 21.00 ± 1.41, EOQ 31.00 ± 1.41; batch 2: fp32+BN 36.00 ± 1.41, EOQ 40.00 ± 0.00" \
         in line
+    assert line.startswith("| Larger advantage in small-batch online training | reproduced (batch 1, 2) |")
     (tmp_path / "empty").mkdir()
     assert main(["report", "--batch-study", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
     assert "holds no runs*.csv" in capsys.readouterr().err

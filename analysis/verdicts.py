@@ -1,0 +1,99 @@
+"""The verdict on each of the paper's claims: reproduced, not reproduced or not measured, by a stated
+rule applied to the numbers a report measured (SPEC section 7: one sentence per claim, with the
+number). The rules are here, in one place, and ``RULES`` says them in words for the report.
+
+Claim 1 (8-bit training without BN reaches state-of-the-art integer-training accuracy): at every
+depth measured, EOQ's mean test accuracy is within ``ACCURACY_MARGIN`` points of fp32+Fixup's (the
+float network it quantizes) and, where WAGEUBN (8-bit training with BN) ran at that depth, not
+below it.
+Claim 2 (8-bit updates, no 24-bit weight storage): every integer-stored tensor is 8-bit codes.
+Claim 3 (Fixup + quantization keeps block dynamical isometry): in the deepest Fixup network, every
+residual unit's phi(JJ^T) of the quantized, trained network is within ``PHI_TOLERANCE`` of 1.
+Claim 4 (>70x lower power, >18x faster for the normalization): both ratios reach the abstract's in
+a reading; the verdict names the readings that do.
+Claim 5 (larger advantage in small-batch online training): at each of the two smallest batch
+sizes, EOQ's mean test accuracy is above that of every BN training measured (fp32+BN, WAGEUBN).
+"""
+from __future__ import annotations
+
+import math
+
+ACCURACY_MARGIN = 1.0     # points of test accuracy (the 30-epoch comparison's goal)
+PHI_TOLERANCE = 0.05      # |phi - 1| of every residual unit
+POWER, SPEED = 70.0, 18.0  # the abstract's ratios
+
+REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not measured"
+
+RULES = [
+    f"1: at every depth, EOQ within {ACCURACY_MARGIN:g} point of fp32+Fixup (mean test accuracy over seeds) and "
+    "not below WAGEUBN where it ran;",
+    "2: every integer-stored tensor holds 8-bit codes;",
+    "3: every residual unit of the deepest quantized, trained Fixup network has "
+    f"|φ(JJᵀ) − 1| ≤ {PHI_TOLERANCE:g};",
+    f"4: a reading reaches ≥ {POWER:g}x energy and ≥ {SPEED:g}x speed (the readings that do are named);",
+    "5: at the two smallest batch sizes, EOQ above every BN training measured (mean test accuracy over seeds).",
+]
+
+
+def accuracy(per_depth: list[tuple[str, float, float | None, float | None]]) -> str:
+    """per_depth: (model, EOQ mean, fp32+Fixup mean or None, WAGEUBN mean or None), accuracies in %."""
+    rows = [(m, e, f, w) for m, e, f, w in per_depth if f is not None and not math.isnan(e)]
+    if not rows:
+        return NOT_MEASURED
+    misses = []
+    for model, eoq, fixup, wage in rows:
+        if eoq < fixup - ACCURACY_MARGIN:
+            misses.append(f"{model}: {fixup - eoq:.2f} behind fp32+Fixup")
+        if wage is not None and eoq < wage:
+            misses.append(f"{model}: {wage - eoq:.2f} behind WAGEUBN")
+    if misses:
+        return f"{NOT_REPRODUCED} ({'; '.join(misses)})"
+    return REPRODUCED + " (" + "; ".join(
+        f"{m}: EOQ {e - f:+.2f} against fp32+Fixup" + (f", {e - w:+.2f} against WAGEUBN" if w is not None else "")
+        for m, e, f, w in rows) + ")"
+
+
+def storage(on_grid: int | None, total: int | None, spec_bits: int | None = None) -> str:
+    """From a checkpoint (on_grid of total tensors are 8-bit codes) or, without one, the spec's
+    stored bit width."""
+    if total:
+        return REPRODUCED if on_grid == total else f"{NOT_REPRODUCED} ({total - on_grid} of {total} off the grid)"
+    if spec_bits is None:
+        return NOT_MEASURED
+    return REPRODUCED + " (by the spec)" if spec_bits <= 8 else f"{NOT_REPRODUCED} ({spec_bits}-bit storage)"
+
+
+def isometry(max_unit_phi: float | None, depth: int | None) -> str:
+    """The largest |phi - 1| over the residual units is given as max_unit_phi (the unit farthest from 1)."""
+    if max_unit_phi is None or math.isnan(max_unit_phi):
+        return NOT_MEASURED
+    off = abs(max_unit_phi - 1)
+    verdict = REPRODUCED if off <= PHI_TOLERANCE else NOT_REPRODUCED
+    return f"{verdict} (ResNet-{depth}: unit φ up to {max_unit_phi:.3g})"
+
+
+def cost(readings: list[tuple[str, float, float]]) -> str:
+    """readings: (name, energy ratio, speed ratio)."""
+    if not readings:
+        return NOT_MEASURED
+    hit = [n for n, p, s in readings if p >= POWER and s >= SPEED]
+    if hit:
+        return f"{REPRODUCED} in: {', '.join(hit)}"
+    return f"{NOT_REPRODUCED} in any reading"
+
+
+def small_batch(per_batch: dict[int, dict[str, float]]) -> str:
+    """per_batch: {batch size: {configuration: mean test accuracy}} for the smallest batch sizes."""
+    checked, misses = [], []
+    for b, means in sorted(per_batch.items())[:2]:
+        eoq = means.get("EOQ")
+        bns = {k: v for k, v in means.items() if k in ("fp32+BN", "WAGEUBN") and not math.isnan(v)}
+        if eoq is None or math.isnan(eoq) or not bns:
+            continue
+        checked.append(b)
+        misses += [f"batch {b}: {k} {v - eoq:.2f} ahead" for k, v in bns.items() if v >= eoq]
+    if not checked:
+        return NOT_MEASURED
+    if misses:
+        return f"{NOT_REPRODUCED} ({'; '.join(misses)})"
+    return f"{REPRODUCED} (batch {', '.join(map(str, checked))})"
