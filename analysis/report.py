@@ -20,8 +20,9 @@ import torch
 from eoq.training.csvfile import read_rows
 from eoq.training.loop import SCHEDULE_FIELDS
 
-from .runs import _finished, accuracy_table, label, load_run, plot_curves, seed_groups, seed_table, stop_text
 from . import verdicts
+from .runs import (_finished, accuracy_table, code_text, label, load_run, plot_curves, seed_groups, seed_table,
+                   stop_text)
 from .style import figure, save
 
 CLAIMS = (
@@ -163,7 +164,7 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
     if loaded:
         models = list(dict.fromkeys(r["config"]["model"] for r in loaded))
         groups = seed_groups(loaded)
-        md += ["## Accuracy", "", accuracy_table(loaded), ""]
+        md += ["## Accuracy", "", f"Code: {code_text(loaded)}.", "", accuracy_table(loaded), ""]
         if any(len(g) > 1 for g in groups):
             md += ["Over seeds (runs that differ only in their seed; sample standard deviation):", "",
                    seed_table(loaded), ""]

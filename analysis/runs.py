@@ -25,9 +25,30 @@ def load_run(path) -> dict:
     for key, before in _BEFORE.items():
         cfg["train"].setdefault(key, before)
     diverged = path / "DIVERGED"                     # written beside a run that diverged (campaign.sh)
-    return {"dir": str(path), "config": cfg["train"], "spec": cfg.get("spec"),
+    return {"dir": str(path), "config": cfg["train"], "spec": cfg.get("spec"), "code": cfg.get("code"),
             "rows": read_metrics(path / "metrics.csv"),
             "diverged": diverged.read_text().strip() if diverged.exists() else None}
+
+
+def code_text(runs: list[dict]) -> str:
+    """Which commits made the runs (config.json "code"; eoq/training/provenance.py), e.g.
+    "3 runs at commit 1a2b3c4d, 1 of them with uncommitted changes; 2 runs predate the record"."""
+    counts: dict[str, list[int]] = {}
+    older = 0
+    for r in runs:
+        code = r.get("code") or {}
+        if not code.get("commit"):
+            older += 1
+            continue
+        c = counts.setdefault(code["commit"][:8], [0, 0])
+        c[0] += 1
+        c[1] += bool(code.get("dirty") or any(x.get("dirty") for x in code.get("resumed_at", [])))
+    parts = [f"{n} run{'s' * (n > 1)} at commit {c}" + (f", {d} of them with uncommitted changes" if d else "")
+             for c, (n, d) in counts.items()]
+    if older:
+        parts.append(f"{older} run{'s' * (older > 1)} from before commits were recorded (their commit: the one "
+                     "that added their files)")
+    return "; ".join(parts)
 
 
 def stop_text(run: dict) -> str:

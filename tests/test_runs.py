@@ -128,3 +128,16 @@ def test_a_diverged_run_says_where_in_every_table(tmp_path):
     assert acc[3].count("|") == acc[2].count("|")                   # as many cells as the others
     assert "| 1: diverged at epoch 2, step 5 | 30.00 |" in acc[4]
     assert _mean_text("EOQ", [runs[1]]) == "EOQ: diverged at epoch 1, step 37"
+
+
+def test_the_code_line_counts_runs_by_commit(tmp_path):
+    from analysis.runs import code_text
+
+    runs = [load_run(make_run(tmp_path, f"r{i}", i, 70.0)) for i in range(4)]
+    runs[0]["code"] = {"commit": "1a2b3c4d" + "0" * 32, "dirty": False}
+    runs[1]["code"] = {"commit": "1a2b3c4d" + "0" * 32, "dirty": False,
+                       "resumed_at": [{"commit": "1a2b3c4d" + "0" * 32, "dirty": True}]}
+    runs[2]["code"] = {"commit": "ffff0000" + "0" * 32, "dirty": False}
+    assert code_text(runs) == ("2 runs at commit 1a2b3c4d, 1 of them with uncommitted changes; 1 run at commit "
+                               "ffff0000; 1 run from before commits were recorded (their commit: the one that "
+                               "added their files)")

@@ -30,6 +30,7 @@ from ..quant.observe import observing
 from ..quant.presets import load_spec
 from ..quant.quantizers import QuantizationError
 from ..quant.spec import QuantSpec
+from . import provenance
 from .atomic import atomic_write
 from .batches import eval_batches, steps_per_epoch, train_batches
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -260,9 +261,16 @@ def _open_run(cfg: TrainConfig, run: Run | None) -> tuple[Run, Path | None]:
                           "it, or choose another --out")
     if _lead():
         out.mkdir(parents=True, exist_ok=True)
+        before = None
+        if state is not None and (out / "config.json").exists():
+            try:
+                before = json.loads((out / "config.json").read_text()).get("code")
+            except (OSError, ValueError):
+                before = None
         with atomic_write(out / "config.json", "w") as fh:
             json.dump({"train": cfg.to_dict(), "spec": run.optimizer.spec.to_dict(),
-                       "processes": distributed.world()}, fh, indent=1)
+                       "processes": distributed.world(), "code": provenance.merged(before, provenance.code_version())},
+                      fh, indent=1)
     return run, out
 
 
