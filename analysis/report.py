@@ -111,14 +111,15 @@ def _mean(group: list[dict] | None) -> float | None:
 
 
 def _farthest_unit_phi(iso: Path, depth: float) -> float | None:
-    """phi(JJ^T) of the residual unit farthest from 1 in the quantized, trained Fixup network of
-    the given depth (the isometry sweep's blocks.csv)."""
+    """phi(JJ^T) / phi(shortcut) of the residual unit farthest from its shortcut's in the
+    quantized, trained Fixup network of the given depth (the isometry sweep's blocks.csv)."""
     if not (iso / "blocks.csv").exists():
         return None
-    phis = [r["phi1"] for r in read_rows(iso / "blocks.csv", text=("norm", "precision", "stage", "block", "kind"))
-            if r["depth"] == depth and r["norm"] == "fixup" and r["precision"] == "eoq" and r["stage"] == "trained"
-            and r["kind"] == "residual"]
-    return max(phis, key=lambda v: abs(v - 1)) if phis else None
+    ratios = [r["phi1"] / r["phi_shortcut"]
+              for r in read_rows(iso / "blocks.csv", text=("norm", "precision", "stage", "block", "kind", "method"))
+              if r["depth"] == depth and r["norm"] == "fixup" and r["precision"] == "eoq" and r["stage"] == "trained"
+              and r["kind"] == "residual" and r["phi_shortcut"] > 0]
+    return max(ratios, key=lambda v: abs(v - 1)) if ratios else None
 
 
 def _mean_text(name: str, group: list[dict]) -> str:
