@@ -13,7 +13,7 @@
 # Groups (campaign.runs): tune30 (crop padding chosen on validation, 30 epochs, seed 0), lrfmt
 # (fixed-point learning rate, 5 epochs), final30 and final30eoq (the 30-epoch comparison), qstats30
 # (the quantization statistics of eoq seed 0 at 30 epochs), r56 (ResNet-56, 15 epochs), tune30bn
-# (fp32+BN's crop padding and peak lr at 30 epochs, on validation).
+# (fp32+BN's crop padding and peak lr at 30 epochs, on validation), final30wage (wageubn seeds 1-2).
 # Runs live in runs/long/<name>; PARALLEL=1 runs them one at a time.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
