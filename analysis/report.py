@@ -189,8 +189,9 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
             found.append(f"{model}, {'/'.join(map(str, epochs))} epochs: "
                          + ", ".join(_mean_text(k, firsts[k]) for k in [eoq] + [k for k in firsts if k != eoq]))
             hows.append("same schedule" if len(sched) == 1 else "each its own schedule (config.json)")
-            per_depth.append((model, _mean(firsts[eoq]), _mean(firsts.get("fp32+Fixup")),
-                              _mean(firsts.get("wageubn+bn"))))
+            wage = firsts.get("wageubn+bn")
+            per_depth.append((model, _mean(firsts[eoq]), _mean(firsts.get("fp32+Fixup")), _mean(wage),
+                              sum(_finished(r) for r in wage) if wage else None))
             eoq_run = eoq_run or next((r for r in firsts[eoq] if _finished(r)), firsts[eoq][0])
         if found:
             claims[CLAIMS[0]] = ("; ".join(found),

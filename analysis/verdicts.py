@@ -38,22 +38,27 @@ RULES = [
 ]
 
 
-def accuracy(per_depth: list[tuple[str, float, float | None, float | None]]) -> str:
-    """per_depth: (model, EOQ mean, fp32+Fixup mean or None, WAGEUBN mean or None), accuracies in %."""
-    rows = [(m, e, f, w) for m, e, f, w in per_depth if f is not None and not math.isnan(e)]
+def _seeds(n: int | None) -> str:
+    return f" ({n} seed{'s' * (n != 1)})" if n else ""
+
+
+def accuracy(per_depth: list[tuple]) -> str:
+    """per_depth: (model, EOQ mean, fp32+Fixup mean or None, WAGEUBN mean or None[, WAGEUBN seeds]),
+    accuracies in %; the seed count, where given, is named beside a WAGEUBN comparison that fails."""
+    rows = [(m, e, f, w, *n) for m, e, f, w, *n in per_depth if f is not None and not math.isnan(e)]
     if not rows:
         return NOT_MEASURED
     misses = []
-    for model, eoq, fixup, wage in rows:
+    for model, eoq, fixup, wage, *n in rows:
         if eoq < fixup - ACCURACY_MARGIN:
             misses.append(f"{model}: {fixup - eoq:.2f} behind fp32+Fixup")
         if wage is not None and eoq < wage:
-            misses.append(f"{model}: {wage - eoq:.2f} behind WAGEUBN")
+            misses.append(f"{model}: {wage - eoq:.2f} behind WAGEUBN{_seeds(n[0] if n else None)}")
     if misses:
         return f"{NOT_REPRODUCED} ({'; '.join(misses)})"
     return REPRODUCED + " (" + "; ".join(
         f"{m}: EOQ {e - f:+.2f} against fp32+Fixup" + (f", {e - w:+.2f} against WAGEUBN" if w is not None else "")
-        for m, e, f, w in rows) + ")"
+        for m, e, f, w, *_ in rows) + ")"
 
 
 def storage(on_grid: int | None, total: int | None, spec_bits: int | None = None) -> str:

@@ -9,6 +9,7 @@ def test_accuracy_within_the_margin_of_fixup_and_not_below_wageubn():
     assert v.accuracy([("resnet20", 85.60, 86.27, 84.0), ("resnet56", 80.0, 82.5, None)]) == \
         "not reproduced (resnet56: 2.50 behind fp32+Fixup)"
     assert v.accuracy([("resnet20", 85.0, 85.5, 85.2)]) == "not reproduced (resnet20: 0.20 behind WAGEUBN)"
+    assert v.accuracy([("resnet20", 85.0, 85.5, 85.2, 1)]) == "not reproduced (resnet20: 0.20 behind WAGEUBN (1 seed))"
     assert v.accuracy([("resnet20", 85.0, 85.5, 84.7)]) == \
         "reproduced (resnet20: EOQ -0.50 against fp32+Fixup, +0.30 against WAGEUBN)"
     assert v.accuracy([("resnet20", 85.0, None, None)]) == "not measured"
