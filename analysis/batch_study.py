@@ -236,18 +236,21 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     mine = out / (f"runs-{args.part}.csv" if args.part else "runs.csv")
-    others = [f for f in sorted(out.glob("runs*.csv")) if f != mine]
+
+    def others() -> list[dict]:                  # the other parts' rows, as their files stand now
+        return [r for f in sorted(out.glob("runs*.csv")) if f != mine for r in read_csv(f)]
+
     own = read_csv(mine) if args.resume and mine.exists() else []
-    results = own + [r for f in others for r in read_csv(f)]        # every part's rows: choices, tables
+    results = own + others()                     # every part's rows: choices, tables
     done = {(r["config"], r["batch"], round(r["lr"], 12), r["seed"], r["stage"]) for r in results}
 
     def run(name, batch, lr, seed, stage):
         if (name, batch, round(lr, 12), seed, stage) in done:
             return
         norm, preset = CONFIGS[name]
-        rows = run_one(data, norm, preset, batch, args.samples, lr, args.points if stage == "final" else 1,
-                       seed, args.warmup,
-                       test=stage == "final", engine=args.engine if name in ON_ENGINE else "sim")
+        final = stage == "final"
+        rows = run_one(data, norm, preset, batch, args.samples, lr, args.points if final else 1, seed, args.warmup,
+                       test=final, engine=args.engine if name in ON_ENGINE else "sim")
         for i, r in enumerate(rows):
             row = {"config": name, "batch": batch, "lr": lr, "seed": seed, "stage": stage, **r,
                    "final": i == len(rows) - 1}
@@ -265,8 +268,7 @@ def main(argv=None):
         lr = chosen_lr(results, name, batch)
         for seed in args.seeds if lr is not None else ():
             run(name, batch, lr, seed, "final")
-    # the other parts as they are now
-    results = own + [r for f in sorted(out.glob("runs*.csv")) if f != mine for r in read_csv(f)]
+    results = own + others()
     names = [c for c in CONFIGS if c in args.configs or any(r["config"] == c for r in results)]
     md = [f"# Small-batch study: ResNet-20, a stream of {args.samples} CIFAR-10 training images seen once", "",
           f"Validation {len(data.val_y)} images (the lr choice), test {len(data.test_y)} images (the table). "

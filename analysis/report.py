@@ -92,22 +92,29 @@ def _batch_study_section(folder: Path, out_dir: Path) -> tuple[list[str], tuple[
     md += [f"![{f}]({f})" for f in figs] + ([""] if figs else [])
     parts, means = [], {}
     for b in batches[:2]:
-        cells = [f"{n} {bs.mean_std([r['test_acc'] for r in bs.finals(results, n, b, 'final')])}" for n in names]
-        parts.append(f"batch {b}: " + ", ".join(cells))
+        cells, means[b] = [], {}
         for n in names:
-            accs = [r["test_acc"] for r in bs.finals(results, n, b, "final") if not math.isnan(r["test_acc"])]
-            means.setdefault(b, {})[n] = statistics.fmean(accs) if accs else math.nan
+            accs = [r["test_acc"] for r in bs.finals(results, n, b, "final")]
+            cells.append(f"{n} {bs.mean_std(accs)}")
+            ok = [a for a in accs if not math.isnan(a)]
+            means[b][n] = statistics.fmean(ok) if ok else math.nan
+        parts.append(f"batch {b}: " + ", ".join(cells))
     return md, ("; ".join(parts), f"one pass over {samples} images, lr chosen on validation per configuration and "
                                   "batch size, test accuracy, mean ± std over seeds (small-batch section)",
                 verdicts.small_batch(means))
+
+
+def _final_accs(group: list[dict]) -> list[float]:
+    """Final test accuracies of a seed group's finished runs."""
+    return [r["rows"][-1]["test_acc"] for r in group if _finished(r)]
 
 
 def _mean(group: list[dict] | None) -> float | None:
     """Mean final test accuracy of a seed group's finished runs (nan: none finished; None: no group)."""
     if group is None:
         return None
-    acc = [r["rows"][-1]["test_acc"] for r in group if _finished(r)]
-    return statistics.fmean(acc) if acc else float("nan")
+    acc = _final_accs(group)
+    return statistics.fmean(acc) if acc else math.nan
 
 
 def _farthest_unit_phi(iso: Path, depth: float) -> float | None:
@@ -124,7 +131,7 @@ def _farthest_unit_phi(iso: Path, depth: float) -> float | None:
 
 def _mean_text(name: str, group: list[dict]) -> str:
     """'name 85.12%' for one finished run, 'name 85.12 ± 0.30% (3 seeds)' for several."""
-    acc = [r["rows"][-1]["test_acc"] for r in group if _finished(r)]
+    acc = _final_accs(group)
     if not acc:
         return f"{name}: " + "; ".join(stop_text(r) for r in group)
     if len(acc) == 1:
@@ -191,7 +198,7 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
             hows.append("same schedule" if len(sched) == 1 else "each its own schedule (config.json)")
             wage = firsts.get("wageubn+bn")
             per_depth.append((model, _mean(firsts[eoq]), _mean(firsts.get("fp32+Fixup")), _mean(wage),
-                              sum(_finished(r) for r in wage) if wage else None))
+                              len(_final_accs(wage)) if wage else None))
             eoq_run = eoq_run or next((r for r in firsts[eoq] if _finished(r)), firsts[eoq][0])
         if found:
             claims[CLAIMS[0]] = ("; ".join(found),

@@ -40,11 +40,10 @@ class UpdateTrace:
         if not self.grids:
             raise ValueError("the optimizer stores no tensor as integer codes: no integer updates to trace")
         self.last = self._exponents()
-        self.steps = self.moves = self.zeros = self.seen = 0
-        self.abs_sum = 0
+        self.steps = self.moves = self.zeros = self.seen = self.abs_sum = 0
 
     def _exponents(self) -> torch.Tensor:
-        return torch.stack([g.exponent.detach().reshape(()) for g in self.grids]).clone()
+        return torch.stack([g.exponent.detach().reshape(()) for g in self.grids])     # a copy
 
     def after_step(self) -> None:
         e = self._exponents()
