@@ -5,7 +5,9 @@
 # (--resume), so a run cut short starts again and every finished one is kept. When both parts
 # are done, study.md and the figures are made from both.
 #
-# Usage: nohup reports/batch_study/run.sh > runs/batch_study.log 2>&1 &
+# Usage: nohup reports/batch_study/run.sh [PART ...] > runs/batch_study.log 2>&1 &
+#   PART: a, b or both (the default); one part alone leaves the other core to other work, and the part
+#   that ends last writes the study with both parts' runs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -21,8 +23,12 @@ part() {   # name, configurations...
     >>"runs/batch_study_$name.log" 2>&1
   echo "$(date -u +%FT%TZ) part $name: exit $?"
 }
-part a WAGEUBN &
-part b EOQ fp32+Fixup fp32+BN &
-wait
-# both done: this renders the table and figures from both parts (nothing is left to run)
-"$PY" -m analysis.batch_study --configs WAGEUBN --part a --threads 1 --resume --out "$OUT" | tail -n 40
+parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(a b)
+for p in "${parts[@]}"; do
+  case $p in
+    a) part a WAGEUBN & ;;
+    b) part b EOQ fp32+Fixup fp32+BN & ;;
+    *) echo "run.sh: unknown part '$p' (a or b)" >&2; exit 2 ;;
+  esac
+done
+wait   # each part writes study.md and the figures from every part's runs when it ends
