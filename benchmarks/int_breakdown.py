@@ -1,4 +1,4 @@
-"""Where the integer ResNet-20 step spends its time, by engine function (batch 128, 2 threads).
+"""Where the integer ResNet-20 step spends its time, by engine function (default batch 128, 2 threads).
 
 Wraps the integer engine's entry points in timers (``eoq.quant.quantizers.sq_integer`` for the A and E
 codes, the direct VNNI kernels of :mod:`eoq.engine.direct`, the im2col + ``_int_mm`` paths of
@@ -40,8 +40,10 @@ def main():
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    setup(2)
+    setup(args.threads)
     spent = collections.defaultdict(float)
     for mod, name, label in ENTRIES:
         def timed(*a, _f=getattr(mod, name), _label=label, **k):
@@ -51,7 +53,7 @@ def main():
             finally:
                 spent[_label] += time.perf_counter() - t
         setattr(mod, name, timed)
-    x, y = test_images(128)
+    x, y = test_images(args.batch_size)
     x = x.contiguous(memory_format=torch.channels_last)
     net, opt = make(args.model, "eoq", "int")
     for _ in range(args.warmup):
