@@ -11,7 +11,9 @@ Protocol, for each configuration and batch size B (ResNet-20):
     same split as ``eoq train``); no augmentation; batch 1 is true online training;
   - the learning rate chosen on validation (stage "choose", seed 0) from a grid around the
     square-root rule, lr_ref * sqrt(B / 128) * {0.5, 1, 2} (``--lr-factors``), with a linear
-    warm-up over the first ``--warmup`` of the stream and then constant; momentum 0.875;
+    warm-up over the first ``--warmup`` of the stream and then constant; momentum 0.875. When the
+    best value lies on an edge of the grid, the grid grows by a factor of 2 beyond that edge, at
+    most ``--extend`` times (a best value on the edge says only that the optimum lies further out);
   - at the chosen lr, seeds ``--seeds`` (stage "final"); validation accuracy at ``--points``
     positions along the stream (the curves), test accuracy once, at its end (the table: mean +- std
     over the seeds). A choosing run measures validation at the end only: the choice reads nothing
@@ -122,6 +124,18 @@ def chosen_lr(results: list[dict], name: str, batch: int) -> float | None:
     return max(runs, key=lambda r: r["val_acc"])["lr"] if runs else None
 
 
+def beyond_edge(lr: float | None, base: float, factors: list[float]) -> float | None:
+    """The factor to try next when the chosen ``lr`` lies on an edge of the grid ``base * factors``:
+    half the smallest or twice the largest; None when it lies inside (or nothing trained)."""
+    if lr is None:
+        return None
+    if math.isclose(lr, base * min(factors)):
+        return min(factors) / 2
+    if math.isclose(lr, base * max(factors)):
+        return max(factors) * 2
+    return None
+
+
 def mean_std(values: list[float]) -> str:
     ok = [v for v in values if not math.isnan(v)]
     if not ok:
@@ -210,6 +224,8 @@ def main(argv=None):
     ap.add_argument("--lr-ref", type=float, default=0.1, help="lr at batch 128 of the square-root rule")
     ap.add_argument("--lr-factors", type=float, nargs="+", default=[0.5, 1.0, 2.0],
                     help="the grid: lr_ref * sqrt(B / 128) times each factor, chosen on validation")
+    ap.add_argument("--extend", type=int, default=2,
+                    help="grow the grid by a factor of 2 beyond an edge value that wins, at most this many times")
     ap.add_argument("--warmup", type=float, default=0.05, help="fraction of the stream of linear warm-up")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--points", type=int, default=5)
@@ -225,6 +241,8 @@ def main(argv=None):
                          "own --configs); the table and figures read every OUT/runs*.csv")
     ap.add_argument("--out", default="reports/batch_study")
     args = ap.parse_args(argv)
+    if args.extend < 0:
+        raise SystemExit(f"--extend {args.extend}: must be >= 0")
     torch.set_num_threads(args.threads)
     data = load_cifar10(args.data)
     data = data.hold_out(args.val if args.val is not None else default_val(len(data.train_y))).subset(None, args.test)
@@ -262,8 +280,15 @@ def main(argv=None):
 
     jobs = [(c, b) for c in args.configs for b in args.batch_sizes]
     for name, batch in tqdm(jobs, desc="choose the lr"):
-        for f in args.lr_factors:
-            run(name, batch, args.lr_ref * math.sqrt(batch / 128) * f, args.seeds[0], "choose")
+        base, factors = args.lr_ref * math.sqrt(batch / 128), list(args.lr_factors)
+        for f in factors:
+            run(name, batch, base * f, args.seeds[0], "choose")
+        for _ in range(args.extend if len(factors) > 1 else 0):      # one value: the lr is fixed, not chosen
+            f = beyond_edge(chosen_lr(results, name, batch), base, factors)
+            if f is None:
+                break
+            factors.append(f)
+            run(name, batch, base * f, args.seeds[0], "choose")
     for name, batch in tqdm(jobs, desc="seeds at the chosen lr"):
         lr = chosen_lr(results, name, batch)
         for seed in args.seeds if lr is not None else ():
@@ -272,7 +297,8 @@ def main(argv=None):
     names = [c for c in CONFIGS if c in args.configs or any(r["config"] == c for r in results)]
     md = [f"# Small-batch study: ResNet-20, a stream of {args.samples} CIFAR-10 training images seen once", "",
           f"Validation {len(data.val_y)} images (the lr choice), test {len(data.test_y)} images (the table). "
-          f"lr grid: {args.lr_ref} x sqrt(B/128) x {args.lr_factors}, linear warm-up over {args.warmup:.0%} of "
+          f"lr grid: {args.lr_ref} x sqrt(B/128) x {args.lr_factors}, grown by a factor of 2 beyond an edge value "
+          f"that won, at most {args.extend} times; linear warm-up over {args.warmup:.0%} of "
           f"the stream then constant, momentum 0.875, no augmentation; seeds {args.seeds} at the chosen lr; "
           f"{', '.join(ON_ENGINE)} on the {args.engine} engine.", "",
           "## Final test accuracy (%), mean ± std over seeds", "", table(results, args.batch_sizes, names), "",

@@ -11,7 +11,7 @@ from analysis import batch_study
 def test_study_end_to_end_on_the_embedded_data(tmp_path):
     out = tmp_path / "study"
     argv = ["--samples", "16", "--batch-sizes", "1", "4", "--points", "2", "--val", "20", "--test", "20",
-            "--seeds", "0", "1", "--data", "embedded", "--threads", "1", "--out", str(out)]
+            "--seeds", "0", "1", "--extend", "0", "--data", "embedded", "--threads", "1", "--out", str(out)]
     batch_study.main(argv)
     rows = list(csv.DictReader(open(out / "runs.csv")))
     assert {r["config"] for r in rows} == set(batch_study.CONFIGS)
@@ -100,3 +100,37 @@ def test_parts_share_the_study(tmp_path):
     assert (out / "runs-a.csv").read_text() == before
     with pytest.raises(SystemExit, match="--part"):
         batch_study.main(common + ["--part", "../x"])
+
+
+def test_the_grid_grows_beyond_an_edge_that_wins(tmp_path, monkeypatch):
+    """Validation accuracy falls with |log2(lr / best)| (a stand-in for training): a best lr below the
+    grid pulls it down by factors of 2 until the winner lies inside, or --extend runs out; one above
+    pushes it up; one inside adds nothing. Hand-worked at batch 128 (base lr 0.1, factors 0.5, 1, 2)."""
+    best = {"EOQ": 0.02, "fp32+Fixup": 1.0, "fp32+BN": 0.1}
+
+    def fake(data, norm, preset, batch, samples, lr, points, seed=0, warmup=0.05, test=True, engine="sim"):
+        name = next(n for n, v in batch_study.CONFIGS.items() if v == (norm, preset))
+        return [{"seen": samples, "val_acc": 50 - 10 * abs(math.log2(lr / best[name])),
+                 "test_acc": 40.0 if test else math.nan, "seconds": 0.0, **batch_study._updates(None)}]
+
+    monkeypatch.setattr(batch_study, "run_one", fake)
+    common = ["--samples", "8", "--batch-sizes", "128", "--val", "20", "--test", "20", "--seeds", "0",
+              "--configs", "EOQ", "fp32+Fixup", "fp32+BN", "--data", "embedded", "--threads", "1"]
+
+    def tried(out, name):
+        rows = list(csv.DictReader(open(out / "runs.csv")))
+        grid = [round(float(r["lr"]) / 0.1, 9) for r in rows if r["config"] == name and r["stage"] == "choose"]
+        chosen = {round(float(r["lr"]) / 0.1, 9) for r in rows if r["config"] == name and r["stage"] == "final"}
+        return grid, chosen
+
+    batch_study.main(common + ["--out", str(tmp_path / "two")])
+    # 0.02 = 0.1 x 0.2: 0.5 wins -> 0.25 wins -> 0.125 loses (|log2 0.625| > |log2 1.25|): 0.25 chosen
+    assert tried(tmp_path / "two", "EOQ") == ([0.5, 1.0, 2.0, 0.25, 0.125], {0.25})
+    # 1.0 = 0.1 x 10: 2 wins -> 4 wins -> 8 wins, but two extensions are the most
+    assert tried(tmp_path / "two", "fp32+Fixup") == ([0.5, 1.0, 2.0, 4.0, 8.0], {8.0})
+    assert tried(tmp_path / "two", "fp32+BN") == ([0.5, 1.0, 2.0], {1.0})
+    assert "0.0125: 43.22" in (tmp_path / "two" / "study.md").read_text()     # grid table: the extension too
+    batch_study.main(common + ["--extend", "1", "--out", str(tmp_path / "one")])
+    assert tried(tmp_path / "one", "EOQ") == ([0.5, 1.0, 2.0, 0.25], {0.25})
+    with pytest.raises(SystemExit, match="--extend"):
+        batch_study.main(common + ["--extend", "-1", "--out", str(tmp_path / "bad")])
