@@ -1,6 +1,8 @@
 """analysis.runs: seed groups and the seed-spread table against hand-worked values."""
 import json
 
+import pytest
+
 from analysis.runs import load_run, main, seed_groups, seed_table
 
 
@@ -141,3 +143,21 @@ def test_the_code_line_counts_runs_by_commit(tmp_path):
     assert code_text(runs) == ("2 runs at commit 1a2b3c4d, 1 of them with uncommitted changes; 1 run at commit "
                                "ffff0000; 1 run from before commits were recorded (their commit: the one that "
                                "added their files)")
+
+
+def test_the_modules_run_once_under_python_m():
+    """``python -m analysis.runs`` (and its siblings) must not find the module already imported by
+    the package (runpy's RuntimeWarning, and module-level work done twice): the package imports its
+    public names on first use. Every public name resolves."""
+    import subprocess
+    import sys
+
+    import analysis
+
+    for module in ("analysis.runs", "analysis.batch_study", "analysis.report"):
+        out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", module, "--help"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and "RuntimeWarning" not in out.stderr, (module, out.stderr[-500:])
+    assert all(callable(getattr(analysis, name)) for name in analysis.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        analysis.nothing
