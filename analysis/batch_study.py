@@ -23,9 +23,10 @@ Protocol, for each configuration and batch size B (ResNet-20):
 writes ``runs.csv`` (one row per configuration, batch size, lr, seed, stage and measuring point;
 rewritten after every run, and read back with ``--resume`` so that an interrupted study goes on
 where it stopped), ``study.md`` (the grid, the chosen lr, the final table) and the figures
-``accuracy_vs_batch`` (error bars over seeds) and ``accuracy_vs_samples``. Processes that share
-the work (``--part NAME`` with their own ``--configs``; reports/batch_study/run.sh) each write
-``runs-NAME.csv`` in the same folder; the table and figures are made from every ``runs*.csv`` there.
+``accuracy_vs_batch`` (error bars over seeds), ``accuracy_vs_samples`` and ``updates_vs_batch`` (the
+8-bit trainings' integer updates). Processes that share the work (``--part NAME`` with their own
+``--configs``; reports/batch_study/run.sh) each write ``runs-NAME.csv`` in the same folder; the table
+and figures are made from every ``runs*.csv`` there.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eoq.engine import Engine
+from eoq.quant.presets import load_spec
 from eoq.training.atomic import atomic_write
 from eoq.training.batches import to_float
 from eoq.training.csvfile import read_rows, write_rows
@@ -152,16 +154,25 @@ def table(results: list[dict], batches: list[int], names, key: str = "test_acc")
     return "\n".join(lines)
 
 
+def stored_bits(name: str) -> int | None:
+    """Bits of a configuration's stored integer weights (8 for EOQ, which keeps no other copy; 24 for
+    WAGEUBN, which accumulates updates in 24 bits and quantizes W to 8 for the passes); None: float."""
+    return load_spec(CONFIGS[name][1]).store_bits
+
+
 def update_table(results: list[dict], batches: list[int], names) -> str:
-    lines = ["| configuration | B | zero updates | mean non-zero update (LSB) | exponent moves / 1k steps |",
-             "|---|---|---:|---:|---:|"]
+    """Update statistics of the final runs; the mean update also in LSBs of an 8-bit grid over the
+    same range, |U| * 2^(8 - stored bits) (about the unit in which an 8-bit W sees the weight move)."""
+    lines = ["| configuration | stored bits | B | zero update codes | mean non-zero update (stored LSB) | "
+             "the same in 8-bit LSBs | exponent moves / 1k steps |", "|---|---:|---|---:|---:|---:|---:|"]
     for name in names:
         for b in batches:
             runs = [r for r in finals(results, name, b, "final") if not math.isnan(r.get("zero_updates", math.nan))]
             if runs:
                 z, u, e = (statistics.fmean(r[k] for r in runs)
                            for k in ("zero_updates", "update_lsb", "exponent_moves"))
-                lines.append(f"| {name} | {b} | {z:.4f} | {u:.2f} | {e:.1f} |")
+                bits = stored_bits(name)
+                lines.append(f"| {name} | {bits} | {b} | {z:.4f} | {u:.4g} | {u * 2.0 ** (8 - bits):.4g} | {e:.1f} |")
     return "\n".join(lines)
 
 
@@ -213,7 +224,37 @@ def plot(results: list[dict], out: Path, names) -> list[Path]:
     ax.set(xlabel="training samples seen", ylabel="validation accuracy (%), mean ± std over seeds")
     ax.legend(fontsize=7)
     paths += save(fig, out / "accuracy_vs_samples")
-    return paths
+    return paths + plot_updates(results, out, names)
+
+
+def plot_updates(results: list[dict], out: Path, names) -> list[Path]:
+    """``updates_vs_batch``: the integer updates of the 8-bit trainings at their chosen lr, against
+    batch size (fraction of zero update codes of the stored grid; mean non-zero update in LSBs of
+    an 8-bit grid over the same range), mean ± std over seeds; nothing when no run traced its updates."""
+    keys = (("zero_updates", "zero update codes (fraction)"),
+            ("update_lsb", "mean non-zero |update| (8-bit LSBs)"))
+    series = {}
+    for name in names:
+        for b in sorted({r["batch"] for r in results if r["config"] == name}):
+            runs = [r for r in finals(results, name, b, "final") if not math.isnan(r.get("zero_updates", math.nan))]
+            if runs:
+                unit = 2.0 ** (8 - stored_bits(name))         # stored LSBs -> LSBs of an 8-bit grid
+                series.setdefault(name, []).append((b, [[r["zero_updates"] for r in runs],
+                                                        [r["update_lsb"] * unit for r in runs]]))
+    if not series:
+        return []
+    fig, axes = figure(2)
+    for i, (_, label) in enumerate(keys):
+        ax = axes[0][i]
+        for name, pts in series.items():
+            ax.errorbar([b for b, _ in pts], [statistics.fmean(v[i]) for _, v in pts],
+                        yerr=[statistics.stdev(v[i]) if len(v[i]) > 1 else 0.0 for _, v in pts],
+                        fmt="o-", capsize=3, color=_COLORS.get(name), label=name)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="batch size", ylabel=label)
+        ax.legend(fontsize=7)
+    axes[0][1].set_yscale("log")      # EOQ moves whole LSBs; a 24-bit accumulator moves fractions of one
+    return save(fig, out / "updates_vs_batch")
 
 
 def main(argv=None):
@@ -307,8 +348,11 @@ def main(argv=None):
           "## The learning-rate grid (seed 0, validation)", "", grid_table(results, args.batch_sizes, names)]
     if any(not math.isnan(r.get("zero_updates", math.nan)) for r in results if r["stage"] == "final"):
         md += ["", "## Integer weight updates at the chosen lr (mean over seeds)", "",
-               "Fraction of zero update codes, mean size of the non-zero ones in weight LSBs, and exponent "
-               "moves of stored tensors per 1,000 steps (analysis/update_trace.py).", "",
+               "Fraction of zero update codes of the stored weight grid, mean size of the non-zero ones in its "
+               "LSBs and in LSBs of an 8-bit grid over the same range, |U| x 2^(8 - stored bits) (about the unit in "
+               "which an 8-bit W sees the weight move: WAGEUBN accumulates in 24 bits, so its codes are seldom "
+               "zero and each is 2^-16 of such an LSB), and "
+               "exponent moves of stored tensors per 1,000 steps (analysis/update_trace.py).", "",
                update_table(results, args.batch_sizes, names)]
     with atomic_write(out / "study.md", "w") as fh:       # parts may finish at the same moment
         fh.write("\n".join(md) + "\n")

@@ -84,7 +84,7 @@ def _batch_study_section(folder: Path, out_dir: Path) -> tuple[list[str], tuple[
     batches = sorted({r["batch"] for r in final})
     names = [c for c in bs.CONFIGS if any(r["config"] == c for r in final)]
     samples = max(r["seen"] for r in final)
-    figs = _copy_figures(folder, out_dir, "accuracy_vs_")
+    figs = _copy_figures(folder, out_dir, "accuracy_vs_") + _copy_figures(folder, out_dir, "updates_vs_")
     md = ["## Small-batch online training", "",
           f"From `{folder}` (analysis/batch_study.py, its README gives the protocol): one pass over a stream of "
           f"{samples} training images, the lr of each configuration and batch size chosen on validation, final "

@@ -42,8 +42,8 @@ def test_study_end_to_end_on_the_embedded_data(tmp_path):
             assert 0 <= float(r["zero_updates"]) <= 1 and float(r["exponent_moves"]) >= 0
     text = (out / "study.md").read_text()
     assert "B=1" in text and "WAGEUBN" in text and "±" in text and "chosen lr" in text
-    assert "## Integer weight updates" in text and "| EOQ | 1 |" in text
-    for stem in ("accuracy_vs_batch", "accuracy_vs_samples"):
+    assert "## Integer weight updates" in text and "| EOQ | 8 | 1 |" in text and "| WAGEUBN | 24 | 4 |" in text
+    for stem in ("accuracy_vs_batch", "accuracy_vs_samples", "updates_vs_batch"):
         assert (out / f"{stem}.png").stat().st_size > 1000 and (out / f"{stem}.pdf").exists()
     before = (out / "runs.csv").read_text()
     batch_study.main(argv + ["--resume"])                              # nothing left to run: same rows
@@ -130,7 +130,25 @@ def test_the_grid_grows_beyond_an_edge_that_wins(tmp_path, monkeypatch):
     assert tried(tmp_path / "two", "fp32+Fixup") == ([0.5, 1.0, 2.0, 4.0, 8.0], {8.0})
     assert tried(tmp_path / "two", "fp32+BN") == ([0.5, 1.0, 2.0], {1.0})
     assert "0.0125: 43.22" in (tmp_path / "two" / "study.md").read_text()     # grid table: the extension too
+    assert not (tmp_path / "two" / "updates_vs_batch.png").exists()          # no run traced integer updates
     batch_study.main(common + ["--extend", "1", "--out", str(tmp_path / "one")])
     assert tried(tmp_path / "one", "EOQ") == ([0.5, 1.0, 2.0, 0.25], {0.25})
     with pytest.raises(SystemExit, match="--extend"):
         batch_study.main(common + ["--extend", "-1", "--out", str(tmp_path / "bad")])
+
+
+def test_update_sizes_are_also_given_in_lsbs_of_an_8_bit_grid():
+    """EOQ stores 8-bit codes (its LSB is the unit), WAGEUBN 24-bit ones: 65,536 of its LSBs make one
+    LSB of an 8-bit grid over the same range. Hand-worked rows, two seeds each."""
+    assert batch_study.stored_bits("EOQ") == 8 and batch_study.stored_bits("WAGEUBN") == 24
+    assert batch_study.stored_bits("fp32+Fixup") is None
+
+    def row(name, seed, z, u):
+        return {"config": name, "batch": 1, "lr": 0.01, "seed": seed, "stage": "final", "final": True,
+                "zero_updates": z, "update_lsb": u, "exponent_moves": 2.0}
+
+    rows = [row("EOQ", 0, 0.9, 1.5), row("EOQ", 1, 0.7, 2.5), row("WAGEUBN", 0, 0.0, 65536.0),
+            row("WAGEUBN", 1, 0.0, 3 * 65536.0)]
+    text = batch_study.update_table(rows, [1], ["EOQ", "WAGEUBN"])
+    assert "| EOQ | 8 | 1 | 0.8000 | 2 | 2 | 2.0 |" in text
+    assert "| WAGEUBN | 24 | 1 | 0.0000 | 1.311e+05 | 2 | 2.0 |" in text
