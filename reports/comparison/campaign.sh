@@ -10,6 +10,7 @@
 #
 # Usage: reports/comparison/campaign.sh [GROUP ...]     (default: every group, in order)
 #   nohup reports/comparison/campaign.sh > runs/campaign.log 2>&1 &
+#   reports/comparison/campaign.sh --status [GROUP ...]  (where each run stands; starts nothing)
 # Groups (campaign.runs): tune30 (crop padding chosen on validation, 30 epochs, seed 0), lrfmt
 # (fixed-point learning rate, 5 epochs), final30 and final30eoq (the 30-epoch comparison), qstats30
 # (the quantization statistics of eoq seed 0 at 30 epochs), r56 (ResNet-56, 15 epochs), tune30bn
@@ -24,6 +25,7 @@ export OMP_NUM_THREADS=1
 # The runs are listed in campaign.runs (group|name|report folder|options), read as each group
 # starts; every run: full CIFAR-10, 45,000 train / 5,000 validation (the default --val).
 RUNS_FILE=${RUNS_FILE:-reports/comparison/campaign.runs}
+status=0; [ "${1:-}" = --status ] && { status=1; shift; }
 groups=("$@")
 [ ${#groups[@]} -eq 0 ] && mapfile -t groups < <(cut -d"|" -f1 "$RUNS_FILE" | grep -v "^#" | awk "!seen[\$0]++")
 
@@ -64,6 +66,30 @@ one() {   # name|folder|options
 }
 export -f one
 export EOQ
+
+where() {   # name|folder|options: one line saying where the run stands
+  IFS='|' read -r name folder opts <<<"$1"
+  local dir="runs/long/$name" keep="reports/comparison/$folder/runs/$name" epochs last d
+  [ "$folder" = lr_format ] && keep="reports/lr_format/runs/$name"
+  epochs=$(sed -n 's/.*--epochs \([0-9]*\).*/\1/p' <<<"$opts")
+  for d in "$keep" "$dir"; do
+    [ -f "$d/DIVERGED" ] && { echo "$name: diverged: $(cat "$d/DIVERGED")"; return; }
+    last=$([ -f "$d/metrics.csv" ] && tail -n1 "$d/metrics.csv" | cut -d, -f1)
+    [ "$last" = "$epochs" ] && { echo "$name: finished ($d)"; return; }
+  done
+  if [ -f "$dir/checkpoint.pt" ]; then
+    local running=""; flock -n "$dir/.lock" true 2>/dev/null || running=", running now"
+    echo "$name: epoch ${last:-0} of $epochs done, resumes from runs/long$running"
+  else
+    echo "$name: not started"
+  fi
+}
+if [ $status -eq 1 ]; then
+  for g in "${groups[@]}"; do
+    grep "^$g|" "$RUNS_FILE" | cut -d"|" -f2- | while read -r line; do echo "$g $(where "$line")"; done
+  done
+  exit 0
+fi
 for g in "${groups[@]}"; do
   grep "^$g|" "$RUNS_FILE" | cut -d"|" -f2- | xargs -d '\n' -P "$PARALLEL" -I{} bash -c 'one "$1"' _ {}
 done
