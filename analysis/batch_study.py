@@ -160,19 +160,30 @@ def stored_bits(name: str) -> int | None:
     return load_spec(CONFIGS[name][1]).store_bits
 
 
+def lsb8_per_stored_lsb(name: str) -> float:
+    """2^(8 - stored bits): one stored LSB in LSBs of an 8-bit grid over the same range (about the
+    unit in which an 8-bit W sees the weight move)."""
+    return 2.0 ** (8 - stored_bits(name))
+
+
+def traced(results: list[dict], name: str, batch: int) -> list[dict]:
+    """The final runs of a configuration and batch size that traced their integer updates."""
+    return [r for r in finals(results, name, batch, "final") if not math.isnan(r.get("zero_updates", math.nan))]
+
+
 def update_table(results: list[dict], batches: list[int], names) -> str:
     """Update statistics of the final runs; the mean update also in LSBs of an 8-bit grid over the
-    same range, |U| * 2^(8 - stored bits) (about the unit in which an 8-bit W sees the weight move)."""
+    same range (lsb8_per_stored_lsb)."""
     lines = ["| configuration | stored bits | B | zero update codes | mean non-zero update (stored LSB) | "
              "the same in 8-bit LSBs | exponent moves / 1k steps |", "|---|---:|---|---:|---:|---:|---:|"]
     for name in names:
         for b in batches:
-            runs = [r for r in finals(results, name, b, "final") if not math.isnan(r.get("zero_updates", math.nan))]
+            runs = traced(results, name, b)
             if runs:
                 z, u, e = (statistics.fmean(r[k] for r in runs)
                            for k in ("zero_updates", "update_lsb", "exponent_moves"))
-                bits = stored_bits(name)
-                lines.append(f"| {name} | {bits} | {b} | {z:.4f} | {u:.4g} | {u * 2.0 ** (8 - bits):.4g} | {e:.1f} |")
+                lines.append(f"| {name} | {stored_bits(name)} | {b} | {z:.4f} | {u:.4g} | "
+                             f"{u * lsb8_per_stored_lsb(name):.4g} | {e:.1f} |")
     return "\n".join(lines)
 
 
@@ -236,9 +247,9 @@ def plot_updates(results: list[dict], out: Path, names) -> list[Path]:
     series = {}
     for name in names:
         for b in sorted({r["batch"] for r in results if r["config"] == name}):
-            runs = [r for r in finals(results, name, b, "final") if not math.isnan(r.get("zero_updates", math.nan))]
+            runs = traced(results, name, b)
             if runs:
-                unit = 2.0 ** (8 - stored_bits(name))         # stored LSBs -> LSBs of an 8-bit grid
+                unit = lsb8_per_stored_lsb(name)
                 series.setdefault(name, []).append((b, [[r["zero_updates"] for r in runs],
                                                         [r["update_lsb"] * unit for r in runs]]))
     if not series:

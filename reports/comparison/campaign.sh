@@ -36,21 +36,33 @@ keep_files() {   # run dir, report copy: the run's files beside its report (neve
 }
 export -f keep_files
 
-one() {   # name|folder|options
+locate() {   # name|folder|options -> (the caller's locals) name, dir, keep, epochs, and state/at:
+             # finished or diverged, and where (here first, then as committed by an earlier checkout)
   IFS='|' read -r name folder opts <<<"$1"
-  local dir="runs/long/$name" epochs keep="reports/comparison/$folder/runs/$name"
+  dir="runs/long/$name" keep="reports/comparison/$folder/runs/$name" state="" at=""
   [ "$folder" = lr_format ] && keep="reports/lr_format/runs/$name"
   epochs=$(sed -n 's/.*--epochs \([0-9]*\).*/\1/p' <<<"$opts")
-  for done in "$dir" "$keep"; do        # finished here, or committed by an earlier checkout
-    if [ -f "$done/metrics.csv" ] && [ "$(tail -n1 "$done/metrics.csv" | cut -d, -f1)" = "$epochs" ]; then
-      echo "$name: finished ($done)"
-      [ "$done" = "$dir" ] && [ ! -f "$keep/metrics.csv" ] && keep_files "$dir" "$keep"   # finished outside this script
-      return 0
+  local d
+  for d in "$dir" "$keep"; do
+    if [ -f "$d/metrics.csv" ] && [ "$(tail -n1 "$d/metrics.csv" | cut -d, -f1)" = "$epochs" ]; then
+      state=finished at=$d; return 0
     fi
   done
-  for done in "$dir" "$keep"; do
-    if [ -f "$done/DIVERGED" ]; then echo "$name: diverged ($(cat "$done/DIVERGED")), not retried"; return 0; fi
+  for d in "$dir" "$keep"; do
+    if [ -f "$d/DIVERGED" ]; then state=diverged at=$d; return 0; fi
   done
+}
+export -f locate
+
+one() {   # name|folder|options
+  local name folder opts dir keep epochs state at
+  locate "$1"
+  if [ "$state" = finished ]; then
+    echo "$name: finished ($at)"
+    [ "$at" = "$dir" ] && [ ! -f "$keep/metrics.csv" ] && keep_files "$dir" "$keep"   # finished outside this script
+    return 0
+  fi
+  if [ "$state" = diverged ]; then echo "$name: diverged ($(cat "$at/DIVERGED")), not retried"; return 0; fi
   mkdir -p "$dir"
   exec 9>"$dir/.lock"                       # one process per run, even with two campaigns going
   if ! flock -n 9; then echo "$name: running in another process"; return 0; fi
@@ -68,20 +80,15 @@ export -f one
 export EOQ
 
 where() {   # name|folder|options: one line saying where the run stands
-  IFS='|' read -r name folder opts <<<"$1"
-  local dir="runs/long/$name" keep="reports/comparison/$folder/runs/$name" epochs last d
-  [ "$folder" = lr_format ] && keep="reports/lr_format/runs/$name"
-  epochs=$(sed -n 's/.*--epochs \([0-9]*\).*/\1/p' <<<"$opts")
-  for d in "$keep" "$dir"; do
-    [ -f "$d/DIVERGED" ] && { echo "$name: diverged: $(cat "$d/DIVERGED")"; return; }
-    last=$([ -f "$d/metrics.csv" ] && tail -n1 "$d/metrics.csv" | cut -d, -f1)
-    [ "$last" = "$epochs" ] && { echo "$name: finished ($d)"; return; }
-  done
-  if [ -f "$dir/checkpoint.pt" ]; then
-    local running=""; flock -n "$dir/.lock" true 2>/dev/null || running=", running now"
-    echo "$name: epoch ${last:-0} of $epochs done, resumes from runs/long$running"
-  else
-    echo "$name: not started"
+  local name folder opts dir keep epochs state at last=0 running=""
+  locate "$1"
+  if [ "$state" = finished ]; then echo "$name: finished ($at)"
+  elif [ "$state" = diverged ]; then echo "$name: diverged: $(cat "$at/DIVERGED")"
+  elif [ -f "$dir/checkpoint.pt" ]; then
+    [ -f "$dir/metrics.csv" ] && last=$(tail -n1 "$dir/metrics.csv" | cut -d, -f1)
+    flock -n "$dir/.lock" true 2>/dev/null || running=", running now"
+    echo "$name: epoch $last of $epochs done, resumes from runs/long$running"
+  else echo "$name: not started"
   fi
 }
 if [ $status -eq 1 ]; then
