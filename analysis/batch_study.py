@@ -26,7 +26,9 @@ where it stopped), ``study.md`` (the grid, the chosen lr, the final table) and t
 ``accuracy_vs_batch`` (error bars over seeds), ``accuracy_vs_samples`` and ``updates_vs_batch`` (the
 8-bit trainings' integer updates). Processes that share the work (``--part NAME`` with their own
 ``--configs``; reports/batch_study/run.sh) each write ``runs-NAME.csv`` in the same folder; the table
-and figures are made from every ``runs*.csv`` there.
+and figures are made from every ``runs*.csv`` there. A lever (a changed spec) is tried with
+``--add-config "NAME=fixup:spec.json" --configs NAME --choose-only``: validation only, in a folder
+of its own (reports/batch_study/levers/).
 """
 from __future__ import annotations
 
@@ -55,10 +57,31 @@ from .update_trace import UpdateTrace
 
 CONFIGS = {"fp32+BN": ("bn", "fp32"), "fp32+Fixup": ("fixup", "fp32"), "EOQ": ("fixup", "eoq"),
            "WAGEUBN": ("bn", "wageubn")}
-ON_ENGINE = ("EOQ",)   # the configurations --engine applies to (int needs 8-bit SQ A/E/G/W); others run sim
+ON_ENGINE = ["EOQ"]   # the configurations --engine applies to (int needs 8-bit SQ A/E/G/W); others run sim
 COLUMNS = ["config", "batch", "lr", "seed", "stage", "seen", "val_acc", "test_acc", "seconds", "final",
            "zero_updates", "update_lsb", "exponent_moves"]      # the last three: integer updates (UpdateTrace)
 _COLORS = {**COLORS, "WAGEUBN": "#9467bd"}
+
+
+def add_config(text: str) -> str:
+    """Registers ``NAME=NORM:SPEC`` (SPEC a preset or a JSON spec file, as ``eoq train --preset``
+    takes it) as a further configuration, a lever tried on validation; returns NAME. It runs on
+    ``--engine`` when the spec keeps 8-bit stored weights (what the integer engine needs), else on
+    the simulator."""
+    name, sep, rest = text.partition("=")
+    norm, sep2, spec = rest.partition(":")
+    if not (sep and sep2 and name and spec) or norm not in ("bn", "fixup", "none"):
+        raise SystemExit(f"--add-config {text!r}: expected NAME=NORM:SPEC with NORM bn, fixup or none")
+    if name in CONFIGS and CONFIGS[name] != (norm, spec):
+        raise SystemExit(f"--add-config {text!r}: {name!r} is already {CONFIGS[name]}")
+    try:
+        store = load_spec(spec).store_bits
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--add-config {text!r}: {err}") from None
+    CONFIGS[name] = (norm, spec)
+    if store == 8 and name not in ON_ENGINE:
+        ON_ENGINE.append(name)
+    return name
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -166,19 +189,19 @@ def lsb8_per_stored_lsb(name: str) -> float:
     return 2.0 ** (8 - stored_bits(name))
 
 
-def traced(results: list[dict], name: str, batch: int) -> list[dict]:
-    """The final runs of a configuration and batch size that traced their integer updates."""
-    return [r for r in finals(results, name, batch, "final") if not math.isnan(r.get("zero_updates", math.nan))]
+def traced(results: list[dict], name: str, batch: int, stage: str = "final") -> list[dict]:
+    """The runs of a configuration and batch size that traced their integer updates."""
+    return [r for r in finals(results, name, batch, stage) if not math.isnan(r.get("zero_updates", math.nan))]
 
 
-def update_table(results: list[dict], batches: list[int], names) -> str:
+def update_table(results: list[dict], batches: list[int], names, stage: str = "final") -> str:
     """Update statistics of the final runs; the mean update also in LSBs of an 8-bit grid over the
     same range (lsb8_per_stored_lsb)."""
     lines = ["| configuration | stored bits | B | zero update codes | mean non-zero update (stored LSB) | "
              "the same in 8-bit LSBs | exponent moves / 1k steps |", "|---|---:|---|---:|---:|---:|---:|"]
     for name in names:
         for b in batches:
-            runs = traced(results, name, b)
+            runs = traced(results, name, b, stage)
             if runs:
                 z, u, e = (statistics.fmean(r[k] for r in runs)
                            for k in ("zero_updates", "update_lsb", "exponent_moves"))
@@ -200,6 +223,9 @@ def grid_table(results: list[dict], batches: list[int], names) -> str:
 
 
 def plot(results: list[dict], out: Path, names) -> list[Path]:
+    """The figures of the final runs (none when there are none, as after --choose-only)."""
+    if not any(r["stage"] == "final" and r["config"] in names for r in results):
+        return []
     paths = []
     fig, axes = figure(1)
     ax = axes[0][0]
@@ -272,7 +298,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m analysis.batch_study", description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=20000, help="length of the stream (each image seen once)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 32, 128])
-    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--configs", nargs="+", default=None, help=f"of {', '.join(CONFIGS)} and --add-config's "
+                    "(default: all of them)")
+    ap.add_argument("--add-config", action="append", default=[], metavar="NAME=NORM:SPEC",
+                    help="a further configuration (a lever tried on validation): a name, bn/fixup/none and a "
+                         "preset or JSON spec; may be repeated")
+    ap.add_argument("--choose-only", action="store_true",
+                    help="the choosing stage only (validation, seed --seeds[0]): no final seeds, no test images")
     ap.add_argument("--lr-ref", type=float, default=0.1, help="lr at batch 128 of the square-root rule")
     ap.add_argument("--lr-factors", type=float, nargs="+", default=[0.5, 1.0, 2.0],
                     help="the grid: lr_ref * sqrt(B / 128) times each factor, chosen on validation")
@@ -293,6 +325,13 @@ def main(argv=None):
                          "own --configs); the table and figures read every OUT/runs*.csv")
     ap.add_argument("--out", default="reports/batch_study")
     args = ap.parse_args(argv)
+    for text in args.add_config:
+        add_config(text)
+    if args.configs is None:
+        args.configs = list(CONFIGS)
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"--configs: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(CONFIGS)}")
     if args.extend < 0:
         raise SystemExit(f"--extend {args.extend}: must be >= 0")
     torch.set_num_threads(args.threads)
@@ -341,7 +380,7 @@ def main(argv=None):
                 break
             factors.append(f)
             run(name, batch, base * f, args.seeds[0], "choose")
-    for name, batch in tqdm(jobs, desc="seeds at the chosen lr"):
+    for name, batch in tqdm(jobs if not args.choose_only else (), desc="seeds at the chosen lr"):
         lr = chosen_lr(results, name, batch)
         for seed in args.seeds if lr is not None else ():
             run(name, batch, lr, seed, "final")
@@ -357,14 +396,16 @@ def main(argv=None):
           "## Final validation accuracy (%), mean ± std over seeds", "",
           table(results, args.batch_sizes, names, "val_acc"), "",
           "## The learning-rate grid (seed 0, validation)", "", grid_table(results, args.batch_sizes, names)]
-    if any(not math.isnan(r.get("zero_updates", math.nan)) for r in results if r["stage"] == "final"):
-        md += ["", "## Integer weight updates at the chosen lr (mean over seeds)", "",
+    stage = "choose" if args.choose_only else "final"
+    if any(not math.isnan(r.get("zero_updates", math.nan)) for r in results if r["stage"] == stage):
+        md += ["", "## Integer weight updates " + ("of the choosing runs (seed 0)" if args.choose_only
+                                                   else "at the chosen lr (mean over seeds)"), "",
                "Fraction of zero update codes of the stored weight grid, mean size of the non-zero ones in its "
                "LSBs and in LSBs of an 8-bit grid over the same range, |U| x 2^(8 - stored bits) (about the unit in "
                "which an 8-bit W sees the weight move: WAGEUBN accumulates in 24 bits, so its codes are seldom "
                "zero and each is 2^-16 of such an LSB), and "
                "exponent moves of stored tensors per 1,000 steps (analysis/update_trace.py).", "",
-               update_table(results, args.batch_sizes, names)]
+               update_table(results, args.batch_sizes, names, stage)]
     with atomic_write(out / "study.md", "w") as fh:       # parts may finish at the same moment
         fh.write("\n".join(md) + "\n")
     plot(results, out, names)

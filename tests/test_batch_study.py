@@ -152,3 +152,30 @@ def test_update_sizes_are_also_given_in_lsbs_of_an_8_bit_grid():
     text = batch_study.update_table(rows, [1], ["EOQ", "WAGEUBN"])
     assert "| EOQ | 8 | 1 | 0.8000 | 2 | 2 | 2.0 |" in text
     assert "| WAGEUBN | 24 | 1 | 0.0000 | 1.311e+05 | 2 | 2.0 |" in text
+
+
+def test_a_lever_config_is_tried_on_validation_only(tmp_path, monkeypatch):
+    """--add-config registers a JSON spec as a configuration (on the simulator unless its weights are
+    stored in 8 bits, which the int engine needs); --choose-only trains the choosing stage alone and
+    never reads the test images; a malformed or unknown configuration is refused by name."""
+    monkeypatch.setattr(batch_study, "CONFIGS", dict(batch_study.CONFIGS))
+    monkeypatch.setattr(batch_study, "ON_ENGINE", list(batch_study.ON_ENGINE))
+    spec = tmp_path / "store12.json"
+    spec.write_text('{"base": "eoq", "name": "eoq-store12", "store_bits": 12, "U": {"bits": 10}}')
+    out = tmp_path / "levers"
+    batch_study.main(["--samples", "8", "--batch-sizes", "2", "--lr-factors", "0.5", "--val", "20", "--test", "20",
+                      "--data", "embedded", "--threads", "1", "--choose-only", "--out", str(out),
+                      "--add-config", f"EOQ 12-bit store=fixup:{spec}", "--configs", "EOQ 12-bit store"])
+    assert batch_study.CONFIGS["EOQ 12-bit store"] == ("fixup", str(spec))
+    assert "EOQ 12-bit store" not in batch_study.ON_ENGINE                  # 12-bit storage: the simulator
+    rows = list(csv.DictReader(open(out / "runs.csv")))
+    assert [(r["config"], r["stage"], r["test_acc"]) for r in rows] == [("EOQ 12-bit store", "choose", "nan")]
+    assert float(rows[0]["zero_updates"]) <= 1
+    assert "| EOQ 12-bit store | 12 | 2 |" in (out / "study.md").read_text()
+    assert not list(out.glob("*.png"))                                      # no final runs, no figures
+    for bad, message in [("EOQ x=fixup", "NAME=NORM:SPEC"), ("EOQ x=batch:eoq", "NAME=NORM:SPEC"),
+                         ("EOQ=bn:eoq", "already"), ("EOQ x=fixup:nope.json", "nope")]:
+        with pytest.raises(SystemExit, match=message):
+            batch_study.main(["--add-config", bad, "--out", str(out)])
+    with pytest.raises(SystemExit, match="unknown 'EOQ y'"):
+        batch_study.main(["--configs", "EOQ y", "--out", str(out)])

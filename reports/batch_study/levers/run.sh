@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Levers for EOQ at batch 1, tried on validation (seed 0, EOQ's chosen lr at B=1, 0.1*sqrt(1/128)*0.5):
+# a 16-bit weight accumulator (a diagnostic: is it the update resolution?) and, inside 8 bits, a
+# finer weight grid (the exponent goes up only when more than 20% of the codes saturate).
+# Writes runs.csv and study.md here (--resume: a run cut short starts again).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+export OMP_NUM_THREADS=1
+exec .venv/bin/python -m analysis.batch_study --batch-sizes 1 --lr-factors 0.5 --choose-only --threads 1 --resume \
+  --add-config "EOQ 16-bit store=fixup:reports/batch_study/levers/eoq-store16.json" \
+  --add-config "EOQ 20% clip=fixup:reports/batch_study/levers/eoq-sat20.json" \
+  --configs "EOQ 20% clip" "EOQ 16-bit store" --out reports/batch_study/levers "$@"
