@@ -44,7 +44,9 @@ import torch
 from tqdm.auto import tqdm
 
 from eoq.engine import Engine
+from eoq.engine.intengine import check_spec
 from eoq.quant.presets import load_spec
+from eoq.quant.spec import SpecError
 from eoq.training.atomic import atomic_write
 from eoq.training.batches import to_float
 from eoq.training.csvfile import read_rows, write_rows
@@ -66,8 +68,7 @@ _COLORS = {**COLORS, "WAGEUBN": "#9467bd"}
 def add_config(text: str) -> str:
     """Registers ``NAME=NORM:SPEC`` (SPEC a preset or a JSON spec file, as ``eoq train --preset``
     takes it) as a further configuration, a lever tried on validation; returns NAME. It runs on
-    ``--engine`` when the spec keeps 8-bit stored weights (what the integer engine needs), else on
-    the simulator."""
+    ``--engine`` when the integer engine takes the spec (runs_on_int), else on the simulator."""
     name, sep, rest = text.partition("=")
     norm, sep2, spec = rest.partition(":")
     if not (sep and sep2 and name and spec) or norm not in ("bn", "fixup", "none"):
@@ -75,13 +76,25 @@ def add_config(text: str) -> str:
     if name in CONFIGS and CONFIGS[name] != (norm, spec):
         raise SystemExit(f"--add-config {text!r}: {name!r} is already {CONFIGS[name]}")
     try:
-        store = load_spec(spec).store_bits
+        quant = load_spec(spec)
     except (OSError, ValueError) as err:
         raise SystemExit(f"--add-config {text!r}: {err}") from None
     CONFIGS[name] = (norm, spec)
-    if store == 8 and name not in ON_ENGINE:
+    if runs_on_int(quant) and name not in ON_ENGINE:
         ON_ENGINE.append(name)
     return name
+
+
+def runs_on_int(spec) -> bool:
+    """Whether the integer engine takes ``spec``: 8-bit stored weights, and 8-bit SQ W/A/G/E on every
+    quantized layer (the default and each layer override)."""
+    try:
+        for name in ("", *(pattern for pattern, _ in spec.layers)):
+            if spec.layer(name).any:
+                check_spec(spec.layer(name), name or "every layer")
+    except SpecError:
+        return False
+    return spec.store_bits == 8
 
 
 def read_csv(path: Path) -> list[dict]:

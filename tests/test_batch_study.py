@@ -173,6 +173,11 @@ def test_a_lever_config_is_tried_on_validation_only(tmp_path, monkeypatch):
     assert float(rows[0]["zero_updates"]) <= 1
     assert "| EOQ 12-bit store | 12 | 2 |" in (out / "study.md").read_text()
     assert not list(out.glob("*.png"))                                      # no final runs, no figures
+    from eoq.quant.presets import load_spec
+    from eoq.quant.spec import TensorQuant
+    assert [batch_study.runs_on_int(load_spec(p)) for p in ("eoq", "eoq-float-ends", "wageubn", "fp32")] == \
+        [True, True, False, False]
+    assert not batch_study.runs_on_int(load_spec("eoq").with_changes(G=TensorQuant()))       # float G: the simulator
     for bad, message in [("EOQ x=fixup", "NAME=NORM:SPEC"), ("EOQ x=batch:eoq", "NAME=NORM:SPEC"),
                          ("EOQ=bn:eoq", "already"), ("EOQ x=fixup:nope.json", "nope")]:
         with pytest.raises(SystemExit, match=message):
