@@ -156,10 +156,19 @@ def finals(results: list[dict], name: str, batch: int, stage: str, lr: float | N
             and r["final"] and (lr is None or math.isclose(r["lr"], lr))]
 
 
+def tried(results: list[dict], name: str, batch: int) -> dict[float, list[float]]:
+    """The final validation accuracies of the choosing runs, by lr (one per seed that ran it)."""
+    by_lr: dict[float, list[float]] = {}
+    for r in sorted(finals(results, name, batch, "choose"), key=lambda r: (r["lr"], r["seed"])):
+        by_lr.setdefault(r["lr"], []).append(r["val_acc"])
+    return by_lr
+
+
 def chosen_lr(results: list[dict], name: str, batch: int) -> float | None:
-    """The grid lr with the best final validation accuracy (a diverged run never wins)."""
-    runs = [r for r in finals(results, name, batch, "choose") if not math.isnan(r["val_acc"])]
-    return max(runs, key=lambda r: r["val_acc"])["lr"] if runs else None
+    """The grid lr with the best final validation accuracy, mean over the seeds that ran it (an lr
+    with a diverged run never wins)."""
+    ok = {lr: statistics.fmean(v) for lr, v in tried(results, name, batch).items() if not any(map(math.isnan, v))}
+    return max(ok, key=ok.get) if ok else None
 
 
 def beyond_edge(lr: float | None, base: float, factors: list[float]) -> float | None:
@@ -227,9 +236,8 @@ def grid_table(results: list[dict], batches: list[int], names) -> str:
     lines = ["| configuration | B | lr tried: final validation accuracy (%) | chosen lr |", "|---|---|---|---|"]
     for name in names:
         for b in batches:
-            tried = sorted(finals(results, name, b, "choose"), key=lambda r: r["lr"])
-            cells = ", ".join(f"{r['lr']:.4g}: " + ("diverged" if math.isnan(r["val_acc"]) else f"{r['val_acc']:.2f}")
-                              for r in tried)
+            cells = ", ".join(f"{lr:.4g}: {mean_std(v)}" + (f" ({len(v)} seeds)" if len(v) > 1 else "")
+                              for lr, v in tried(results, name, b).items())
             lr = chosen_lr(results, name, b)
             lines.append(f"| {name} | {b} | {cells} | {'-' if lr is None else format(lr, '.4g')} |")
     return "\n".join(lines)
@@ -317,7 +325,8 @@ def main(argv=None):
                     help="a further configuration (a lever tried on validation): a name, bn/fixup/none and a "
                          "preset or JSON spec; may be repeated")
     ap.add_argument("--choose-only", action="store_true",
-                    help="the choosing stage only (validation, seed --seeds[0]): no final seeds, no test images")
+                    help="the choosing stage only, with every seed of --seeds (validation, the mean over seeds "
+                         "chooses): no final stage, no test images")
     ap.add_argument("--lr-ref", type=float, default=0.1, help="lr at batch 128 of the square-root rule")
     ap.add_argument("--lr-factors", type=float, nargs="+", default=[0.5, 1.0, 2.0],
                     help="the grid: lr_ref * sqrt(B / 128) times each factor, chosen on validation")
@@ -383,16 +392,19 @@ def main(argv=None):
                    f"after {rows[-1]['seen']} samples, {rows[-1]['seconds']:.0f} s")
 
     jobs = [(c, b) for c in args.configs for b in args.batch_sizes]
+    choosing = args.seeds if args.choose_only else args.seeds[:1]    # a lever is judged over every seed
     for name, batch in tqdm(jobs, desc="choose the lr"):
         base, factors = args.lr_ref * math.sqrt(batch / 128), list(args.lr_factors)
         for f in factors:
-            run(name, batch, base * f, args.seeds[0], "choose")
+            for seed in choosing:
+                run(name, batch, base * f, seed, "choose")
         for _ in range(args.extend if len(factors) > 1 else 0):      # one value: the lr is fixed, not chosen
             f = beyond_edge(chosen_lr(results, name, batch), base, factors)
             if f is None:
                 break
             factors.append(f)
-            run(name, batch, base * f, args.seeds[0], "choose")
+            for seed in choosing:
+                run(name, batch, base * f, seed, "choose")
     for name, batch in tqdm(jobs if not args.choose_only else (), desc="seeds at the chosen lr"):
         lr = chosen_lr(results, name, batch)
         for seed in args.seeds if lr is not None else ():
@@ -408,10 +420,11 @@ def main(argv=None):
           "## Final test accuracy (%), mean ± std over seeds", "", table(results, args.batch_sizes, names), "",
           "## Final validation accuracy (%), mean ± std over seeds", "",
           table(results, args.batch_sizes, names, "val_acc"), "",
-          "## The learning-rate grid (seed 0, validation)", "", grid_table(results, args.batch_sizes, names)]
+          f"## The learning-rate grid (validation; seeds {', '.join(map(str, choosing))})", "",
+          grid_table(results, args.batch_sizes, names)]
     stage = "choose" if args.choose_only else "final"
     if any(not math.isnan(r.get("zero_updates", math.nan)) for r in results if r["stage"] == stage):
-        md += ["", "## Integer weight updates " + ("of the choosing runs (seed 0)" if args.choose_only
+        md += ["", "## Integer weight updates " + ("of the choosing runs (mean over seeds)" if args.choose_only
                                                    else "at the chosen lr (mean over seeds)"), "",
                "Fraction of zero update codes of the stored weight grid, mean size of the non-zero ones in its "
                "LSBs and in LSBs of an 8-bit grid over the same range, |U| x 2^(8 - stored bits) (about the unit in "

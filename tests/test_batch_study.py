@@ -164,14 +164,18 @@ def test_a_lever_config_is_tried_on_validation_only(tmp_path, monkeypatch):
     spec.write_text('{"base": "eoq", "name": "eoq-store12", "store_bits": 12, "U": {"bits": 10}}')
     out = tmp_path / "levers"
     batch_study.main(["--samples", "8", "--batch-sizes", "2", "--lr-factors", "0.5", "--val", "20", "--test", "20",
-                      "--data", "embedded", "--threads", "1", "--choose-only", "--out", str(out),
+                      "--data", "embedded", "--threads", "1", "--choose-only", "--seeds", "0", "1", "--out", str(out),
                       "--add-config", f"EOQ 12-bit store=fixup:{spec}", "--configs", "EOQ 12-bit store"])
     assert batch_study.CONFIGS["EOQ 12-bit store"] == ("fixup", str(spec))
     assert "EOQ 12-bit store" not in batch_study.ON_ENGINE                  # 12-bit storage: the simulator
     rows = list(csv.DictReader(open(out / "runs.csv")))
-    assert [(r["config"], r["stage"], r["test_acc"]) for r in rows] == [("EOQ 12-bit store", "choose", "nan")]
-    assert float(rows[0]["zero_updates"]) <= 1
-    assert "| EOQ 12-bit store | 12 | 2 |" in (out / "study.md").read_text()
+    assert [(r["config"], r["stage"], r["seed"], r["test_acc"]) for r in rows] == \
+        [("EOQ 12-bit store", "choose", s, "nan") for s in "01"]               # every seed, validation only
+    assert all(float(r["zero_updates"]) <= 1 for r in rows)
+    accs = [float(r["val_acc"]) for r in rows]
+    text = (out / "study.md").read_text()
+    assert "| EOQ 12-bit store | 12 | 2 |" in text and "(2 seeds)" in text
+    assert f"{sum(accs) / 2:.2f} ± " in text                                  # the grid gives the mean over seeds
     assert not list(out.glob("*.png"))                                      # no final runs, no figures
     from eoq.quant.presets import load_spec
     from eoq.quant.spec import TensorQuant
