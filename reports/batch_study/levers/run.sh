@@ -5,13 +5,18 @@
 #    saturate); to find what the 8 bits cost, eoq with float gradients and errors, and with float
 #    activations (diagnostics, on the simulator); gradients rounded to nearest (they are rounded
 #    twice, G then U);
-#  - the one that came out ahead of eoq at seed 0 (float G, E), at seeds 1 and 2 as well.
+#  - the one that came out ahead of eoq at seed 0 (float G, E), at seeds 1 and 2 as well; then its
+#    two halves, float E and float G, at seeds 0-2;
+#  - inside 8-bit codes, the quantizers WAGEUBN used where SQ loses small values: errors by the flag
+#    quantizer (FQ), gradients by the constant quantizer (CQ), seeds 0-2 (part "inside8", which may
+#    run beside the rest: it writes runs-inside8.csv).
 # EOQ itself at seeds 0-2 is in ../runs-b.csv (same stream, same lr). Writes runs.csv and study.md
 # here (--resume: a run cut short starts again).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1
 L=reports/batch_study/levers
+# Usage: run.sh [inside8]   (everything in order; inside8: that part alone, beside a run of the rest)
 study() {
   .venv/bin/python -m analysis.batch_study --batch-sizes 1 --lr-factors 0.5 --choose-only --threads 1 --resume \
     --add-config "EOQ 16-bit store=fixup:$L/eoq-store16.json" \
@@ -19,7 +24,16 @@ study() {
     --add-config "EOQ float G, E=fixup:$L/eoq-float-ge.json" \
     --add-config "EOQ float A=fixup:$L/eoq-float-a.json" \
     --add-config "EOQ G nearest=fixup:$L/eoq-g-nearest.json" \
+    --add-config "EOQ float E=fixup:$L/eoq-float-e.json" \
+    --add-config "EOQ float G=fixup:$L/eoq-float-g.json" \
+    --add-config "EOQ E by FQ=fixup:$L/eoq-e-fq.json" \
+    --add-config "EOQ G by CQ=fixup:$L/eoq-g-cq.json" \
     --out $L "$@"
 }
+if [ "${1:-}" = inside8 ]; then
+  study --seeds 0 1 2 --configs "EOQ E by FQ" "EOQ G by CQ" --part inside8; exit
+fi
 study --seeds 0 --configs "EOQ 20% clip" "EOQ 16-bit store" "EOQ float G, E" "EOQ float A" "EOQ G nearest"
 study --seeds 0 1 2 --configs "EOQ float G, E"
+study --seeds 0 1 2 --configs "EOQ float E" "EOQ float G"
+study --seeds 0 1 2 --configs "EOQ E by FQ" "EOQ G by CQ" --part inside8
