@@ -9,14 +9,16 @@
 #    two halves, float E and float G, at seeds 0-2;
 #  - inside 8-bit codes, the lever that follows (float E gained, float G did not): errors by
 #    WAGEUBN's flag quantizer (FQ), which keeps the small errors that SQ rounds to 0 or 1 unit,
-#    seeds 0-2 (part "inside8", which may run beside the rest: it writes runs-inside8.csv).
+#    seeds 0-2, and errors rounded to nearest (at batch 1 no other sample averages E's stochastic
+#    rounding out of the gradient), seeds 0-2 (parts "inside8" and "nearest", which may run beside
+#    the rest: they write runs-inside8.csv and runs-nearest.csv).
 # EOQ itself at seeds 0-2 is in ../runs-b.csv (same stream, same lr). Writes runs.csv and study.md
 # here (--resume: a run cut short starts again).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1
 L=reports/batch_study/levers
-# Usage: run.sh [inside8]   (everything in order; inside8: that part alone, beside a run of the rest)
+# Usage: run.sh [inside8 | nearest]   (everything in order; a part's name: that part alone)
 study() {
   .venv/bin/python -m analysis.batch_study --batch-sizes 1 --lr-factors 0.5 --choose-only --threads 1 --resume \
     --add-config "EOQ 16-bit store=fixup:$L/eoq-store16.json" \
@@ -27,12 +29,17 @@ study() {
     --add-config "EOQ float E=fixup:$L/eoq-float-e.json" \
     --add-config "EOQ float G=fixup:$L/eoq-float-g.json" \
     --add-config "EOQ E by FQ=fixup:$L/eoq-e-fq.json" \
+    --add-config "EOQ E nearest=fixup:$L/eoq-e-nearest.json" \
     --out $L "$@"
 }
 if [ "${1:-}" = inside8 ]; then
   study --seeds 0 1 2 --configs "EOQ E by FQ" --part inside8; exit
 fi
+if [ "${1:-}" = nearest ]; then
+  study --seeds 0 1 2 --configs "EOQ E nearest" --part nearest; exit
+fi
 study --seeds 0 --configs "EOQ 20% clip" "EOQ 16-bit store" "EOQ float G, E" "EOQ float A" "EOQ G nearest"
 study --seeds 0 1 2 --configs "EOQ float G, E"
 study --seeds 0 1 2 --configs "EOQ float E" "EOQ float G"
 study --seeds 0 1 2 --configs "EOQ E by FQ" --part inside8
+study --seeds 0 1 2 --configs "EOQ E nearest" --part nearest
