@@ -59,7 +59,6 @@ from .update_trace import UpdateTrace
 
 CONFIGS = {"fp32+BN": ("bn", "fp32"), "fp32+Fixup": ("fixup", "fp32"), "EOQ": ("fixup", "eoq"),
            "WAGEUBN": ("bn", "wageubn")}
-ON_ENGINE = ["EOQ"]   # the configurations --engine applies to (int needs 8-bit SQ A/E/G/W); others run sim
 COLUMNS = ["config", "batch", "lr", "seed", "stage", "seen", "val_acc", "test_acc", "seconds", "final",
            "zero_updates", "update_lsb", "exponent_moves"]      # the last three: integer updates (UpdateTrace)
 _COLORS = {**COLORS, "WAGEUBN": "#9467bd"}
@@ -68,7 +67,7 @@ _COLORS = {**COLORS, "WAGEUBN": "#9467bd"}
 def add_config(text: str) -> str:
     """Registers ``NAME=NORM:SPEC`` (SPEC a preset or a JSON spec file, as ``eoq train --preset``
     takes it) as a further configuration, a lever tried on validation; returns NAME. It runs on
-    ``--engine`` when the integer engine takes the spec (runs_on_int), else on the simulator."""
+    ``--engine`` when the integer engine takes the spec (on_engine), else on the simulator."""
     name, sep, rest = text.partition("=")
     norm, sep2, spec = rest.partition(":")
     if not (sep and sep2 and name and spec) or norm not in ("bn", "fixup", "none"):
@@ -76,25 +75,31 @@ def add_config(text: str) -> str:
     if name in CONFIGS and CONFIGS[name] != (norm, spec):
         raise SystemExit(f"--add-config {text!r}: {name!r} is already {CONFIGS[name]}")
     try:
-        quant = load_spec(spec)
+        load_spec(spec)
     except (OSError, ValueError) as err:
         raise SystemExit(f"--add-config {text!r}: {err}") from None
     CONFIGS[name] = (norm, spec)
-    if runs_on_int(quant) and name not in ON_ENGINE:
-        ON_ENGINE.append(name)
     return name
 
 
 def runs_on_int(spec) -> bool:
     """Whether the integer engine takes ``spec``: 8-bit stored weights, and 8-bit SQ W/A/G/E on every
     quantized layer (the default and each layer override)."""
+    if spec.store_bits != 8:
+        return False
     try:
         for name in ("", *(pattern for pattern, _ in spec.layers)):
-            if spec.layer(name).any:
-                check_spec(spec.layer(name), name or "every layer")
+            quant = spec.layer(name)
+            if quant.any:
+                check_spec(quant, name or "every layer")
     except SpecError:
         return False
-    return spec.store_bits == 8
+    return True
+
+
+def on_engine(name: str) -> bool:
+    """Whether --engine applies to configuration ``name`` (EOQ; others run on the simulator)."""
+    return runs_on_int(load_spec(CONFIGS[name][1]))
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -339,7 +344,8 @@ def main(argv=None):
     ap.add_argument("--test", type=int, default=None, help="test images (default: all)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--engine", default="int", choices=[e.value for e in Engine],
-                    help=f"the engine of {', '.join(ON_ENGINE)} (bit-exact either way; int is faster)")
+                    help="the engine of the configurations the integer engine takes (EOQ; bit-exact either way, "
+                         "int is faster)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true", help="go on from OUT/runs.csv (OUT/runs-PART.csv)")
     ap.add_argument("--part", default=None,
@@ -381,7 +387,7 @@ def main(argv=None):
         norm, preset = CONFIGS[name]
         final = stage == "final"
         rows = run_one(data, norm, preset, batch, args.samples, lr, args.points if final else 1, seed, args.warmup,
-                       test=final, engine=args.engine if name in ON_ENGINE else "sim")
+                       test=final, engine=args.engine if on_engine(name) else "sim")
         for i, r in enumerate(rows):
             row = {"config": name, "batch": batch, "lr": lr, "seed": seed, "stage": stage, **r,
                    "final": i == len(rows) - 1}
@@ -416,7 +422,7 @@ def main(argv=None):
           f"lr grid: {args.lr_ref} x sqrt(B/128) x {args.lr_factors}, grown by a factor of 2 beyond an edge value "
           f"that won, at most {args.extend} times; linear warm-up over {args.warmup:.0%} of "
           f"the stream then constant, momentum 0.875, no augmentation; seeds {args.seeds} at the chosen lr; "
-          f"{', '.join(ON_ENGINE)} on the {args.engine} engine.", "",
+          f"{', '.join(n for n in names if on_engine(n)) or 'no configuration'} on the {args.engine} engine.", "",
           "## Final test accuracy (%), mean ± std over seeds", "", table(results, args.batch_sizes, names), "",
           "## Final validation accuracy (%), mean ± std over seeds", "",
           table(results, args.batch_sizes, names, "val_acc"), "",
