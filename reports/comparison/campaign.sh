@@ -88,6 +88,8 @@ where() {   # name|folder|options: one line saying where the run stands
     [ -f "$dir/metrics.csv" ] && last=$(tail -n1 "$dir/metrics.csv" | cut -d, -f1)
     flock -n "$dir/.lock" true 2>/dev/null || running=", running now"
     echo "$name: epoch $last of $epochs done, resumes from runs/long$running"
+  elif [ -f "$dir/.lock" ] && ! flock -n "$dir/.lock" true 2>/dev/null; then
+    echo "$name: in its first epoch (no checkpoint yet), running now"
   else echo "$name: not started"
   fi
 }
