@@ -4,7 +4,7 @@
 # Usage: reports/comparison/defaults-5ep/run.sh [RUNS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-RUNS=${1:-runs/s6}
+RUNS=${1:-runs/defaults-5ep}
 T=(.venv/bin/eoq train --model resnet20 --epochs 5 --threads 1 --no-progress)
 S=reports/comparison/defaults-5ep/specs
 # 1. EOQ at peak 0.25 with the OneCycleLR shape and crop padding 2 (seed-spread-5ep's eoqnew setting,

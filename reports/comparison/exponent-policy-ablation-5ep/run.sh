@@ -3,7 +3,7 @@
 # time with 1 thread each). Usage: reports/comparison/exponent-policy-ablation-5ep/run.sh [RUNS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-RUNS=${1:-runs/s3}
+RUNS=${1:-runs/exponent-policy-ablation-5ep}
 S=reports/comparison/exponent-policy-ablation-5ep/specs
 T=(.venv/bin/eoq train --model resnet20 --norm fixup --epochs 5 --threads 1 --no-progress)
 "${T[@]}" --preset fp32           --lr 0.125 --momentum 0.9375 --out "$RUNS/fp32_lr125_m9375"

@@ -5,7 +5,7 @@
 # Usage: reports/comparison/float-defaults-5ep/run.sh [RUNS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-RUNS=${1:-runs/s4}
+RUNS=${1:-runs/float-defaults-5ep}
 T=(.venv/bin/eoq train --model resnet20 --epochs 5 --threads 1 --no-progress)
 TORCH1CYCLE=(--schedule onecycle-cos --warmup 0.3 --momentum 0.95 --momentum-min 0.85)
 "${T[@]}" --norm bn    --preset fp32 --momentum 0.9 --label-smoothing 0.1 --out "$RUNS/bn_m09_ls01"

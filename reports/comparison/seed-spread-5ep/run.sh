@@ -4,7 +4,7 @@
 # Usage: reports/comparison/seed-spread-5ep/run.sh [RUNS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-RUNS=${1:-runs/s5}
+RUNS=${1:-runs/seed-spread-5ep}
 T=(.venv/bin/eoq train --model resnet20 --epochs 5 --threads 1 --no-progress)
 # 1. seed spread of the three default configurations (their seed-0 runs: ../float-defaults-5ep/runs/
 #    bn_m09_nest_crop2, fixup_torch1cycle_crop2 and ../exponent-policy-ablation-5ep/runs/eoq_default_cmd)
