@@ -19,14 +19,18 @@ _BEFORE = {**{k: v for k, v in SCHEDULE_FIELDS.items() if v is not None}, "label
 
 def load_run(path) -> dict:
     """A run directory's config (settings it predates filled with the values it used), spec and
-    metrics."""
+    metrics. A run that diverged before its first epoch ended may have no metrics.csv: its
+    DIVERGED file (written by campaign.sh) says where, and it loads with no rows."""
     path = Path(path)
     cfg = json.loads((path / "config.json").read_text())
     for key, before in _BEFORE.items():
         cfg["train"].setdefault(key, before)
-    diverged = path / "DIVERGED"                     # written beside a run that diverged (campaign.sh)
+    diverged = path / "DIVERGED"
+    metrics = path / "metrics.csv"
+    if not metrics.exists() and not diverged.exists():
+        raise FileNotFoundError(f"{str(path)!r} is not a run directory: no metrics.csv and no DIVERGED file")
     return {"dir": str(path), "config": cfg["train"], "spec": cfg.get("spec"), "code": cfg.get("code"),
-            "rows": read_metrics(path / "metrics.csv"),
+            "rows": read_metrics(metrics) if metrics.exists() else [],
             "diverged": diverged.read_text().strip() if diverged.exists() else None}
 
 
@@ -175,6 +179,8 @@ def plot_curves(runs: list[dict], stem) -> list[Path]:
               if c not in COLORS.values()]
     unnamed = [n for n in dict.fromkeys(bases) if n not in COLORS]   # one colour per label, in order
     for r, base, name in zip(runs, bases, names):
+        if not r["rows"]:                                  # diverged inside its first epoch: nothing to draw
+            continue
         ep = [x["epoch"] for x in r["rows"]]
         color = COLORS.get(base) or others[unnamed.index(base) % len(others)]
         k = seen[base] = seen.get(base, -1) + 1        # runs sharing a label: told apart by line style

@@ -24,10 +24,16 @@ def test_report_from_runs(tmp_path, capsys):
         assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()
 
 
-def test_report_rejects_unfinished_runs(tmp_path, capsys):
+def test_report_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
+    """A folder with no config.json, or a config.json but neither metrics nor a DIVERGED file, is
+    refused with one message and no report written."""
     (tmp_path / "empty").mkdir()
-    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
-    assert "not a finished run directory" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    for d in ("empty", "half"):
+        assert main(["report", str(tmp_path / d), "--out", str(tmp_path / "r")]) == 2
+        assert "is not a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_report_gives_seed_means_and_names_the_integer_engine_run(tmp_path):

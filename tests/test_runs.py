@@ -132,6 +132,25 @@ def test_a_diverged_run_says_where_in_every_table(tmp_path):
     assert _mean_text("EOQ", [runs[1]]) == "EOQ: diverged at epoch 1, step 37"
 
 
+def test_a_run_that_diverged_before_its_first_metrics_row_loads_without_rows(tmp_path):
+    """eoq train writes metrics.csv at the end of an epoch: a run that diverged in its first epoch
+    has only config.json, its log and DIVERGED; it loads with no rows and its curves are left out,
+    while a folder with neither metrics.csv nor DIVERGED is refused."""
+    from analysis.runs import accuracy_table, plot_curves
+
+    ok = make_run(tmp_path, "ok", 0, 70.0, model="resnet56", norm="fixup")
+    bad = make_run(tmp_path, "bad", 0, 70.0, model="resnet56", norm="none", preset="fp32")
+    (bad / "metrics.csv").unlink()
+    (bad / "DIVERGED").write_text("eoq: error: loss became nan at epoch 1, step 2; no checkpoint was written yet\n")
+    runs = [load_run(ok), load_run(bad)]
+    assert runs[1]["rows"] == [] and runs[1]["diverged"].startswith("eoq: error: loss became nan")
+    assert accuracy_table(runs).splitlines()[3].startswith("| fp32+None | resnet56 | 0: diverged at epoch 1, step 2 |")
+    assert [p.suffix for p in plot_curves(runs, tmp_path / "curves")] == [".png", ".pdf"]
+    (bad / "DIVERGED").unlink()
+    with pytest.raises(FileNotFoundError, match="no metrics.csv and no DIVERGED"):
+        load_run(bad)
+
+
 def test_the_code_line_counts_runs_by_commit(tmp_path):
     from analysis.runs import code_text
 
