@@ -20,11 +20,12 @@ def figure(ncols: int = 1, width: float = 4.2, height: float = 3.2):
 
 
 def save(fig, path_stem) -> list[Path]:
-    """Write ``<stem>.png`` and ``<stem>.pdf``; returns both paths."""
+    """Write ``<stem>.png`` and ``<stem>.pdf``; returns both paths. The PDF carries no creation
+    date, so the same figure gives the same bytes and a rebuilt report changes only what changed."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for p in out:
-        fig.savefig(p)
+        fig.savefig(p, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     plt.close(fig)
     return out

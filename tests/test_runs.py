@@ -180,3 +180,18 @@ def test_the_modules_run_once_under_python_m():
     assert all(callable(getattr(analysis, name)) for name in analysis.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         analysis.nothing
+
+
+def test_a_figure_saved_twice_gives_the_same_pdf_bytes(tmp_path):
+    """analysis.style.save writes PNG and PDF; the PDF carries no creation date, so rebuilding a
+    report leaves unchanged figures byte-identical (matplotlib stamps the time by default)."""
+    from analysis.style import figure, save
+
+    paths = []
+    for name in ("a", "b"):
+        fig, axes = figure(1)
+        axes[0][0].plot([1, 2, 3], [3, 1, 2])
+        paths.append(save(fig, tmp_path / name))
+    assert [p.suffix for p in paths[0]] == [".png", ".pdf"]
+    pdf = paths[0][1].read_bytes()
+    assert b"CreationDate" not in pdf and pdf == paths[1][1].read_bytes()
