@@ -36,19 +36,30 @@ def load_run(path) -> dict:
 
 def code_text(runs: list[dict]) -> str:
     """Which commits made the runs (config.json "code"; eoq/training/provenance.py), e.g.
-    "3 runs at commit 1a2b3c4d, 1 of them with uncommitted changes; 2 runs predate the record"."""
-    counts: dict[str, list[int]] = {}
+    "3 runs at commit 1a2b3c4d, 1 of them with uncommitted changes; 2 runs predate the record".
+    A run whose record lists its changed paths says whether they touched the code it ran
+    (eoq/, csrc/, pyproject.toml) or only other files (a README, a report)."""
+    from eoq.training.provenance import code_changed
+
+    kinds = (("unknown", "with uncommitted changes"), ("code", "with uncommitted changes to the code"),
+             ("other", "with uncommitted changes outside the code only"))
+    counts: dict[str, dict[str, int]] = {}
     older = 0
     for r in runs:
         code = r.get("code") or {}
         if not code.get("commit"):
             older += 1
             continue
-        c = counts.setdefault(code["commit"][:8], [0, 0])
-        c[0] += 1
-        c[1] += bool(code.get("dirty") or any(x.get("dirty") for x in code.get("resumed_at", [])))
-    parts = [f"{n} run{'s' * (n > 1)} at commit {c}" + (f", {d} of them with uncommitted changes" if d else "")
-             for c, (n, d) in counts.items()]
+        c = counts.setdefault(code["commit"][:8], {"runs": 0, "unknown": 0, "code": 0, "other": 0})
+        c["runs"] += 1
+        found = [code_changed(x) for x in [code] + code.get("resumed_at", []) if x.get("dirty")]
+        if found:
+            c["code" if True in found else "unknown" if None in found else "other"] += 1
+    parts = []
+    for commit, c in counts.items():
+        n = c["runs"]
+        dirty = [f"{c[k]} of them {text}" for k, text in kinds if c[k]]
+        parts.append(f"{n} run{'s' * (n > 1)} at commit {commit}" + "".join(", " + d for d in dirty))
     if older:
         parts.append(f"{older} run{'s' * (older > 1)} from before commits were recorded (their commit: the one "
                      "that added their files)")

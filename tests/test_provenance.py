@@ -24,9 +24,35 @@ def test_commit_and_dirty_flag_of_a_checkout(tmp_path, monkeypatch):
     assert provenance.code_version()["commit"] == head and provenance.code_version()["dirty"] is False
     (repo / "eoq" / "a.py").write_text("x = 2\n")
     assert provenance.code_version()["dirty"] is True
+    assert provenance.code_version()["changed"] == ["eoq/a.py"]
     (repo / "untracked.txt").write_text("runs, notes\n")                   # untracked files do not count
     git(repo, "checkout", "-q", "--", "eoq/a.py")
-    assert provenance.code_version()["dirty"] is False
+    assert provenance.code_version()["dirty"] is False and "changed" not in provenance.code_version()
+
+
+def test_the_changed_paths_say_whether_the_code_itself_was_edited(tmp_path, monkeypatch):
+    """A run started while a README was being edited is told apart from one started with edited
+    code: code_changed is True only for paths under eoq/, csrc/ or pyproject.toml (staged or not)."""
+    repo = tmp_path / "repo"
+    (repo / "eoq").mkdir(parents=True)
+    for f in ("eoq/a.py", "README.md", "pyproject.toml"):
+        (repo / f).write_text("1\n")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "one")
+    monkeypatch.setattr(provenance, "_ROOT", repo.resolve())
+    assert provenance.code_changed(provenance.code_version()) is False                  # clean
+    (repo / "README.md").write_text("2\n")
+    now = provenance.code_version()
+    assert now["changed"] == ["README.md"] and provenance.code_changed(now) is False
+    (repo / "pyproject.toml").write_text("2\n")
+    git(repo, "add", "pyproject.toml")                                                   # staged counts too
+    now = provenance.code_version()
+    assert now["changed"] == ["README.md", "pyproject.toml"] and provenance.code_changed(now) is True
+    assert provenance.code_changed({"commit": "a" * 40, "dirty": True}) is None          # an older record
+    monkeypatch.setattr(provenance, "MAX_CHANGED", 1)
+    cut = provenance.code_version()
+    assert cut["changed"] == ["README.md"] and cut["changed_more"] == 1 and provenance.code_changed(cut) is True
 
 
 def test_outside_a_checkout_or_inside_another_one_no_commit(tmp_path, monkeypatch):
@@ -49,6 +75,8 @@ def test_a_resumed_run_keeps_its_first_commit_and_lists_the_others():
     assert later["commit"] == "a" * 40 and later["resumed_at"] == [{"commit": "b" * 40, "dirty": False}]
     again = provenance.merged(later, {"commit": "b" * 40, "dirty": False, "version": "0.1.0"})
     assert again["resumed_at"] == later["resumed_at"]
+    edited = provenance.merged(first, {"commit": "a" * 40, "dirty": True, "changed": ["eoq/x.py"]})
+    assert edited["resumed_at"] == [{"commit": "a" * 40, "dirty": True, "changed": ["eoq/x.py"]}]
 
 
 def test_a_run_records_its_code(tmp_path):

@@ -162,6 +162,13 @@ def test_the_code_line_counts_runs_by_commit(tmp_path):
     assert code_text(runs) == ("2 runs at commit 1a2b3c4d, 1 of them with uncommitted changes; 1 run at commit "
                                "ffff0000; 1 run from before commits were recorded (their commit: the one that "
                                "added their files)")
+    runs[0]["code"] = {"commit": "1a2b3c4d" + "0" * 32, "dirty": True, "changed": ["README.md"]}
+    runs[2]["code"] = {"commit": "ffff0000" + "0" * 32, "dirty": False,
+                       "resumed_at": [{"commit": "ffff0000" + "0" * 32, "dirty": True, "changed": ["eoq/cli.py"]}]}
+    assert code_text(runs) == ("2 runs at commit 1a2b3c4d, 1 of them with uncommitted changes, 1 of them with "
+                               "uncommitted changes outside the code only; 1 run at commit ffff0000, 1 of them "
+                               "with uncommitted changes to the code; 1 run from before commits were recorded "
+                               "(their commit: the one that added their files)")
 
 
 def test_the_modules_run_once_under_python_m():

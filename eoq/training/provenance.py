@@ -1,5 +1,7 @@
 """Which code made a run: the git commit of the checkout eoq runs from, and whether it had
-uncommitted changes to tracked files (SPEC section 7: a claim says which commit made its runs).
+uncommitted changes to tracked files, and to which (SPEC section 7: a claim says which commit made
+its runs; a report can then tell a run made with edited code from one made while a README was
+being edited).
 
 Recorded in a run's config.json as ``code``; a resumed run keeps the commit it started with and
 lists the commits it was resumed at when they differ. Outside a git checkout (an installed wheel)
@@ -21,8 +23,13 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+MAX_CHANGED = 100          # paths listed at most; "changed_more" counts the rest
+
+
 def code_version() -> dict:
-    """{"commit": 40-hex or None, "dirty": bool or None, "version": the package version}."""
+    """{"commit": 40-hex or None, "dirty": bool or None, "version": the package version}; when
+    dirty, "changed": the tracked paths that differ from the commit (``git diff --name-only HEAD``,
+    at most MAX_CHANGED, "changed_more" the number left out)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -34,7 +41,28 @@ def code_version() -> dict:
     if commit is None:
         return {"commit": None, "dirty": None, "version": ver}
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None, "version": ver}
+    out = {"commit": commit, "dirty": bool(status) if status is not None else None, "version": ver}
+    if out["dirty"]:
+        names = _git("diff", "--name-only", "HEAD")
+        if names is not None:
+            paths = names.splitlines()
+            out["changed"] = paths[:MAX_CHANGED]
+            if len(paths) > MAX_CHANGED:
+                out["changed_more"] = len(paths) - MAX_CHANGED
+    return out
+
+
+CODE_PATHS = ("eoq/", "csrc/", "pyproject.toml")      # what a training run executes or builds from
+
+
+def code_changed(code: dict) -> bool | None:
+    """Whether a run's uncommitted changes touched the code it ran (CODE_PATHS): False for a clean
+    checkout or changes elsewhere only, None when the run predates the list of changed paths."""
+    if not code.get("dirty"):
+        return False
+    if "changed" not in code:
+        return None
+    return bool(code.get("changed_more")) or any(p.startswith(CODE_PATHS) for p in code["changed"])
 
 
 def merged(previous: dict | None, now: dict) -> dict:
@@ -45,7 +73,7 @@ def merged(previous: dict | None, now: dict) -> dict:
     out = dict(previous)
     if now.get("commit") != previous.get("commit") or now.get("dirty"):
         seen = out.setdefault("resumed_at", [])
-        entry = {"commit": now.get("commit"), "dirty": now.get("dirty")}
+        entry = {k: now[k] for k in ("commit", "dirty", "changed", "changed_more") if k in now}
         if entry not in seen:
             seen.append(entry)
     return out
