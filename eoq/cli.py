@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     r.add_argument("--title", default="EOQ Workbench report")
     r.set_defaults(func=_report)
     args = parser.parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[2:]
+    args.argv = list(argv)[1:] if argv is not None else sys.argv[2:]     # the options after the command
     try:
         return args.func(args)
     except USER_ERRORS as err:

@@ -126,3 +126,27 @@ def test_the_small_batch_claim_comes_from_the_batch_study(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", "--batch-study", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
     assert "holds no runs*.csv" in capsys.readouterr().err
+
+
+def test_the_reference_report_is_what_its_own_command_makes(tmp_path, monkeypatch):
+    """reports/REPORT.md names the command that built it (line 3); running that command from the
+    committed run folders gives the same text, so the reference report holds no hand edits and no
+    numbers that the runs beside it no longer give. Fails after a change to the report's code or
+    its inputs until the report is rebuilt with its command."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "reports" / "REPORT.md").read_text()
+    cmd = re.search(r"\(`(eoq report [^`]+)`\)", text.splitlines()[2]).group(1)
+    argv = shlex.split(cmd)[1:]
+    i = argv.index("--out")
+    assert argv[i + 1] == "reports"
+    argv[i + 1] = str(tmp_path / "r")
+    monkeypatch.chdir(root)
+    assert main(argv) == 0
+    again = (tmp_path / "r" / "REPORT.md").read_text().replace(shlex.join(["--out", argv[i + 1]]), "--out reports")
+    assert again == text
+    figures = set(re.findall(r"!\[[^]]*\]\(([^)]+)\)", text))
+    assert figures and all((root / "reports" / f).exists() and (tmp_path / "r" / f).exists() for f in figures)
