@@ -17,18 +17,30 @@ from .style import COLORS, figure, save
 _BEFORE = {**{k: v for k, v in SCHEDULE_FIELDS.items() if v is not None}, "label_smoothing": 0.0}
 
 
+def not_a_run(path) -> str | None:
+    """Why ``path`` is not a run directory, or None: a run has config.json and metrics.csv, or,
+    when it diverged before its first epoch ended, a DIVERGED file (written by campaign.sh) instead."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        return f"{str(path)!r} is not a run directory: no config.json"
+    if not (path / "metrics.csv").exists() and not (path / "DIVERGED").exists():
+        return f"{str(path)!r} is not a run directory: no metrics.csv and no DIVERGED file"
+    return None
+
+
 def load_run(path) -> dict:
     """A run directory's config (settings it predates filled with the values it used), spec and
     metrics. A run that diverged before its first epoch ended may have no metrics.csv: its
-    DIVERGED file (written by campaign.sh) says where, and it loads with no rows."""
+    DIVERGED file says where, and it loads with no rows."""
     path = Path(path)
+    why = not_a_run(path)
+    if why:
+        raise FileNotFoundError(why)
     cfg = json.loads((path / "config.json").read_text())
     for key, before in _BEFORE.items():
         cfg["train"].setdefault(key, before)
     diverged = path / "DIVERGED"
     metrics = path / "metrics.csv"
-    if not metrics.exists() and not diverged.exists():
-        raise FileNotFoundError(f"{str(path)!r} is not a run directory: no metrics.csv and no DIVERGED file")
     return {"dir": str(path), "config": cfg["train"], "spec": cfg.get("spec"), "code": cfg.get("code"),
             "rows": read_metrics(metrics) if metrics.exists() else [],
             "diverged": diverged.read_text().strip() if diverged.exists() else None}

@@ -159,11 +159,12 @@ def _report(args) -> int:
     from pathlib import Path
 
     from analysis.report import build_report
+    from analysis.runs import not_a_run
 
     for r in args.runs:
-        d = Path(r)
-        if not (d / "config.json").exists() or not ((d / "metrics.csv").exists() or (d / "DIVERGED").exists()):
-            raise ConfigError(f"{r!r} is not a run directory (no config.json, or neither metrics.csv nor DIVERGED)")
+        why = not_a_run(r)
+        if why:
+            raise ConfigError(why)
     if args.batch_study is not None and not any(Path(args.batch_study).glob("runs*.csv")):
         raise ConfigError(f"--batch-study {args.batch_study!r} holds no runs*.csv of analysis.batch_study")
     path = build_report(args.runs, args.out, args.isometry, args.qstats, args.cost_model, args.cost_batch,

@@ -40,15 +40,15 @@ def code_version() -> dict:
     commit = _git("rev-parse", "HEAD") if top and Path(top).resolve() == _ROOT else None
     if commit is None:
         return {"commit": None, "dirty": None, "version": ver}
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    out = {"commit": commit, "dirty": bool(status) if status is not None else None, "version": ver}
-    if out["dirty"]:
-        names = _git("diff", "--name-only", "HEAD")
-        if names is not None:
-            paths = names.splitlines()
-            out["changed"] = paths[:MAX_CHANGED]
-            if len(paths) > MAX_CHANGED:
-                out["changed_more"] = len(paths) - MAX_CHANGED
+    names = _git("diff", "--name-only", "HEAD")          # tracked files, staged or not; untracked ignored
+    if names is None:
+        return {"commit": commit, "dirty": None, "version": ver}
+    paths = names.splitlines()
+    out = {"commit": commit, "dirty": bool(paths), "version": ver}
+    if paths:
+        out["changed"] = paths[:MAX_CHANGED]
+        if len(paths) > MAX_CHANGED:
+            out["changed_more"] = len(paths) - MAX_CHANGED
     return out
 
 

@@ -82,14 +82,13 @@ export EOQ
 where() {   # name|folder|options: one line saying where the run stands
   local name folder opts dir keep epochs state at last=0 running=""
   locate "$1"
+  [ -f "$dir/.lock" ] && ! flock -n "$dir/.lock" true 2>/dev/null && running=", running now"   # one() holds it
   if [ "$state" = finished ]; then echo "$name: finished ($at)"
   elif [ "$state" = diverged ]; then echo "$name: diverged: $(cat "$at/DIVERGED")"
   elif [ -f "$dir/checkpoint.pt" ]; then
     [ -f "$dir/metrics.csv" ] && last=$(tail -n1 "$dir/metrics.csv" | cut -d, -f1)
-    flock -n "$dir/.lock" true 2>/dev/null || running=", running now"
     echo "$name: epoch $last of $epochs done, resumes from runs/long$running"
-  elif [ -f "$dir/.lock" ] && ! flock -n "$dir/.lock" true 2>/dev/null; then
-    echo "$name: in its first epoch (no checkpoint yet), running now"
+  elif [ -n "$running" ]; then echo "$name: in its first epoch (no checkpoint yet)$running"
   else echo "$name: not started"
   fi
 }
