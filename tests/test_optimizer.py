@@ -60,7 +60,7 @@ def test_weights_stay_on_int8_grid_and_updates_are_int8(preset):
 def single_layer(value: float, exponent: int, n: int = 200_000, policy=WeightPolicy(saturate_frac=0.5),
                  u_bits: int = 8):
     layer = QLinear(n, 1, bias=False)
-    spec = get_preset("eoq").with_changes(lr_pow2=False, M=TensorQuant(), weight_policy=policy,
+    spec = get_preset("eoq").with_changes(lr_pow2=False, weight_policy=policy,
                                           G=TensorQuant(), W=TensorQuant(bits=8),
                                           U=TensorQuant(bits=u_bits, rounding="stochastic"))
     gen = torch.Generator().manual_seed(0)
@@ -103,7 +103,7 @@ def test_eoq_preset_clamps_updates_to_31_and_holds_the_lr_in_8_bit_fixed_point()
     assert spec.U.bits == 6 and not spec.lr_pow2 and spec.lr_bits == 8
     shift = get_preset("eoq-shift")
     assert shift.U.bits == 8 and shift.lr_pow2 and shift.lr_bits is None
-    assert spec.with_changes(name="x", description="", U=shift.U, lr_pow2=True, lr_bits=None) == \
+    assert spec.with_changes(name="x", description="", U=shift.U, lr_pow2=True, lr_bits=None, wd_bits=None) == \
         shift.with_changes(name="x", description="")          # nothing else differs
 
 
@@ -213,7 +213,7 @@ def test_fused_kernels_give_the_reference_result_bit_for_bit(preset):
         model = build_model("resnet20", "fixup", num_classes=10)
         gen = torch.Generator().manual_seed(1)
         name, _, lr_bits = preset.partition("+lr_bits=")
-        spec = get_preset(name).with_changes(lr_bits=int(lr_bits) if lr_bits else None)
+        spec = get_preset(name).with_changes(lr_bits=int(lr_bits)) if lr_bits else get_preset(name)
         prepare(model, spec, gen)
         start = [float(g.exponent) for g in grid_params(model)]
         opt = EOQSGD(model, spec, lr=0.5, momentum=0.875, generator=gen)

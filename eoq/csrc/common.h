@@ -23,12 +23,13 @@ enum PlanCol : int {
   PLAN_G_MODE = 5,    // rounding of G
   PLAN_M_BITS = 6,    // bits of the momentum buffer (0: float)
   PLAN_M_MODE = 7,    // rounding of the momentum buffer
-  PLAN_SATURATE = 8,  // exponent policy: fraction of saturated codes that moves the exponent up
+  PLAN_SAT_NUM = 8,   // exponent policy: saturate_frac = num / den; count * den > num * n moves it up
   PLAN_SHRINK = 9,    // exponent policy: max|code| < 2^(k-1-shrink) moves it down
   PLAN_READY = 10,    // 1 once the momentum buffer holds values
   PLAN_EXACT_LR = 11, // 1 for a fixed-point lr: lr * v / 2^e formed exactly, in double
   PLAN_MIN_EXP = 12,  // exponent policy: the exponent goes down no further
-  PLAN_COLUMNS = 13
+  PLAN_SAT_DEN = 13,  // (the denominator of saturate_frac)
+  PLAN_COLUMNS = 14
 };
 
 inline uint32_t lowbias32(uint32_t x) {

@@ -309,7 +309,7 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     const int64_t u_mode = int64_t(cfg[i][PLAN_U_MODE]);
     const int64_t gq_bits = int64_t(cfg[i][PLAN_G_BITS]), gq_mode = int64_t(cfg[i][PLAN_G_MODE]);
     const int64_t m_bits = int64_t(cfg[i][PLAN_M_BITS]), m_mode = int64_t(cfg[i][PLAN_M_MODE]);
-    const double sat = cfg[i][PLAN_SATURATE];
+    const int64_t sat_num = int64_t(cfg[i][PLAN_SAT_NUM]), sat_den = int64_t(cfg[i][PLAN_SAT_DEN]);
     const int64_t shrink = int64_t(cfg[i][PLAN_SHRINK]);
     const bool ready = cfg[i][PLAN_READY] != 0;
     const bool exact = cfg[i][PLAN_EXACT_LR] != 0;
@@ -382,7 +382,7 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     });
     double amax_c = 0; int64_t nsat = 0;
     for (int64_t ch = 0; ch < chunks; ++ch) { amax_c = std::max(amax_c, double(cmax[ch])); nsat += csat[ch]; }
-    if (amax_c >= double(k_max) && double(float(nsat) / float(n)) > sat) {
+    if (amax_c >= double(k_max) && nsat * sat_den > sat_num * n) {     // an integer comparison
       e += 1;
       const uint32_t r0 = key(3, 0), r1 = key(3, 1);
       for (int64_t j = 0; j < n; ++j) {

@@ -26,6 +26,9 @@ _U31 = TensorQuant(bits=6, rounding="stochastic")
 # in hardware); at 5 epochs it cost nothing against the float lr on validation, seeds 0-1
 # (reports/lr_format/).
 _LR_BITS = 8
+# EOQ's weight decay: a fixed-point number with an 8-bit mantissa too (5e-4 = 131 * 2^-18), so that
+# mu v + g + wd w is an exact sum of integers rounded once to the momentum buffer (int_update).
+_WD_BITS = 8
 # The residual stream and its error between blocks in 16-bit fixed point, every elementwise op in
 # between exact: an integer datapath's registers (QuantSpec.stream_bits).
 _STREAM_BITS = 16
@@ -34,7 +37,7 @@ _EOQ = QuantSpec(
     name="eoq",
     W=_8N, A=_8N, G=_8S, E=_8S, U=_U31, S=_8S,
     M=TensorQuant(bits=16, rounding="stochastic"),
-    store_bits=8, lr_pow2=False, lr_bits=_LR_BITS, stream_bits=_STREAM_BITS, weight_policy=_EOQ_POLICY,
+    store_bits=8, lr_pow2=False, lr_bits=_LR_BITS, wd_bits=_WD_BITS, stream_bits=_STREAM_BITS, weight_policy=_EOQ_POLICY,
     description=("Full 8-bit EOQ (reconstruction): int8 weight codes with a per-layer power-of-two "
                  "exponent and no float master copy; A by SQ nearest; E and G by SQ with stochastic "
                  "rounding; int8 update codes U in units of the weight LSB by stochastic rounding, "
@@ -55,7 +58,7 @@ PRESETS: dict[str, QuantSpec] = {
         name="eoq-float-ends", layers=(("conv1", "float"), ("fc", "float")),
         description="eoq with the first conv and the classifier kept in float32, as WAGEUBN did."),
     "eoq-shift": _EOQ.with_changes(
-        name="eoq-shift", U=_8S, lr_pow2=True, lr_bits=None,
+        name="eoq-shift", U=_8S, lr_pow2=True, lr_bits=None, wd_bits=None,
         description=("SPEC section 2 to the letter: eoq with the learning rate rounded to a power of two "
                      "(a shift) and update codes in the full int8 range +-127: the earlier definition of "
                      "eoq (5-epoch ResNet-20, seeds 0-2: 70.20% with its own default schedule).")),
@@ -149,6 +152,9 @@ def describe(spec: QuantSpec) -> str:
     lines.append(f"  learning rate rounded to power of two: {spec.lr_pow2}")
     if spec.lr_bits:
         lines.append(f"  learning rate in fixed point: {spec.lr_bits}-bit mantissa x 2^-s")
+    if spec.wd_bits:
+        lines.append(f"  weight decay in fixed point: {spec.wd_bits}-bit mantissa x 2^-s; mu v + g + wd w an exact "
+                     f"integer sum, rounded once (SR) to the {spec.M.bits}-bit momentum buffer")
     if spec.stream_bits:
         lines.append(f"  residual and error stream between blocks: {spec.stream_bits}-bit fixed point, "
                      "elementwise operations exact")

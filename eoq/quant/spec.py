@@ -151,6 +151,10 @@ class QuantSpec:
     lr_bits: learning rates of integer-updated tensors are fixed-point numbers L * 2^-s with an
     unsigned ``lr_bits``-bit mantissa L (top bit set), so that the update is an integer product
     of L and the momentum codes and a shift before its stochastic rounding (None: a float lr).
+    wd_bits: the all-integer update (eoq.training.int_update): the weight decay of integer-stored
+    tensors is a fixed-point number Lw * 2^-sw with a ``wd_bits``-bit mantissa, mu v + g + wd w is an
+    exact integer sum rounded once (SR) to M's width, and the update is formed from M's codes
+    exactly. Needs lr_bits and an SQ stochastic M (None: weight decay and the momentum sum in float32).
     stream_bits: a Fixup ResNet's residual stream (the block outputs and the stem's output) and
     its error stream (the error at the block boundaries) are held in ``stream_bits``-bit fixed
     point (quantizers.round_fixed: the smallest exponent that holds the max, round half to even),
@@ -173,6 +177,7 @@ class QuantSpec:
     bn_affine_bits: int | None = None
     lr_pow2: bool = False
     lr_bits: int | None = None
+    wd_bits: int | None = None
     stream_bits: int | None = None
     weight_policy: WeightPolicy = field(default_factory=WeightPolicy)
     layers: tuple = ()
@@ -197,6 +202,16 @@ class QuantSpec:
                                 "a power of two, lr_bits a fixed-point mantissa)")
             if not self.U.enabled:
                 raise SpecError("lr_bits applies to integer updates: set U bits (and store_bits)")
+        if self.wd_bits is not None:
+            if isinstance(self.wd_bits, bool) or not isinstance(self.wd_bits, int) or not 1 <= self.wd_bits <= 16:
+                raise SpecError(f"wd_bits must be an integer in [1, 16] (the weight decay's mantissa), "
+                                f"got {self.wd_bits!r}")
+            if not self.lr_bits:
+                raise SpecError("wd_bits (the all-integer update) needs a fixed-point learning rate: set lr_bits")
+            if not (self.M.enabled and self.M.quantizer == "sq" and self.M.rounding == "stochastic"):
+                raise SpecError("wd_bits (the all-integer update) needs M as SQ with stochastic rounding and its "
+                                "bits (the momentum buffer's width), e.g. \"M\": {\"bits\": 8, \"rounding\": "
+                                "\"stochastic\"}")
         if self.stream_bits is not None and (isinstance(self.stream_bits, bool) or not isinstance(self.stream_bits, int)
                                              or not 2 <= self.stream_bits <= 24):
             raise SpecError(f"stream_bits must be an integer in [2, 24] (float32 holds the stream exactly), "

@@ -16,9 +16,9 @@ integer arithmetic, and the only roundings are the four of the method:
                with b the 16-bit counter hash of eoq.quant.rng (random_bits)
     FX(x, 16)  the residual stream and its error: the smallest e that holds max|x| in 16 bits,
                round half to even
-    float32    the Fixup scalars' gradients (an exact sum, rounded once) and the optimizer's
-               g + wd * w (one rounding, as a fused multiply-add) and mu * v + g (two roundings)
-    SR         the update and the exponent policy's halving
+    float32    the Fixup scalars' gradients (an exact sum, rounded once)
+    SR         the momentum buffer (SQ of the exact sum mu v + g + wd w), the update and the
+               exponent policy's halving
 
 The integer engine forms the elementwise sums in float64 and hands accumulators on as float32;
 they equal this reference's exact integers within the datapath widths the README tabulates
@@ -370,40 +370,53 @@ class Step:
 
     # ------------------------------------------------------------------------- the optimizer
     def update(self):
+        """The all-integer update (README step table, SPEC): per stored tensor,
+        S = mu v + g + wd w exact (64-bit accumulator), M = SR to M bits of S, U = SR(L M / 2^(sl+ew))
+        clamped, codes - U clamped, then the exponent policy (an integer saturation test)."""
         cfg, spec = self.cfg, self.cfg["preset"]
         keys = self.g[f"s{self.t}/optimizer.keys"]
-        mu = np.float32(cfg["momentum"])
-        wd = f32_exact(np.array([cfg["weight_decay"]]))
+        mu = cfg["momentum"]
+        s_mu = momentum_shift(mu)
+        wd = fixed_point(cfg["weight_decay"], spec["wd_bits"]) if cfg["weight_decay"] else None
         u_max, policy = (1 << (self.bits["U"] - 1)) - 1, spec["weight_policy"]
+        num, den = ratio(policy["saturate_frac"])
         for row, name in enumerate(cfg["stored"]):
             st = self.state[name]
             k = keys[row]
             codes, e, bits = st["codes"].astype(np.int64), st["exp"], st["bits"]
             k_max = (1 << (bits - 1)) - 1
             layer = name.rsplit(".", 1)[0]
-            if name.endswith(".weight"):          # G from the layer, plus weight decay (one rounding)
+            mant, shift = (int(v) for v in self.g[f"s{self.t}/{name}.lr"])
+            lead = 1 if s_mu else mant            # no momentum: the sum is formed times L
+            if name.endswith(".weight"):          # G from the layer, plus weight decay
                 gq, eg = self.grads[name]
-                gv, gexp = add((gq, eg), (codes * wd[0], e + wd[1]))
-                g32 = to_f32(gv, gexp)
+                terms = [(gq * lead, eg)]
+                if wd is not None:
+                    terms.append((codes * (wd[0] * lead), e - wd[1]))
             else:                                 # the optimizer's G of a bias or a Fixup scalar
                 gr = self.sgrads["fc.bias" if name == "fc.bias" else layer]
                 gq, eg = sq(f32_exact(gr), self.bits["G"], k[0])
                 self.put(name + ".G", gq, eg)
-                g32 = value_f32((gq, eg))
-            if st.get("m") is not None:
-                v32 = (value_f32(st["m"]) * mu).astype(np.float32) + g32     # mu v + g: two float32 roundings
+                terms = [(gq * lead, eg)]
+            if s_mu:
+                if st.get("m") is not None:
+                    mv, ev = st["m"]
+                    terms.append((mv * ((1 << s_mu) - 1), ev - s_mu))
+                acc, e0 = accumulate(terms)
+                m = sq((acc, e0), self.bits["M"], k[1]) if acc is not None \
+                    else (np.zeros_like(codes), 1 - self.bits["M"])
+                self.put(name + ".M", *m)
+                y, f = m[0] * mant, shift + e - m[1]
             else:
-                v32 = g32
-            m = sq(f32_exact(v32.astype(np.float32)), self.bits["M"], k[1])
-            self.put(name + ".M", *m)
-            mant, shift = (int(v) for v in self.g[f"s{self.t}/{name}.lr"])
-            f = m[1] - shift - e                  # delta = M * L * 2^f, in units of the weight LSB
-            u = np.clip(sr_shift(m[0] * mant, -f, k[2]), -u_max, u_max)       # SR, then the clamp
+                m = None
+                acc, e0 = accumulate(terms)
+                y, f = (np.zeros_like(codes), 0) if acc is None else (acc, shift + e - e0)
+            u = sr_clamped(y, f, u_max, k[2])
             self.put(name + ".U", u, 0)
             codes = np.clip(codes - u, -k_max, k_max)
             amax = int(np.abs(codes).max())
-            frac = np.float32(np.count_nonzero(np.abs(codes) >= k_max)) / np.float32(codes.size)
-            if amax >= k_max and frac > policy["saturate_frac"]:
+            count = int(np.count_nonzero(np.abs(codes) >= k_max))
+            if amax >= k_max and count * den > num * codes.size:
                 e += 1                                                       # SR halving
                 codes = sr_shift(codes, 1, k[3])                             # |codes / 2| < k_max
             elif 0 < amax < 1 << (bits - 1 - policy["shrink_bits"]) and e > policy.get("min_exponent", MIN_EXPONENT):
@@ -411,6 +424,63 @@ class Step:
                 codes = codes * 2
             self.put(name + ".new_codes", codes, e)
             st["codes"], st["exp"], st["m"] = codes, e, m
+
+
+# ----------------------------------------------------------------------------- the update's arithmetic
+def fixed_point(x: float, bits: int) -> tuple[int, int]:
+    """(L, s): L * 2^-s nearest to x > 0 with 2^(bits-1) <= L < 2^bits (half to even)."""
+    s = bits - 1 - math.floor(math.log2(x))
+    mant = round(x * 2.0 ** s)
+    if mant >= 1 << bits:
+        mant, s = mant // 2, s - 1
+    elif mant < 1 << (bits - 1):
+        mant, s = round(x * 2.0 ** (s + 1)), s + 1
+    return mant, s
+
+
+def momentum_shift(mu: float) -> int:
+    """s with mu = 1 - 2^-s; 0 for mu = 0 (no momentum)."""
+    if mu == 0:
+        return 0
+    s = -math.log2(1 - mu)
+    if s != round(s):
+        raise ValueError(f"momentum {mu} is not 1 - 2^-s")
+    return int(s)
+
+
+def ratio(frac: float) -> tuple[int, int]:
+    """The decimal fraction as (num, den): 0.05 -> (1, 20)."""
+    from fractions import Fraction
+    r = Fraction(repr(float(frac)))
+    return r.numerator, r.denominator
+
+
+def accumulate(terms):
+    """(S, E0) of exact terms (ints, e): the 64-bit accumulator's LSB is 2^E0, E0 = T + 2 - 62 with 2^T
+    above every term's magnitude (bitlength + e); a term's bits below 2^E0 are dropped (floor).
+    (None, 0) when every term is zero."""
+    tops = [int(np.abs(v).max()).bit_length() + ev for v, ev in terms if v.size and np.abs(v).max() > 0]
+    if not tops:
+        return None, 0
+    e0 = max(tops) + 2 - 62
+    total = 0
+    for v, ev in terms:
+        v = v.astype(object)
+        total = total + (v << (ev - e0) if ev >= e0 else v >> (e0 - ev))
+    if int(np.abs(total).max()) >= 1 << 63:
+        raise OverflowError("the update accumulator overflowed 64 bits")
+    return total.astype(np.int64), e0
+
+
+def sr_clamped(y: np.ndarray, f: int, m: int, key) -> np.ndarray:
+    """clamp(SR(y / 2^f), -m, m), exact (Python integers where needed)."""
+    y = np.asarray(y).astype(object)
+    if f >= 0:
+        t = (y << 16) >> f if f <= 16 else y >> (f - 16)
+        out = (t + random_bits(y.size, key).reshape(y.shape).astype(object)) >> 16
+    else:
+        out = y << -f
+    return np.clip(out, -m, m).astype(np.int64)
 
 
 def softmax_gap(logits, labels, dlogits) -> float:

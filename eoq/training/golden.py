@@ -131,10 +131,11 @@ class Recorder:
             self.g.put(self.name(f"{p}.U"), out.detach().to(torch.int8), 0, f"SR, clamp +-{Q.max_code(q.bits)}",
                        "update codes in units of the weight LSB")
             return
-        lsb = _sq_lsb(x, q.bits)
+        lsb = kw["lsb"] if "lsb" in kw else _sq_lsb(x, q.bits)
         codes = _small_codes(_on_grid(out, lsb), q.bits)
         what = {"G": "the gradient quantized by the optimizer (SQ 8-bit stochastic)",
-                "M": "momentum buffer codes after this step (SQ 16-bit stochastic of mu v + g)"}[kind]
+                "M": f"momentum buffer codes after this step (SQ {q.bits}-bit stochastic of the exact sum "
+                     "mu v + g + wd w)"}[kind]
         self.g.put(self.name(f"{p}.{kind}"), codes, lsb, f"SQ{q.bits} {q.rounding}", what)
 
     # --- wrapped engine functions ---------------------------------------------------------------

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
+from . import int_update
 from ..nn.layers import FixupScalar, GridParam
 from ..nn.prepare import SCALAR_LR_SCALE, grid_params
 from ..quant import rng
@@ -51,11 +52,12 @@ class PlanCol(enum.IntEnum):
     G_MODE = 5      # rounding of G
     M_BITS = 6      # bits of the momentum buffer (0: float)
     M_MODE = 7      # rounding of the momentum buffer
-    SATURATE = 8    # exponent policy: fraction of saturated codes that moves the exponent up
+    SAT_NUM = 8     # exponent policy: saturate_frac = num / den; count * den > num * n moves it up
     SHRINK = 9      # exponent policy: max|code| < 2^(k-1-shrink) moves it down
     READY = 10      # 1 once the momentum buffer holds values
     EXACT_LR = 11   # 1 for a fixed-point lr (spec.lr_bits): lr * v / 2^e formed exactly
     MIN_EXP = 12    # exponent policy: the exponent goes down no further
+    SAT_DEN = 13    # (the denominator of saturate_frac)
 
 
 def pow2_round(x: float) -> float:
@@ -76,6 +78,19 @@ def fixed_point(x: float, bits: int) -> tuple[int, int]:
     elif mant < 2 ** (bits - 1):                # log2 was rounded up at a power of two
         mant, s = round(x * 2.0 ** (s + 1)), s + 1
     return mant, s
+
+
+WD_RANGE = (2.0 ** -48, 1.0)     # weight decays the integer update takes: 2^-48 <= wd < 1
+
+
+def fixed_weight_decay(wd: float, bits: int) -> tuple[int, int]:
+    """(Lw, sw) with wd ~ Lw * 2^-sw, a ``bits``-bit mantissa (:func:`fixed_point`): weight decay in
+    the integer update is an integer multiply of the weight codes and a shift. Refuses a weight
+    decay that this format cannot carry (outside [2^-48, 1))."""
+    if not (isinstance(wd, (int, float)) and WD_RANGE[0] <= wd < WD_RANGE[1]):
+        raise SpecError(f"weight decay {wd!r} cannot be a fixed-point number of the integer update: it must lie "
+                        f"in [2^-48, 1) (or be 0)")
+    return fixed_point(float(wd), bits)
 
 
 def momentum_shift(mu: float) -> int | None:
@@ -103,6 +118,8 @@ class EOQSGD(torch.optim.Optimizer):
         self.grid: dict[int, GridParam] = {id(g.param): g for g in grid_params(model)}
         if self.grid:
             momentum_shift(momentum)
+            if spec.wd_bits and weight_decay:
+                fixed_weight_decay(weight_decay, spec.wd_bits)
             if nesterov:
                 raise SpecError("Nesterov momentum applies to float updates only; this model has "
                                 "integer-stored weights (plain momentum as a shift)")
@@ -183,9 +200,66 @@ class EOQSGD(torch.optim.Optimizer):
             v = g.add(v, alpha=group["momentum"])          # g + mu v (PyTorch's Nesterov form)
         p.add_(v, alpha=-self.effective_lr(group))
 
+    def weight_decay_fixed(self, group: dict) -> tuple[int, int] | None:
+        """(Lw, sw) with wd = Lw * 2^-sw, the weight decay of integer-stored tensors in the integer
+        update (``spec.wd_bits``); None without weight decay."""
+        wd = group["weight_decay"]
+        return fixed_weight_decay(wd, self.spec.wd_bits) if wd else None
+
+    def _int_grid_step(self, p, grid: GridParam, group, keys):
+        """The all-integer update of one tensor (eoq.training.int_update): S = mu v + g + wd w exact,
+        M = SR to M bits of S, U = SR(L M / 2^(sl + ew)), codes - U, the exponent policy."""
+        gen, spec, state = self.generator, self.spec, self.state[p]
+        g = apply_quant(grid.grad_quant, p.grad, gen, "G", grid.owner, key=keys[0])
+        mu = group["momentum"]
+        mant, sl = fixed_point(group["lr"] * grid.lr_scale, spec.lr_bits)
+        e_w = int(grid.exponent)
+        decay = self.weight_decay_fixed(group) if grid.weight_decay else None
+        lead = 1 if mu else mant                   # without momentum the sum is formed times L directly
+        terms = [(g, lead, 0)]
+        if decay is not None:
+            terms.append((p.detach(), decay[0] * lead, decay[1]))
+        u_max = max_code(grid.update.bits)
+        if mu:
+            s_mu = momentum_shift(mu)
+            buf = state.get("momentum_buffer")
+            if buf is not None:
+                terms.append((buf, (1 << s_mu) - 1, s_mu))
+            acc, e0 = int_update.accumulate(terms)
+            if acc is None:
+                codes_v, lsb = torch.zeros(p.shape, dtype=torch.int64), 1 - spec.M.bits
+            else:
+                codes_v, lsb = int_update.round_sq(acc, e0, spec.M.bits, keys[1])
+            value = codes_v.to(torch.float32).mul_(2.0 ** lsb)
+            for obs in OBSERVERS:
+                obs.after("M", spec.M, torch.zeros(p.shape, dtype=torch.float64) if acc is None
+                          else acc.double().mul_(2.0 ** e0), value, grid.owner, lsb=lsb)
+            if buf is None:
+                state["momentum_buffer"] = value
+            else:
+                buf.copy_(value)
+            y, f = codes_v * mant, sl + e_w - lsb
+        else:
+            acc, e0 = int_update.accumulate(terms)
+            y, f = (torch.zeros(p.shape, dtype=torch.int64), 0) if acc is None else (acc, sl + e_w - e0)
+        update = int_update.sr_clamped(y, f, u_max, keys[2])
+        self._keep_update(p, update.to(torch.int8 if grid.update.bits <= 8 else torch.int32))
+        k_max = max_code(grid.bits)
+        codes = grid.codes()
+        if OBSERVERS:
+            delta = y.double().mul_(2.0 ** -f)
+            for obs in OBSERVERS:
+                obs.after("U", grid.update, delta, update.to(torch.float32), grid.owner, weight_codes=codes,
+                          weight=(float(grid.exponent), grid.bits))
+        codes = codes.sub_(update.to(codes.dtype)).clamp_(-k_max, k_max)
+        codes = self._rescale(codes, grid, k_max, keys[3])
+        p.copy_(codes.mul_(torch.exp2(grid.exponent)))
+
     def _grid_step(self, p, grid: GridParam, group, keys):
         """The reference integer update of one tensor; keys = (G, M, U, rescale) random-bit keys."""
         gen, spec = self.generator, self.spec
+        if spec.wd_bits:
+            return self._int_grid_step(p, grid, group, keys)
         g = apply_quant(grid.grad_quant, p.grad, gen, "G", grid.owner, key=keys[0])
         if grid.weight_decay and group["weight_decay"]:
             g = g.add(p, alpha=group["weight_decay"])
@@ -223,7 +297,8 @@ class EOQSGD(torch.optim.Optimizer):
         """The exponent policy: up one bit on saturation (SR halving), down one when under-used."""
         policy = self.spec.weight_policy
         amax = float(codes.abs().max())
-        if amax >= k_max and float((codes.abs() >= k_max).float().mean()) > policy.saturate_frac:
+        if amax >= k_max and int_update.saturated(int((codes.abs() >= k_max).sum()), codes.numel(),
+                                                  policy.saturate_frac):
             grid.exponent += 1
             return round_scaled(codes.double(), 1, k_max, "stochastic", key=key, codes=True).to(codes.dtype)
         if 0 < amax < 2 ** (grid.bits - 1 - policy.shrink_bits) and float(grid.exponent) > policy.min_exponent:
@@ -266,10 +341,13 @@ class EOQSGD(torch.optim.Optimizer):
         if cached is not None and cached[0] == ident:
             return cached[1]
         spec, mu = self.spec, items[0][2]["momentum"]
+        if spec.wd_bits:                     # the all-integer update runs in torch (_int_grid_step)
+            return None
         m_on = spec.M.enabled and spec.M.quantizer == "sq"
         if spec.M.enabled and not m_on:
             return None
         params, bufs, exps, updates, rows, decays = [], [], [], [], [], []
+        sat = int_update.saturation_ratio(spec.weight_policy.saturate_frac)
         for p, grid, group in items:
             gq, decay = grid.grad_quant, bool(grid.weight_decay and group["weight_decay"])
             if (gq.enabled and (gq.quantizer != "sq" or decay)) or group["momentum"] != mu \
@@ -290,7 +368,7 @@ class EOQSGD(torch.optim.Optimizer):
             row = {PlanCol.LR: 0.0, PlanCol.BITS: grid.bits, PlanCol.U_BITS: grid.update.bits,
                    PlanCol.U_MODE: grid.update.rounding.code, PlanCol.G_BITS: gq.bits or 0,
                    PlanCol.G_MODE: gq.rounding.code, PlanCol.M_BITS: spec.M.bits if m_on else 0,
-                   PlanCol.M_MODE: spec.M.rounding.code, PlanCol.SATURATE: spec.weight_policy.saturate_frac,
+                   PlanCol.M_MODE: spec.M.rounding.code, PlanCol.SAT_NUM: sat[0], PlanCol.SAT_DEN: sat[1],
                    PlanCol.SHRINK: spec.weight_policy.shrink_bits, PlanCol.READY: float(ready),
                    PlanCol.EXACT_LR: float(bool(spec.lr_bits)), PlanCol.MIN_EXP: spec.weight_policy.min_exponent}
             rows.append([row[c] for c in PlanCol])

@@ -14,7 +14,9 @@
 # Groups (campaign.runs): tune30 (crop padding chosen on validation, 30 epochs, seed 0), lrfmt
 # (fixed-point learning rate, 5 epochs), final30 and final30eoq (the 30-epoch comparison), qstats30
 # (the quantization statistics of eoq seed 0 at 30 epochs), r56 (ResNet-56, 15 epochs), tune30bn
-# (fp32+BN's crop padding and peak lr at 30 epochs, on validation), final30wage (wageubn seeds 1-2).
+# (fp32+BN's crop padding and peak lr at 30 epochs, on validation), final30wage (wageubn seeds 1-2),
+# base30 (the online-adaptation study's base networks, reports/adaptation/base/: their checkpoints
+# stay in runs/long for the weights export), momentum30 (the momentum width of eoq, reports/momentum/).
 # Runs live in runs/long/<name>; PARALLEL=1 runs them one at a time.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -41,6 +43,7 @@ locate() {   # name|folder|options -> (the caller's locals) name, dir, keep, epo
   IFS='|' read -r name folder opts <<<"$1"
   dir="runs/long/$name" keep="reports/comparison/$folder/runs/$name" state="" at=""
   [ "$folder" = lr_format ] && keep="reports/lr_format/runs/$name"
+  [[ "$folder" == reports/* ]] && keep="$folder/runs/$name"          # a report outside reports/comparison
   epochs=$(sed -n 's/.*--epochs \([0-9]*\).*/\1/p' <<<"$opts")
   local d
   for d in "$dir" "$keep"; do
