@@ -26,7 +26,9 @@ and the tests check that the compiled kernels give the same weights. A NumPy-onl
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import zipfile
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import kernels
 from ..engine import intengine
@@ -44,6 +45,7 @@ from ..quant import quantizers as Q
 from ..quant import rng
 from ..quant.observe import observing
 from .atomic import atomic_write
+from .loss import step_loss
 from .optimizer import EOQSGD, fixed_point
 from .loop import train_step
 from .setup import setup
@@ -289,11 +291,11 @@ def record(model: str = "resnet20", batch_size: int = 8, steps: int = 2, images=
             golden.put(rec.name("labels"), y.to(torch.int64), None, "", "class labels")
             logits = s.model(x)
             golden.put(rec.name("logits"), logits, None, "float32 (acc * 2^e + bias)", "classifier output")
-            loss = F.cross_entropy(logits, y)
+            loss = step_loss(logits, y, s.spec)
             rec.phase = "backward"
             s.optimizer.zero_grad(set_to_none=True)
             dlogits = torch.autograd.grad(loss, logits, retain_graph=True)[0]
-            golden.put(rec.name("dlogits"), dlogits, None, "float32 softmax - onehot, / batch",
+            golden.put(rec.name("dlogits"), dlogits, None, "(softmax - onehot) / batch in float64, rounded once to float32",
                        "loss gradient at the logits: the one float operation of the step")
             loss.backward()
             _record_grads(rec, items)
@@ -350,12 +352,24 @@ def _optimizer_step(rec: Recorder, opt: EOQSGD, items) -> None:
                   "stored codes after this step (the exponent policy applied)")
 
 
+def _write_npz(fh, arrays: dict) -> None:
+    """np.savez_compressed's format (a zip of .npy files, deflated) with every timestamp fixed, so
+    that the same tensors give the same bytes (np.savez_compressed stamps the current time)."""
+    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, buf.getvalue())
+
+
 def write(golden: Golden, out) -> Path:
     """golden.npz and manifest.json in ``out`` (created), each written atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "golden.npz") as fh:
-        np.savez_compressed(fh, **golden.arrays)
+        _write_npz(fh, golden.arrays)
     manifest = {"format": "eoq-golden-1",
                 "value": "codes * 2^exponent (exponent null: float32 values)",
                 "order": [e["name"] for e in golden.entries], "tensors": golden.entries}

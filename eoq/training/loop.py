@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import distributed
@@ -37,6 +36,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import Dataset, default_val, load_cifar10
 from .metrics import metrics_table, write_metrics
+from .loss import step_loss
 from .optimizer import EOQSGD
 from .schedule import lr_at, momentum_at
 from .setup import setup
@@ -117,13 +117,14 @@ def restore(run: Run, state: dict) -> None:
 
 def train_step(model: torch.nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor,
                label_smoothing: float = 0.0):
-    """One SGD step on (x, y); returns (loss, logits). The loss is cross-entropy against
-    (1 - label_smoothing) one-hot + label_smoothing / classes.
+    """One SGD step on (x, y); returns (loss, logits), both detached from the graph. The loss is
+    cross-entropy against (1 - label_smoothing) one-hot + label_smoothing / classes (float64 inside
+    for an integer datapath: eoq.training.loss).
 
     Raises TrainingDiverged when the loss is not finite or a quantizer meets NaN/Inf."""
     try:
         logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        loss = step_loss(logits, y, getattr(optimizer, "spec", None), label_smoothing)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
@@ -135,7 +136,7 @@ def train_step(model: torch.nn.Module, optimizer, x: torch.Tensor, y: torch.Tens
         optimizer.step()
     except QuantizationError as err:
         raise TrainingDiverged(str(err).split(":")[0]) from None
-    return loss, logits
+    return loss.detach(), logits.detach()
 
 
 def _reduce_other_grads(model: torch.nn.Module) -> None:
