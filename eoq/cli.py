@@ -198,8 +198,10 @@ def _golden(args) -> int:
     idx = epoch_order(len(data.train_x), args.seed, 0)[:n]       # the first batches of epoch 0, no augmentation
     images = to_float(torch.from_numpy(data.train_x)[idx])
     labels = torch.from_numpy(data.train_y)[idx]
+    if not 0 <= args.momentum < 1:
+        raise ConfigError(f"--momentum must be 0 or 1 - 2^-s in [0, 1), got {args.momentum}")
     g = golden.record(args.model, args.batch_size, args.steps, images, labels, seed=args.seed, lr=args.lr,
-                      after=args.after)
+                      after=args.after, preset=args.preset, momentum=args.momentum, weight_decay=args.weight_decay)
     path = golden.write(g, args.out)
     print(f"{len(g.entries)} tensors of {args.steps} step(s) written to {path} and {path.parent / 'manifest.json'}")
     try:
@@ -229,6 +231,9 @@ def main(argv=None) -> int:
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--steps", type=int, default=2)
     g.add_argument("--lr", type=float, default=0.1, help="fixed learning rate (no schedule)")
+    g.add_argument("--momentum", type=float, default=0.875, help="0 or 1 - 2^-s (a shift)")
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--preset", default="eoq", help="eoq or a JSON spec based on it (e.g. an 8-bit M)")
     g.add_argument("--after", type=int, default=20,
                    help="unrecorded steps first (at init a Fixup net's branches get no error: >= 3 records them busy)")
     g.add_argument("--seed", type=int, default=0)

@@ -13,5 +13,9 @@ os.environ.setdefault("EOQ_CACHE", str(ROOT / ".pytest_cache" / "eoq-data"))
 @pytest.fixture(scope="session")
 def shared_zip() -> Path:
     if not SHARED_ZIP.exists():
-        pytest.fail(f"the CIFAR-10 JPEG zip is expected at {SHARED_ZIP} (shared/data beside the checkout)")
+        msg = (f"needs the full CIFAR-10 JPEG zip at {SHARED_ZIP} (shared/data beside the checkout; "
+               "`eoq train --download` fetches it, README 'Data')")
+        if os.environ.get("CI"):
+            pytest.fail(msg + ": CI must have it")
+        pytest.skip(msg)
     return SHARED_ZIP

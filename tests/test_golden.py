@@ -28,21 +28,21 @@ INPUTS = (".codes", ".lr", ".key", ".M_in", "/labels", "/dlogits", "/conv1.A", "
 
 
 @pytest.fixture(scope="module")
-def data(shared_zip):
+def data():
     from eoq.training.batches import epoch_order, to_float
     from eoq.training.data import default_val, load_cifar10
 
-    d = load_cifar10(shared_zip)
+    d = load_cifar10("embedded")
     d = d.hold_out(default_val(len(d.train_y)))
     idx = epoch_order(len(d.train_x), 0, 0)[:B * (STEPS + AFTER)]       # what eoq golden takes
     return to_float(torch.from_numpy(d.train_x)[idx]), torch.from_numpy(d.train_y)[idx]
 
 
 @pytest.fixture(scope="module")
-def golden_dir(tmp_path_factory, shared_zip):
+def golden_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("golden")
     assert main(["golden", "--batch-size", str(B), "--steps", str(STEPS), "--after", str(AFTER),
-                 "--data", str(shared_zip), "--out", str(out)]) == 0
+                 "--data", "embedded", "--out", str(out)]) == 0
     return out
 
 

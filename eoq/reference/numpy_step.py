@@ -529,8 +529,8 @@ def recompute(folder):
     """Every recomputed tensor (name -> (array, exponent)), the golden arrays, the manifest, the softmax gaps."""
     g, manifest = load(folder)
     config = json.loads(str(g["config"]))
-    if not config["preset"].get("stream_bits") or not config["preset"].get("lr_bits"):
-        raise ValueError("the reference covers the eoq preset (fixed-point stream and learning rate)")
+    if not all(config["preset"].get(k) for k in ("stream_bits", "lr_bits", "wd_bits")):
+        raise ValueError("the reference covers the eoq preset (fixed-point stream, learning rate and weight decay)")
     state, exps = initial_state(g, manifest, config)
     if any(".shortcut." in n for n in state) or state["conv1.weight"]["codes"].shape[2:] != (3, 3):
         raise NotCovered("the reference covers the CIFAR ResNets (3x3 stem, option-A shortcuts), "

@@ -264,8 +264,9 @@ def record(model: str = "resnet20", batch_size: int = 8, steps: int = 2, images=
         raise ValueError(f"golden: need {need} images and labels, got {0 if images is None else len(images)}")
     s = setup(model, "fixup", preset, seed=seed, engine=engine, lr=lr, momentum=momentum,
               weight_decay=weight_decay, channels_last=True)
-    if not s.spec.stream_bits or not s.spec.lr_bits:
-        raise ValueError(f"golden: preset {s.spec.name!r} has no fixed-point stream or learning rate (use eoq)")
+    if not s.spec.stream_bits or not s.spec.lr_bits or not s.spec.wd_bits:
+        raise ValueError(f"golden: preset {s.spec.name!r} has no fixed-point stream, learning rate or weight decay "
+                         "(the all-integer update): use eoq or a spec based on it")
     items = stored_tensors(s.optimizer)
     golden = Golden()
     golden.put("config", np.array(json.dumps({"model": model, "batch_size": batch_size, "steps": steps, "seed": seed,
