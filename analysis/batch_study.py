@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from eoq.training.progress import tqdm
 
 from eoq.engine import Engine
 from eoq.engine.intengine import check_spec

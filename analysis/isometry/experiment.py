@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from eoq.training.progress import tqdm
 
 from eoq.models import build_model
 from eoq.nn.prepare import prepare

@@ -140,7 +140,7 @@ class QStatsCollector:
     def step_begin(self, step: int) -> None:
         self.step, self.active = step, step % self.every == 0
 
-    def after(self, kind, q, x, out, owner, weight_codes=None, weight=None):
+    def after(self, kind, q, x, out, owner, weight_codes=None, weight=None, **_):
         if not self.active:
             return
         if weight_codes is not None and weight is not None:

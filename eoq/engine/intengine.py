@@ -70,13 +70,14 @@ POOL = BufferPool()
 
 
 def check_spec(quant: LayerQuant, name: str) -> None:
-    """The integer engine needs 8-bit SQ A/E/G and 8-bit stored weights on a quantized layer."""
+    """The integer engine needs SQ A/E/G/W of at most 8 bits (codes that fit int8; fewer bits give
+    the simulator's results bit for bit) on a quantized layer, and 8-bit stored weights."""
     for kind in ("A", "E", "G", "W"):
         q = getattr(quant, kind)
         if not q.enabled or q.bits > 8 or q.quantizer != "sq":
-            raise SpecError(f"--engine int needs 8-bit SQ {kind} on every quantized layer; layer {name!r} "
-                            f"has {kind} = {q.bits if q.enabled else 'float'} ({q.quantizer}). "
-                            "Use --engine sim for this spec.")
+            raise SpecError(f"engine='int' (--engine int) needs SQ {kind} of at most 8 bits on every quantized "
+                            f"layer; layer {name!r} has {kind} = {q.bits if q.enabled else 'float'} ({q.quantizer}). "
+                            "Use engine='sim' (--engine sim) for this spec.")
 
 
 def _row_major(t: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,21 @@ class GridParam:
     update: TensorQuant = FLOAT
 
     def codes(self) -> torch.Tensor:
-        """The integer codes (exact): value / 2^exponent."""
+        """The integer codes, value / 2^exponent, as an integer tensor (int8 for up to 8 bits, int16
+        up to 16, else int32); ``int(self.exponent)`` is the exponent (value = codes * 2^exponent).
+
+        >>> import torch
+        >>> from eoq.nn.layers import GridParam
+        >>> p = torch.nn.Parameter(torch.tensor([0.5, -0.25, 0.125]))
+        >>> g = GridParam("w", p, None, torch.tensor(-3.0), 8)
+        >>> g.codes(), int(g.exponent)
+        (tensor([ 4, -2,  1], dtype=torch.int8), -3)
+        """
+        dtype = torch.int8 if self.bits <= 8 else torch.int16 if self.bits <= 16 else torch.int32
+        return self.code_values().to(dtype)
+
+    def code_values(self) -> torch.Tensor:
+        """The codes as float32 values (exact: at most 24 bits), for arithmetic on them."""
         return (self.param.detach() * torch.exp2(-self.exponent)).round_()
 
 

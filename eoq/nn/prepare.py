@@ -31,7 +31,8 @@ def prepare(model: nn.Module, spec: QuantSpec | str, generator: torch.Generator 
             engine: Engine | str = Engine.SIM) -> nn.Module:
     """Bind ``spec`` (a QuantSpec, a preset name or a JSON spec file) to ``model`` and return it;
     ``engine`` 'sim' (float simulation) or 'int' (int8 GEMMs, see eoq.engine.intengine; every
-    quantized layer must then have 8-bit SQ A/E/G/W and 8-bit storage)."""
+    quantized layer must then have SQ A/E/G/W of at most 8 bits, which fit int8 codes and give the
+    simulator's results bit for bit, and 8-bit storage)."""
     engine = Engine.parse(engine, SpecError, "engine")
     spec = load_spec(spec)
     for name, m in model.named_modules():
@@ -43,11 +44,11 @@ def prepare(model: nn.Module, spec: QuantSpec | str, generator: torch.Generator 
             if m.engine == "int":
                 check_spec(m.quant, name)
                 if spec.store_bits != 8 or not m.quant.U.enabled:
-                    raise SpecError(f"--engine int needs 8-bit integer weight storage (store_bits 8); "
+                    raise SpecError(f"engine='int' (--engine int) needs 8-bit integer weight storage (store_bits 8); "
                                     f"layer {name!r} has {spec.store_bits}")
                 if isinstance(m, QConv2d) and (m.groups != 1 or m.dilation != (1, 1)
                                                or m.stride[0] != m.stride[1] or m.padding[0] != m.padding[1]):
-                    raise SpecError(f"--engine int supports plain square convolutions; {name!r} is not")
+                    raise SpecError(f"engine='int' (--engine int) supports plain square convolutions; {name!r} is not")
             m.store_bits = spec.store_bits if m.quant.U.enabled else None
             if m.store_bits is not None:
                 _snap(m.weight, m.weight_exp, m.store_bits, m.ref_max)
@@ -65,7 +66,7 @@ def prepare(model: nn.Module, spec: QuantSpec | str, generator: torch.Generator 
         if hasattr(type(m), "stream_bits") and getattr(m, "norm", None) == "fixup":   # ResNet and its blocks
             m.stream_bits = spec.stream_bits
     if engine == "int" and not any(getattr(m, "engine", "sim") == "int" for m in model.modules()):
-        raise SpecError(f"--engine int has nothing to compute in integers: spec {spec.name!r} quantizes "
+        raise SpecError(f"engine='int' (--engine int) has nothing to compute in integers: spec {spec.name!r} quantizes "
                         "no layer (use the eoq preset)")
     return model
 

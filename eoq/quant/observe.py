@@ -4,8 +4,10 @@ Every quantization in training goes through :func:`eoq.quant.apply.apply_quant`,
 observer is attached, calls ``observer.after(kind, q, x, out, owner)`` with the tensor kind (W, A,
 G, E, S, M), the quantizer settings, the input and output, and the owning module
 (``owner.eoq_name`` is its path in the model). The optimizer reports its updates the same way
-(kind U, with ``weight_codes`` and ``weight=(exponent, bits)`` of the stored tensor). With no
-observer attached the cost is one empty-list check.
+(kind U, with ``weight_codes`` and ``weight=(exponent, bits)`` of the stored tensor; kind M, with
+``lsb``, the buffer's exponent, and x the exact sum mu v + g + wd w in float64). An observer takes
+unknown keywords (``**kw``) so that a new one never breaks it. With no observer attached the cost
+is one empty-list check.
 
 An observer that samples (an ``active`` attribute, set in its ``step_begin``) is *listening* only
 on the steps it samples: on the others the fused kernels, which hand out no intermediate

@@ -75,6 +75,15 @@ PRESETS: dict[str, QuantSpec] = {
 
 
 def get_preset(name: str) -> QuantSpec:
+    """The named preset (``PRESETS``: fp32, eoq, eoq-float-ends, eoq-shift, wageubn) as a frozen
+    :class:`~eoq.quant.spec.QuantSpec`; change a copy with ``.with_changes(...)``. Unknown names raise
+    SpecError listing the presets.
+
+    >>> get_preset("eoq").M.bits
+    16
+    >>> get_preset("eoq").with_changes(name="eoq-m8", M=8).M.bits
+    8
+    """
     try:
         return PRESETS[name]
     except KeyError:
@@ -88,8 +97,11 @@ def load_spec(name_or_path) -> QuantSpec:
     keeps G's bits)."""
     if isinstance(name_or_path, QuantSpec):
         return name_or_path
-    if isinstance(name_or_path, dict):          # a spec written out by QuantSpec.to_dict
-        return QuantSpec.from_dict(name_or_path)
+    if isinstance(name_or_path, dict):          # {"base": preset, ...} as in a JSON file, or QuantSpec.to_dict
+        data = dict(name_or_path)
+        if "base" in data:
+            data = merge_onto(get_preset(data.pop("base")), data)
+        return QuantSpec.from_dict(data)
     if not isinstance(name_or_path, str):
         raise SpecError(f"a spec is a QuantSpec, a preset name or a JSON file, got {type(name_or_path).__name__}")
     if name_or_path in PRESETS:

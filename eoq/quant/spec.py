@@ -254,6 +254,13 @@ class QuantSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> QuantSpec:
+        """The spec that ``to_dict`` wrote (JSON's form: kinds as null, a bit width or a mapping;
+        enums as strings). Unknown keys raise SpecError naming the closest valid one. A dict of
+        changes to a preset, ``{"base": "eoq", ...}``, goes to :func:`eoq.load_spec` instead.
+
+        >>> QuantSpec.from_dict({"name": "w8", "W": 8, "store_bits": None}).W.bits
+        8
+        """
         if not isinstance(data, dict):
             raise SpecError(f"a spec must be a mapping, got {type(data).__name__}")
         _reject_unknown(data, [f.name for f in fields(cls)], "spec")
@@ -271,4 +278,30 @@ class QuantSpec:
         return cls(**kw)
 
     def with_changes(self, **changes) -> QuantSpec:
-        return replace(self, **changes)
+        """A copy with ``changes``, in the forms a JSON spec takes: a tensor kind as a TensorQuant, a
+        bit width (its rounding and quantizer kept), a mapping (changes only what it names) or None
+        (float32); ``weight_policy`` as a WeightPolicy or a mapping of its fields; ``layers`` as a
+        tuple of (glob, override) or a dict. The result is validated like any spec.
+
+        >>> from eoq import get_preset
+        >>> m8 = get_preset("eoq").with_changes(name="eoq-m8", M=8)
+        >>> m8.M.bits, str(m8.M.rounding)
+        (8, 'stochastic')
+        """
+        _reject_unknown(changes, [f.name for f in fields(self)], "with_changes")
+        kw = {}
+        for key, value in changes.items():
+            if key in KINDS and not isinstance(value, TensorQuant):
+                current = getattr(self, key)
+                if isinstance(value, int) and not isinstance(value, bool) and current.enabled:
+                    value = replace(current, bits=value)
+                elif isinstance(value, dict) and current.enabled:
+                    value = {**_plain(asdict(current)), **value}
+                value = TensorQuant.from_value(value, f"with_changes {key}")
+            elif key == "weight_policy" and isinstance(value, dict):
+                _reject_unknown(value, [f.name for f in fields(WeightPolicy)], "with_changes weight_policy")
+                value = replace(self.weight_policy, **value)
+            elif key == "layers" and isinstance(value, dict):
+                value = tuple((str(p), o) for p, o in value.items())
+            kw[key] = value
+        return replace(self, **kw)

@@ -68,7 +68,8 @@ def defaults_for(lr_pow2: bool, norm: str, integer_updates: bool, epochs: int = 
 class TrainConfig:
     model: str = "resnet20"
     norm: str = "fixup"
-    preset: str | dict = "eoq"   # a preset name, a JSON spec file, or a QuantSpec (kept as its dict)
+    preset: str | dict | QuantSpec = "eoq"   # a preset name, a JSON spec file, a dict (QuantSpec.to_dict or
+    #                                 {"base": preset, ...} as in a JSON file) or a QuantSpec (kept as its dict)
     engine: str = "sim"
     channels_last: bool = False  # NHWC activations (always on with engine="int")
     epochs: int = 10

@@ -101,7 +101,18 @@ def sample(source: str | os.PathLike | None = "embedded", split: str = "test", n
     of the training images), class-balanced (n // C of every class, the first n % C classes one
     more) and drawn by a fixed shuffle (``seed``); returns (images, labels) as torch tensors:
     float NCHW normalised with CIFAR-10's statistics (``normalize``), or the uint8 NHWC images.
-    The arrays are sorted by class, so a plain ``test_x[:16]`` would be 16 airplanes."""
+
+    The images come with the classes interleaved (labels 0, 1, ..., 9, 0, 1, ...), so any slice of
+    them, such as the first batch of a training loop, mixes the classes. (The dataset's own arrays
+    are sorted by class: a plain ``test_x[:32]`` is 32 airplanes, and a training step on it drives
+    every prediction to one class.)
+
+    >>> images, labels = sample("embedded", n=12)
+    >>> labels[:10].tolist()
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    >>> tuple(images.shape)
+    (12, 3, 32, 32)
+    """
     import torch
 
     from .batches import to_float
@@ -116,13 +127,14 @@ def sample(source: str | os.PathLike | None = "embedded", split: str = "test", n
     classes = len(ds.classes)
     want = np.full(classes, n // classes) + (np.arange(classes) < n % classes)
     rng = np.random.default_rng(seed)
-    idx = []
+    picked = []
     for c, k in enumerate(want):
         members = np.flatnonzero(y == c)
         if k > len(members):
             raise DataError(f"{split} has {len(members)} images of class {ds.classes[c]!r}, {k} were asked for")
-        idx.append(rng.permutation(members)[:k])
-    idx = np.sort(np.concatenate(idx))
+        picked.append(np.sort(rng.permutation(members)[:k]))
+    idx = np.array([picked[c][r] for r in range(int(want.max(initial=0))) for c in range(classes)
+                    if r < want[c]], dtype=np.int64)         # round robin over the classes
     images = torch.from_numpy(x[idx])
     return (to_float(images) if normalize else images), torch.from_numpy(y[idx])
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .. import distributed
 from ..engine import allocator
@@ -68,6 +68,11 @@ class Run:
     step: int = 0                     # batches done in the current epoch
     sums: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0})
     rows: list = field(default_factory=list)   # metrics.csv rows as dicts (checkpoints hold these)
+
+    @property
+    def spec(self) -> QuantSpec:
+        """The quantization spec this run trains with (``eoq presets`` lists the named ones)."""
+        return self.optimizer.spec
 
     @property
     def metrics(self) -> Table:
@@ -220,7 +225,16 @@ def train(cfg: TrainConfig, run: Run | None = None, observers: tuple = ()) -> Ru
     ``observers`` are attached to the quantization hook (eoq/quant/observe.py) for the whole run;
     those with ``step_begin(global_step)`` hear of every step, those with ``save(dir)`` save into
     ``out/qstats`` with every checkpoint, and on resume those with ``load(dir, before)`` take back
-    what they had saved from the steps before the checkpoint's."""
+    what they had saved from the steps before the checkpoint's.
+
+    ``cfg.qstats_every`` needs its observer here (this package cannot import the analysis tools):
+    ``train(cfg, observers=(analysis.QStatsCollector(every=cfg.qstats_every),))``, which is what
+    ``eoq train --qstats-every N`` does; without one the call is refused rather than silently
+    recording nothing."""
+    if cfg.qstats_every > 0 and not any(hasattr(obs, "save") and hasattr(obs, "every") for obs in observers):
+        raise ConfigError(f"TrainConfig(qstats_every={cfg.qstats_every}) records statistics through an observer: "
+                          f"call eoq.train(cfg, observers=(analysis.QStatsCollector(every={cfg.qstats_every}),)) "
+                          "(eoq train --qstats-every attaches it), or set qstats_every=0")
     run, out = _open_run(cfg, run)
     if cfg.resume and out is not None and (out / "qstats").is_dir():
         done = run.epoch * steps_per_epoch(len(run.data.train_y), cfg.batch_size) + run.step

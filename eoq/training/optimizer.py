@@ -245,7 +245,7 @@ class EOQSGD(torch.optim.Optimizer):
         update = int_update.sr_clamped(y, f, u_max, keys[2])
         self._keep_update(p, update.to(torch.int8 if grid.update.bits <= 8 else torch.int32))
         k_max = max_code(grid.bits)
-        codes = grid.codes()
+        codes = grid.code_values()
         if OBSERVERS:
             delta = y.double().mul_(2.0 ** -f)
             for obs in OBSERVERS:
