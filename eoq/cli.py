@@ -150,8 +150,9 @@ def _cost(args) -> int:
               f"{n.parallel_speed_ratio:.1f}x parallel datapath (paper: >70x, >18x)")
     n = r.training.norm
     print(f"training, BN with batch statistics: speed ratio {n.parallel_speed_ratio:.1f}x parallel datapath")
-    print(f"norm power ratio (fp32 BN / EOQ Fixup) = {n.power_ratio:.1f}   (energy, compute only)")
-    print(f"norm energy ratio with memory traffic (fp32 BN / EOQ Fixup) = {n.energy_ratio_with_memory:.1f}")
+    print(f"norm energy ratio with SRAM traffic (fp32 BN / EOQ Fixup): {n.energy_ratio_with_memory:.1f}x; "
+          "the power ratio below is the compute-only energy ratio")
+    print(f"norm power ratio (fp32 BN / EOQ Fixup) = {n.power_ratio:.1f}")
     print(f"norm speed ratio (fp32 BN / EOQ Fixup) = {n.speed_ratio:.1f}")
     return 0
 
