@@ -139,6 +139,33 @@ def _mean_text(name: str, group: list[dict]) -> str:
     return f"{name} {statistics.fmean(acc):.2f} ± {statistics.stdev(acc):.2f}% ({len(acc)} seeds)"
 
 
+def _state_section(loaded: list[dict]) -> tuple[list[str], dict]:
+    """The training state per weight and the saved activations per image of every configuration in
+    the report (one row per label, the first run's spec and momentum); {label: TrainingState}."""
+    from eoq.models import build_model
+    from eoq.quant.spec import QuantSpec
+
+    from .cost.memory import saved_activations, training_state
+
+    rows, states = [], {}
+    for r in loaded:
+        name = label(r)
+        if name in states or not r.get("spec"):
+            continue
+        spec = QuantSpec.from_dict(r["spec"])
+        st = states[name] = training_state(spec, r["config"].get("momentum") or 0.0, name)
+        acts = saved_activations(build_model(r["config"]["model"], r["config"]["norm"]), spec, name)
+        rows.append(f"| {name} | {st.weight_bits} | {st.momentum_bits or '-'} | {st.master_bits or '-'} | "
+                    f"**{st.total_bits}** | {acts.total / 1024:.0f} KiB |")
+    md = ["## What a device holds", "",
+          "Training state per weight between steps (bits) and the activations a backward needs per image "
+          "(analysis/cost/memory.py: conv/linear inputs in their format, BN inputs in float32, one-bit ReLU "
+          "masks). Measured peak memory of the engines: reports/benchmarks.md.", "",
+          "| configuration | weight | momentum | master copy | state per weight | saved activations / image |",
+          "|---|---:|---:|---:|---:|---:|", *rows, ""]
+    return md, states
+
+
 def plot_batch_sizes(runs: list[dict], stem) -> list[Path]:
     fig, axes = figure(1)
     ax = axes[0][0]
@@ -156,6 +183,9 @@ def plot_batch_sizes(runs: list[dict], stem) -> list[Path]:
 def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_run: str | None = None,
                  cost_model: str = "resnet20", cost_batch: int = 128, title: str = "EOQ Workbench report",
                  command: str = "", batch_study: str | None = None) -> Path:
+    """``out``/REPORT.md and its figures from run directories (accuracy tables and curves, seeds),
+    an isometry sweep folder, a run trained with qstats, the cost model, a batch-study folder and the
+    reproduction table with a verdict per claim; ``eoq report`` calls it. Returns REPORT.md's path."""
     from .cost.report import readings_table
     from .cost.report import report as cost_report
     from .qstats.figures import plot_curves as q_curves
@@ -205,8 +235,16 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
                                  f"{' / '.join(dict.fromkeys(hows))}, final test accuracy, mean ± std over seeds "
                                  "where several (tables above)", verdicts.accuracy(per_depth))
             text, on_grid, total = _stored_on_int8_grid(eoq_run)
-            claims[CLAIMS[1]] = (text, "final checkpoint of the EOQ run; updates are int8 by construction (tested)",
-                                 verdicts.storage(on_grid, total, (eoq_run.get("spec") or {}).get("store_bits")))
+            section, states = _state_section(loaded)
+            md += section
+            eoq_state = states.get(label(eoq_run))
+            others = "; ".join(f"{k}: {v.total_bits}" for k, v in states.items() if k != label(eoq_run))
+            claims[CLAIMS[1]] = (f"{text}; training state per weight {eoq_state.describe() if eoq_state else '?'}"
+                                 + (f" (others, bits: {others})" if others else ""),
+                                 "final checkpoint of the EOQ run; state per weight from its spec and momentum "
+                                 "(section 'What a device holds')",
+                                 verdicts.storage(on_grid, total, (eoq_run.get("spec") or {}).get("store_bits"),
+                                                  eoq_state))
         if len({r["config"]["batch_size"] for r in loaded}) > 1:
             plot_batch_sizes(loaded, out_dir / "batch_size")
             md += ["![batch size](batch_size.png)", "", "*Final test accuracy against batch size.*", ""]

@@ -6,7 +6,10 @@ Claim 1 (8-bit training without BN reaches state-of-the-art integer-training acc
 depth measured, EOQ's mean test accuracy is within ``ACCURACY_MARGIN`` points of fp32+Fixup's (the
 float network it quantizes) and, where WAGEUBN (8-bit training with BN) ran at that depth, not
 below it.
-Claim 2 (8-bit updates, no 24-bit weight storage): every integer-stored tensor is 8-bit codes.
+Claim 2 (full 8-bit training, 8-bit updates, no 24-bit weight storage): every integer-stored tensor
+is 8-bit codes, and no tensor of the training state per weight (weight, momentum, master copy) is
+wider than 8 bits (analysis/cost/memory.py); a 16-bit momentum buffer beside 8-bit weights (24 bits
+of state per weight, WAGEUBN's accumulator width) does not pass.
 Claim 3 (Fixup + quantization keeps block dynamical isometry): in the deepest Fixup network, every
 residual unit's phi(JJ^T) of the quantized, trained network is within a fraction ``PHI_TOLERANCE``
 of its shortcut's (1 for an identity shortcut; 1/2 for an option-A shortcut, which keeps a quarter
@@ -29,7 +32,8 @@ REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not 
 RULES = [
     f"1: at every depth, EOQ within {ACCURACY_MARGIN:g} point of fp32+Fixup (mean test accuracy over seeds) and "
     "not below WAGEUBN where it ran;",
-    "2: every integer-stored tensor holds 8-bit codes;",
+    "2: every integer-stored tensor holds 8-bit codes and every tensor of the training state per weight "
+    "(weight, momentum, master copy) is at most 8 bits;",
     "3: every residual unit of the deepest quantized, trained Fixup network has "
     f"|φ(JJᵀ) / φ(shortcut) − 1| ≤ {PHI_TOLERANCE:g} (φ(shortcut) is 1, or 1/2 for a downsampling "
     "option-A unit);",
@@ -61,14 +65,22 @@ def accuracy(per_depth: list[tuple]) -> str:
         for m, e, f, w, *_ in rows) + ")"
 
 
-def storage(on_grid: int | None, total: int | None, spec_bits: int | None = None) -> str:
+def storage(on_grid: int | None, total: int | None, spec_bits: int | None = None, state=None) -> str:
     """From a checkpoint (on_grid of total tensors are 8-bit codes) or, without one, the spec's
-    stored bit width."""
+    stored bit width; and from ``state`` (a TrainingState: bits per weight of each state tensor)."""
     if total:
-        return REPRODUCED if on_grid == total else f"{NOT_REPRODUCED} ({total - on_grid} of {total} off the grid)"
-    if spec_bits is None:
+        if on_grid != total:
+            return f"{NOT_REPRODUCED} ({total - on_grid} of {total} off the grid)"
+        verdict = REPRODUCED
+    elif spec_bits is None:
         return NOT_MEASURED
-    return REPRODUCED + " (by the spec)" if spec_bits <= 8 else f"{NOT_REPRODUCED} ({spec_bits}-bit storage)"
+    elif spec_bits > 8:
+        return f"{NOT_REPRODUCED} ({spec_bits}-bit storage)"
+    else:
+        verdict = REPRODUCED + " (by the spec)"
+    if state is not None and state.widest_bits > 8:
+        return f"{NOT_REPRODUCED} (8-bit weights, but {state.describe()} of training state per weight)"
+    return verdict if state is None else f"{verdict} ({state.total_bits} bits of state per weight)"
 
 
 def isometry(ratio: float | None, depth: int | None) -> str:

@@ -4,10 +4,16 @@ The public API, what a notebook needs (nothing else here is promised):
 
     import eoq
     s = eoq.setup("resnet20", "fixup", "eoq", seed=0, lr=0.1)      # model + spec + optimizer
-    images, labels = eoq.sample("embedded", split="test", n=16)     # class-balanced
-    loss, logits = eoq.train_step(s.model, s.optimizer, images, labels)
+    images, labels = eoq.sample("embedded", split="test", n=16)     # class-balanced, classes interleaved
+    loss, logits = eoq.train_step(s.model, s.optimizer, images, labels)   # detached tensors
     run = eoq.train(eoq.TrainConfig(data="embedded", epochs=1))     # in memory unless out= is given
-    run.metrics                                                     # a table that renders in a notebook
+    run.metrics, run.spec                                           # a table that renders; what ran
+
+Data names: ``PRESETS`` (name -> QuantSpec: fp32, eoq, eoq-float-ends, eoq-shift, wageubn; ``eoq
+presets`` prints them), ``MODELS`` (resnet20/32/44/56/110 in the CIFAR layout, resnet18/34/50 in the
+ImageNet layout) and ``NORMS`` (bn, fixup, none). A custom spec: ``get_preset("eoq").with_changes(M=8)``
+or ``load_spec({"base": "eoq", "M": 8})``, the same forms as a JSON spec file. The README's "API
+tour" has five recipes.
 
 Layers (each imports only those before it): ``kernels`` and ``distributed`` (leaves) -> ``quant``
 (numerics: quantizers, spec, presets) -> ``engine`` (integer engine) -> ``nn`` (layers, Fixup,

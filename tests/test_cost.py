@@ -140,7 +140,7 @@ def test_integer_update_counts_lr_as_a_shift_only_when_it_is_a_power_of_two(lr_p
     from analysis.cost.counter import count_update
     from eoq.nn.layers import QLinear
     layer = QLinear(8, 5, bias=False)
-    spec = get_preset("eoq").with_changes(lr_pow2=lr_pow2, lr_bits=lr_bits)
+    spec = get_preset("eoq").with_changes(lr_pow2=lr_pow2, lr_bits=lr_bits, wd_bits=8 if lr_bits else None)
     prepare(layer, spec, torch.Generator().manual_seed(0))
     opt = EOQSGD(layer, spec, lr=0.1, momentum=0.875, weight_decay=5e-4)
     t = CostTally()

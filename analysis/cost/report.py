@@ -178,6 +178,8 @@ def layer_table(t: CostTally, energy: dict, cycles: dict) -> str:
 
 
 def totals_table(t: CostTally, energy: dict) -> str:
+    """Op counts per phase (forward, backward, update) and number format, energy and SRAM bytes, as
+    markdown, for one counted step (:func:`count_config`) under the ``energy`` table."""
     lines = ["| phase | " + " | ".join(f"{f} ops" for f in FORMATS) + " | energy (µJ) | SRAM bytes |",
              "|---|" + "---:|" * (len(FORMATS) + 2)]
     for phase in PHASES:
@@ -233,6 +235,29 @@ def plot_norm(r: dict, stem) -> list[Path]:
     return save(fig, stem)
 
 
+MEMORY_CONFIGS = (("fp32+BN", "bn", "fp32", 0.9), ("WAGEUBN (as its spec stores it)", "bn", "wageubn", 0.9),
+                  ("EOQ+Fixup", "fixup", "eoq", 0.875))
+
+
+def memory_table(model_name: str) -> list[str]:
+    """Training state per weight and saved activations per image, per format (analysis/cost/memory.py)."""
+    from eoq.models import build_model
+
+    from .memory import saved_activations, training_state
+
+    lines = ["## Memory: training state and saved activations", "",
+             "| configuration | state per weight (bits) | bytes per weight | saved activations per image (KiB) |",
+             "|---|---|---:|---:|"]
+    for label, norm, preset, mu in MEMORY_CONFIGS:
+        st = training_state(preset, mu, label)
+        acts = saved_activations(build_model(model_name, norm), preset, label)
+        lines.append(f"| {label} | {st.describe()} | {st.bytes_per_weight:g} | {acts.total / 1024:.1f} |")
+    lines += ["", "Saved activations: conv/linear inputs in their format (float32 or 8-bit codes), BN inputs in "
+              "float32, a one-bit ReLU mask per convolution output; the minimum a backward needs in each format. "
+              "Measured peak memory of the engines: benchmarks/bench_memory.py."]
+    return lines
+
+
 def report(model_name: str = "resnet20", batch: int = 128, table_path: str | None = None,
            out_dir: str | None = None) -> tuple[str, CostReadings]:
     """Count both configurations; return the markdown report text and the three readings."""
@@ -260,6 +285,7 @@ def report(model_name: str = "resnet20", batch: int = 128, table_path: str | Non
              "the same sum for EOQ+Fixup, over the ops of the part (BN layers vs Fixup scalars) or of the whole "
              "step; speed ratio likewise with cycles per op. Counts come from one real training step.", "",
              "Assumptions:", ""] + [f"- {a}" for a in ASSUMPTIONS + DATAPATH_ASSUMPTIONS] + ["",
+             *memory_table(model_name), "",
              "## Totals per phase and format: fp32 + BN", "", totals_table(base, energy), "",
              "## Totals per phase and format: EOQ + Fixup", "", totals_table(eoq, energy), "",
              "## Per layer: EOQ + Fixup", "", layer_table(eoq, energy, cycles), "",

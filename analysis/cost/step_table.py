@@ -40,6 +40,8 @@ class StepOp(NamedTuple):
     engine: str
 
 
+_LOSS = "float64 (eoq/training/loss.py)"
+
 STEP_OPS = [
     StepOp("forward", "quantize", "cmp", "A quantizer SQ(x, 8): max abs(x) and the clamp to +-127", _ON_EXACT),
     StepOp("forward", "quantize", "shift", "A quantizer: shift by the power-of-two scale", _ON_EXACT),
@@ -59,11 +61,11 @@ STEP_OPS = [
     StepOp("forward", "stream", "add", "residual stream: round half to even", "float64 -> 16-bit values"),
     StepOp("forward", "elementwise", "div", "global average pool: / (8 x 8), a shift",
            "float32, exact (16-bit values)"),
-    StepOp("forward", "loss", "cmp", "softmax cross-entropy: max of the logits", "float32"),
-    StepOp("forward", "loss", "add", "softmax cross-entropy: exp-sum and log", "float32"),
-    StepOp("forward", "loss", "mult", "softmax cross-entropy", "float32"),
-    StepOp("backward_error", "loss", "add", "loss gradient softmax(z) - onehot(y) at the logits", "float32"),
-    StepOp("backward_error", "loss", "mult", "loss gradient: / batch size", "float32"),
+    StepOp("forward", "loss", "cmp", "softmax cross-entropy: max of the logits", _LOSS),
+    StepOp("forward", "loss", "add", "softmax cross-entropy: exp-sum and log", _LOSS),
+    StepOp("forward", "loss", "mult", "softmax cross-entropy", _LOSS),
+    StepOp("backward_error", "loss", "add", "loss gradient softmax(z) - onehot(y) at the logits", _LOSS),
+    StepOp("backward_error", "loss", "mult", "loss gradient: / batch size", _LOSS + ", rounded once to float32"),
     StepOp("backward_error", "quantize", "cmp", "E quantizer SQ(e, 8): max abs(e) and the clamp", _ON_EXACT),
     StepOp("backward_error", "quantize", "shift", "E quantizer: shift by the power-of-two scale", _ON_EXACT),
     StepOp("backward_error", "quantize", "add", "E quantizer: stochastic rounding (add 16 random bits)", _ON_EXACT),
@@ -88,12 +90,15 @@ STEP_OPS = [
     StepOp("weight_grad", "norm", "add", "Fixup scalar gradients: sum e (biases), sum e * x (multiplier)",
            "exact sums (float64), rounded once to 24 significant bits"),
     StepOp("weight_grad", "norm", "mult", "Fixup multiplier gradient: e * x", _EXACT),
-    StepOp("update", "update", "shift", "momentum v - (v >> s), the lr's shift 2^-s", "integer"),
-    StepOp("update", "update", "add", "momentum + g, weight decay, rounding of U (momentum format); codes - U (int8)",
-           "integer"),
-    StepOp("update", "update", "mult", "weight decay wd * w, lr mantissa L * v", "integer"),
-    StepOp("update", "update", "rand", "random bits of U", "int (hash)"),
-    StepOp("update", "update", "cmp", "clamps of U and of the codes, saturation check", "integer"),
+    StepOp("update", "update", "shift", "momentum mu v = v - (v >> s) (M-bit codes -> M+s bits), the shifts "
+           "aligning the terms of S and the lr's 2^-s", "exact (int64 accumulator)"),
+    StepOp("update", "update", "add", "S = mu v + g + wd w, an exact sum of aligned integers (64-bit accumulator); "
+           "M = SR(S) to M bits (one rounding); codes - U", "exact int64 sum, then one SR (eoq/training/int_update.py)"),
+    StepOp("update", "update", "mult", "wd w = Lw x W codes (8 x 8 -> 16 bits), L x M codes (8 x M -> M+8 bits)",
+           "exact integer products"),
+    StepOp("update", "update", "rand", "random bits of M, U and the exponent policy's halving", "int (hash)"),
+    StepOp("update", "update", "cmp", "U = SR(L M / 2^(s + e)) clamped to +-31 (6 bits), codes clamped to +-127, "
+           "saturation test count x 20 > n", "integer"),
 ]
 
 

@@ -41,7 +41,8 @@ METHODS = JacobianMethod.values()
 
 
 class JacobianError(ValueError):
-    pass
+    """A Jacobian estimate that cannot be made: a non-finite network output or Jacobian-vector
+    product, or arguments the estimators refuse (one line, the cause named)."""
 
 
 @dataclass

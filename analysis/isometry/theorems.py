@@ -87,10 +87,14 @@ def check_small_network(seed: int = 4) -> dict:
 
 
 def all_checks() -> list[dict]:
+    """The numerical checks of the isometry theorems (serial, parallel, residual composition,
+    quantization noise, a small network), each a row with measured, predicted, relative error,
+    tolerance and whether it passed."""
     return [check_serial(), check_parallel(), check_residual(), check_quant_noise(), check_small_network()]
 
 
 def table(rows: list[dict]) -> str:
+    """The rows of :func:`all_checks` as a markdown table."""
     lines = ["| check | measured | predicted | rel. error | tolerance | passed | note |",
              "|---|---:|---:|---:|---:|---|---|"]
     for r in rows:

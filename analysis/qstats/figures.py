@@ -28,6 +28,8 @@ def _median(values):
 
 
 def summary_table(rows) -> str:
+    """Median SQNR (dB), saturation and zero fractions per tensor kind over the sampled steps of
+    :func:`~analysis.qstats.stats.read_qstats` rows, as markdown."""
     by = defaultdict(list)
     for r in rows:
         by[r["kind"]].append(r)
@@ -48,6 +50,7 @@ def summary_table(rows) -> str:
 
 
 def plot_heatmap(rows, stem):
+    """Median SQNR per layer (rows) and tensor kind (columns); writes ``stem``.png and .pdf."""
     kinds = [k for k in ("A", "E", "G", "U", "M") if any(r["kind"] == k for r in rows)]
     layers = list(dict.fromkeys(r["layer"] for r in rows if r["kind"] == "A"))   # conv and linear layers
     grid = np.full((len(layers), len(kinds)), np.nan)
@@ -66,6 +69,7 @@ def plot_heatmap(rows, stem):
 
 
 def plot_curves(rows, stem):
+    """SQNR, saturation and zero fractions per kind against the training step; ``stem``.png/.pdf."""
     fig, axes = figure(3, width=3.4, height=3.0)
     for k in KINDS:
         steps = sorted({r["step"] for r in rows if r["kind"] == k})
@@ -87,6 +91,8 @@ def plot_curves(rows, stem):
 
 
 def plot_histograms(hist_path, layer, step, stem):
+    """Value histograms of A, E, G and the update codes of ``layer`` at ``step`` (from
+    qstats_hist.npz), the clip range dashed; ``stem``.png/.pdf."""
     h = np.load(hist_path)
     fig, axes = figure(4, width=3.0, height=2.8)
     for ax, kind in zip(axes[0], ("A", "E", "G", "U")):

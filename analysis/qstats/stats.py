@@ -208,6 +208,8 @@ def _hist_step(key: str) -> int:
 
 
 def read_qstats(directory) -> list[dict]:
+    """The rows of ``directory``/qstats.csv (written by :class:`QStatsCollector`): one per sampled
+    step, layer and tensor kind, every statistic a float."""
     rows = read_rows(Path(directory) / "qstats.csv", text=("layer", "kind", "quantizer"))
     for r in rows:         # every statistic a float (a step index too, as the figures expect)
         for k in COLUMNS:

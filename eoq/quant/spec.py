@@ -30,7 +30,8 @@ class SpecError(ValueError):
 def _reject_unknown(given, allowed, where: str) -> None:
     for key in given:
         if key not in allowed:
-            hint = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = [a for a in allowed if str(a).lower() == str(key).lower()] or \
+                difflib.get_close_matches(str(key), list(allowed), n=1)
             did = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise SpecError(f"unknown key {key!r} in {where}{did}; valid keys: {', '.join(allowed)}")
 

@@ -66,6 +66,18 @@ def defaults_for(lr_pow2: bool, norm: str, integer_updates: bool, epochs: int = 
 
 @dataclass
 class TrainConfig:
+    """Everything one training run needs, the fields of ``eoq train`` (one flag each). Unset
+    hyperparameters (None) take the defaults of ``DEFAULTS`` / ``NORM_DEFAULTS`` for the preset's
+    update kind and the norm (and ``LONG_DEFAULTS`` from 15 epochs on); ``validate()`` raises
+    ConfigError with one line for a bad value. Through :func:`eoq.train` every field acts, except
+    ``qstats_every``, which needs its observer passed (eoq.train says so if it is missing).
+
+    >>> cfg = TrainConfig(data="embedded", preset="eoq", epochs=1)
+    >>> _ = cfg.validate()
+    >>> cfg.lr, cfg.momentum, cfg.momentum_min      # eoq's defaults for a short schedule
+    (0.2, 0.9375, 0.875)
+    """
+
     model: str = "resnet20"
     norm: str = "fixup"
     preset: str | dict | QuantSpec = "eoq"   # a preset name, a JSON spec file, a dict (QuantSpec.to_dict or

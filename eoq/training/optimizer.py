@@ -105,6 +105,17 @@ def momentum_shift(mu: float) -> int | None:
 
 
 class EOQSGD(torch.optim.Optimizer):
+    """SGD for a prepared model: integer-stored tensors (``GridParam``) take the spec's integer update
+    (module doc; the all-integer one of eoq.training.int_update when ``spec.wd_bits``), float tensors
+    plain momentum SGD. Momentum must be 0 or 1 - 2^-s when the model has integer-stored tensors.
+
+    >>> import torch, eoq
+    >>> model = eoq.prepare(eoq.build_model("resnet20", "fixup"), "eoq", torch.Generator().manual_seed(0))
+    >>> opt = eoq.EOQSGD(model, eoq.get_preset("eoq"), lr=0.1, momentum=0.875)
+    >>> len(opt.grid)                    # integer-stored tensors: 19 convs, classifier, Fixup scalars
+    68
+    """
+
     def __init__(self, model: nn.Module, spec: QuantSpec, lr: float, momentum: float = 0.875,
                  weight_decay: float = 5e-4, scalar_lr_scale: float = SCALAR_LR_SCALE,
                  generator: torch.Generator | None = None, nesterov: bool = False):

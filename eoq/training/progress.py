@@ -33,3 +33,6 @@ def tqdm(*args, **kwargs):
             return notebook_tqdm(*args, **kwargs)
         kwargs.setdefault("mininterval", TEXT_INTERVAL)
     return std.tqdm(*args, **kwargs)
+
+
+tqdm.write = std.tqdm.write          # tqdm.write(message): a line that does not break a bar

@@ -1,0 +1,80 @@
+"""Peak memory of a training step: fp32+BN, fp32+Fixup, simulated EOQ and integer EOQ, one thread.
+
+Each (model, batch, configuration) runs in a fresh process (``ru_maxrss`` is a process's peak): the
+model, optimizer and one batch of CIFAR-10 test images are set up, RSS is read, three training steps
+run, and the peak RSS growth over those steps (``ru_maxrss`` after - RSS before; resident set size,
+MiB) is what a step needs beyond the model and the data: saved activations, gradients, workspaces,
+optimizer state made on the first step, allocator pools. Each is measured ``--repeats`` times
+(fresh processes) and the median printed. The last lines are ``int_eoq/fp32_bn <model> batch <b> =
+<ratio>`` for every model and batch size.
+
+    python benchmarks/bench_memory.py                     # ResNet-20 and ResNet-18, batch 128, 32 and 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+CONFIGS = {"fp32_bn": ("bn", "fp32", "sim"), "fp32_fixup": ("fixup", "fp32", "sim"),
+           "sim_eoq": ("fixup", "eoq", "sim"), "int_eoq": ("fixup", "eoq", "int")}
+CASES = (("resnet20", 128), ("resnet20", 1), ("resnet18", 32), ("resnet18", 1))
+
+
+def _child(model: str, batch: int, config: str) -> None:
+    """Runs in the measured process: prints {"before": MiB, "peak": MiB}."""
+    import resource
+
+    import torch
+    from common import setup, test_images
+
+    from eoq.training.loop import train_step
+    from eoq.training.setup import setup as eoq_setup
+
+    setup(1)
+    norm, preset, engine = CONFIGS[config]
+    s = eoq_setup(model, norm, preset, seed=0, rounding_seed=1, engine=engine, lr=0.05, momentum=0.875)
+    x, y = test_images(max(batch, 2))
+    x, y = x[:batch].contiguous(memory_format=torch.channels_last), y[:batch]
+
+    def rss() -> float:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * resource.getpagesize() / 2 ** 20
+
+    before = rss()
+    for _ in range(3):
+        train_step(s.model, s.optimizer, x, y)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"before": before, "peak": peak}))
+
+
+def measure(model: str, batch: int, config: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", model, str(batch), config],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return r["peak"] - r["before"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args.child[0], int(args.child[1]), args.child[2])
+        return
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"CPU: {cpu}; peak RSS growth over 3 training steps, MiB, median of {args.repeats} fresh processes")
+    ratios = {}
+    for model, batch in CASES:
+        med = {c: statistics.median(measure(model, batch, c) for _ in range(args.repeats)) for c in CONFIGS}
+        print(f"{model} batch {batch}: " + ", ".join(f"{c} {v:.0f}" for c, v in med.items()))
+        ratios[(model, batch)] = med["int_eoq"] / max(med["fp32_bn"], 1e-9)
+    for (model, batch), r in ratios.items():
+        print(f"int_eoq/fp32_bn {model} batch {batch} = {r:.3f}")
+
+
+if __name__ == "__main__":
+    main()
