@@ -3,6 +3,7 @@
 #              counts the cost, and writes reports/quickstart/REPORT.md with its figures
 # make test  : the test suite (CI runs exactly this through .ci/run)
 # make lab   : the notebooks in JupyterLab with the project's environment (installs the [lab] extra)
+# make notebooks : executed copies of the notebooks (figures and tables) in reports/notebooks/
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -35,4 +36,7 @@ lab: install
 	$(BIN)/pip install -q -c constraints.txt -e '.[lab]'
 	$(BIN)/python -m jupyterlab --notebook-dir notebooks --allow-root $(LAB_ARGS)
 
-.PHONY: install run test lab
+notebooks: install
+	$(BIN)/python -m analysis.notebooks
+
+.PHONY: install run test lab notebooks

@@ -119,3 +119,19 @@ def _modules_of_public_names():
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+def _tour_blocks():
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## API tour", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.mark.parametrize("number", range(5))
+def test_the_readme_api_tour_runs(number, capsys):
+    blocks = _tour_blocks()
+    assert len(blocks) == 5
+    exec(compile(blocks[number], f"README API tour {number + 1}", "exec"), {})
+    assert capsys.readouterr().out.strip()

@@ -5,7 +5,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_six_notebooks():
@@ -13,12 +14,23 @@ def test_there_are_six_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path):
+def test_notebook_runs_and_its_executed_copy_is_current(path):
+    """Runs top to bottom; reports/notebooks/ holds its executed copy (python -m analysis.notebooks)
+    with the same code and an output in every code cell that printed or plotted when run here."""
+    from analysis import notebooks
+
     nb = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs must be stripped in git"
     NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+    assert not notebooks.errors(nb)
+    copy = notebooks.COPIES / path.name
+    assert copy.exists(), f"no executed copy: python -m analysis.notebooks {path.relative_to(ROOT)}"
+    executed = nbformat.read(copy, as_version=4)
+    assert notebooks.code_cells(executed) == notebooks.code_cells(nb), \
+        f"{copy.name} is stale: python -m analysis.notebooks {path.relative_to(ROOT)}"
+    for ran, kept in zip([c for c in nb.cells if c.cell_type == "code"],
+                         [c for c in executed.cells if c.cell_type == "code"]):
+        assert bool(ran.outputs) <= bool(kept.outputs), f"{copy.name}: a cell without its output"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
