@@ -29,7 +29,13 @@ enum PlanCol : int {
   PLAN_EXACT_LR = 11, // 1 for a fixed-point lr: lr * v / 2^e formed exactly, in double
   PLAN_MIN_EXP = 12,  // exponent policy: the exponent goes down no further
   PLAN_SAT_DEN = 13,  // (the denominator of saturate_frac)
-  PLAN_COLUMNS = 14
+  PLAN_INT_UPDATE = 14,  // 1: the all-integer update (eoq/training/int_update.py), the columns below
+  PLAN_LR_MANT = 15,  // lr = L * 2^-s_l: L
+  PLAN_LR_SHIFT = 16, // s_l
+  PLAN_WD_MANT = 17,  // wd = Lw * 2^-s_w: Lw (0: no weight decay for this tensor)
+  PLAN_WD_SHIFT = 18, // s_w
+  PLAN_MU_SHIFT = 19, // mu = 1 - 2^-s: s (0: no momentum)
+  PLAN_COLUMNS = 20
 };
 
 inline uint32_t lowbias32(uint32_t x) {

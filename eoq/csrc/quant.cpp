@@ -292,6 +292,58 @@ void sq_inplace(at::Tensor& x, int64_t bits, int64_t mode, uint32_t k0, uint32_t
 // algorithm in torch ops and is the reference). cfg rows: lr_eff, bits, u_bits, u_mode,
 // gq_bits (0 = none), gq_mode, m_bits (0 = none), m_mode, saturate_frac, shrink_bits,
 // buffer_ready, exact_lr, min_exp (eoq/csrc/common.h: PlanCol). keys: (n, 4, 2) int64 for G, M, U and the rescale.
+// ---- the all-integer update (eoq/training/int_update.py, bit for bit) ----------------------------
+constexpr int64_t ACC_BITS = 64;
+
+// clamp(SR(y / 2^f), -m, m) of an integer y (see int_update.sr_clamped): y first clamped to
+// +-(m + 1) * 2^f, which changes no result and keeps every shift inside int64.
+inline int64_t sr_clamped(int64_t y, int64_t f, int64_t m, uint32_t b) {
+  if (f >= 0) {
+    const int64_t lim = f >= 62 - 24 ? (int64_t(1) << 62) : std::min((m + 1) << f, int64_t(1) << 62);
+    y = std::min(std::max(y, -lim), lim);
+    const int64_t t = f <= 16 ? y * (int64_t(1) << (16 - f)) : (y >> (f - 16));    // >> floors (arithmetic)
+    const int64_t r = (t + int64_t(b)) >> 16;
+    return std::min(std::max(r, -m), m);
+  }
+  y = std::min(std::max(y, -(m + 1)), m + 1) * (int64_t(1) << std::min<int64_t>(-f, 32));
+  return std::min(std::max(y, -m), m);
+}
+
+// round(log2(m * 2^e)) for an integer m >= 0, exactly: 2 m^2 >= 4^bitlength(m) decides; floored at -100.
+inline int64_t exponent_of_int(uint64_t m, int64_t e) {
+  if (m == 0) return 0;
+  const int bl = 64 - __builtin_clzll(m);
+  const int64_t p = bl + e;
+  const unsigned __int128 sq = static_cast<unsigned __int128>(m) * m * 2;
+  return std::max<int64_t>(sq >= (static_cast<unsigned __int128>(1) << (2 * bl)) ? p : p - 1, -100);
+}
+
+struct Term { const float* x; double mult; int64_t shift; };
+
+// S = sum of the terms as int64 integers S * 2^e0 (int_update.accumulate); false when all are zero.
+bool accumulate(const std::vector<Term>& terms, int64_t n, const std::vector<double>& amaxes,
+                std::vector<int64_t>& acc, int64_t& e0) {
+  bool any = false;
+  int64_t top = 0;
+  for (size_t t = 0; t < terms.size(); ++t) {
+    if (!(amaxes[t] > 0)) continue;
+    int p;
+    std::frexp(amaxes[t] * terms[t].mult, &p);
+    const int64_t tt = p - terms[t].shift;
+    top = any ? std::max(top, tt) : tt;
+    any = true;
+  }
+  if (!any) return false;
+  e0 = top + 2 - (ACC_BITS - 2);
+  acc.assign(n, 0);
+  for (const Term& t : terms) {
+    const double scale = std::ldexp(1.0, static_cast<int>(-t.shift - e0));
+    for (int64_t j = 0; j < n; ++j)
+      acc[j] += static_cast<int64_t>(std::floor(static_cast<double>(t.x[j]) * t.mult * scale));
+  }
+  return true;
+}
+
 void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
                std::vector<at::Tensor> bufs, std::vector<at::Tensor> exps,
                std::vector<at::Tensor> updates, at::Tensor cfg_, at::Tensor keys_, double mu) {
@@ -299,6 +351,84 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
               cfg_.size(1), " columns, the kernel reads ", int(eoqk::PLAN_COLUMNS));
   const auto cfg = cfg_.accessor<double, 2>();
   const auto keys = keys_.accessor<int64_t, 3>();
+  // the all-integer update of tensor i (int_update and optimizer._int_grid_step, bit for bit)
+  auto int_step_one = [&](size_t i, at::Tensor& p, at::Tensor& g, int64_t n,
+                          int64_t bits, int64_t u_bits, int64_t m_bits, bool ready, int64_t min_exp,
+                          int64_t shrink, int64_t sat_num, int64_t sat_den, auto key) {
+    const int64_t lr_mant = int64_t(cfg[i][eoqk::PLAN_LR_MANT]), lr_shift = int64_t(cfg[i][eoqk::PLAN_LR_SHIFT]);
+    const int64_t wd_mant = int64_t(cfg[i][eoqk::PLAN_WD_MANT]), wd_shift = int64_t(cfg[i][eoqk::PLAN_WD_SHIFT]);
+    const int64_t s_mu = int64_t(cfg[i][eoqk::PLAN_MU_SHIFT]);
+    float* pp = p.data_ptr<float>();
+    const float* gp = g.data_ptr<float>();
+    float* ep = exps[i].data_ptr<float>();
+    int64_t e = static_cast<int64_t>(*ep);
+    const double lead = s_mu ? 1.0 : double(lr_mant);
+    std::vector<Term> terms{{gp, lead, 0}};
+    std::vector<double> amaxes{abs_max(g)};
+    if (wd_mant) { terms.push_back({pp, double(wd_mant) * lead, wd_shift}); amaxes.push_back(abs_max(p)); }
+    at::Tensor buf = bufs[i];
+    float* bp = s_mu ? buf.data_ptr<float>() : nullptr;
+    if (s_mu && ready) {
+      terms.push_back({bp, double((int64_t(1) << s_mu) - 1), s_mu});
+      amaxes.push_back(abs_max(buf));
+    }
+    for (double a : amaxes)
+      TORCH_CHECK(std::isfinite(a), "cannot form the update of a tensor holding NaN or Inf");
+    std::vector<int64_t> acc;
+    int64_t e0 = 0;
+    const bool any = accumulate(terms, n, amaxes, acc, e0);
+    std::vector<int64_t> y(n, 0);
+    int64_t f = 0;
+    if (s_mu) {
+      const int64_t mm = (int64_t(1) << (m_bits - 1)) - 1;
+      int64_t lsb = 1 - m_bits;
+      if (any) {
+        uint64_t amax = 0;
+        for (int64_t j = 0; j < n; ++j) amax = std::max<uint64_t>(amax, uint64_t(acc[j] < 0 ? -acc[j] : acc[j]));
+        lsb = exponent_of_int(amax, e0) + 1 - m_bits;
+        const uint32_t k0 = key(1, 0), k1 = key(1, 1);
+        for (int64_t j = 0; j < n; ++j) y[j] = sr_clamped(acc[j], lsb - e0, mm, rbits32(uint32_t(j), k0, k1));
+      }
+      const float scale = std::ldexp(1.0f, static_cast<int>(lsb));
+      for (int64_t j = 0; j < n; ++j) { bp[j] = static_cast<float>(y[j]) * scale; y[j] *= lr_mant; }
+      f = lr_shift + e - lsb;
+    } else if (any) {
+      y.swap(acc);
+      f = lr_shift + e - e0;
+    }
+    const int64_t u_max = (int64_t(1) << (u_bits - 1)) - 1, k_max = (int64_t(1) << (bits - 1)) - 1;
+    const bool u8 = updates[i].scalar_type() == at::kChar;
+    int8_t* up8 = u8 ? updates[i].data_ptr<int8_t>() : nullptr;
+    int32_t* up32 = u8 ? nullptr : updates[i].data_ptr<int32_t>();
+    const uint32_t u0 = key(2, 0), u1 = key(2, 1);
+    const float inv = std::ldexp(1.0f, static_cast<int>(-e));
+    std::vector<float> codes(n);
+    int64_t amax_c = 0, nsat = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t u = sr_clamped(y[j], f, u_max, rbits32(uint32_t(j), u0, u1));
+      if (u8) up8[j] = static_cast<int8_t>(u); else up32[j] = static_cast<int32_t>(u);
+      int64_t w = static_cast<int64_t>(std::nearbyint(pp[j] * inv)) - u;
+      w = std::min(std::max(w, -k_max), k_max);
+      codes[j] = static_cast<float>(w);
+      const int64_t aw = w < 0 ? -w : w;
+      amax_c = std::max(amax_c, aw);
+      nsat += aw >= k_max;
+    }
+    if (amax_c >= k_max && nsat * sat_den > sat_num * n) {
+      e += 1;
+      const uint32_t r0 = key(3, 0), r1 = key(3, 1);
+      for (int64_t j = 0; j < n; ++j) {
+        double h = std::floor((std::floor(double(codes[j]) * 0.5 * 65536.0) + double(rbits32(uint32_t(j), r0, r1))) / 65536.0);
+        codes[j] = float(h < -double(k_max) ? -double(k_max) : (h > double(k_max) ? double(k_max) : h));
+      }
+    } else if (amax_c > 0 && amax_c < (int64_t(1) << (bits - 1 - shrink)) && e > min_exp) {
+      e -= 1;
+      for (int64_t j = 0; j < n; ++j) codes[j] *= 2;
+    }
+    const float scale = std::ldexp(1.0f, static_cast<int>(e));
+    for (int64_t j = 0; j < n; ++j) pp[j] = codes[j] * scale;
+    *ep = static_cast<float>(e);
+  };
   // tensors are independent (own keys, own exponent): spread them over the threads
   auto step_one = [&](size_t i) {
     at::Tensor p = params[i];
@@ -318,6 +448,10 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
 
     at::Tensor g = grads[i].contiguous();
     if (gq_bits) { g = g.clone(); sq_inplace(g, gq_bits, gq_mode, key(0, 0), key(0, 1)); }
+    if (cfg[i][PLAN_INT_UPDATE] != 0) {
+      int_step_one(i, p, g, n, bits, u_bits, m_bits, ready, min_exp, shrink, sat_num, sat_den, key);
+      return;
+    }
     at::Tensor v = g;
     if (mu != 0) {
       at::Tensor buf = bufs[i];

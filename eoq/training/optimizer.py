@@ -58,6 +58,12 @@ class PlanCol(enum.IntEnum):
     EXACT_LR = 11   # 1 for a fixed-point lr (spec.lr_bits): lr * v / 2^e formed exactly
     MIN_EXP = 12    # exponent policy: the exponent goes down no further
     SAT_DEN = 13    # (the denominator of saturate_frac)
+    INT_UPDATE = 14  # 1: the all-integer update (int_update), with the columns below
+    LR_MANT = 15    # lr = L * 2^-s_l: L
+    LR_SHIFT = 16   # s_l
+    WD_MANT = 17    # wd = Lw * 2^-s_w: Lw (0: no weight decay for this tensor)
+    WD_SHIFT = 18   # s_w
+    MU_SHIFT = 19   # mu = 1 - 2^-s: s (0: no momentum)
 
 
 def pow2_round(x: float) -> float:
@@ -264,7 +270,7 @@ class EOQSGD(torch.optim.Optimizer):
                           weight=(float(grid.exponent), grid.bits))
         codes = codes.sub_(update.to(codes.dtype)).clamp_(-k_max, k_max)
         codes = self._rescale(codes, grid, k_max, keys[3])
-        p.copy_(codes.mul_(torch.exp2(grid.exponent)))
+        p.copy_(codes.mul_(torch.exp2(grid.exponent)).add_(0.0))     # + 0.0: a zero code is +0.0, never -0.0
 
     def _grid_step(self, p, grid: GridParam, group, keys):
         """The reference integer update of one tensor; keys = (G, M, U, rescale) random-bit keys."""
@@ -330,10 +336,19 @@ class EOQSGD(torch.optim.Optimizer):
             return False
         params, bufs, exps, updates, rows, decays = plan
         grads = []
+        integer = bool(self.spec.wd_bits)
         for (p, grid, group), decay in zip(items, decays):
-            grads.append(p.grad.add(p, alpha=group["weight_decay"]) if decay else p.grad.contiguous())
+            grads.append(p.grad.add(p, alpha=group["weight_decay"]) if decay and not integer else p.grad.contiguous())
         rows[:, PlanCol.LR] = torch.tensor([self.effective_lr(group, grid) for _, grid, group in items],
                                   dtype=torch.float64)
+        if integer:                          # the all-integer update: L, s_l, Lw, s_w and s of this step
+            mu_shift = momentum_shift(items[0][2]["momentum"]) or 0
+            for row, ((p, grid, group), decay) in enumerate(zip(items, decays)):
+                mant, sl = fixed_point(group["lr"] * grid.lr_scale, self.spec.lr_bits)
+                wd = self.weight_decay_fixed(group) if decay else None
+                rows[row, PlanCol.LR_MANT], rows[row, PlanCol.LR_SHIFT] = mant, sl
+                rows[row, PlanCol.WD_MANT], rows[row, PlanCol.WD_SHIFT] = wd if wd else (0, 0)
+                rows[row, PlanCol.MU_SHIFT] = mu_shift
         try:
             kernels.load().grid_step(params, grads, bufs, exps, updates, rows, keys,
                                      float(items[0][2]["momentum"]))
@@ -352,8 +367,6 @@ class EOQSGD(torch.optim.Optimizer):
         if cached is not None and cached[0] == ident:
             return cached[1]
         spec, mu = self.spec, items[0][2]["momentum"]
-        if spec.wd_bits:                     # the all-integer update runs in torch (_int_grid_step)
-            return None
         m_on = spec.M.enabled and spec.M.quantizer == "sq"
         if spec.M.enabled and not m_on:
             return None
@@ -381,7 +394,9 @@ class EOQSGD(torch.optim.Optimizer):
                    PlanCol.G_MODE: gq.rounding.code, PlanCol.M_BITS: spec.M.bits if m_on else 0,
                    PlanCol.M_MODE: spec.M.rounding.code, PlanCol.SAT_NUM: sat[0], PlanCol.SAT_DEN: sat[1],
                    PlanCol.SHRINK: spec.weight_policy.shrink_bits, PlanCol.READY: float(ready),
-                   PlanCol.EXACT_LR: float(bool(spec.lr_bits)), PlanCol.MIN_EXP: spec.weight_policy.min_exponent}
+                   PlanCol.EXACT_LR: float(bool(spec.lr_bits)), PlanCol.MIN_EXP: spec.weight_policy.min_exponent,
+                   PlanCol.INT_UPDATE: float(bool(spec.wd_bits)), PlanCol.LR_MANT: 0.0, PlanCol.LR_SHIFT: 0.0,
+                   PlanCol.WD_MANT: 0.0, PlanCol.WD_SHIFT: 0.0, PlanCol.MU_SHIFT: 0.0}
             rows.append([row[c] for c in PlanCol])
         plan = (params, bufs, exps, updates, torch.tensor(rows, dtype=torch.float64), decays)
         self._plan_cache = (ident, plan)
