@@ -233,3 +233,37 @@ def test_golden_command_refuses_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("eoq: error:") == 3 and "--after" in err
     assert not list(tmp_path.iterdir())                 # nothing written
+
+
+def _doc_fields(section: str) -> set:
+    import re
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "golden.md").read_text()
+    body = doc.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([^`]+)` \|", body, re.M))
+
+
+def test_the_schema_document_lists_exactly_the_written_fields(golden_dir):
+    arrays, manifest = _load(golden_dir)
+    assert _doc_fields("Manifest fields") == set(manifest)
+    assert _doc_fields("Tensor entry fields") == {k for e in manifest["tensors"] for k in e}
+    written = {e["name"].rsplit("/", 1)[-1].rsplit(".", 1)[-1] for e in manifest["tensors"]}
+    assert _doc_fields("Tensor names (suffixes)") == written
+
+
+def test_widths_and_scales_of_the_manifest(golden_dir):
+    """bits beside dtype; U's exponent is its weight's (value = U * 2^e_w); layer geometry given."""
+    arrays, manifest = _load(golden_dir)
+    by = {e["name"]: e for e in manifest["tensors"]}
+    u, codes = by["s0/conv1.weight.U"], by["s0/conv1.weight.codes"]
+    assert u["bits"] == 6 and u["dtype"] == "int8" and u["exponent"] == codes["exponent"]
+    assert by["s0/conv1.acc"]["bits"] == 32 and by["s0/stages.0.0.convs.0.dW_acc"]["bits"] == 64
+    assert by["s1/conv1.weight.M_in"]["dtype"] == "int16" and by["s1/conv1.weight.M_in"]["bits"] == 16
+    for e in manifest["tensors"]:
+        if e["bits"]:
+            a = arrays[e["name"]]
+            assert np.abs(a.astype(np.int64)).max(initial=0) <= 2 ** (e["bits"] - 1) - 1 or e["bits"] >= 32, e["name"]
+    assert manifest["layers"]["conv1"] == {"kind": "conv", "in": 3, "out": 16, "kernel": [3, 3], "stride": 1,
+                                           "padding": 1}
+    assert manifest["layers"]["stages.1.0"]["shortcut"].startswith("option A")
+    assert manifest["weight_decay"] == [131, 18]

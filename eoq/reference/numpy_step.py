@@ -412,7 +412,7 @@ class Step:
                 acc, e0 = accumulate(terms)
                 y, f = (np.zeros_like(codes), 0) if acc is None else (acc, shift + e - e0)
             u = sr_clamped(y, f, u_max, k[2])
-            self.put(name + ".U", u, 0)
+            self.put(name + ".U", u, e)
             codes = np.clip(codes - u, -k_max, k_max)
             amax = int(np.abs(codes).max())
             count = int(np.count_nonzero(np.abs(codes) >= k_max))
@@ -500,7 +500,7 @@ class NotCovered(ValueError):
 def load(folder):
     folder = Path(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
-    if manifest.get("format") != "eoq-golden-1":
+    if manifest.get("format") != "eoq-golden-2":
         raise ValueError(f"{folder}: not an eoq golden file (format {manifest.get('format')!r})")
     with np.load(folder / "golden.npz") as z:
         arrays = {k: z[k] for k in z.files}

@@ -46,7 +46,7 @@ from ..quant import rng
 from ..quant.observe import observing
 from .atomic import atomic_write
 from .loss import step_loss
-from .optimizer import EOQSGD, fixed_point
+from .optimizer import EOQSGD, fixed_point, fixed_weight_decay
 from .loop import train_step
 from .setup import setup
 
@@ -58,12 +58,18 @@ class Golden:
     arrays: dict = field(default_factory=dict)
     entries: list = field(default_factory=list)
 
-    def put(self, name: str, value, exponent=None, op: str = "", what: str = "") -> None:
+    layers: dict = field(default_factory=dict)
+
+    def put(self, name: str, value, exponent=None, op: str = "", what: str = "", bits: int | None = None) -> None:
+        """Record a tensor: ``bits`` is its width (signed integer codes of that many bits; None for
+        float32 tensors, JSON and keys), ``dtype`` the container it is stored in."""
         if name in self.arrays:
             raise RuntimeError(f"golden: tensor {name!r} recorded twice")
         arr = value.detach().cpu().numpy().copy() if isinstance(value, torch.Tensor) else np.array(value)
+        if bits is None and arr.dtype.kind in "iu" and not name.endswith((".key", "keys", ".lr", "labels")):
+            raise RuntimeError(f"golden: integer tensor {name!r} recorded without its width")
         self.arrays[name] = arr
-        self.entries.append({"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype),
+        self.entries.append({"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype), "bits": bits,
                              "exponent": None if exponent is None else int(exponent), "op": op, "what": what})
 
 
@@ -118,7 +124,8 @@ class Recorder:
                 "G": "weight-gradient codes, SQ 8-bit stochastic of the weight-gradient accumulator"}.get(kind, kind)
         if kind == "G" and isinstance(owner, QConv2d):
             codes = codes.reshape(owner.weight.shape)
-        self.g.put(self.name(f"{mod}.{kind}"), _small_codes(codes, q.bits), lsb, f"SQ{q.bits} {q.rounding}", what)
+        self.g.put(self.name(f"{mod}.{kind}"), _small_codes(codes, q.bits), lsb, f"SQ{q.bits} {q.rounding}", what,
+                   q.bits)
 
     def _claim_key(self, label: str) -> None:
         if self.pending_keys:
@@ -130,15 +137,16 @@ class Recorder:
     def _optimizer_tensor(self, kind, q, x, out, **kw):
         p = self.param
         if kind == "U":
-            self.g.put(self.name(f"{p}.U"), out.detach().to(torch.int8), 0, f"SR, clamp +-{Q.max_code(q.bits)}",
-                       "update codes in units of the weight LSB")
+            self.g.put(self.name(f"{p}.U"), out.detach().to(torch.int8), kw["weight"][0],
+                       f"SR, clamp +-{Q.max_code(q.bits)}",
+                       "update codes in units of the weight LSB (exponent: the weight's, before this step)", q.bits)
             return
         lsb = kw["lsb"] if "lsb" in kw else _sq_lsb(x, q.bits)
         codes = _small_codes(_on_grid(out, lsb), q.bits)
         what = {"G": "the gradient quantized by the optimizer (SQ 8-bit stochastic)",
                 "M": f"momentum buffer codes after this step (SQ {q.bits}-bit stochastic of the exact sum "
                      "mu v + g + wd w)"}[kind]
-        self.g.put(self.name(f"{p}.{kind}"), codes, lsb, f"SQ{q.bits} {q.rounding}", what)
+        self.g.put(self.name(f"{p}.{kind}"), codes, lsb, f"SQ{q.bits} {q.rounding}", what, q.bits)
 
     # --- wrapped engine functions ---------------------------------------------------------------
     @contextmanager
@@ -190,7 +198,8 @@ class Recorder:
                     cout, cin, kh, kw = conv_shape
                     a = a.view(cout, kh, kw, cin).permute(0, 3, 1, 2)
                 rec.g.put(rec.name(f"{rec.names[layer]}.dW_acc"), a, exponent, "E^T @ A (int64)",
-                          "weight-gradient accumulator: integer sum of E x A products")
+                          "weight-gradient accumulator: integer sum of E x A products (int32 partial sums "
+                          "added in int64: positions x 127^2 may pass 2^31)", 64)
                 return fn(acc, exponent, layer, conv_shape)
             return wrapper
 
@@ -208,7 +217,7 @@ class Recorder:
                           "FX16 of the exact sum" if summed else "FX16",
                           ("error stream at a block input: FX16(branch error + shortcut error)" if summed else
                            "error stream entering the blocks from the head" if backward else
-                           "residual stream after this layer's block (or the stem): FX16 of the exact value"))
+                           "residual stream after this layer's block (or the stem): FX16 of the exact value"), bits)
                 return out
             return wrapper
 
@@ -240,7 +249,28 @@ class Recorder:
             acc = acc.permute(0, 3, 1, 2)           # NHWC -> NCHW
         what = ("forward accumulator: integer sum of A x W products" if kind == "A" else
                 "input-gradient accumulator: integer sum of E x W products")
-        self.g.put(self.name(f"{mod}.{label}"), acc.to(torch.int32), exponent, "GEMM int32", what)
+        self.g.put(self.name(f"{mod}.{label}"), acc.to(torch.int32), exponent, "GEMM int32", what, 32)
+
+
+def geometry(model: nn.Module) -> dict:
+    """Every conv/linear layer's shape and stride, and every residual block's shortcut kind, by name."""
+    from ..models.blocks import ResidualBlock, ShortcutA
+
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QConv2d):
+            out[name] = {"kind": "conv", "in": m.in_channels, "out": m.out_channels, "kernel": list(m.kernel_size),
+                         "stride": m.stride[0], "padding": m.padding[0]}
+        elif isinstance(m, QLinear):
+            out[name] = {"kind": "linear", "in": m.in_features, "out": m.out_features}
+        elif isinstance(m, nn.MaxPool2d):
+            out[name] = {"kind": "maxpool", "kernel": m.kernel_size, "stride": m.stride, "padding": m.padding}
+        elif isinstance(m, ResidualBlock):
+            sc = m.shortcut
+            kind = ("identity" if isinstance(sc, nn.Identity) else
+                    "option A (subsample, zero-pad channels)" if isinstance(sc, ShortcutA) else "1x1 projection conv")
+            out[name] = {"kind": "block", "convs": len(m.convs), "shortcut": kind}
+    return out
 
 
 def stored_tensors(optimizer: EOQSGD) -> list:
@@ -268,7 +298,8 @@ def record(model: str = "resnet20", batch_size: int = 8, steps: int = 2, images=
         raise ValueError(f"golden: preset {s.spec.name!r} has no fixed-point stream, learning rate or weight decay "
                          "(the all-integer update): use eoq or a spec based on it")
     items = stored_tensors(s.optimizer)
-    golden = Golden()
+    golden = Golden(layers=geometry(s.model))
+    golden.weight_decay = list(fixed_weight_decay(weight_decay, s.spec.wd_bits)) if weight_decay else None
     golden.put("config", np.array(json.dumps({"model": model, "batch_size": batch_size, "steps": steps, "seed": seed,
                                               "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                                               "after": after, "engine": engine, "preset": s.spec.to_dict(),
@@ -308,15 +339,17 @@ def _record_state(rec: Recorder, opt: EOQSGD, items) -> None:
     groups = {id(p): group for group in opt.param_groups for p in group["params"]}
     for name, grid in items:
         rec.g.put(rec.name(f"{name}.codes"), _small_codes(grid.codes(), grid.bits), int(grid.exponent), "stored",
-                  "stored codes before this step")
+                  "stored codes before this step", grid.bits)
         buf = opt.state.get(grid.param, {}).get("momentum_buffer")
         if buf is not None:       # its values (SQ16 codes * 2^e); as int32 codes on the grid of its max
             lsb = _sq_lsb(buf, opt.spec.M.bits)
             codes = _on_grid(buf, lsb)
             if not torch.equal(codes, buf.double() * 2.0 ** -lsb):
                 raise RuntimeError(f"golden: momentum buffer of {name} is not on its SQ grid")
-            rec.g.put(rec.name(f"{name}.M_in"), codes.to(torch.int32), lsb, "stored",
-                      "momentum buffer before this step: int32 codes * 2^exponent (the values of its SQ16 codes)")
+            m_bits = opt.spec.M.bits
+            rec.g.put(rec.name(f"{name}.M_in"), _small_codes(codes, m_bits), lsb, "stored",
+                      f"momentum buffer before this step: the previous step's M values, as codes on the grid its "
+                      f"max implies (round(log2 max) + 1 - {m_bits}; finer than M's own when its codes shrank)", m_bits)
         mant, shift = fixed_point(groups[id(grid.param)]["lr"] * grid.lr_scale, opt.spec.lr_bits)
         rec.g.put(rec.name(f"{name}.lr"), np.array([mant, shift], dtype=np.int64), None, "",
                   "learning rate L * 2^-shift as (L, shift)")
@@ -350,7 +383,7 @@ def _optimizer_step(rec: Recorder, opt: EOQSGD, items) -> None:
               "per stored tensor (optimizer order), keys of G, M, U and the exponent policy's halving")
     for name, grid in items:
         rec.g.put(rec.name(f"{name}.new_codes"), _small_codes(grid.codes(), grid.bits), int(grid.exponent), "stored",
-                  "stored codes after this step (the exponent policy applied)")
+                  "stored codes after this step (the exponent policy applied)", grid.bits)
 
 
 def _write_npz(fh, arrays: dict) -> None:
@@ -371,14 +404,23 @@ def write(golden: Golden, out) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "golden.npz") as fh:
         _write_npz(fh, golden.arrays)
-    manifest = {"format": "eoq-golden-1",
-                "value": "codes * 2^exponent (exponent null: float32 values)",
+    manifest = {"format": FORMAT, "schema": "docs/golden.md",
+                "value": "codes * 2^exponent (exponent null: float32 values); bits: the width of the codes "
+                         "(signed), dtype: the container they are stored in",
+                "steps": "names s<t>/...: recorded step t = 0, 1, ...; step t starts from the state step t-1 left",
+                "keys": "s<t>/optimizer.keys: uint32 [stored tensor (config 'stored' order), use (0 G, 1 M, 2 U, "
+                        "3 the exponent policy's halving), (k0, k1)]; s<t>/<layer>.<A|E|G>.key: (k0, k1)",
+                "lr": "s<t>/<tensor>.lr: int64 (L, s), learning rate L * 2^-s (the tensor's own lr scale applied)",
+                "weight_decay": golden.weight_decay,
+                "weight_decay_format": "(Lw, sw): weight decay Lw * 2^-sw of the weights (null: none)",
+                "layers": golden.layers,
                 "order": [e["name"] for e in golden.entries], "tensors": golden.entries}
     with atomic_write(out / "manifest.json", "w") as fh:
         json.dump(manifest, fh, indent=1)
     return out / "golden.npz"
 
 
+FORMAT = "eoq-golden-2"
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "numpy_step.py"
 
 
