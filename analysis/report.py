@@ -139,7 +139,7 @@ def _mean_text(name: str, group: list[dict]) -> str:
     return f"{name} {statistics.fmean(acc):.2f} ± {statistics.stdev(acc):.2f}% ({len(acc)} seeds)"
 
 
-def _state_section(loaded: list[dict]) -> tuple[list[str], dict]:
+def _state_section(loaded: list[dict], memory: str | None = None) -> tuple[list[str], dict]:
     """The training state per weight and the saved activations per image of every configuration in
     the report (one row per label, the first run's spec and momentum); {label: TrainingState}."""
     from eoq.models import build_model
@@ -147,22 +147,27 @@ def _state_section(loaded: list[dict]) -> tuple[list[str], dict]:
 
     from .cost.memory import saved_activations, training_state
 
-    rows, states = [], {}
+    rows, states, seen = [], {}, set()
     for r in loaded:
-        name = label(r)
-        if name in states or not r.get("spec"):
+        name, model = label(r), r["config"]["model"]
+        if (name, model) in seen or not r.get("spec"):
             continue
+        seen.add((name, model))
         spec = QuantSpec.from_dict(r["spec"])
-        st = states[name] = training_state(spec, r["config"].get("momentum") or 0.0, name)
-        acts = saved_activations(build_model(r["config"]["model"], r["config"]["norm"]), spec, name)
-        rows.append(f"| {name} | {st.weight_bits} | {st.momentum_bits or '-'} | {st.master_bits or '-'} | "
+        st = training_state(spec, r["config"].get("momentum") or 0.0, name)
+        states.setdefault(name, st)
+        acts = saved_activations(build_model(model, r["config"]["norm"]), spec, name)
+        rows.append(f"| {model} | {name} | {st.weight_bits} | {st.momentum_bits or '-'} | {st.master_bits or '-'} | "
                     f"**{st.total_bits}** | {acts.total / 1024:.0f} KiB |")
     md = ["## What a device holds", "",
           "Training state per weight between steps (bits) and the activations a backward needs per image "
           "(analysis/cost/memory.py: conv/linear inputs in their format, BN inputs in float32, one-bit ReLU "
           "masks). Measured peak memory of the engines: reports/benchmarks.md.", "",
-          "| configuration | weight | momentum | master copy | state per weight | saved activations / image |",
-          "|---|---:|---:|---:|---:|---:|", *rows, ""]
+          "| model | configuration | weight | momentum | master copy | state per weight | saved activations / image |",
+          "|---|---|---:|---:|---:|---:|---:|", *rows, ""]
+    if memory and Path(memory).exists():
+        md += [f"Measured peak memory of a training step (`{Path(memory).name}`, from "
+               "`python benchmarks/bench_memory.py`):", "", Path(memory).read_text().strip(), ""]
     return md, states
 
 
@@ -182,10 +187,11 @@ def plot_batch_sizes(runs: list[dict], stem) -> list[Path]:
 
 def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_run: str | None = None,
                  cost_model: str = "resnet20", cost_batch: int = 128, title: str = "EOQ Workbench report",
-                 command: str = "", batch_study: str | None = None) -> Path:
+                 command: str = "", batch_study: str | None = None, memory: str | None = None) -> Path:
     """``out``/REPORT.md and its figures from run directories (accuracy tables and curves, seeds),
-    an isometry sweep folder, a run trained with qstats, the cost model, a batch-study folder and the
-    reproduction table with a verdict per claim; ``eoq report`` calls it. Returns REPORT.md's path."""
+    an isometry sweep folder, a run trained with qstats, the cost model, a batch-study folder, a
+    measured-memory table (``memory``: the markdown bench_memory.py writes) and the reproduction
+    table with a verdict per claim; ``eoq report`` calls it. Returns REPORT.md's path."""
     from .cost.report import readings_table
     from .cost.report import report as cost_report
     from .qstats.figures import plot_curves as q_curves
@@ -235,7 +241,7 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
                                  f"{' / '.join(dict.fromkeys(hows))}, final test accuracy, mean ± std over seeds "
                                  "where several (tables above)", verdicts.accuracy(per_depth))
             text, on_grid, total = _stored_on_int8_grid(eoq_run)
-            section, states = _state_section(loaded)
+            section, states = _state_section(loaded, memory)
             md += section
             eoq_state = states.get(label(eoq_run))
             others = "; ".join(f"{k}: {v.total_bits}" for k, v in states.items() if k != label(eoq_run))

@@ -60,6 +60,7 @@ def measure(model: str, batch: int, config: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None, help="also write the table as markdown here (eoq report --memory)")
     ap.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -67,11 +68,19 @@ def main() -> None:
         return
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"CPU: {cpu}; peak RSS growth over 3 training steps, MiB, median of {args.repeats} fresh processes")
-    ratios = {}
+    ratios, rows = {}, []
     for model, batch in CASES:
         med = {c: statistics.median(measure(model, batch, c) for _ in range(args.repeats)) for c in CONFIGS}
-        print(f"{model} batch {batch}: " + ", ".join(f"{c} {v:.0f}" for c, v in med.items()))
+        print(f"{model} batch {batch}: " + ", ".join(f"{c} {v:.0f}" for c, v in med.items()), flush=True)
         ratios[(model, batch)] = med["int_eoq"] / max(med["fp32_bn"], 1e-9)
+        rows.append(f"| {model} | {batch} | " + " | ".join(f"{med[c]:.0f}" for c in CONFIGS)
+                    + f" | {ratios[(model, batch)]:.2f} |")
+    if args.out:
+        head = ("| model | batch | " + " | ".join(CONFIGS) + " | int_eoq / fp32_bn |\n"
+                "|---|---:|" + "---:|" * (len(CONFIGS) + 1) + "\n")
+        with open(args.out, "w") as fh:
+            fh.write(f"Peak RSS growth over 3 training steps, MiB, one thread, median of {args.repeats} fresh "
+                     f"processes; CPU: {cpu}.\n\n" + head + "\n".join(rows) + "\n")
     for (model, batch), r in ratios.items():
         print(f"int_eoq/fp32_bn {model} batch {batch} = {r:.3f}")
 

@@ -170,7 +170,8 @@ def _report(args) -> int:
     if args.batch_study is not None and not any(Path(args.batch_study).glob("runs*.csv")):
         raise ConfigError(f"--batch-study {args.batch_study!r} holds no runs*.csv of analysis.batch_study")
     path = build_report(args.runs, args.out, args.isometry, args.qstats, args.cost_model, args.cost_batch,
-                        args.title, shlex.join(["eoq", "report"] + (args.argv or [])), args.batch_study)
+                        args.title, shlex.join(["eoq", "report"] + (args.argv or [])), args.batch_study,
+                        args.memory)
     print(f"report written to {path}")
     return 0
 
@@ -247,6 +248,8 @@ def main(argv=None) -> int:
     r.add_argument("--out", default="reports", help="where REPORT.md and the figures go")
     r.add_argument("--isometry", default=None, help="output directory of analysis.isometry_experiment")
     r.add_argument("--qstats", default=None, help="a run directory trained with --qstats-every")
+    r.add_argument("--memory", default=None,
+                   help="markdown table of measured step memory (python benchmarks/bench_memory.py --out FILE)")
     r.add_argument("--batch-study", default=None,
                    help="output directory of analysis.batch_study (the small-batch claim; its runs*.csv)")
     r.add_argument("--cost-model", default="resnet20")
