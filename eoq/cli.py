@@ -217,10 +217,64 @@ def _golden(args) -> int:
     return 1 if bad else 0
 
 
+def _adapt(args) -> int:
+    from .training.adapt import AdaptConfig, adapt
+    from .training.loop import TrainingDiverged
+
+    points = tuple(int(p) for p in args.points.split(",")) if args.points else None
+    cfg = AdaptConfig(run_dir=args.run_dir, corruption=args.corruption, severity=args.severity,
+                      batch_size=args.batch_size, samples=args.samples, lr=args.lr, momentum=args.momentum,
+                      weight_decay=args.weight_decay, bn=args.bn, seed=args.seed, split=args.split,
+                      eval_limit=args.eval_limit, data=args.data, out=args.out, resume=args.resume,
+                      threads=args.threads, progress=not args.no_progress, **({"points": points} if points else {}))
+    try:
+        run = adapt(cfg)
+    except TrainingDiverged as err:
+        print(f"eoq: error: {err}", file=sys.stderr)
+        return 3
+    first, last = run.rows[0], run.rows[-1]
+    print(f"{args.corruption} {args.severity}, batch {args.batch_size}: corrupted {cfg.split} accuracy "
+          f"{first['acc']:.2f}% at {first['images']} -> {last['acc']:.2f}% at {last['images']} images; clean test "
+          f"{run.clean_acc:.2f}%; {1000 * run.seconds_per_image:.1f} ms per adapted image"
+          + (f" -> {cfg.out}/adapt.csv" if cfg.out else ""))
+    return 0
+
+
+def _add_adapt(sub):
+    from .training.adapt import POINTS
+    from .training.corruptions import CORRUPTIONS
+
+    a = sub.add_parser("adapt", help="adapt a trained network to a corrupted stream of labelled images",
+                       description="Online adaptation of a trained run (eoq train --out DIR) to CIFAR-10-C-style "
+                                   "corrupted training images, fed --batch-size at a time with the network's own "
+                                   "update rule; accuracy on the corrupted test images read along the stream.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a.add_argument("run_dir", help="a trained run: its weights.pt or checkpoint.pt")
+    a.add_argument("--corruption", default="gaussian_noise", help=f"one of: {', '.join(CORRUPTIONS)}")
+    a.add_argument("--severity", type=int, default=3, help="1-5")
+    a.add_argument("--batch-size", type=int, default=1)
+    a.add_argument("--samples", type=int, default=1000, help="images in the stream")
+    a.add_argument("--lr", type=float, default=0.01, help="constant learning rate")
+    a.add_argument("--momentum", type=float, default=None, help="default: the run's")
+    a.add_argument("--weight-decay", type=float, default=None, help="default: the run's")
+    a.add_argument("--bn", default="batch", help="BN networks: 'batch' (train mode) or 'frozen' (running statistics)")
+    a.add_argument("--seed", type=int, default=0, help="stream order, noise draws and rounding")
+    a.add_argument("--points", default=None, help=f"images seen at which accuracy is read (default {POINTS})")
+    a.add_argument("--split", default="test", help="'test' or 'val' (choosing the lr)")
+    a.add_argument("--eval-limit", type=int, default=None, help="read accuracy on the first N images of the split")
+    a.add_argument("--data", default=None, help="as eoq train --data (default: the run's)")
+    a.add_argument("--out", default=None, help="adapt.csv, adapt.json and the resumable adapt.pt")
+    a.add_argument("--resume", action="store_true")
+    a.add_argument("--threads", type=int, default=1)
+    a.add_argument("--no-progress", action="store_true")
+    a.set_defaults(func=_adapt)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="eoq", description="EOQ Workbench: 8-bit integer training without BN.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_adapt(sub)
     sub.add_parser("presets", help="print every quantization preset in full").set_defaults(func=_presets)
     c = sub.add_parser("cost", help="op counts, energy and latency of a training step: fp32+BN vs EOQ+Fixup")
     c.add_argument("--model", default="resnet20")

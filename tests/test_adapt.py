@@ -1,0 +1,125 @@
+"""Online adaptation (eoq adapt, eoq.training.adapt) and the shipped weights (eoq.training.weights):
+one adaptation step for every method on the embedded data, frozen BN keeps its running statistics,
+a resumed adaptation equals an uninterrupted one, bad input gives one line."""
+import numpy as np
+import pytest
+import torch
+
+from eoq.cli import main
+from eoq.training import adapt as adapt_mod
+from eoq.training.adapt import AdaptConfig, adapt, interleaved
+from eoq.training.checkpoint import CheckpointError
+from eoq.training.weights import export_weights, load_base
+
+BASES = {"bn_fp32": ("bn", "fp32", "sim"), "fixup_fp32": ("fixup", "fp32", "sim"), "fixup_eoq": ("fixup", "eoq", "int"),
+         "bn_wageubn": ("bn", "wageubn", "sim")}
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bases")
+    for name, (norm, preset, engine) in BASES.items():
+        assert main(["train", "--data", "embedded", "--model", "resnet20", "--norm", norm, "--preset", preset,
+                     "--engine", engine, "--epochs", "1", "--train-limit", "256", "--test-limit", "50",
+                     "--threads", "1", "--no-progress", "--out", str(root / name)]) == 0
+        export_weights(root / name)
+    return root
+
+
+def _cfg(run_dir, **kw):
+    base = dict(corruption="contrast", severity=3, batch_size=2, samples=4, lr=0.01, points=(0, 4), eval_limit=40,
+                progress=False)
+    return AdaptConfig(run_dir=str(run_dir), **{**base, **kw})
+
+
+@pytest.mark.parametrize("name,bn", [("bn_fp32", "batch"), ("bn_fp32", "frozen"), ("fixup_fp32", "batch"),
+                                     ("fixup_eoq", "batch"), ("bn_wageubn", "batch")])
+def test_one_adaptation_step_for_every_method(bases, name, bn, monkeypatch):
+    seen = {}
+    original = adapt_mod.train_step
+
+    def spy(model, optimizer, x, y, **kw):
+        seen["before"] = {k: v.clone() for k, v in model.state_dict().items()}
+        seen["training"] = {type(m).__name__: m.training for m in model.modules()}
+        out = original(model, optimizer, x, y, **kw)
+        seen["after"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return out
+
+    monkeypatch.setattr(adapt_mod, "train_step", spy)
+    run = adapt(_cfg(bases / name, bn=bn, samples=2, points=(0, 2)))
+    assert [r["images"] for r in run.rows] == [0, 2] and 0 <= run.clean_acc <= 100
+    before, after = seen["before"], seen["after"]
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))   # it learned
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    if bn == "frozen":                    # frozen BN: eval mode, running statistics untouched
+        assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+        assert not any(t for n, t in seen["training"].items() if "BatchNorm" in n)
+    elif stats:
+        assert any(not torch.equal(before[k], after[k]) for k in stats)
+
+
+def test_the_integer_engine_adapts_with_integer_codes(bases):
+    cfg_, spec, s = load_base(bases / "fixup_eoq")
+    assert cfg_.engine == "int" and spec.wd_bits and s.model.conv1.engine == "int"
+    run = adapt(_cfg(bases / "fixup_eoq", batch_size=1, samples=3, points=(0, 3)))
+    assert run.seconds_per_image > 0
+
+
+def test_a_resumed_adaptation_equals_an_uninterrupted_one(bases, tmp_path, monkeypatch):
+    whole = adapt(_cfg(bases / "fixup_eoq", samples=8, points=(0, 4, 8), out=str(tmp_path / "a")))
+    calls = {"n": 0}
+    original = adapt_mod.train_step
+
+    def dies_after_two(*a, **k):
+        if calls["n"] == 3:
+            raise KeyboardInterrupt                      # killed after the checkpoint at 4 images
+        calls["n"] += 1
+        return original(*a, **k)
+
+    monkeypatch.setattr(adapt_mod, "train_step", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(_cfg(bases / "fixup_eoq", samples=8, points=(0, 4, 8), out=str(tmp_path / "b")))
+    monkeypatch.setattr(adapt_mod, "train_step", original)
+    resumed = adapt(_cfg(bases / "fixup_eoq", samples=8, points=(0, 4, 8), out=str(tmp_path / "b"), resume=True))
+    assert [(r["images"], r["acc"]) for r in resumed.rows] == [(r["images"], r["acc"]) for r in whole.rows]
+    a = torch.load(tmp_path / "a" / "adapt.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "adapt.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.clean_acc == whole.clean_acc
+
+
+def test_interleaved_prefixes_are_class_balanced():
+    labels = np.repeat(np.arange(10), 7)
+    idx = interleaved(labels)
+    assert labels[idx[:10]].tolist() == list(range(10)) and sorted(idx.tolist()) == list(range(70))
+
+
+def test_weights_file_is_checked(bases, tmp_path):
+    import shutil
+    d = tmp_path / "w"
+    shutil.copytree(bases / "fixup_fp32", d)
+    (d / "checkpoint.pt").unlink()
+    load_base(d)                                       # weights.pt alone is enough
+    raw = bytearray((d / "weights.pt").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (d / "weights.pt").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="does not match its weights.sha256"):
+        load_base(d)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--corruption", "fog"], "unknown corruption 'fog'"),
+    (["--severity", "0"], "severity must be an integer in 1-5"),
+    (["--batch-size", "8", "--samples", "4"], "larger than the stream"),
+    (["--bn", "frozen"], "--bn frozen applies to BN networks"),
+])
+def test_bad_input_is_one_line(bases, capsys, args, message):
+    assert main(["adapt", str(bases / "fixup_fp32"), "--no-progress", "--eval-limit", "10"] + args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_a_directory_without_a_network_is_one_line(tmp_path, capsys):
+    assert main(["adapt", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "neither weights.pt nor checkpoint.pt" in err[0]
