@@ -218,7 +218,7 @@ class _ReluBiasQuantFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, pre, bias, layer):
-        ctx.save_for_backward(x, pre)
+        ctx.save_for_backward(_live(x, pre))
         ctx.shapes = (pre.shape, bias.shape)
         q = layer.quant.A
         return Q.sq_relu_plus(x, pre, bias, q.bits, q.rounding, layer.generator)
@@ -228,9 +228,15 @@ class _ReluBiasQuantFn(torch.autograd.Function):
         return (*_relu_bias_backward(ctx, grad), None)
 
 
+def _live(x, pre):
+    """The ReLU's mask x + b_out > 0 (in float32 exactly x > -b_out), kept for the backward as bools:
+    one byte an element instead of the conv output's four."""
+    return x > -float(pre)
+
+
 def _relu_bias_backward(ctx, grad):
-    x, pre = ctx.saved_tensors
-    gx = torch.ops.aten.threshold_backward(grad, x, -float(pre))
+    live, = ctx.saved_tensors
+    gx = torch.where(live, grad, 0.0)        # = threshold_backward(grad, x, -b_out), bit for bit
     gpre = exact_sum(gx, ctx.shapes[0]) if ctx.needs_input_grad[1] else None
     gbias = exact_sum(grad, ctx.shapes[1]) if ctx.needs_input_grad[2] else None
     return gx, gpre, gbias
@@ -242,7 +248,7 @@ class _DeferredReluBiasFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, pre, bias):
-        ctx.save_for_backward(x, pre)
+        ctx.save_for_backward(_live(x, pre))
         ctx.shapes = (pre.shape, bias.shape)
         return x.view_as(x)
 
