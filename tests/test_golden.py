@@ -267,3 +267,38 @@ def test_widths_and_scales_of_the_manifest(golden_dir):
                                            "padding": 1}
     assert manifest["layers"]["stages.1.0"]["shortcut"].startswith("option A")
     assert manifest["weight_decay"] == [131, 18]
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncate", "corrupt or truncated"), ("garbage", "corrupt or truncated"), ("format", "manifest format"),
+    ("missing", "lacks 1 tensor"), ("no_manifest", "no manifest.json"), ("bad_json", "not valid JSON"),
+])
+def test_a_bad_golden_folder_is_one_line_and_exit_2(golden_dir, tmp_path, damage, message):
+    d = tmp_path / "g"
+    shutil.copytree(golden_dir, d)
+    npz, man = d / "golden.npz", d / "manifest.json"
+    if damage == "truncate":
+        npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    elif damage == "garbage":
+        npz.write_bytes(b"not a zip file at all")
+    elif damage == "format":
+        man.write_text(man.read_text().replace('"eoq-golden-2"', '"eoq-golden-1"'))
+    elif damage == "missing":
+        m = json.loads(man.read_text())
+        m["tensors"].append({**m["tensors"][-1], "name": "s9/nothing.U"})
+        man.write_text(json.dumps(m))
+    elif damage == "no_manifest":
+        man.unlink()
+    elif damage == "bad_json":
+        man.write_text("{ not json")
+    r = subprocess.run([sys.executable, str(golden.REFERENCE), str(d)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_golden_of_a_layout_the_reference_does_not_cover_exits_non_zero(tmp_path, capsys):
+    code = main(["golden", "--model", "resnet18", "--data", "embedded", "--batch-size", "2", "--steps", "1",
+                 "--after", "3", "--out", str(tmp_path / "g")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 4 and len(err) == 1 and "not checked" in err[0] and "CIFAR" in err[0]

@@ -497,13 +497,36 @@ class NotCovered(ValueError):
     """A golden file of a network this reference does not implement."""
 
 
+class BadGolden(ValueError):
+    """A golden folder that cannot be read: missing, corrupt or truncated files, another format
+    version, a tensor the manifest lists but the npz lacks."""
+
+
+FORMAT = "eoq-golden-2"
+
+
 def load(folder):
     folder = Path(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    if manifest.get("format") != "eoq-golden-2":
-        raise ValueError(f"{folder}: not an eoq golden file (format {manifest.get('format')!r})")
-    with np.load(folder / "golden.npz") as z:
-        arrays = {k: z[k] for k in z.files}
+    import zipfile
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise BadGolden(f"{folder}: no manifest.json (eoq golden --out DIR writes one)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadGolden(f"{folder}/manifest.json is not valid JSON ({err.__class__.__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BadGolden(f"{folder}: manifest format {got!r}, this reference reads {FORMAT!r}")
+    try:
+        with np.load(folder / "golden.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise BadGolden(f"{folder}: no golden.npz") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise BadGolden(f"{folder}/golden.npz is corrupt or truncated ({err.__class__.__name__})") from None
+    missing = [e["name"] for e in manifest.get("tensors", []) if e.get("name") not in arrays]
+    if missing:
+        raise BadGolden(f"{folder}/golden.npz lacks {len(missing)} tensor(s) the manifest lists, e.g. {missing[0]!r}")
     return arrays, manifest
 
 
@@ -574,7 +597,15 @@ def main(argv) -> int:
     if len(argv) != 1:
         print(__doc__.splitlines()[2].strip(), file=sys.stderr)
         return 2
-    checked, bad, gap = check(argv[0])
+    try:
+        checked, bad, gap = check(argv[0])
+    except (BadGolden, NotCovered) as err:
+        print(f"numpy_step: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:          # an error inside the reference: one line, never a pass
+        print(f"numpy_step: error: the reference failed on {argv[0]}: {err.__class__.__name__}: {err}",
+              file=sys.stderr)
+        return 3
     total = len(json.loads((Path(argv[0]) / "manifest.json").read_text())["tensors"])
     print(f"{checked} of {total} golden tensors recomputed, {len(bad)} differ; "
           f"softmax (float64) within {gap:.1e} of the golden dL/dlogits")

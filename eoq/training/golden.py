@@ -25,6 +25,7 @@ and the tests check that the compiled kernels give the same weights. A NumPy-onl
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import json
@@ -424,9 +425,10 @@ FORMAT = "eoq-golden-2"
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "numpy_step.py"
 
 
+@functools.lru_cache(maxsize=1)
 def reference():
     """The NumPy reference (eoq/reference/numpy_step.py), loaded from its file: it imports no torch
-    and nothing of this package."""
+    and nothing of this package. Loaded once (its exception classes stay the same objects)."""
     spec = importlib.util.spec_from_file_location("eoq_numpy_step", REFERENCE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
