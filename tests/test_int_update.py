@@ -166,10 +166,16 @@ def test_golden_m16_m8_and_no_momentum_agree_with_the_reference(tmp_path, spec_f
         preset = str(tmp_path / "m8.json")
         (tmp_path / "m8.json").write_text('{"base": "eoq", "name": "eoq-m8", "M": 8}')
     out = tmp_path / "g"
-    assert main(["golden", "--data", "embedded", "--batch-size", "4", "--steps", "2", "--after", "3",
+    assert main(["golden", "--data", "embedded", "--batch-size", "4", "--steps", "3", "--after", "6",
                  "--preset", preset, "--momentum", str(momentum), "--out", str(out)]) == 0
     checked, bad = golden.verify(out)
     assert checked > 500 and bad == []
+    import json
+    manifest = json.loads((out / "manifest.json").read_text())
+    with np.load(out / "golden.npz") as z:
+        for e in manifest["tensors"]:           # every integer tensor within its declared width
+            if e["bits"] and e["bits"] < 32:
+                assert np.abs(z[e["name"]].astype(np.int64)).max(initial=0) <= 2 ** (e["bits"] - 1) - 1, e["name"]
     with np.load(out / "golden.npz") as z:
         if momentum:
             bits = 8 if spec_file else 16

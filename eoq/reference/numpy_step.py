@@ -542,9 +542,13 @@ def initial_state(g, manifest, config):
 
 def as_buffer(m, bits: int):
     """Momentum codes (SQ, LSB e) as the golden file stores a buffer: codes on the grid its max
-    implies, round(log2 max|v|) + 1 - bits (never above e: exact)."""
+    implies, round(log2 max|v|) + 1 - bits, or one coarser where the codes would need more than
+    ``bits`` bits (never above e: exact)."""
     codes, e = m
-    lsb = exponent_of(int(np.abs(codes).max()), e) + 1 - bits
+    top = int(np.abs(codes).max())
+    lsb = exponent_of(top, e) + 1 - bits
+    if top << (e - lsb) > (1 << (bits - 1)) - 1:    # that grid would need one bit more: one coarser
+        lsb += 1
     return shl(codes, e - lsb), lsb
 
 

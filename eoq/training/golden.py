@@ -345,12 +345,16 @@ def _record_state(rec: Recorder, opt: EOQSGD, items) -> None:
         if buf is not None:       # its values (SQ16 codes * 2^e); as int32 codes on the grid of its max
             lsb = _sq_lsb(buf, opt.spec.M.bits)
             codes = _on_grid(buf, lsb)
+            if float(codes.abs().max()) > Q.max_code(opt.spec.M.bits):   # the max's grid needs one bit more
+                lsb += 1
+                codes = _on_grid(buf, lsb)
             if not torch.equal(codes, buf.double() * 2.0 ** -lsb):
                 raise RuntimeError(f"golden: momentum buffer of {name} is not on its SQ grid")
             m_bits = opt.spec.M.bits
             rec.g.put(rec.name(f"{name}.M_in"), _small_codes(codes, m_bits), lsb, "stored",
                       f"momentum buffer before this step: the previous step's M values, as codes on the grid its "
-                      f"max implies (round(log2 max) + 1 - {m_bits}; finer than M's own when its codes shrank)", m_bits)
+                      f"max implies (round(log2 max) + 1 - {m_bits}, one bit coarser where that would need more "
+                      f"than {m_bits} bits)", m_bits)
         mant, shift = fixed_point(groups[id(grid.param)]["lr"] * grid.lr_scale, opt.spec.lr_bits)
         rec.g.put(rec.name(f"{name}.lr"), np.array([mant, shift], dtype=np.int64), None, "",
                   "learning rate L * 2^-shift as (L, shift)")
