@@ -28,8 +28,11 @@ run: install
 	$(BIN)/eoq report $(Q)/bn_fp32 $(Q)/fixup_fp32 $(Q)/fixup_eoq --isometry $(Q)/isometry \
 	    --qstats $(Q)/fixup_eoq --out reports/quickstart --title "Quickstart report (embedded CIFAR-10 subset, 3 epochs)"
 
+# two pytest workers (pytest-xdist), one per core: much of the suite is single-threaded Python and
+# subprocesses; PYTEST_ARGS adds options, e.g. PYTEST_ARGS="-n 0" for one process
+PYTEST_ARGS ?=
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 LAB_ARGS ?=
 lab: install
