@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from eoq.training.progress import tqdm
 
 from eoq.engine import Engine
 from eoq.engine.intengine import check_spec
@@ -52,6 +51,7 @@ from eoq.training.batches import to_float
 from eoq.training.csvfile import read_rows, write_rows
 from eoq.training.data import default_val, load_cifar10
 from eoq.training.loop import TrainingDiverged, evaluate, train_step
+from eoq.training.progress import tqdm
 from eoq.training.setup import setup
 
 from .style import COLORS, figure, save

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from eoq.training.progress import tqdm
 
 from eoq.models import build_model
 from eoq.nn.prepare import prepare
@@ -27,6 +26,7 @@ from eoq.training.batches import to_float, train_batches
 from eoq.training.csvfile import write_rows
 from eoq.training.data import load_cifar10
 from eoq.training.loop import TrainingDiverged, train_step
+from eoq.training.progress import tqdm
 from eoq.training.setup import setup
 
 from ..style import figure, save

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from .progress import tqdm
 
 from .. import distributed
 from ..engine import allocator
@@ -35,9 +34,10 @@ from .batches import eval_batches, steps_per_epoch, train_batches
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import Dataset, default_val, load_cifar10
-from .metrics import metrics_table, write_metrics
 from .loss import step_loss
+from .metrics import metrics_table, write_metrics
 from .optimizer import EOQSGD
+from .progress import tqdm
 from .schedule import lr_at, momentum_at
 from .setup import setup
 from .table import Table
