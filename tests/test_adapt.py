@@ -123,3 +123,26 @@ def test_a_directory_without_a_network_is_one_line(tmp_path, capsys):
     assert main(["adapt", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "neither weights.pt nor checkpoint.pt" in err[0]
+
+
+def test_the_study_runs_both_stages_and_resumes(bases, tmp_path):
+    """analysis.adaptation on tiny bases: lr chosen on validation, final cells on test, study.md and
+    the figure written; a second call finds every cell done and adds no row."""
+    import shutil
+
+    from analysis import adaptation
+    names = {"base_bn_fp32_s0": "bn_fp32", "base_fixup_fp32_s0": "fixup_fp32", "base_fixup_eoq_s0": "fixup_eoq",
+             "base_bn_wageubn_s0": "bn_wageubn"}
+    root = tmp_path / "bases"
+    for name, src in names.items():
+        shutil.copytree(bases / src, root / name)
+    argv = ["--bases", str(root), "--out", str(tmp_path / "study"), "--data", "embedded", "--samples", "4",
+            "--batch-sizes", "2", "--lrs", "0.5", "1", "--seeds", "0", "--corruptions", "contrast", "--severities", "3",
+            "--choose-corruptions", "contrast", "--eval-limit", "20", "--points", "0", "4"]
+    assert adaptation.main(argv) == 0
+    final = adaptation.all_rows(tmp_path / "study", "final")
+    assert {r["method"] for r in final} == set(adaptation.METHODS) and {int(r["images"]) for r in final} == {0, 4}
+    assert len(adaptation.all_rows(tmp_path / "study", "choose")) == 2 * len(adaptation.METHODS)
+    assert (tmp_path / "study" / "study.md").exists() and (tmp_path / "study" / "adapt_vs_images.png").exists()
+    assert adaptation.main(argv) == 0
+    assert len(adaptation.all_rows(tmp_path / "study", "final")) == len(final)

@@ -1,0 +1,216 @@
+"""The online-adaptation study: every method adapts its base network to corrupted streams, one
+protocol, resumable, into one CSV per stage (claim 5 read as a device would meet it).
+
+Protocol (``eoq adapt`` for each cell; eoq/training/adapt.py):
+  - methods: fp32+BN with batch statistics, fp32+BN with frozen running statistics, fp32+Fixup,
+    EOQ (integer engine, its preset's own update) and WAGEUBN (batch statistics), each from its
+    30-epoch ResNet-20 base network (``--bases``: folders holding ``weights.pt`` or a checkpoint);
+  - corruptions ``--corruptions`` at severities ``--severities``; batch sizes ``--batch-sizes``;
+    a stream of ``--samples`` corrupted training images;
+  - stage "choose": the learning rate of each method and batch size from ``--lrs`` x the method's
+    reference lr, by the mean corrupted *validation* accuracy at the end of the stream over
+    ``--choose-corruptions`` at severity 5, seed 0;
+  - stage "final": at the chosen lr, every corruption, severity and batch size for seeds
+    ``--seeds`` (stream order, noise draws and rounding), the corrupted *test* accuracy read at
+    ``--points`` and the clean test accuracy at the end.
+
+    python -m analysis.adaptation --bases reports/adaptation/base/runs --out reports/adaptation
+
+writes ``choose.csv`` and ``final.csv`` (one row per reading; rewritten after every cell, and a cell
+already there is skipped, so an interrupted study goes on where it stopped), ``study.md`` (the
+chosen lrs, mean +- std tables) and the figures ``adapt_vs_images``, ``adapt_vs_batch`` and
+``adapt_clean``. ``--part K/N`` runs every N-th cell from the K-th (two processes on two cores).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from eoq.training.adapt import POINTS, AdaptConfig, adapt
+from eoq.training.csvfile import read_rows, write_rows
+from eoq.training.loop import TrainingDiverged
+
+from .style import figure, save
+
+# method -> (base run folder name, BN mode, reference lr)
+METHODS = {
+    "fp32+BN (batch stats)": ("base_bn_fp32_s0", "batch", 0.01),
+    "fp32+BN (frozen stats)": ("base_bn_fp32_s0", "frozen", 0.01),
+    "fp32+Fixup": ("base_fixup_fp32_s0", "batch", 0.01),
+    "EOQ": ("base_fixup_eoq_s0", "batch", 0.01),      # the seed-0 run of the preset the momentum study chose
+    "WAGEUBN": ("base_bn_wageubn_s0", "batch", 0.01),
+}
+CORRUPTIONS = ("gaussian_noise", "defocus_blur", "contrast", "brightness", "jpeg_compression")
+KEYS = ("stage", "method", "corruption", "severity", "batch_size", "lr", "seed")
+
+
+def cells(args, stage: str, chosen: dict | None = None) -> list[dict]:
+    """The cells of a stage, in a fixed order."""
+    out = []
+    for method, (_, _, ref) in METHODS.items():
+        if args.methods and method not in args.methods:
+            continue
+        for b in args.batch_sizes:
+            if stage == "choose":
+                for f in args.lrs:
+                    for c in args.choose_corruptions:
+                        out.append(dict(stage=stage, method=method, corruption=c, severity=5, batch_size=b,
+                                        lr=ref * f, seed=0))
+            else:
+                for c in args.corruptions:
+                    for sev in args.severities:
+                        for seed in args.seeds:
+                            out.append(dict(stage=stage, method=method, corruption=c, severity=sev, batch_size=b,
+                                            lr=chosen[(method, b)], seed=seed))
+    return out
+
+
+def _key(row: dict) -> tuple:
+    return tuple(round(row[k], 12) if isinstance(row[k], float) else row[k] for k in KEYS)
+
+
+def run_cell(args, cell: dict) -> list[dict]:
+    folder, bn, _ = METHODS[cell["method"]]
+    cfg = AdaptConfig(run_dir=str(Path(args.bases) / folder), corruption=cell["corruption"],
+                      severity=cell["severity"], batch_size=cell["batch_size"], samples=args.samples,
+                      lr=cell["lr"], bn=bn, seed=cell["seed"],
+                      split="val" if cell["stage"] == "choose" else "test",
+                      points=(args.samples,) if cell["stage"] == "choose" else tuple(args.points),
+                      eval_limit=args.eval_limit, data=args.data, threads=1, progress=False)
+    try:
+        run = adapt(cfg)
+    except TrainingDiverged as err:
+        return [dict(cell, images=args.samples, acc=float("nan"), seconds=float("nan"), clean_acc=float("nan"),
+                     diverged=str(err))]
+    return [dict(cell, images=r["images"], acc=r["acc"], seconds=r["seconds"],
+                 clean_acc=run.clean_acc if r is run.rows[-1] else float("nan"), diverged="") for r in run.rows]
+
+
+def run_stage(args, stage: str, chosen=None) -> list[dict]:
+    path = Path(args.out) / (f"{stage}.csv" if not args.part else f"{stage}-{args.part.replace('/', 'of')}.csv")
+    rows = read_rows(path, text=("stage", "method", "corruption", "diverged")) if path.exists() else []
+    done = {_key(r) for r in rows}
+    todo = cells(args, stage, chosen)
+    if args.part:
+        k, n = (int(v) for v in args.part.split("/"))
+        todo = todo[k::n]
+    for cell in todo:
+        if _key(cell) in done:
+            continue
+        rows += run_cell(args, cell)
+        write_rows(path, rows, float_format=".6g")
+        print(f"{stage}: {cell['method']} {cell['corruption']} {cell['severity']} b{cell['batch_size']} "
+              f"lr {cell['lr']:g} seed {cell['seed']}: {rows[-1]['acc']:.2f}%", flush=True)
+    return rows
+
+
+def all_rows(out: Path, stage: str) -> list[dict]:
+    rows = []
+    for p in sorted(out.glob(f"{stage}*.csv")):
+        rows += read_rows(p, text=("stage", "method", "corruption", "diverged"))
+    return rows
+
+
+def choose(rows: list[dict]) -> dict:
+    """{(method, batch): lr} maximising the mean final validation accuracy over the choosing cells."""
+    by: dict = {}
+    for r in rows:
+        by.setdefault((r["method"], int(r["batch_size"]), r["lr"]), []).append(r["acc"])
+    best: dict = {}
+    for (m, b, lr), accs in by.items():
+        mean = statistics.fmean(a if a == a else 0.0 for a in accs)
+        if (m, b) not in best or mean > best[(m, b)][1]:
+            best[(m, b)] = (lr, mean)
+    return {k: v[0] for k, v in best.items()}
+
+
+def mean_std(values: list[float]) -> str:
+    vals = [v for v in values if v == v]
+    if not vals:
+        return "diverged"
+    return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
+
+
+def table(final: list[dict], images: int) -> str:
+    """Corrupted test accuracy at ``images`` seen: rows method x batch, columns corruption/severity."""
+    cols = sorted({(r["corruption"], int(r["severity"])) for r in final})
+    methods = list(dict.fromkeys(r["method"] for r in final))
+    batches = sorted({int(r["batch_size"]) for r in final})
+    lines = ["| method | batch | " + " | ".join(f"{c} {s}" for c, s in cols) + " | clean at end |",
+             "|---|---:|" + "---:|" * (len(cols) + 1)]
+    for m in methods:
+        for b in batches:
+            sel = [r for r in final if r["method"] == m and int(r["batch_size"]) == b]
+            cells_ = [mean_std([r["acc"] for r in sel if (r["corruption"], int(r["severity"])) == c
+                                and int(r["images"]) == images]) for c in cols]
+            clean = mean_std([r["clean_acc"] for r in sel if r["clean_acc"] == r["clean_acc"]])
+            lines.append(f"| {m} | {b} | " + " | ".join(cells_) + f" | {clean} |")
+    return "\n".join(lines)
+
+
+def plot_vs_images(final: list[dict], stem, batch: int | None = None):
+    """Corrupted test accuracy against images seen, per corruption and severity, at ``batch``
+    (default: the smallest batch size measured), one line per method (mean over seeds)."""
+    batch = min(int(r["batch_size"]) for r in final) if batch is None else batch
+    cols = sorted({(r["corruption"], int(r["severity"])) for r in final})
+    fig, axes = figure(len(cols), width=3.0, height=2.6)
+    axes = axes[0]
+    for ax, (c, s) in zip(axes, cols):
+        for m in dict.fromkeys(r["method"] for r in final):
+            pts = {}
+            for r in final:
+                if (r["method"], r["corruption"], int(r["severity"]), int(r["batch_size"])) == (m, c, s, batch):
+                    pts.setdefault(int(r["images"]), []).append(r["acc"])
+            if pts:
+                xs = sorted(pts)
+                ax.plot(xs, [statistics.fmean(pts[x]) for x in xs], marker="o", label=m)
+        ax.set(title=f"{c} {s}, batch {batch}", xlabel="images seen", ylabel="corrupted test acc (%)")
+    axes[0].legend(fontsize=6)
+    return save(fig, stem)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.adaptation", description=__doc__.splitlines()[0])
+    ap.add_argument("--bases", required=True, help="folder holding the base runs (METHODS names them)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--stage", choices=("choose", "final", "all"), default="all")
+    ap.add_argument("--methods", nargs="*", default=None, help=f"a subset of: {', '.join(METHODS)}")
+    ap.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS))
+    ap.add_argument("--choose-corruptions", nargs="+", default=["gaussian_noise", "defocus_blur"])
+    ap.add_argument("--severities", nargs="+", type=int, default=[3, 5])
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8])
+    ap.add_argument("--lrs", nargs="+", type=float, default=[0.3, 1.0, 3.0], help="factors of the reference lr")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--points", nargs="+", type=int, default=list(POINTS))
+    ap.add_argument("--eval-limit", type=int, default=2000, help="class-interleaved images of the split read")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--part", default=None, help="K/N: every N-th cell from the K-th")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.stage in ("choose", "all"):
+        run_stage(args, "choose")
+    if args.stage in ("final", "all"):
+        chosen = choose(all_rows(out, "choose"))
+        missing = [(m, b) for m in METHODS for b in args.batch_sizes
+                   if (not args.methods or m in args.methods) and (m, b) not in chosen]
+        if missing:
+            print(f"no lr chosen yet for {missing[:3]}...: run --stage choose first", file=sys.stderr)
+            return 2
+        run_stage(args, "final", chosen)
+        final = all_rows(out, "final")
+        md = ["# Online adaptation study", "", "Chosen learning rates (validation):", "",
+              "| method | batch | lr |", "|---|---:|---:|"]
+        md += [f"| {m} | {b} | {lr:g} |" for (m, b), lr in sorted(chosen.items())]
+        md += ["", f"Corrupted test accuracy after {args.samples} images (mean ± std over seeds):", "",
+               table(final, args.samples), "", "Before adaptation (0 images):", "", table(final, 0), ""]
+        (out / "study.md").write_text("\n".join(md))
+        plot_vs_images(final, out / "adapt_vs_images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
