@@ -34,6 +34,10 @@ groups=("$@")
 keep_files() {   # run dir, report copy: the run's files beside its report (never the checkpoint)
   mkdir -p "$2"
   for f in config.json metrics.csv train.log DIVERGED; do [ -f "$1/$f" ] && cp "$1/$f" "$2/"; done
+  if [[ "$2" == reports/adaptation/* ]] && [ -f "$1/checkpoint.pt" ]; then   # a base network ships its weights
+    "$(dirname "$EOQ")/python" -c "import sys; from eoq.training.weights import export_weights; export_weights(sys.argv[1])" "$1" \
+      && cp "$1/weights.pt" "$1/weights.sha256" "$2/"
+  fi
   return 0
 }
 export -f keep_files
