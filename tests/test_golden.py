@@ -302,3 +302,18 @@ def test_golden_of_a_layout_the_reference_does_not_cover_exits_non_zero(tmp_path
                  "--after", "3", "--out", str(tmp_path / "g")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 4 and len(err) == 1 and "not checked" in err[0] and "CIFAR" in err[0]
+
+
+def test_widths_are_reported_and_a_hand_made_overflow_fails(golden_dir):
+    import re
+    manifest = {"tensors": [{"name": "s0/c.A", "bits": 8}, {"name": "s0/c.acc", "bits": 32},
+                            {"name": "s0/w.U", "bits": 6}]}
+    used = REF.widths({"s0/c.A": (np.array([-127, 5]), -3), "s0/c.acc": (np.array([1 << 20]), 0),
+                       "s0/w.U": (np.array([31]), -7)}, manifest)
+    assert used == {"A": (8, 8), "acc": (22, 32), "U": (6, 6)}
+    for name, value in (("s0/c.A", 128), ("s0/w.U", -32), ("s0/c.acc", 1 << 31)):
+        with pytest.raises(REF.WidthError, match=re.escape(name)):
+            REF.widths({name: (np.array([0, value]), 0)}, manifest)
+    r = subprocess.run([sys.executable, str(golden.REFERENCE), str(golden_dir)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "widest value reached / declared width, bits: A 8/8" in r.stdout

@@ -591,6 +591,30 @@ def compare(folder, result=None) -> list[str]:
     return bad
 
 
+class WidthError(OverflowError):
+    """A recomputed tensor wider than the width its manifest declares."""
+
+
+def widths(out: dict, manifest: dict) -> dict:
+    """Per tensor kind (the name's last part: A, acc, E, M, U, ...): (the widest value the reference
+    computed, as signed bits: bit length of max|v| + 1; the declared bits). Raises WidthError when a
+    tensor exceeds its declared width (codes must lie in +-(2^(bits-1)-1))."""
+    declared = {e["name"]: e.get("bits") for e in manifest["tensors"]}
+    seen: dict = {}
+    for name, (arr, _) in out.items():
+        bits = declared.get(name)
+        if not bits or not np.asarray(arr).size:
+            continue
+        top = int(np.abs(np.asarray(arr).astype(object)).max())
+        kind = name.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+        if top > (1 << (bits - 1)) - 1:
+            raise WidthError(f"{name}: |value| {top} does not fit its declared {bits} bits")
+        used = top.bit_length() + 1
+        old = seen.get(kind, (0, bits))
+        seen[kind] = (max(old[0], used), max(old[1], bits))
+    return seen
+
+
 def check(folder) -> tuple[int, list[str], float]:
     """(tensors recomputed, names not reproduced bit for bit, the softmax check's largest gap)."""
     result = out, _, manifest, gaps = recompute(folder)
@@ -602,17 +626,21 @@ def main(argv) -> int:
         print(__doc__.splitlines()[2].strip(), file=sys.stderr)
         return 2
     try:
-        checked, bad, gap = check(argv[0])
-    except (BadGolden, NotCovered) as err:
+        result = out, _, manifest, gaps = recompute(argv[0])
+        bad = compare(argv[0], result)
+        used = widths(out, manifest)
+    except (BadGolden, NotCovered, WidthError) as err:
         print(f"numpy_step: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:          # an error inside the reference: one line, never a pass
         print(f"numpy_step: error: the reference failed on {argv[0]}: {err.__class__.__name__}: {err}",
               file=sys.stderr)
         return 3
-    total = len(json.loads((Path(argv[0]) / "manifest.json").read_text())["tensors"])
+    checked, total = sum(e["name"] in out for e in manifest["tensors"]), len(manifest["tensors"])
     print(f"{checked} of {total} golden tensors recomputed, {len(bad)} differ; "
-          f"softmax (float64) within {gap:.1e} of the golden dL/dlogits")
+          f"softmax (float64) within {max(gaps):.1e} of the golden dL/dlogits")
+    print("widest value reached / declared width, bits: "
+          + ", ".join(f"{k} {u}/{d}" for k, (u, d) in sorted(used.items())))
     for name in bad[:20]:
         print("  differs:", name)
     print("torch imported:", "torch" in sys.modules)
