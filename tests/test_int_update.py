@@ -16,8 +16,8 @@ from eoq.cli import main
 from eoq.nn.layers import QLinear
 from eoq.nn.prepare import prepare
 from eoq.quant import rng
-from eoq.quant.presets import get_preset, load_spec
-from eoq.quant.spec import QuantSpec, SpecError, WeightPolicy
+from eoq.quant.presets import get_preset
+from eoq.quant.spec import QuantSpec, SpecError
 from eoq.training import golden, int_update
 from eoq.training.optimizer import EOQSGD, fixed_weight_decay
 
@@ -214,8 +214,7 @@ def test_golden_is_the_same_on_any_cpu_capability(tmp_path):
 ])
 def test_bad_widths_are_refused_with_one_line(change, message):
     with pytest.raises(SpecError, match=message):
-        load_spec({**get_preset("eoq").to_dict(), **{k: v for k, v in change.items()}}) if "M" not in change \
-            else QuantSpec.from_dict({**get_preset("eoq").to_dict(), "M": change["M"]})
+        QuantSpec.from_dict({**get_preset("eoq").to_dict(), **change})
 
 
 def test_unrepresentable_weight_decay_is_one_error_line(tmp_path, capsys):

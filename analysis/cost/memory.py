@@ -66,10 +66,8 @@ def training_state(spec: QuantSpec | str, momentum: float, config: str | None = 
     weight = spec.store_bits if spec.store_bits is not None else 32
     if not momentum:
         m = 0
-    elif spec.store_bits is not None and spec.wd_bits and spec.M.enabled:
-        m = spec.M.bits                              # the all-integer update's buffer
     elif spec.store_bits is not None and spec.M.enabled:
-        m = spec.M.bits                              # M-rounded buffer, kept as float32 values of M's codes
+        m = spec.M.bits          # the buffer's M codes (float32 in memory here; M bits on a device)
     else:
         m = 32
     return TrainingState(config or spec.name, weight, m)

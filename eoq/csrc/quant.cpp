@@ -288,10 +288,6 @@ void sq_inplace(at::Tensor& x, int64_t bits, int64_t mode, uint32_t k0, uint32_t
   x.copy_(out);
 }
 
-// One EOQSGD step for integer-stored tensors (see eoq/training/optimizer.py, which holds the same
-// algorithm in torch ops and is the reference). cfg rows: lr_eff, bits, u_bits, u_mode,
-// gq_bits (0 = none), gq_mode, m_bits (0 = none), m_mode, saturate_frac, shrink_bits,
-// buffer_ready, exact_lr, min_exp (eoq/csrc/common.h: PlanCol). keys: (n, 4, 2) int64 for G, M, U and the rescale.
 // ---- the all-integer update (eoq/training/int_update.py, bit for bit) ----------------------------
 constexpr int64_t ACC_BITS = 64;
 
@@ -344,6 +340,33 @@ bool accumulate(const std::vector<Term>& terms, int64_t n, const std::vector<dou
   return true;
 }
 
+// The exponent policy on new codes cp[0..n) (max |code| amax_c, nsat of them saturated), then the
+// weights pp = codes * 2^e and the exponent *ep: up one bit (SR halving, key r0/r1) when
+// nsat * sat_den > sat_num * n, down one (doubling, exact) when 0 < amax_c < 2^(bits-1-shrink).
+void apply_policy(float* cp, float* pp, float* ep, int64_t n, int64_t e, int64_t amax_c, int64_t nsat,
+                  int64_t bits, int64_t shrink, int64_t min_exp, int64_t sat_num, int64_t sat_den,
+                  uint32_t r0, uint32_t r1) {
+  const int64_t k_max = (int64_t(1) << (bits - 1)) - 1;
+  if (amax_c >= k_max && nsat * sat_den > sat_num * n) {     // an integer comparison
+    e += 1;
+    for (int64_t j = 0; j < n; ++j) {
+      double h = std::floor((std::floor(double(cp[j]) * 0.5 * 65536.0) + double(rbits32(uint32_t(j), r0, r1))) / 65536.0);
+      cp[j] = float(h < -double(k_max) ? -double(k_max) : (h > double(k_max) ? double(k_max) : h));
+    }
+  } else if (amax_c > 0 && amax_c < (int64_t(1) << (bits - 1 - shrink)) && e > min_exp) {
+    e -= 1;
+    for (int64_t j = 0; j < n; ++j) cp[j] *= 2;
+  }
+  const float scale = std::ldexp(1.0f, static_cast<int>(e));
+  for (int64_t j = 0; j < n; ++j) pp[j] = cp[j] * scale;
+  *ep = static_cast<float>(e);
+}
+
+// One EOQSGD step for integer-stored tensors (see eoq/training/optimizer.py, which holds the same
+// algorithm in torch ops and is the reference). cfg rows: eoq/csrc/common.h, PlanCol (lr_eff, bits,
+// u_bits, u_mode, gq_bits (0 = none), gq_mode, m_bits (0 = none), m_mode, saturate_frac as
+// num / den, shrink_bits, buffer_ready, exact_lr, min_exp, and the all-integer update's columns).
+// keys: (n, 4, 2) int64 for G, M, U and the rescale.
 void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
                std::vector<at::Tensor> bufs, std::vector<at::Tensor> exps,
                std::vector<at::Tensor> updates, at::Tensor cfg_, at::Tensor keys_, double mu) {
@@ -414,20 +437,7 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
       amax_c = std::max(amax_c, aw);
       nsat += aw >= k_max;
     }
-    if (amax_c >= k_max && nsat * sat_den > sat_num * n) {
-      e += 1;
-      const uint32_t r0 = key(3, 0), r1 = key(3, 1);
-      for (int64_t j = 0; j < n; ++j) {
-        double h = std::floor((std::floor(double(codes[j]) * 0.5 * 65536.0) + double(rbits32(uint32_t(j), r0, r1))) / 65536.0);
-        codes[j] = float(h < -double(k_max) ? -double(k_max) : (h > double(k_max) ? double(k_max) : h));
-      }
-    } else if (amax_c > 0 && amax_c < (int64_t(1) << (bits - 1 - shrink)) && e > min_exp) {
-      e -= 1;
-      for (int64_t j = 0; j < n; ++j) codes[j] *= 2;
-    }
-    const float scale = std::ldexp(1.0f, static_cast<int>(e));
-    for (int64_t j = 0; j < n; ++j) pp[j] = codes[j] * scale;
-    *ep = static_cast<float>(e);
+    apply_policy(codes.data(), pp, ep, n, e, amax_c, nsat, bits, shrink, min_exp, sat_num, sat_den, key(3, 0), key(3, 1));
   };
   // tensors are independent (own keys, own exponent): spread them over the threads
   auto step_one = [&](size_t i) {
@@ -514,22 +524,9 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
         cmax[ch] = amax_c; csat[ch] = nsat;
       }
     });
-    double amax_c = 0; int64_t nsat = 0;
-    for (int64_t ch = 0; ch < chunks; ++ch) { amax_c = std::max(amax_c, double(cmax[ch])); nsat += csat[ch]; }
-    if (amax_c >= double(k_max) && nsat * sat_den > sat_num * n) {     // an integer comparison
-      e += 1;
-      const uint32_t r0 = key(3, 0), r1 = key(3, 1);
-      for (int64_t j = 0; j < n; ++j) {
-        double h = std::floor((std::floor(double(cp[j]) * 0.5 * 65536.0) + double(rbits32(uint32_t(j), r0, r1))) / 65536.0);
-        cp[j] = float(h < -double(k_max) ? -double(k_max) : (h > double(k_max) ? double(k_max) : h));
-      }
-    } else if (amax_c > 0 && amax_c < std::ldexp(1.0, int(bits - 1 - shrink)) && e > min_exp) {
-      e -= 1;
-      for (int64_t j = 0; j < n; ++j) cp[j] *= 2;
-    }
-    const float scale = std::ldexp(1.0f, e);
-    for (int64_t j = 0; j < n; ++j) pp[j] = static_cast<float>(cp[j]) * scale;
-    *ep = static_cast<float>(e);
+    int64_t amax_c = 0, nsat = 0;
+    for (int64_t ch = 0; ch < chunks; ++ch) { amax_c = std::max<int64_t>(amax_c, cmax[ch]); nsat += csat[ch]; }
+    apply_policy(cp, pp, ep, n, e, amax_c, nsat, bits, shrink, min_exp, sat_num, sat_den, key(3, 0), key(3, 1));
   };
   std::string error;
   const int64_t count = static_cast<int64_t>(params.size());

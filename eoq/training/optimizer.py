@@ -1,6 +1,10 @@
 """EOQ SGD: 8-bit integer weight updates, no float master copy; plain SGD for float tensors.
 
-For an integer-stored tensor w = codes * 2^e (see :class:`~eoq.nn.layers.GridParam`):
+With ``spec.wd_bits`` (the eoq presets) an integer-stored tensor takes the all-integer update of
+:mod:`eoq.training.int_update` (fixed-point weight decay, mu v + g + wd w an exact integer sum
+rounded once to M, U formed from M's codes exactly; ``_int_grid_step`` here, ``grid_step`` in the
+kernel). Without it (eoq-shift, wageubn) the update below keeps weight decay and the momentum sum
+in float32. For an integer-stored tensor w = codes * 2^e (see :class:`~eoq.nn.layers.GridParam`):
     g      = G(grad) (+ weight_decay * w)            G already applied by the layer for conv/linear
     v      = M(mu * v + g),  mu = 1 - 2^-s           momentum as a shift; M quantizes the buffer
     delta  = lr * lr_scale * v                       lr rounded to a power of two if spec.lr_pow2, or to
@@ -30,7 +34,6 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
-from . import int_update
 from ..nn.layers import FixupScalar, GridParam
 from ..nn.prepare import SCALAR_LR_SCALE, grid_params
 from ..quant import rng
@@ -38,6 +41,7 @@ from ..quant.apply import apply_quant
 from ..quant.observe import OBSERVERS, listening
 from ..quant.quantizers import QuantizationError, max_code, round_scaled
 from ..quant.spec import QuantSpec, SpecError
+from . import int_update
 
 
 class PlanCol(enum.IntEnum):
