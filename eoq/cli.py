@@ -201,10 +201,15 @@ def _golden(args) -> int:
     idx = epoch_order(len(data.train_x), args.seed, 0)[:n]       # the first batches of epoch 0, no augmentation
     images = to_float(torch.from_numpy(data.train_x)[idx])
     labels = torch.from_numpy(data.train_y)[idx]
+    if args.image_size not in (32, 64):
+        raise ConfigError(f"--image-size must be 32 or 64, got {args.image_size}")
+    if args.image_size == 64:      # CIFAR-10 upsampled (bilinear): the ImageNet stem's 7x7/2 conv and pool at work
+        images = torch.nn.functional.interpolate(images, size=(64, 64), mode="bilinear", align_corners=False)
     if not 0 <= args.momentum < 1:
         raise ConfigError(f"--momentum must be 0 or 1 - 2^-s in [0, 1), got {args.momentum}")
     g = golden.record(args.model, args.batch_size, args.steps, images, labels, seed=args.seed, lr=args.lr,
-                      after=args.after, preset=args.preset, momentum=args.momentum, weight_decay=args.weight_decay)
+                      after=args.after, preset=args.preset, momentum=args.momentum, weight_decay=args.weight_decay,
+                      stem=args.stem)
     path = golden.write(g, args.out)
     print(f"{len(g.entries)} tensors of {args.steps} step(s) written to {path} and {path.parent / 'manifest.json'}")
     ref = golden.reference()
@@ -298,6 +303,9 @@ def main(argv=None) -> int:
     g.add_argument("--preset", default="eoq", help="eoq or a JSON spec based on it (e.g. an 8-bit M)")
     g.add_argument("--after", type=int, default=20,
                    help="unrecorded steps first (at init a Fixup net's branches get no error: >= 3 records them busy)")
+    g.add_argument("--stem", choices=("small", "imagenet"), default="small",
+                   help="resnet18/34/50: 3x3/1 stem, no max-pool (small) or 7x7/2 conv + 3x3/2 max-pool (imagenet)")
+    g.add_argument("--image-size", type=int, default=32, help="32, or 64 (CIFAR-10 images upsampled, bilinear)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--data", default=None, help="as eoq train --data (the first training images are used)")
     g.add_argument("--out", required=True, help="directory for golden.npz and manifest.json")

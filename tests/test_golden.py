@@ -297,11 +297,46 @@ def test_a_bad_golden_folder_is_one_line_and_exit_2(golden_dir, tmp_path, damage
     assert len(lines) == 1 and message in lines[0]
 
 
-def test_golden_of_a_layout_the_reference_does_not_cover_exits_non_zero(tmp_path, capsys):
-    code = main(["golden", "--model", "resnet18", "--data", "embedded", "--batch-size", "2", "--steps", "1",
-                 "--after", "3", "--out", str(tmp_path / "g")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 4 and len(err) == 1 and "not checked" in err[0] and "CIFAR" in err[0]
+def test_imagenet_resnet18_stem_maxpool_and_projections_bit_for_bit(tmp_path, capsys):
+    """ResNet-18 in the ImageNet layout (7x7/2 stem, 3x3/2 max-pool, 1x1 projection shortcuts) at 64x64."""
+    code = main(["golden", "--model", "resnet18", "--stem", "imagenet", "--image-size", "64", "--data", "embedded",
+                 "--batch-size", "1", "--steps", "1", "--after", "3", "--out", str(tmp_path / "g")])
+    out = capsys.readouterr().out
+    assert code == 0 and "tensors recomputed from the inputs, 0 differ" in out
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert manifest["layers"]["maxpool"] == {"kind": "maxpool", "kernel": 3, "stride": 2, "padding": 1}
+    assert manifest["layers"]["conv1"]["kernel"] == [7, 7] and manifest["layers"]["conv1"]["stride"] == 2
+    names = {e["name"] for e in manifest["tensors"]}
+    assert {"s0/stages.1.0.shortcut.G", "s0/stages.1.0.shortcut.dstream", "s0/conv1.stream"} <= names
+
+
+def test_bottleneck_blocks_bit_for_bit(data, tmp_path):
+    """Bottleneck blocks (1x1-3x3/2-1x1, projection shortcuts) behind the ImageNet stem: a narrow
+    two-stage ResNet-50-style net, two steps, so the update and the policy run on them too."""
+    from eoq.models import Bottleneck, ResNet
+    torch.manual_seed(0)
+    net = ResNet(Bottleneck, (1, 1), (8, 16), "fixup", 10, shortcut="B", stem="imagenet")
+    x = torch.nn.functional.interpolate(data[0], size=(64, 64), mode="bilinear", align_corners=False)
+    g = golden.record(net, B, STEPS, x, data[1], after=AFTER)
+    golden.write(g, tmp_path)
+    checked, bad = golden.verify(tmp_path)
+    assert bad == [] and checked > 200
+    kinds = {d["kind"] for d in g.layers.values()}
+    assert kinds == {"conv", "linear", "maxpool", "block"}
+    assert [d["convs"] for d in g.layers.values() if d["kind"] == "block"] == [3, 3]
+    assert np.abs(g.arrays["s1/stages.1.0.convs.2.G"]).max() > 0      # the errors reached the last branch conv
+
+
+def test_a_layout_the_reference_does_not_cover_is_refused(golden_dir, tmp_path):
+    bad = tmp_path / "g"
+    shutil.copytree(golden_dir, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["layers"]["stages.0.0"]["shortcut"] = "option C"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(REF.NotCovered, match="option C"):
+        golden.verify(bad)
+    r = subprocess.run([sys.executable, str(golden.REFERENCE), str(bad)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "option C" in r.stderr
 
 
 def test_widths_are_reported_and_a_hand_made_overflow_fails(golden_dir):

@@ -254,7 +254,11 @@ def test_collapse_is_recognised_after_n_epochs_at_chance():
     assert "collapsed to chance (10.0% train" in why and "after 37.6% at epoch 3" in why
     assert collapsed(rows, 10, 0) is None               # switched off
     assert collapsed(rows, 10, 3) is None
-    assert collapsed(_rows([(2.30, 10.1)] * 4), 10, 2) is None                  # never learnt: not a collapse
+    assert collapsed(_rows([(2.30, 10.1)] * 4), 10, 2) is None                  # a slow start: not yet
+    assert collapsed(_rows([(2.30, 10.1)] * 7), 10, 2) is None
+    never = collapsed(_rows([(2.304, 11.6)] + [(2.303, 10.0)] * 8), 10, 2)      # mom_none_s0's first 9 epochs
+    assert "for 8 epochs, never above 11.6%" in never
+    assert collapsed(_rows([(2.30, 10.1)] * 7 + [(2.30, 12.0)]), 10, 2) is None  # a point above chance: learning
     assert collapsed(_rows(COLLAPSED_RUN[:3] + [(2.30, 10.0), (2.0, 25.0), (2.30, 10.0)]), 10, 2) is None
 
 

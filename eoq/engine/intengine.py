@@ -10,6 +10,8 @@ Per quantized layer, with codes in channels-last (NHWC) order and K the GEMM's i
                    im2col(dilate(E)) @ rot180(W)^T -> int32            (a transposed convolution;
                    for stride s > 1, s*s sub-convolutions of the undilated E, one per phase)
     weight grad    E^T @ im2col(A) -> int32 per chunk of rows, summed in int64, then
+                   (the forward keeps A's int8 codes, and backward builds im2col(A) again: a
+                   3x3 layer would otherwise hold 9 bytes per input value, twice fp32's 4)
                    G = SQ(., 8) evaluated on the integers (shift + the same random bits)
 
 Stride-1 convolutions with 16-64 output channels run on direct AMX / VNNI kernels instead
@@ -178,7 +180,7 @@ def weight_mats(w: torch.Tensor, exponent: int | None = None) -> WeightMats:
 
 def conv_forward(a: torch.Tensor, w: torch.Tensor | WeightMats, stride: int,
                  padding: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """int32 NHWC output of conv(a, w) and the im2col matrix (kept for the weight gradient)."""
+    """int32 NHWC output of conv(a, w) and its im2col matrix (a pooled buffer: give it back)."""
     w = w if isinstance(w, WeightMats) else weight_mats(w)
     cout, _, kh, kw = w.shape
     cols = im2col(a, kh, kw, stride, (padding,) * 4)
@@ -395,13 +397,13 @@ class IntConvFn(torch.autograd.Function):
         if ctx.direct:
             return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
         wc = weight_mats(layer.weight, ew)
-        acc, cols = conv_forward(to_nhwc(a), wc, layer.stride[0], layer.padding[0])
+        a = to_nhwc(a)
+        acc, cols = conv_forward(a, wc, layer.stride[0], layer.padding[0])
         out = _to_float_nchw(acc, ea + ew, cl)
         _give(acc)
-        if any(ctx.needs_input_grad):
-            ctx.save_for_backward(cols, wc.bwd)
-        else:
-            _give(cols)
+        _give(cols)
+        if any(ctx.needs_input_grad):      # the codes, not their kh*kw times larger im2col matrix
+            ctx.save_for_backward(a, wc.bwd)
         ctx.meta, ctx.wshape = _Saved(ea, ew, tuple(x.shape[2:]), cl), wc.shape
         return out
 
@@ -420,7 +422,7 @@ class IntConvFn(torch.autograd.Function):
         if ctx.direct:
             gi, gw, _ = _direct_backward(ctx, e, ee)
             return gi if gi is None else gi.to(ctx.in_dtype), gw, None
-        cols, wbwd = ctx.saved_tensors
+        a, wbwd = ctx.saved_tensors
         gi = gw = None
         wc = WeightMats(None, wbwd, ctx.wshape)
         if ctx.needs_input_grad[0]:
@@ -428,9 +430,11 @@ class IntConvFn(torch.autograd.Function):
             gi = _to_float_nchw(acc, ee + ew, cl)
             _give(acc)
         if ctx.needs_input_grad[1]:
+            _, _, kh, kw = wc.shape
+            cols = im2col(a, kh, kw, layer.stride[0], (layer.padding[0],) * 4)
             acc = weight_grad(e.reshape(-1, wc.shape[0]), cols)
+            _give(cols)
             gw = _gradient(acc, ea + ee, layer, wc.shape)
-        _give(cols)
         return gi if gi is None else gi.to(ctx.in_dtype), gw, None
 
 

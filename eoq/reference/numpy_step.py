@@ -2,8 +2,8 @@
 
     python eoq/reference/numpy_step.py DIR        # DIR from `eoq golden`: recompute and compare
 
-It reads a golden file (``eoq golden``: golden.npz + manifest.json) of a Fixup CIFAR ResNet
-(resnet20/32/44/56/110) under the ``eoq`` preset, takes only its *inputs* (the first layer's input
+It reads a golden file (``eoq golden``: golden.npz + manifest.json) of a Fixup ResNet (resnet20/32/
+44/56/110, resnet18/34/50) under the ``eoq`` preset, takes only its *inputs* (the first layer's input
 codes, the labels, the stored codes, exponents and momentum buffers, the learning rates, the
 random-bit keys, and dL/dlogits, the one float operation of a step) and recomputes every other
 tensor of every recorded step, chaining the steps (the second starts from the weights the first
@@ -26,8 +26,12 @@ they equal this reference's exact integers within the datapath widths the README
 exponent policy's floor at 2^-40 keeps a drifting Fixup bias there), scalar gradient sums < 2^53.
 
 Convolutions are written as sums over kernel taps of integer matrix products (int64), the
-transposed convolution as a scatter: not the engine's im2col or phase decomposition. Covered: the
-CIFAR layout (3x3 convs, option-A shortcuts, global average pooling over a power-of-two area).
+transposed convolution as a scatter: not the engine's im2col or phase decomposition. The layout
+comes from the manifest's ``layers`` (each conv's kernel, stride and padding; each block's convs
+and shortcut): the CIFAR ResNets (3x3 stem, option-A shortcuts) and the ImageNet ResNets 18/34/50
+(7x7/2 stem and 3x3/2 max-pool, or the 3x3/1 stem of 32x32 inputs; basic or bottleneck blocks;
+1x1 projection shortcuts), with global average pooling over a power-of-two area. The max-pool
+takes each window's first maximum in row-major tap order and routes its error there.
 """
 from __future__ import annotations
 
@@ -219,13 +223,57 @@ def conv_weight_grad(e: np.ndarray, a: np.ndarray, stride: int, pad: int, kh: in
     return out
 
 
+def max_pool(x: np.ndarray, k: int, stride: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """out[n, c, y, x] = max of the k x k window at (s y - p, s x - p) (positions outside the input
+    are not candidates), and which tap gave it: the first maximum in row-major tap order (ties are
+    common after a ReLU; the first is the one the backward routes the error to)."""
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    low = np.iinfo(np.int64).min
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=low)
+    best = np.full((n, c, ho, wo), low, dtype=np.int64)
+    arg = np.zeros((n, c, ho, wo), dtype=np.int64)
+    for i in range(k):
+        for j in range(k):
+            v = xp[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride]
+            take = v > best
+            best, arg = np.where(take, v, best), np.where(take, i * k + j, arg)
+    return best, np.stack([arg, np.full_like(arg, k), np.full_like(arg, stride), np.full_like(arg, pad)])
+
+
+def max_pool_backward(err: np.ndarray, argmax: np.ndarray, shape) -> np.ndarray:
+    """The max-pool's input error: each output's error added to the position its window's max came
+    from (windows overlap: an input can receive several, an exact integer sum)."""
+    arg, k, stride, pad = argmax[0], int(argmax[1].flat[0]), int(argmax[2].flat[0]), int(argmax[3].flat[0])
+    n, c, h, w = shape
+    out = np.zeros((n, c, h + 2 * pad + k, w + 2 * pad + k), dtype=np.int64)
+    ho, wo = err.shape[2:]
+    for i in range(k):
+        for j in range(k):
+            out[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride] += np.where(arg == i * k + j, err, 0)
+    return out[:, :, pad:pad + h, pad:pad + w]
+
+
+def shortcut_kind(text: str) -> str:
+    """The manifest's shortcut description as 'identity', 'A' or 'B' (NotCovered otherwise)."""
+    if text == "identity":
+        return "identity"
+    if text.startswith("option A"):
+        return "A"
+    if text.startswith("1x1 projection"):
+        return "B"
+    raise NotCovered(f"a block shortcut of kind {text!r}")
+
+
 # ----------------------------------------------------------------------------- the network
 class Step:
-    """One training step of a Fixup CIFAR ResNet: ``run`` fills ``out`` (name -> array, exponent)."""
+    """One training step of a Fixup ResNet: ``run`` fills ``out`` (name -> array, exponent)."""
 
-    def __init__(self, golden, step: int, state: dict, config: dict, exponents: dict | None = None):
+    def __init__(self, golden, step: int, state: dict, config: dict, exponents: dict | None = None,
+                 layers: dict | None = None):
         self.g, self.t, self.state, self.cfg = golden, step, state, config
         self.exponents = exponents or {}          # the golden manifest's exponent of every tensor
+        self.layers = layers or {}                # the manifest's network layout (name -> geometry)
         self.out: dict = {}
         spec = config["preset"]
         self.bits = {k: spec[k]["bits"] for k in ("A", "E", "G", "U", "M")}
@@ -278,38 +326,29 @@ class Step:
         self.sgrads[name] = v if prev is None else (prev + v).astype(np.float32)
 
     def run(self):
+        """Forward, loss gradient (from the golden file), backward, update: the layout (every conv's
+        kernel, stride and padding, the max-pool, each block's convs and shortcut) is the
+        manifest's ``layers``."""
         self.saved, self.grads, self.sgrads = {}, {}, {}
-        blocks = sorted({n.split(".convs")[0] for n in self.state if ".convs." in n},
-                        key=lambda b: tuple(int(p) for p in b.split(".")[1:]))
+        lay = self.layers
         a0 = (self.g[f"s{self.t}/conv1.A"].astype(np.int64), self.exp("conv1.A"))
-        # ---- forward
-        acc, e = self.layer_forward("conv1", None, 1, 1, codes_in=a0)
+        # ---- forward: the stem, conv1 -> + b -> ReLU (-> max-pool) -> FX16
+        c1 = lay["conv1"]
+        acc, e = self.layer_forward("conv1", None, c1["stride"], c1["padding"], codes_in=a0)
         pre0 = add((acc, e), self.scalar("bias1"))
-        x = fx((np.maximum(pre0[0], 0), pre0[1]), self.stream)
+        r0 = np.maximum(pre0[0], 0)
+        pool = lay.get("maxpool")
+        if pool:
+            r0, argmax = max_pool(r0, pool["kernel"], pool["stride"], pool["padding"])
+        x = fx((r0, pre0[1]), self.stream)
         self.put("conv1.stream", *x)
         tape = []
-        for b in blocks:
-            i, j = (int(p) for p in b.split(".")[1:])
-            stride = 2 if i > 0 and j == 0 else 1
-            b1a, b1b = self.scalar(b + ".biases_in.0"), self.scalar(b + ".biases_out.0")
-            b2a, b2b = self.scalar(b + ".biases_in.1"), self.scalar(b + ".biases_out.1")
-            s = self.scalar(b + ".scale")
-            acc1, e1 = self.layer_forward(b + ".convs.0", add(x, b1a), stride, 1)
-            pre1 = add((acc1, e1), b1b)
-            acc2, e2 = self.layer_forward(b + ".convs.1", add((np.maximum(pre1[0], 0), pre1[1]), b2a), 1, 1)
-            cin, cout = x[0].shape[1], acc2.shape[1]
-            if stride == 1 and cin == cout:
-                identity = x
-            else:                    # option A: pad(x[:, :, ::2, ::2] + b_1a), zero channels
-                sub = add((x[0][:, :, ::stride, ::stride], x[1]), b1a)
-                identity = (np.pad(sub[0], ((0, 0), (0, cout - cin), (0, 0), (0, 0))), sub[1])
-            pre = add((acc2 * s[0], e2 + s[1]), b2b, identity)
-            tape.append((b, stride, cin, x, pre1, (acc2, e2), pre))
-            x = fx((np.maximum(pre[0], 0), pre[1]), self.stream)
-            self.put(b + ".convs.1.stream", *x)
+        for b in self.blocks:
+            x, record = self.block_forward(b, x)
+            tape.append(record)
         hw = x[0].shape[2] * x[0].shape[3]
         if hw & (hw - 1):
-            raise ValueError(f"global average pooling over {hw} positions is not a shift")
+            raise NotCovered(f"global average pooling over {hw} positions is not a shift")
         pooled = (x[0].sum(axis=(2, 3)), x[1] - (hw.bit_length() - 1))     # the sum, then a shift
         a_fc, ea = sq(add(pooled, self.scalar("bias2")), self.bits["A"])
         w_fc, ew = self.w("fc.weight")
@@ -337,33 +376,86 @@ class Step:
         err = fx((np.broadcast_to(dx[0][:, :, None, None], (n, c, h, wd)).copy(), dx[1] - (hw.bit_length() - 1)),
                  self.stream)                                                # avgpool backward: a shift
         self.put("fc.dstream", *err)
-        for b, stride, cin, x_in, pre1, (acc2, e2), pre in reversed(tape):
-            g = (np.where(pre[0] > 0, err[0], 0), err[1])                    # the block's ReLU
-            self.scalar_grad(b + ".biases_out.1", g)
-            self.scalar_grad(b + ".scale", (g[0] * acc2, g[1] + e2))
-            s = self.scalar(b + ".scale")
-            dx2 = self.layer_backward(b + ".convs.1", (g[0] * s[0], g[1] + s[1]))
-            self.scalar_grad(b + ".biases_in.1", dx2)
-            h1 = (np.where(pre1[0] > 0, dx2[0], 0), dx2[1])
-            self.scalar_grad(b + ".biases_out.0", h1)
-            dx1 = self.layer_backward(b + ".convs.0", h1)
-            self.scalar_grad(b + ".biases_in.0", dx1)
-            if stride == 1 and cin == g[0].shape[1]:
-                gid = g
-            else:                    # option A backward: the kept channels, scattered to the kept pixels
-                kept = g[0][:, :cin]
-                self.scalar_grad(b + ".biases_in.0", (kept, g[1]))
-                full = np.zeros(x_in[0].shape, dtype=np.int64)
-                full[:, :, ::stride, ::stride] = kept
-                gid = (full, g[1])
-            err = fx(add(dx1, gid), self.stream)
-            self.put(b + ".convs.0.dstream", *err)
+        for record in reversed(tape):
+            err = self.block_backward(record, err)
+        if pool:                                                             # to each window's first max
+            err = (max_pool_backward(err[0], argmax, pre0[0].shape), err[1])
         g0 = (np.where(pre0[0] > 0, err[0], 0), err[1])
         self.scalar_grad("bias1", g0)
         self.layer_backward("conv1", g0, input_grad=False)
         for name, v in self.sgrads.items():
             self.put(name + ("" if name.startswith("fc.") else ".value") + ".grad", v)
         self.update()
+
+    @property
+    def blocks(self):
+        return [name for name, d in self.layers.items() if d["kind"] == "block"]
+
+    def block_forward(self, b, x):
+        """y = FX16(relu(conv_m(h_m + b_ma) * scale + b_mb + identity)), h_1 = x and
+        h_(i+1) = relu(conv_i(h_i + b_ia) + b_ib); identity = x, option A of x + b_1a, or the 1x1
+        projection conv of SQ(x + b_1a). Returns (y, what the backward needs)."""
+        lay = self.layers
+        m = lay[b]["convs"]
+        convs = [f"{b}.convs.{i}" for i in range(m)]
+        b_in = [self.scalar(f"{b}.biases_in.{i}") for i in range(m)]
+        b_out = [self.scalar(f"{b}.biases_out.{i}") for i in range(m)]
+        s = self.scalar(b + ".scale")
+        kind = shortcut_kind(lay[b]["shortcut"])
+        stride = math.prod(lay[c]["stride"] for c in convs)
+        cin = x[0].shape[1]
+        if kind == "identity":
+            identity = x
+        elif kind == "A":               # pad(x[:, :, ::s, ::s] + b_1a), zero channels
+            sub = add((x[0][:, :, ::stride, ::stride], x[1]), b_in[0])
+            cout = lay[convs[-1]]["out"]
+            identity = (np.pad(sub[0], ((0, 0), (0, cout - cin), (0, 0), (0, 0))), sub[1])
+        else:                           # B: a 1x1 conv of A = SQ(x + b_1a)
+            sc = lay[b + ".shortcut"]
+            identity = self.layer_forward(b + ".shortcut", add(x, b_in[0]), sc["stride"], sc["padding"])
+        h, pres = add(x, b_in[0]), []
+        for i, c in enumerate(convs):
+            acc, e = self.layer_forward(c, h, lay[c]["stride"], lay[c]["padding"])
+            if i < m - 1:
+                pre = add((acc, e), b_out[i])
+                pres.append(pre)
+                h = add((np.maximum(pre[0], 0), pre[1]), b_in[i + 1])
+        pre = add((acc * s[0], e + s[1]), b_out[-1], identity)
+        y = fx((np.maximum(pre[0], 0), pre[1]), self.stream)
+        self.put(convs[-1] + ".stream", *y)
+        return y, (b, convs, kind, stride, x, pres, (acc, e), pre)
+
+    def block_backward(self, record, err):
+        """The block's backward from the error of its output; returns FX16(branch error + shortcut error)."""
+        b, convs, kind, stride, x_in, pres, (acc, e), pre = record
+        g = (np.where(pre[0] > 0, err[0], 0), err[1])                      # the block's ReLU
+        self.scalar_grad(b + f".biases_out.{len(convs) - 1}", g)
+        self.scalar_grad(b + ".scale", (g[0] * acc, g[1] + e))
+        s = self.scalar(b + ".scale")
+        d = self.layer_backward(convs[-1], (g[0] * s[0], g[1] + s[1]))
+        for i in reversed(range(len(convs) - 1)):
+            self.scalar_grad(b + f".biases_in.{i + 1}", d)
+            h = (np.where(pres[i][0] > 0, d[0], 0), d[1])
+            self.scalar_grad(b + f".biases_out.{i}", h)
+            d = self.layer_backward(convs[i], h)
+        self.scalar_grad(b + ".biases_in.0", d)
+        last = convs[0]
+        cin = x_in[0].shape[1]
+        if kind == "identity":
+            gid = g
+        elif kind == "A":               # the kept channels, scattered to the kept pixels
+            kept = g[0][:, :cin]
+            self.scalar_grad(b + ".biases_in.0", (kept, g[1]))
+            full = np.zeros(x_in[0].shape, dtype=np.int64)
+            full[:, :, ::stride, ::stride] = kept
+            gid = (full, g[1])
+        else:                           # the projection's input error; b_1a's second use
+            gid = self.layer_backward(b + ".shortcut", g)
+            self.scalar_grad(b + ".biases_in.0", gid)
+            last = b + ".shortcut"
+        err = fx(add(d, gid), self.stream)
+        self.put(last + ".dstream", *err)
+        return err
 
     def exp(self, name):
         return self.exponents[f"s{self.t}/{name}"]
@@ -463,21 +555,25 @@ def accumulate(terms):
     if not tops:
         return None, 0
     e0 = max(tops) + 2 - 62
-    total = 0
-    for v, ev in terms:
-        v = v.astype(object)
-        total = total + (v << (ev - e0) if ev >= e0 else v >> (e0 - ev))
-    if int(np.abs(total).max()) >= 1 << 63:
-        raise OverflowError("the update accumulator overflowed 64 bits")
-    return total.astype(np.int64), e0
+    total = np.zeros(np.shape(terms[0][0]), dtype=np.int64)
+    for v, ev in terms:          # each aligned term is below 2^60 in magnitude, their sum below 2^62
+        v = small(np.asarray(v))
+        total = total + (v << (ev - e0) if ev >= e0 else v >> min(e0 - ev, 63))   # >> 63: floor to 0 or -1
+    if int(np.abs(total).max()) >= 1 << 62:
+        raise OverflowError("the update accumulator overflowed its 64 bits")
+    return total, e0
 
 
 def sr_clamped(y: np.ndarray, f: int, m: int, key) -> np.ndarray:
     """clamp(SR(y / 2^f), -m, m), exact (Python integers where needed)."""
-    y = np.asarray(y).astype(object)
+    y = np.asarray(y)
+    top = int(np.abs(y).max()).bit_length() if y.size else 0
+    if top + 16 + max(-f, 0) > 62:       # Python integers only where int64 could overflow
+        y = y.astype(object)
     if f >= 0:
         t = (y << 16) >> f if f <= 16 else y >> (f - 16)
-        out = (t + random_bits(y.size, key).reshape(y.shape).astype(object)) >> 16
+        bits = random_bits(y.size, key).reshape(y.shape)
+        out = (t + (bits.astype(object) if y.dtype == object else bits)) >> 16
     else:
         out = y << -f
     return np.clip(out, -m, m).astype(np.int64)
@@ -559,9 +655,14 @@ def recompute(folder):
     if not all(config["preset"].get(k) for k in ("stream_bits", "lr_bits", "wd_bits")):
         raise ValueError("the reference covers the eoq preset (fixed-point stream, learning rate and weight decay)")
     state, exps = initial_state(g, manifest, config)
-    if any(".shortcut." in n for n in state) or state["conv1.weight"]["codes"].shape[2:] != (3, 3):
-        raise NotCovered("the reference covers the CIFAR ResNets (3x3 stem, option-A shortcuts), "
-                         f"not {config['model']}")
+    layers = manifest.get("layers") or {}
+    if "conv1" not in layers or "fc" not in layers:
+        raise NotCovered(f"the manifest describes no ResNet layout (layers: conv1 ... fc) for {config['model']}")
+    for name, d in layers.items():
+        if d.get("kind") not in ("conv", "linear", "maxpool", "block"):
+            raise NotCovered(f"layer {name!r} of kind {d.get('kind')!r}")
+        if d["kind"] == "block":
+            shortcut_kind(d.get("shortcut", ""))
     out, gaps = {}, []
     for t in range(config["steps"]):
         if t:                     # the state this reference carried over, in the golden file's form
@@ -569,7 +670,7 @@ def recompute(folder):
                 out[f"s{t}/{name}.codes"] = (st["codes"], st["exp"])
                 if st["m"] is not None:
                     out[f"s{t}/{name}.M_in"] = as_buffer(st["m"], config["preset"]["M"]["bits"])
-        step = Step(g, t, state, config, exps)
+        step = Step(g, t, state, config, exps, layers)
         step.run()
         out.update(step.out)
         gaps.append(step.softmax_gap)
@@ -605,7 +706,8 @@ def widths(out: dict, manifest: dict) -> dict:
         bits = declared.get(name)
         if not bits or not np.asarray(arr).size:
             continue
-        top = int(np.abs(np.asarray(arr).astype(object)).max())
+        arr = np.asarray(arr)
+        top = int(np.abs(arr if arr.dtype != np.uint64 else arr.astype(object)).max())
         kind = name.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
         if top > (1 << (bits - 1)) - 1:
             raise WidthError(f"{name}: |value| {top} does not fit its declared {bits} bits")

@@ -281,29 +281,36 @@ def stored_tensors(optimizer: EOQSGD) -> list:
             if id(p) in grid]
 
 
-def record(model: str = "resnet20", batch_size: int = 8, steps: int = 2, images=None, labels=None,
+def record(model: str | nn.Module = "resnet20", batch_size: int = 8, steps: int = 2, images=None, labels=None,
            seed: int = 0, lr: float = 0.1, momentum: float = 0.875, weight_decay: float = 5e-4,
-           preset: str = "eoq", after: int = 0, engine: str = "int") -> Golden:
-    """Run ``after`` unrecorded, then ``steps`` recorded integer-engine steps of a Fixup ``model`` on
+           preset: str = "eoq", after: int = 0, engine: str = "int", stem: str = "small") -> Golden:
+    """Run ``after`` unrecorded, then ``steps`` recorded integer-engine steps of a Fixup ``model`` (a
+    name, or a Fixup ResNet built by the caller, seeded by the caller) on
     ``images`` (float32 NCHW, normalised, at least batch_size * (steps + after); the recorded steps
     take the first ones) and record them (see module doc). A fixed learning rate (no schedule).
     ``engine`` "sim" records the same steps on the float simulator (no accumulators: it has none).
     At initialisation a Fixup ResNet's classifier and the last conv of every branch are zero, so
-    no error reaches the branches for the first three steps: ``after`` >= 3 records them busy."""
+    no error reaches the branches for the first three steps: ``after`` >= 3 records them busy.
+    ``stem``: an ImageNet-layout net's 'small' stem (3x3/1, no max-pool, for 32x32 images) or its
+    'imagenet' stem (7x7/2 conv and 3x3/2 max-pool; 64x64 images keep a 2x2 map before the pool)."""
+    if stem not in ("small", "imagenet"):
+        raise ValueError(f"golden: stem must be 'small' or 'imagenet', got {stem!r}")
     need = batch_size * (steps + after)
     if images is None or len(images) < need or labels is None or len(labels) < need:
         raise ValueError(f"golden: need {need} images and labels, got {0 if images is None else len(images)}")
     s = setup(model, "fixup", preset, seed=seed, engine=engine, lr=lr, momentum=momentum,
-              weight_decay=weight_decay, channels_last=True)
+              weight_decay=weight_decay, channels_last=True, small_input=stem == "small")
     if not s.spec.stream_bits or not s.spec.lr_bits or not s.spec.wd_bits:
         raise ValueError(f"golden: preset {s.spec.name!r} has no fixed-point stream, learning rate or weight decay "
                          "(the all-integer update): use eoq or a spec based on it")
     items = stored_tensors(s.optimizer)
     golden = Golden(layers=geometry(s.model))
     golden.weight_decay = list(fixed_weight_decay(weight_decay, s.spec.wd_bits)) if weight_decay else None
-    golden.put("config", np.array(json.dumps({"model": model, "batch_size": batch_size, "steps": steps, "seed": seed,
+    name = model if isinstance(model, str) else type(model).__name__     # a model built by the caller
+    golden.put("config", np.array(json.dumps({"model": name, "batch_size": batch_size, "steps": steps, "seed": seed,
                                               "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                                               "after": after, "engine": engine, "preset": s.spec.to_dict(),
+                                              "stem": stem, "image_size": list(images.shape[2:]),
                                               "stored": [n for n, _ in items]})),
                None, "", "run settings (JSON); 'stored': the stored tensors in the optimizer's order")
     rec = Recorder(golden, s.model)

@@ -404,9 +404,19 @@ def collapsed(rows: list[dict], classes: int, epochs: int) -> str | None:
     loss within 2% of ln(classes) and training accuracy within one point of chance, after an epoch
     more than five points above chance. Such a network outputs one constant class; with integer
     updates its gradients round to zero and it never recovers (seen at 30 epochs: EOQ at 10% from
-    epoch 4 to 9, reports/comparison/resnet20-30ep/)."""
+    epoch 4 to 9, reports/comparison/resnet20-30ep/). A run that never rose five points above
+    chance is given four times as long (a slow start is not a collapse): its last 4 * ``epochs``
+    epochs at chance stop it too (seen: integer updates without momentum at peak lr 0.8, at 10.00%
+    from epoch 2 to 17, reports/momentum/)."""
     chance, flat = 100.0 / classes, 0.98 * math.log(classes)
     if epochs <= 0 or len(rows) <= epochs:
+        return None
+    best = max(rows, key=lambda r: r["train_acc"])
+    if best["train_acc"] <= chance + 5.0:
+        n = 4 * epochs
+        if len(rows) >= n and all(r["train_loss"] >= flat and r["train_acc"] < chance + 1.0 for r in rows[-n:]):
+            return (f"at chance ({rows[-1]['train_acc']:.1f}% train, loss {rows[-1]['train_loss']:.3f} = ln {classes}) "
+                    f"for {n} epochs, never above {best['train_acc']:.1f}%")
         return None
     last, before = rows[-epochs:], rows[:-epochs]
     if not all(r["train_loss"] >= flat and r["train_acc"] < chance + 1.0 for r in last):
