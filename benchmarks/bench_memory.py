@@ -4,7 +4,9 @@ Each (model, batch, configuration) runs in a fresh process (``ru_maxrss`` is a p
 model, optimizer and one batch of CIFAR-10 test images are set up, RSS is read, three training steps
 run, and the peak RSS growth over those steps (``ru_maxrss`` after - RSS before; resident set size,
 MiB) is what a step needs beyond the model and the data: saved activations, gradients, workspaces,
-optimizer state made on the first step, allocator pools. Each is measured ``--repeats`` times
+optimizer state made on the first step, allocator pools. It moves by tens of MiB with the heap's
+state (glibc keeps freed blocks), so beside it the bytes autograd saves for the backward of one
+forward are counted exactly (``saved_tensors_hooks``): the activations' cost alone. Each is measured ``--repeats`` times
 (fresh processes) and the median printed. The last lines are ``int_eoq/fp32_bn <model> batch <b> =
 <ratio>`` for every model and batch size.
 
@@ -47,14 +49,30 @@ def _child(model: str, batch: int, config: str) -> None:
     for _ in range(3):
         train_step(s.model, s.optimizer, x, y)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"before": before, "peak": peak}))
+    print(json.dumps({"before": before, "peak": peak, "saved": saved_for_backward(s.model, x)}))
+
+
+def saved_for_backward(model, x) -> float:
+    """MiB that autograd keeps from a forward for the backward (each storage counted once): what
+    the activations cost, free of the allocator's pools and of when the OS takes pages back."""
+    import torch
+
+    seen: dict = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(seen.values()) / 2 ** 20
 
 
 def measure(model: str, batch: int, config: str) -> float:
     out = subprocess.run([sys.executable, __file__, "--child", model, str(batch), config],
                          capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return r["peak"] - r["before"]
+    return r["peak"] - r["before"], r["saved"]
 
 
 def main() -> None:
@@ -70,19 +88,26 @@ def main() -> None:
     print(f"CPU: {cpu}; peak RSS growth over 3 training steps, MiB, median of {args.repeats} fresh processes")
     ratios, rows = {}, []
     for model, batch in CASES:
-        med = {c: statistics.median(measure(model, batch, c) for _ in range(args.repeats)) for c in CONFIGS}
-        print(f"{model} batch {batch}: " + ", ".join(f"{c} {v:.0f}" for c, v in med.items()), flush=True)
-        ratios[(model, batch)] = med["int_eoq"] / max(med["fp32_bn"], 1e-9)
+        runs = {c: [measure(model, batch, c) for _ in range(args.repeats)] for c in CONFIGS}
+        med = {c: statistics.median(p for p, _ in r) for c, r in runs.items()}
+        saved = {c: r[0][1] for c, r in runs.items()}          # the same in every process
+        print(f"{model} batch {batch}: " + ", ".join(f"{c} {v:.0f}" for c, v in med.items())
+              + "; saved for backward " + ", ".join(f"{c} {v:.1f}" for c, v in saved.items()), flush=True)
+        ratios[(model, batch)] = (med["int_eoq"] / max(med["fp32_bn"], 1e-9),
+                                  saved["int_eoq"] / max(saved["fp32_bn"], 1e-9))
         rows.append(f"| {model} | {batch} | " + " | ".join(f"{med[c]:.0f}" for c in CONFIGS)
-                    + f" | {ratios[(model, batch)]:.2f} |")
+                    + f" | {ratios[(model, batch)][0]:.2f} | "
+                    + " | ".join(f"{saved[c]:.1f}" for c in CONFIGS) + f" | {ratios[(model, batch)][1]:.2f} |")
     if args.out:
-        head = ("| model | batch | " + " | ".join(CONFIGS) + " | int_eoq / fp32_bn |\n"
-                "|---|---:|" + "---:|" * (len(CONFIGS) + 1) + "\n")
+        head = ("| model | batch | " + " | ".join(f"{c} peak" for c in CONFIGS) + " | int_eoq / fp32_bn | "
+                + " | ".join(f"{c} saved" for c in CONFIGS) + " | int_eoq / fp32_bn |\n"
+                "|---|---:|" + "---:|" * (2 * len(CONFIGS) + 2) + "\n")
         with open(args.out, "w") as fh:
-            fh.write(f"Peak RSS growth over 3 training steps, MiB, one thread, median of {args.repeats} fresh "
-                     f"processes; CPU: {cpu}.\n\n" + head + "\n".join(rows) + "\n")
-    for (model, batch), r in ratios.items():
-        print(f"int_eoq/fp32_bn {model} batch {batch} = {r:.3f}")
+            fh.write(f"Peak RSS growth over 3 training steps (peak), MiB, one thread, median of {args.repeats} fresh "
+                     f"processes, and what autograd saves from one forward for the backward (saved), MiB; "
+                     f"CPU: {cpu}.\n\n" + head + "\n".join(rows) + "\n")
+    for (model, batch), (r, rs) in ratios.items():
+        print(f"int_eoq/fp32_bn {model} batch {batch} = {r:.3f} (peak RSS), {rs:.3f} (saved for backward)")
 
 
 if __name__ == "__main__":

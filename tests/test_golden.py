@@ -352,3 +352,39 @@ def test_widths_are_reported_and_a_hand_made_overflow_fails(golden_dir):
     r = subprocess.run([sys.executable, str(golden.REFERENCE), str(golden_dir)], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "widest value reached / declared width, bits: A 8/8" in r.stdout
+
+
+def test_goldens_exercise_every_branch_of_the_weight_policy_and_a_rounding_tie(data, tmp_path, monkeypatch):
+    """lr 2 and an exponent floor at -8: in two recorded steps some tensor's exponent moves up (more
+    than 5% of its codes saturated), some moves down (codes below 2^5), some sits at the floor with
+    small codes; nearest rounding meets exact ties (half to even). The reference agrees throughout."""
+    g = golden.record("resnet20", B, STEPS, *data, after=AFTER, lr=2.0,
+                      preset={"base": "eoq", "weight_policy": {"min_exponent": -8}})
+    golden.write(g, tmp_path)
+    exps = {e["name"]: e["exponent"] for e in g.entries}
+    moves = {"up": 0, "down": 0, "floor": 0}
+    for t in range(STEPS):
+        for name in json.loads(str(g.arrays["config"]))["stored"]:
+            before, after = exps[f"s{t}/{name}.codes"], exps[f"s{t}/{name}.new_codes"]
+            codes = np.abs(g.arrays[f"s{t}/{name}.new_codes"]).astype(int)
+            if after > before:
+                moves["up"] += 1
+                assert np.mean(np.abs(g.arrays[f"s{t}/{name}.codes"].astype(int) - g.arrays[f"s{t}/{name}.U"]) >= 127) > 0.05
+            elif after < before:
+                moves["down"] += 1
+                assert codes.max() < 64 and np.all(codes % 2 == 0)          # codes below 2^5, doubled
+            elif after == -8 and 0 < codes.max() < 32:
+                moves["floor"] += 1
+    assert all(moves.values()), moves
+    ties = []
+    shift = REF.round_shift
+
+    def counting(v, s):
+        if s > 0:
+            r = np.asarray(v) - ((np.asarray(v) >> s) << s)
+            ties.append(int(np.count_nonzero(r == 1 << (s - 1))))
+        return shift(v, s)
+
+    monkeypatch.setattr(REF, "round_shift", counting)
+    checked, bad = golden.verify(tmp_path)
+    assert bad == [] and checked > 500 and sum(ties) > 0
