@@ -149,6 +149,18 @@ def fx(x, bits: int = 16):
     return small(round_shift(v, s)), e + s
 
 
+def canonical(x):
+    """An exact value (ints, e) on its own grid: the common trailing zero bits moved into the
+    exponent (0 for all zeros), the form the golden file records intermediates in."""
+    v, e = x
+    v = small(np.asarray(v))
+    nz = np.abs(v[v != 0])
+    if not nz.size:
+        return np.zeros_like(v), 0
+    k = int(np.log2((nz & -nz).min()))        # the lowest set bit among them
+    return v >> k, e + k
+
+
 def f32_exact(x: np.ndarray) -> tuple[np.ndarray, int]:
     """float32 values as exact (int64, exponent): on the grid of the smallest one's last bit."""
     x = np.asarray(x, dtype=np.float32)
@@ -421,6 +433,7 @@ class Step:
                 pres.append(pre)
                 h = add((np.maximum(pre[0], 0), pre[1]), b_in[i + 1])
         pre = add((acc * s[0], e + s[1]), b_out[-1], identity)
+        self.put(convs[-1] + ".pre", *canonical(pre))
         y = fx((np.maximum(pre[0], 0), pre[1]), self.stream)
         self.put(convs[-1] + ".stream", *y)
         return y, (b, convs, kind, stride, x, pres, (acc, e), pre)
@@ -494,18 +507,21 @@ class Step:
                 if st.get("m") is not None:
                     mv, ev = st["m"]
                     terms.append((mv * ((1 << s_mu) - 1), ev - s_mu))
-                acc, e0 = accumulate(terms)
+            acc, e0 = accumulate(terms)
+            self.put(name + ".S", np.zeros_like(codes) if acc is None else acc, e0)
+            if s_mu:
                 m = sq((acc, e0), self.bits["M"], k[1]) if acc is not None \
                     else (np.zeros_like(codes), 1 - self.bits["M"])
                 self.put(name + ".M", *m)
                 y, f = m[0] * mant, shift + e - m[1]
             else:
                 m = None
-                acc, e0 = accumulate(terms)
                 y, f = (np.zeros_like(codes), 0) if acc is None else (acc, shift + e - e0)
             u = sr_clamped(y, f, u_max, k[2])
             self.put(name + ".U", u, e)
             codes = np.clip(codes - u, -k_max, k_max)
+            self.put(name + ".stepped", codes, e)
+            before = e
             amax = int(np.abs(codes).max())
             count = int(np.count_nonzero(np.abs(codes) >= k_max))
             if amax >= k_max and count * den > num * codes.size:
@@ -514,6 +530,7 @@ class Step:
             elif 0 < amax < 1 << (bits - 1 - policy["shrink_bits"]) and e > policy.get("min_exponent", MIN_EXPONENT):
                 e -= 1
                 codes = codes * 2
+            self.put(name + ".policy", np.array([e - before], dtype=np.int8))
             self.put(name + ".new_codes", codes, e)
             st["codes"], st["exp"], st["m"] = codes, e, m
 

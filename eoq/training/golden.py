@@ -40,6 +40,7 @@ import torch.nn as nn
 
 from .. import kernels
 from ..engine import intengine
+from ..models import blocks
 from ..nn import stream
 from ..nn.layers import QConv2d, QLinear
 from ..quant import quantizers as Q
@@ -47,6 +48,7 @@ from ..quant import rng
 from ..quant.observe import observing
 from .atomic import atomic_write
 from .loss import step_loss
+from . import int_update
 from .optimizer import EOQSGD, fixed_point, fixed_weight_decay
 from .loop import train_step
 from .setup import setup
@@ -81,6 +83,23 @@ def _small_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def _on_grid(values: torch.Tensor, exponent: int) -> torch.Tensor:
     """The integers values / 2^exponent (exact for values on that grid), as float64."""
     return (values.detach().double() * 2.0 ** -exponent).round()
+
+
+def _exact_codes(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Exact float64 values as (int64 codes, exponent) on their own grid: the exponent of the lowest
+    set bit among them (0 for all zeros), so a value is recorded in one canonical form."""
+    v = x.detach().double().numpy()
+    nz = v[v != 0]
+    if not nz.size:
+        return torch.zeros(x.shape, dtype=torch.int64), 0
+    m, ex = np.frexp(nz)
+    mant = np.abs(np.ldexp(m, 53)).astype(np.int64)                  # exact: 53-bit integer mantissas
+    low = (mant & -mant).astype(np.float64)                          # lowest set bit
+    e = int((ex - 53 + np.log2(low).astype(np.int64)).min())
+    codes = np.ldexp(v, -e)
+    if np.abs(codes).max() >= 2.0 ** 62:
+        raise RuntimeError("golden: an exact value spans more than 62 bits")
+    return torch.from_numpy(codes.astype(np.int64)), e
 
 
 def _sq_lsb(x: torch.Tensor, bits: int) -> int:
@@ -222,7 +241,31 @@ class Recorder:
                 return out
             return wrapper
 
+        def update_sum(fn):
+            def wrapper(terms):
+                acc, e0 = fn(terms)
+                if rec.param is not None:
+                    rec.g.put(rec.name(f"{rec.param}.S"), torch.zeros(terms[0][0].shape, dtype=torch.int64)
+                              if acc is None else acc, e0, "exact sum, 64-bit accumulator",
+                              "the update's exact sum before its rounding: mu v + g + wd w (momentum), "
+                              "L (g + wd w) without; terms below the accumulator's LSB dropped (floor)", 64)
+                return acc, e0
+            return wrapper
+
+        def tail(fn):
+            def wrapper(x, scale, bias, identity, layer, bits=None):
+                pre = (x.detach().double() * scale.effective().detach().double() + bias.effective().detach().double()
+                       + identity.detach().double())
+                codes, e = _exact_codes(pre)
+                rec.g.put(rec.name(f"{rec.names[layer]}.pre"), codes, e, "exact (x s + b + identity)",
+                          "the block tail's pre-activation: the last conv's accumulator times the Fixup multiplier, "
+                          "plus the last bias and the shortcut, exact (before the ReLU and FX16)", 54)
+                return fn(x, scale, bias, identity, layer, bits)
+            return wrapper
+
         patch(intengine, "_codes", codes_of)
+        patch(int_update, "accumulate", update_sum)
+        patch(blocks, "fixup_tail", tail)
         patch(intengine, "sq_from_int", codes_of)
         patch(intengine, "conv_forward", accumulator("acc", "A"))
         patch(intengine, "conv_input_grad", accumulator("dX_acc", "E"))
@@ -378,6 +421,8 @@ def _optimizer_step(rec: Recorder, opt: EOQSGD, items) -> None:
     by_param = {id(grid.param): name for name, grid in items}
     original = opt._grid_step
 
+    rescale = opt._rescale
+
     def grid_step(p, grid, group, keys):
         rec.param = by_param[id(p)]
         try:
@@ -385,11 +430,21 @@ def _optimizer_step(rec: Recorder, opt: EOQSGD, items) -> None:
         finally:
             rec.param = None
 
-    opt._grid_step = grid_step
+    def policy(codes, grid, k_max, key):
+        before = int(grid.exponent)
+        rec.g.put(rec.name(f"{rec.param}.stepped"), _small_codes(codes, grid.bits), before, "clamp(codes - U)",
+                  "stored codes minus U, clamped: before the exponent policy", grid.bits)
+        out = rescale(codes, grid, k_max, key)
+        rec.g.put(rec.name(f"{rec.param}.policy"), np.array([int(grid.exponent) - before], dtype=np.int8), None,
+                  "integer tests", "the exponent policy's decision: +1 up (saturated: codes halved, SR), -1 down "
+                  "(under-used: codes doubled), 0 unchanged (or held at the floor)", 2)
+        return out
+
+    opt._grid_step, opt._rescale = grid_step, policy
     try:
         opt.step()
     finally:
-        del opt._grid_step
+        del opt._grid_step, opt._rescale
     keys = rec.opt_keys
     rec.g.put(rec.name("optimizer.keys"), keys.numpy().astype(np.uint32), None, "key",
               "per stored tensor (optimizer order), keys of G, M, U and the exponent policy's halving")
