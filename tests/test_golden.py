@@ -254,6 +254,14 @@ def test_the_schema_document_lists_exactly_the_written_fields(golden_dir):
 def test_widths_and_scales_of_the_manifest(golden_dir):
     """bits beside dtype; U's exponent is its weight's (value = U * 2^e_w); layer geometry given."""
     arrays, manifest = _load(golden_dir)
+    for e in manifest["tensors"]:            # the widest value reached, beside the declared width
+        if e["bits"] is None:
+            assert e["reached"] is None
+        else:
+            top = int(np.abs(arrays[e["name"]].astype(np.int64)).max()) if arrays[e["name"]].size else 0
+            assert e["reached"] == top.bit_length() + 1 <= e["bits"], e["name"]
+    with pytest.raises(RuntimeError, match="wider than its declared 8"):
+        golden.Golden().put("s0/x.A", np.array([128]), 0, bits=8)
     by = {e["name"]: e for e in manifest["tensors"]}
     u, codes = by["s0/conv1.weight.U"], by["s0/conv1.weight.codes"]
     assert u["bits"] == 6 and u["dtype"] == "int8" and u["exponent"] == codes["exponent"]
@@ -300,10 +308,12 @@ def test_a_bad_golden_folder_is_one_line_and_exit_2(golden_dir, tmp_path, damage
 def test_imagenet_resnet18_stem_maxpool_and_projections_bit_for_bit(tmp_path, capsys):
     """ResNet-18 in the ImageNet layout (7x7/2 stem, 3x3/2 max-pool, 1x1 projection shortcuts) at 64x64."""
     code = main(["golden", "--model", "resnet18", "--stem", "imagenet", "--image-size", "64", "--data", "embedded",
-                 "--batch-size", "1", "--steps", "1", "--after", "3", "--out", str(tmp_path / "g")])
+                 "--batch-size", "1", "--steps", "2", "--after", "3", "--out", str(tmp_path / "g")])
     out = capsys.readouterr().out
     assert code == 0 and "tensors recomputed from the inputs, 0 differ" in out
-    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    arrays, manifest = _load(tmp_path / "g")
+    moved = [n for n in arrays if n.startswith("s0/") and n.endswith(".policy") and arrays[n][0] != 0]
+    assert moved                              # step 1 starts from exponents the policy has moved
     assert manifest["layers"]["maxpool"] == {"kind": "maxpool", "kernel": 3, "stride": 2, "padding": 1}
     assert manifest["layers"]["conv1"]["kernel"] == [7, 7] and manifest["layers"]["conv1"]["stride"] == 2
     names = {e["name"] for e in manifest["tensors"]}

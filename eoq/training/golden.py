@@ -72,8 +72,14 @@ class Golden:
         if bits is None and arr.dtype.kind in "iu" and not name.endswith((".key", "keys", ".lr", "labels")):
             raise RuntimeError(f"golden: integer tensor {name!r} recorded without its width")
         self.arrays[name] = arr
+        reached = None
+        if bits is not None:        # the widest value this tensor holds, as signed bits (declared: bits)
+            reached = int(np.abs(arr.astype(np.int64)).max()).bit_length() + 1 if arr.size else 1
+            if reached > bits:
+                raise RuntimeError(f"golden: {name} holds a value of {reached} bits, wider than its declared {bits}")
         self.entries.append({"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype), "bits": bits,
-                             "exponent": None if exponent is None else int(exponent), "op": op, "what": what})
+                             "reached": reached, "exponent": None if exponent is None else int(exponent),
+                             "op": op, "what": what})
 
 
 def _small_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
