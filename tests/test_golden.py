@@ -78,11 +78,16 @@ def test_manifest_lists_every_tensor_in_op_order(golden_dir):
 
 
 def test_numpy_reference_recomputes_every_tensor_bit_for_bit(golden_dir):
-    result = out, arrays, manifest, gaps = REF.recompute(golden_dir)
+    result = out, arrays, manifest, gaps, reached = REF.recompute(golden_dir)
     assert REF.compare(golden_dir, result) == []
     computed = {n for n in arrays if not n.endswith(INPUTS) and n != "config"}
     assert computed <= set(out)                                  # nothing left out
     assert max(gaps) < 1e-6                                      # the float op, checked loosely
+    declared = {e["name"].rsplit(".", 1)[-1]: e["bits"] for e in manifest["tensors"] if e["name"].startswith("s0/")}
+    for op, (used, bits) in reached.items():                     # the reference's own widths, within
+        assert used <= bits and declared[op] == bits, op         # them, and the file declares the same
+    assert {"A", "acc", "E", "dX_acc", "dW_acc", "G", "stream", "dstream", "pre", "S", "M", "U",
+            "stepped", "policy", "new_codes"} <= set(reached)
     # the file alone, without torch
     run = subprocess.run([sys.executable, str(golden.REFERENCE), str(golden_dir)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -280,6 +285,7 @@ def test_widths_and_scales_of_the_manifest(golden_dir):
 @pytest.mark.parametrize("damage,message", [
     ("truncate", "corrupt or truncated"), ("garbage", "corrupt or truncated"), ("format", "manifest format"),
     ("missing", "lacks 1 tensor"), ("no_manifest", "no manifest.json"), ("bad_json", "not valid JSON"),
+    ("wide_input", "s0/conv1.weight.codes: an input wider than its 8 bits"),
 ])
 def test_a_bad_golden_folder_is_one_line_and_exit_2(golden_dir, tmp_path, damage, message):
     d = tmp_path / "g"
@@ -299,6 +305,11 @@ def test_a_bad_golden_folder_is_one_line_and_exit_2(golden_dir, tmp_path, damage
         man.unlink()
     elif damage == "bad_json":
         man.write_text("{ not json")
+    elif damage == "wide_input":            # a stored weight code of 200: not an 8-bit code
+        arrays, _ = _load(d)
+        arrays["s0/conv1.weight.codes"] = arrays["s0/conv1.weight.codes"].astype(np.int16)
+        arrays["s0/conv1.weight.codes"].flat[0] = 200
+        np.savez_compressed(npz, **arrays)
     r = subprocess.run([sys.executable, str(golden.REFERENCE), str(d)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
@@ -349,6 +360,17 @@ def test_a_layout_the_reference_does_not_cover_is_refused(golden_dir, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "option C" in r.stderr
 
 
+def test_each_operation_of_the_reference_asserts_its_declared_width():
+    step = REF.Step({}, 0, {}, {"preset": get_preset("eoq").to_dict()})
+    assert step.widths["A"] == 8 and step.widths["acc"] == 32 and step.widths["stream"] == 16
+    for op, bits in step.widths.items():
+        top = (1 << (bits - 1)) - 1
+        step.put(f"x.{op}", np.array([-top, top], dtype=object if bits > 63 else np.int64))
+        with pytest.raises(REF.WidthError, match=f"the {bits} bits its operation \\({op}\\)"):
+            step.put(f"y.{op}", np.array([0, top + 1], dtype=object if bits > 62 else np.int64))
+    assert step.reached == step.widths
+
+
 def test_widths_are_reported_and_a_hand_made_overflow_fails(golden_dir):
     import re
     manifest = {"tensors": [{"name": "s0/c.A", "bits": 8}, {"name": "s0/c.acc", "bits": 32},
@@ -361,7 +383,7 @@ def test_widths_are_reported_and_a_hand_made_overflow_fails(golden_dir):
             REF.widths({name: (np.array([0, value]), 0)}, manifest)
     r = subprocess.run([sys.executable, str(golden.REFERENCE), str(golden_dir)], capture_output=True, text=True,
                        timeout=300)
-    assert r.returncode == 0 and "widest value reached / declared width, bits: A 8/8" in r.stdout
+    assert r.returncode == 0 and "widest value reached / declared width per operation, bits: A 8/8" in r.stdout
 
 
 def test_goldens_exercise_every_branch_of_the_weight_policy_and_a_rounding_tie(data, tmp_path, monkeypatch):

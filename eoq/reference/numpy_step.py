@@ -25,6 +25,12 @@ they equal this reference's exact integers within the datapath widths the README
 ("Golden vectors"): |acc| < 2^24 between layers (K <= 1,040), every sum within 53 bits (the
 exponent policy's floor at 2^-40 keeps a drifting Fixup bias there), scalar gradient sums < 2^53.
 
+Every recorded operation declares its output width as the method states it (``Step.declared``:
+8-bit codes, int32 accumulators, int64 weight-gradient sums, the 16-bit stream, the tail's exact
+sum within 53 bits, the update's 64-bit accumulator, M and U at the spec's widths) and asserts it
+(WidthError, exit 2), as the inputs are checked at theirs; a run prints per operation the widest
+value reached against the declared width.
+
 Convolutions are written as sums over kernel taps of integer matrix products (int64), the
 transposed convolution as a scatter: not the engine's im2col or phase decomposition. The layout
 comes from the manifest's ``layers`` (each conv's kernel, stride and padding; each block's convs
@@ -290,12 +296,34 @@ class Step:
         spec = config["preset"]
         self.bits = {k: spec[k]["bits"] for k in ("A", "E", "G", "U", "M")}
         self.stream = spec["stream_bits"]
+        self.widths, self.reached = self.declared(), {}
 
     def key(self, name):
         return self.g[f"s{self.t}/{name}.key"]
 
+    def declared(self) -> dict:
+        """Each operation's output width, signed bits, as the method states it (README step and
+        update tables, SPEC): codes of the quantizers, the int32 GEMM accumulators, the int64
+        weight-gradient sums, the 16-bit stream, the tail's exact sum within 53 bits, the update's
+        64-bit accumulator, M and U at the spec's widths, the stored codes."""
+        b = self.bits
+        return {"A": b["A"], "E": b["E"], "G": b["G"], "acc": 32, "dX_acc": 32, "dW_acc": 64,
+                "stream": self.stream, "dstream": self.stream, "pre": 54, "S": 64, "M": b["M"], "U": b["U"],
+                "stepped": 8, "new_codes": 8, "policy": 2}
+
     def put(self, name, codes, e=None):
-        self.out[f"s{self.t}/{name}"] = (np.asarray(codes), e)
+        """Record a computed tensor; an integer one must fit its operation's declared width
+        (WidthError otherwise), and the widest value per operation is kept (``reached``)."""
+        codes = np.asarray(codes)
+        op = name.rsplit(".", 1)[-1]
+        bits = self.widths.get(op)
+        if bits is not None and codes.size and codes.dtype != np.float32:
+            top = int(np.abs(codes.astype(object) if codes.dtype == object else codes).max())
+            if top > (1 << (bits - 1)) - 1:
+                raise WidthError(f"s{self.t}/{name}: |value| {top} does not fit the {bits} bits its operation "
+                                 f"({op}) declares")
+            self.reached[op] = max(self.reached.get(op, 0), top.bit_length() + 1)
+        self.out[f"s{self.t}/{name}"] = (codes, e)
 
     def w(self, name):
         return self.state[name]["codes"], self.state[name]["exp"]
@@ -666,12 +694,18 @@ def as_buffer(m, bits: int):
 
 
 def recompute(folder):
-    """Every recomputed tensor (name -> (array, exponent)), the golden arrays, the manifest, the softmax gaps."""
+    """Every recomputed tensor (name -> (array, exponent)), the golden arrays, the manifest, the softmax
+    gaps, and per operation (widest value reached, its declared width) in signed bits."""
     g, manifest = load(folder)
     config = json.loads(str(g["config"]))
     if not all(config["preset"].get(k) for k in ("stream_bits", "lr_bits", "wd_bits")):
         raise ValueError("the reference covers the eoq preset (fixed-point stream, learning rate and weight decay)")
     state, exps = initial_state(g, manifest, config)
+    m_bits = config["preset"]["M"]["bits"]
+    for name, st in state.items():          # the inputs at their widths: 8-bit stored codes, M-bit buffers
+        for what, v, bits in (("codes", st["codes"], st["bits"]), ("M_in", st["m"][0] if st["m"] else None, m_bits)):
+            if v is not None and v.size and int(np.abs(v).max()) > (1 << (bits - 1)) - 1:
+                raise WidthError(f"s0/{name}.{what}: an input wider than its {bits} bits")
     layers = manifest.get("layers") or {}
     if "conv1" not in layers or "fc" not in layers:
         raise NotCovered(f"the manifest describes no ResNet layout (layers: conv1 ... fc) for {config['model']}")
@@ -680,7 +714,7 @@ def recompute(folder):
             raise NotCovered(f"layer {name!r} of kind {d.get('kind')!r}")
         if d["kind"] == "block":
             shortcut_kind(d.get("shortcut", ""))
-    out, gaps = {}, []
+    out, gaps, reached = {}, [], {}
     for t in range(config["steps"]):
         if t:                     # the state this reference carried over, in the golden file's form
             for name, st in state.items():
@@ -691,13 +725,15 @@ def recompute(folder):
         step.run()
         out.update(step.out)
         gaps.append(step.softmax_gap)
-    return out, g, manifest, gaps
+        for op, used in step.reached.items():
+            reached[op] = (max(reached.get(op, (0, 0))[0], used), step.widths[op])
+    return out, g, manifest, gaps, reached
 
 
 def compare(folder, result=None) -> list[str]:
     """Names of golden tensors that the reference does not reproduce bit for bit (value and exponent);
     ``result``: recompute(folder) when already at hand."""
-    out, g, manifest, _ = result or recompute(folder)
+    out, g, manifest, _, _ = result or recompute(folder)
     bad = []
     for e in manifest["tensors"]:
         name = e["name"]
@@ -736,7 +772,7 @@ def widths(out: dict, manifest: dict) -> dict:
 
 def check(folder) -> tuple[int, list[str], float]:
     """(tensors recomputed, names not reproduced bit for bit, the softmax check's largest gap)."""
-    result = out, _, manifest, gaps = recompute(folder)
+    result = out, _, manifest, gaps, _ = recompute(folder)
     return sum(e["name"] in out for e in manifest["tensors"]), compare(folder, result), max(gaps)
 
 
@@ -745,9 +781,9 @@ def main(argv) -> int:
         print(__doc__.splitlines()[2].strip(), file=sys.stderr)
         return 2
     try:
-        result = out, _, manifest, gaps = recompute(argv[0])
+        result = out, _, manifest, gaps, used = recompute(argv[0])
         bad = compare(argv[0], result)
-        used = widths(out, manifest)
+        widths(out, manifest)                  # and the widths the golden file declares
     except (BadGolden, NotCovered, WidthError) as err:
         print(f"numpy_step: error: {err}", file=sys.stderr)
         return 2
@@ -758,7 +794,7 @@ def main(argv) -> int:
     checked, total = sum(e["name"] in out for e in manifest["tensors"]), len(manifest["tensors"])
     print(f"{checked} of {total} golden tensors recomputed, {len(bad)} differ; "
           f"softmax (float64) within {max(gaps):.1e} of the golden dL/dlogits")
-    print("widest value reached / declared width, bits: "
+    print("widest value reached / declared width per operation, bits: "
           + ", ".join(f"{k} {u}/{d}" for k, (u, d) in sorted(used.items())))
     for name in bad[:20]:
         print("  differs:", name)
