@@ -798,7 +798,7 @@ def main(argv) -> int:
           + ", ".join(f"{k} {u}/{d}" for k, (u, d) in sorted(used.items())))
     for name in bad[:20]:
         print("  differs:", name)
-    print("torch imported:", "torch" in sys.modules)
+    print(f"torch imported: {'torch' in sys.modules}; eoq imported: {any(m == 'eoq' or m.startswith('eoq.') for m in sys.modules)}")
     return 1 if bad else 0
 
 
