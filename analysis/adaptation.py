@@ -181,7 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--choose-corruptions", nargs="+", default=["gaussian_noise", "defocus_blur"])
     ap.add_argument("--severities", nargs="+", type=int, default=[3, 5])
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8])
-    ap.add_argument("--lrs", nargs="+", type=float, default=[0.3, 1.0, 3.0], help="factors of the reference lr")
+    ap.add_argument("--lrs", nargs="+", type=float, default=[0.01, 0.03, 0.1, 0.3, 1.0],
+                    help="factors of the reference lr (0.01): EOQ at batch 1 adapts at 1e-4 and degrades at 1e-3")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--points", nargs="+", type=int, default=list(POINTS))

@@ -9,6 +9,7 @@ from eoq.cli import main
 from eoq.training import adapt as adapt_mod
 from eoq.training.adapt import AdaptConfig, adapt, interleaved
 from eoq.training.checkpoint import CheckpointError
+from eoq.training.loop import TrainingDiverged
 from eoq.training.weights import export_weights, load_base
 
 BASES = {"bn_fp32": ("bn", "fp32", "sim"), "fixup_fp32": ("fixup", "fp32", "sim"), "fixup_eoq": ("fixup", "eoq", "int"),
@@ -146,3 +147,13 @@ def test_the_study_runs_both_stages_and_resumes(bases, tmp_path):
     assert (tmp_path / "study" / "study.md").exists() and (tmp_path / "study" / "adapt_vs_images.png").exists()
     assert adaptation.main(argv) == 0
     assert len(adaptation.all_rows(tmp_path / "study", "final")) == len(final)
+
+
+def test_a_diverging_adaptation_says_where_and_what_to_do(bases, monkeypatch):
+    def boom(model, optimizer, x, y, **kw):
+        raise TrainingDiverged("cannot quantize a tensor holding NaN or Inf")
+
+    monkeypatch.setattr(adapt_mod, "train_step", boom)
+    with pytest.raises(TrainingDiverged, match=r"adaptation diverged at image 2 of 4 \(lr 5\): cannot quantize .*"
+                                                r"try a lower --lr"):
+        adapt(_cfg(bases / "fixup_eoq", lr=5.0))

@@ -34,7 +34,7 @@ from .config import ConfigError
 from .corruptions import CorruptionError, check, corrupt_many
 from .csvfile import write_rows
 from .data import default_val, load_cifar10
-from .loop import evaluate, train_step
+from .loop import TrainingDiverged, evaluate, train_step
 from .progress import tqdm
 from .weights import load_base
 
@@ -201,7 +201,11 @@ def adapt(cfg: AdaptConfig) -> AdaptRun:
         y = torch.from_numpy(ys[pos:end])
         set_mode(s.model, cfg.bn)
         t = time.perf_counter()
-        train_step(s.model, s.optimizer, x, y)
+        try:
+            train_step(s.model, s.optimizer, x, y)
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"adaptation diverged at image {end} of {cfg.samples} (lr {cfg.lr:g}): {err}; "
+                                   "try a lower --lr") from None
         seconds += time.perf_counter() - t
         bar.update(end - pos)
         crossed = [p for p in points if pos < p <= end]
