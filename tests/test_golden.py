@@ -88,6 +88,8 @@ def test_numpy_reference_recomputes_every_tensor_bit_for_bit(golden_dir):
         assert used <= bits and declared[op] == bits, op         # them, and the file declares the same
     assert {"A", "acc", "E", "dX_acc", "dW_acc", "G", "stream", "dstream", "pre", "S", "M", "U",
             "stepped", "policy", "new_codes"} <= set(reached)
+    moved = [n for n in arrays if n.startswith("s0/") and n.endswith(".policy") and arrays[n][0] != 0]
+    assert moved                   # step 1 starts from exponents the policy moved: both steps checked
     # the file alone, without torch
     run = subprocess.run([sys.executable, str(golden.REFERENCE), str(golden_dir)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
