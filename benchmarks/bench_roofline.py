@@ -20,26 +20,14 @@ are ``<kind> <model>: measured / ideal = <ratio>``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from bench_int import measure
-from common import setup
+from common import median_time, setup
 
 from eoq.nn.layers import QConv2d, QLinear
 from eoq.training.setup import setup as eoq_setup
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def gemm_seconds(m: int, k: int, n: int, dtype, repeats: int) -> float:
@@ -51,10 +39,10 @@ def gemm_seconds(m: int, k: int, n: int, dtype, repeats: int) -> float:
         # _int_mm wants N a multiple of 8 and K > 1; pad like the engine's int_mm would need
         if n % 8:
             b = F.pad(b, (0, 8 - n % 8))
-        return _median_seconds(lambda: torch._int_mm(a, b), repeats)
+        return median_time(lambda: torch._int_mm(a, b), repeats)
     a = torch.randn(m, k, generator=g)
     b = torch.randn(k, n, generator=g)
-    return _median_seconds(lambda: torch.mm(a, b), repeats)
+    return median_time(lambda: torch.mm(a, b), repeats)
 
 
 def layer_shapes(model_name: str, batch: int) -> tuple[list[tuple[int, int, int]], int]:
