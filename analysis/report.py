@@ -104,6 +104,43 @@ def _batch_study_section(folder: Path, out_dir: Path) -> tuple[list[str], tuple[
                 verdicts.small_batch(means))
 
 
+ADAPTATION_CLAIM = f"{CLAIMS[4]}: on-device adaptation of a trained network"
+BN_METHODS = ("fp32+BN (batch stats)", "fp32+BN (frozen stats)", "WAGEUBN")
+
+
+def _adaptation_section(folder: Path, out_dir: Path) -> tuple[list[str], tuple[str, str, str]]:
+    """The online-adaptation study (analysis/adaptation.py): its final table at the end of the stream,
+    its figures, and claim 5 read on a deployed network: at the two smallest batch sizes, each
+    method's mean corrupted test accuracy after the stream (over corruptions, severities, seeds)."""
+    from . import adaptation as ad
+
+    final = ad.all_rows(folder, "final")
+    if not final:
+        return (["## Online adaptation on the device", "",
+                 f"Not run yet: `{folder}` holds no final.csv (`python -m analysis.adaptation`, protocol in its README).",
+                 ""], ("not measured here (the online-adaptation study has not run)", "", verdicts.NOT_MEASURED))
+    end = max(int(r["images"]) for r in final)
+    figs = _copy_figures(folder, out_dir, "adapt_")
+    md = ["## Online adaptation on the device", "",
+          f"From `{folder}` (analysis/adaptation.py, its README gives the protocol): base networks adapted to "
+          f"corrupted streams; corrupted test accuracy (%) after {end} images, mean ± std over seeds, and the "
+          "clean test accuracy at the end:", "", ad.table(final, end), ""]
+    md += [f"![{f}]({f})" for f in figs] + ([""] if figs else [])
+    batches = sorted({int(r["batch_size"]) for r in final})[:2]
+    means, parts = {}, []
+    for b in batches:
+        means[b] = {}
+        for m in dict.fromkeys(r["method"] for r in final):
+            accs = [r["acc"] for r in final if r["method"] == m and int(r["batch_size"]) == b
+                    and int(r["images"]) == end]
+            ok = [a for a in accs if a == a]
+            means[b][m] = statistics.fmean(ok) if ok else math.nan
+        parts.append(f"batch {b}: " + ", ".join(f"{m} {v:.2f}" for m, v in means[b].items()))
+    return md, ("; ".join(parts), f"corrupted test accuracy after {end} adapted images, mean over corruptions, "
+                                  "severities and seeds (online-adaptation section)",
+                verdicts.small_batch(means, bn=BN_METHODS))
+
+
 def _final_accs(group: list[dict]) -> list[float]:
     """Final test accuracies of a seed group's finished runs."""
     return [r["rows"][-1]["test_acc"] for r in group if _finished(r)]
@@ -187,11 +224,13 @@ def plot_batch_sizes(runs: list[dict], stem) -> list[Path]:
 
 def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_run: str | None = None,
                  cost_model: str = "resnet20", cost_batch: int = 128, title: str = "EOQ Workbench report",
-                 command: str = "", batch_study: str | None = None, memory: str | None = None) -> Path:
+                 command: str = "", batch_study: str | None = None, memory: str | None = None,
+                 adaptation: str | None = None) -> Path:
     """``out``/REPORT.md and its figures from run directories (accuracy tables and curves, seeds),
     an isometry sweep folder, a run trained with qstats, the cost model, a batch-study folder, a
-    measured-memory table (``memory``: the markdown bench_memory.py writes) and the reproduction
-    table with a verdict per claim; ``eoq report`` calls it. Returns REPORT.md's path."""
+    measured-memory table (``memory``: the markdown bench_memory.py writes), an online-adaptation
+    folder (``adaptation``: analysis.adaptation's output) and the reproduction table with a verdict
+    per claim (claim 5 read twice: from scratch and on a deployed network); ``eoq report`` calls it. Returns REPORT.md's path."""
     from .cost.report import readings_table
     from .cost.report import report as cost_report
     from .qstats.figures import plot_curves as q_curves
@@ -325,6 +364,9 @@ def build_report(runs: list[str], out: str, isometry: str | None = None, qstats_
         section, claim = _batch_study_section(Path(batch_study), out_dir)
         md += section
         claims[CLAIMS[4]] = claim
+    if adaptation:
+        section, claims[ADAPTATION_CLAIM] = _adaptation_section(Path(adaptation), out_dir)
+        md += section
 
     md += ["## Reproduction table", "", "| claim (abstract) | verdict | measured here | how |", "|---|---|---|---|"]
     md += [f"| {c} | {v} | {m} | {h} |" for c, (m, h, v) in claims.items()]

@@ -171,7 +171,7 @@ def _report(args) -> int:
         raise ConfigError(f"--batch-study {args.batch_study!r} holds no runs*.csv of analysis.batch_study")
     path = build_report(args.runs, args.out, args.isometry, args.qstats, args.cost_model, args.cost_batch,
                         args.title, shlex.join(["eoq", "report"] + (args.argv or [])), args.batch_study,
-                        args.memory)
+                        args.memory, args.adaptation)
     print(f"report written to {path}")
     return 0
 
@@ -317,6 +317,8 @@ def main(argv=None) -> int:
     r.add_argument("--qstats", default=None, help="a run directory trained with --qstats-every")
     r.add_argument("--memory", default=None,
                    help="markdown table of measured step memory (python benchmarks/bench_memory.py --out FILE)")
+    r.add_argument("--adaptation", default=None,
+                   help="output directory of analysis.adaptation (claim 5 on a deployed network; its final*.csv)")
     r.add_argument("--batch-study", default=None,
                    help="output directory of analysis.batch_study (the small-batch claim; its runs*.csv)")
     r.add_argument("--cost-model", default="resnet20")

@@ -128,6 +128,37 @@ def test_the_small_batch_claim_comes_from_the_batch_study(tmp_path, capsys):
     assert "holds no runs*.csv" in capsys.readouterr().err
 
 
+def test_claim_5_is_read_on_a_deployed_network_from_the_adaptation_study(tmp_path):
+    """--adaptation: the study's final rows give a section and a second claim-5 row: at batch 1 and 2,
+    EOQ's mean corrupted test accuracy after the stream against the three BN methods."""
+    from analysis.report import ADAPTATION_CLAIM, build_report
+    from eoq.training.csvfile import write_rows
+
+    study = tmp_path / "adaptation"
+    study.mkdir()
+    rows = []
+    for method, accs in (("EOQ", {1: (60.0, 62.0), 2: (64.0, 64.0)}), ("fp32+BN (batch stats)", {1: (40.0, 42.0), 2: (50.0, 50.0)}),
+                         ("fp32+BN (frozen stats)", {1: (58.0, 58.0), 2: (66.0, 66.0)})):
+        for b, pair in accs.items():
+            for seed, acc in enumerate(pair):
+                for images, a in ((0, 50.0), (100, acc)):
+                    rows.append({"stage": "final", "method": method, "corruption": "contrast", "severity": 5,
+                                 "batch_size": b, "lr": 1e-3, "seed": seed, "images": images, "acc": a,
+                                 "seconds": 1.0, "clean_acc": 80.0 if images == 100 else float("nan"),
+                                 "diverged": ""})
+    write_rows(study / "final.csv", rows, float_format=".6g")
+    text = build_report([], str(tmp_path / "r"), cost_batch=4, adaptation=str(study)).read_text()
+    assert "## Online adaptation on the device" in text and "after 100 images" in text
+    assert "| EOQ | 1 | 61.00 ± 1.41 | 80.00 ± 0.00 |" in text
+    line = next(x for x in text.splitlines() if x.startswith(f"| {ADAPTATION_CLAIM}"))
+    assert "batch 1: EOQ 61.00, fp32+BN (batch stats) 41.00, fp32+BN (frozen stats) 58.00" in line
+    assert "not reproduced (batch 2: fp32+BN (frozen stats) 2.00 ahead)" in line
+    empty = tmp_path / "none"
+    empty.mkdir()
+    text = build_report([], str(tmp_path / "r2"), cost_batch=4, adaptation=str(empty)).read_text()
+    assert f"| {ADAPTATION_CLAIM} | not measured | not measured here (the online-adaptation study has not run) |" in text
+
+
 def test_the_reference_report_is_what_its_own_command_makes(tmp_path, monkeypatch):
     """reports/REPORT.md names the command that built it (line 3); running that command from the
     committed run folders gives the same text, so the reference report holds no hand edits and no
