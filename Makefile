@@ -14,6 +14,7 @@ $(BIN)/eoq: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -c "from eoq import kernels; kernels.load()"    # compile the C++ kernels once (cached)
 	touch $(BIN)/eoq
 
 install: $(BIN)/eoq

@@ -11,7 +11,10 @@ in two passes over memory instead of about ten: max|x|, then scale + clamp + rou
 counter-hash random bits of :mod:`eoq.quant.rng`) in one loop. They are built with the system C++
 compiler through ``torch.utils.cpp_extension`` the first time they are needed (about 30-60 s,
 announced on stderr) and cached in ``$EOQ_KERNEL_CACHE`` (default ``~/.cache/eoq/kernels``),
-keyed by the source (its text and its folder), the torch version and the CPU's feature flags.
+keyed by the sources' text, the compiler flags, the torch version and the CPU's feature flags
+(not by the folder: checkouts and installed wheels with the same sources share one build). A
+finished build is marked (``<name>.ok``) and later processes import its library directly, without
+running torch's build system again (0.5 s per process).
 ``EOQ_KERNELS=0`` in the environment (read at import) or ``with kernels.disabled():`` turns them
 off. Missing sources, a failed compile or a build that does not finish within
 ``$EOQ_KERNEL_BUILD_TIMEOUT`` seconds (default 900) give one warning and the torch reference.
@@ -46,6 +49,9 @@ _HEADERS = [_CSRC / "common.h", _CSRC / "direct.h"]
 _state: dict = {"enabled": os.environ.get("EOQ_KERNELS", "1") != "0"}
 
 
+_CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
+
+
 def _cpu_flags() -> bytes:
     """The CPU's feature flags (Linux), so that a cache shared between machines never hands one a
     build with instructions it lacks (-march=native: AVX-512 FP16, AMX, ...)."""
@@ -59,20 +65,17 @@ def _cpu_flags() -> bytes:
 
 
 def cache_dir() -> Path:
-    """The build folder of these sources: a checkout's own (its source folder is part of the key,
-    so two checkouts sharing a cache never rebuild each other's kernels)."""
+    """The build folder of these sources: keyed by their text (file names included), the flags,
+    torch and the CPU, so that any checkout or installed copy of the same sources finds it built."""
     root = os.environ.get("EOQ_KERNEL_CACHE") or Path.home() / ".cache" / "eoq" / "kernels"
-    data = b"".join(f.read_bytes() for f in _SOURCES + _HEADERS)
-    tag = hashlib.sha256(data + torch.__version__.encode() + torch.backends.cpu.get_cpu_capability().encode()
-                         + _cpu_flags() + str(_CSRC.resolve()).encode()).hexdigest()[:12]
+    data = b"".join(f.name.encode() + b"\0" + f.read_bytes() for f in _SOURCES + _HEADERS)
+    tag = hashlib.sha256(data + " ".join(_CFLAGS).encode() + torch.__version__.encode()
+                         + torch.backends.cpu.get_cpu_capability().encode() + _cpu_flags()).hexdigest()[:12]
     return Path(root) / tag
 
 
 def _build_timeout() -> float:
     return float(os.environ.get("EOQ_KERNEL_BUILD_TIMEOUT", "900"))
-
-
-_CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
 
 
 def enabled() -> bool:
@@ -119,13 +122,32 @@ def _load():
     build = cache_dir()
     build.mkdir(parents=True, exist_ok=True)
     name = "eoq_quant_" + build.name
+    done = build / (name + ".ok")
+    built = lambda: done.exists() and any(build.glob(name + "*.so"))   # noqa: E731
+    if built():                                    # built and marked: no lock, no build system
+        return _import_built(name, build)
     with _build_lock(build):
         (build / "lock").unlink(missing_ok=True)   # torch's lock file of a killed build: nobody else builds now
-        if not any(build.glob(name + "*.so")):
+        if not built():
+            done.unlink(missing_ok=True)
+            for stale in build.glob(name + "*.so"):    # a killed link may leave a truncated library
+                stale.unlink()
             print(f"eoq: compiling the fused quantizer kernels once (30-60 s), cached in {build}",
                   file=sys.stderr, flush=True)
             _compile_in_child(name, build)
-        return _torch_load(name, build)
+            done.write_text(str(_CSRC) + "\n")    # which sources built it (any with this text would)
+        return _import_built(name, build)
+
+
+def _import_built(name: str, build: Path):
+    """The built extension module, imported from its library (what torch's loader does last)."""
+    import importlib.util
+
+    libs = sorted(build.glob(name + "*.so"))
+    spec = importlib.util.spec_from_file_location(name, libs[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _torch_load(name: str, build: Path):
@@ -167,8 +189,8 @@ def _build_lock(build: Path):
 def _compile_in_child(name: str, build: Path) -> None:
     """Build in a child process that leads its own process group (the compiler runs in it) and
     kills that group when this process dies (Linux parent-death signal)."""
-    code = ("import sys; from eoq import kernels; kernels._child_build(sys.argv[1], sys.argv[2], sys.argv[3])")
-    proc = subprocess.Popen([sys.executable, "-c", code, name, str(build), str(_CSRC)], start_new_session=True,
+    code = ("import sys; from eoq import kernels; kernels._child_build(sys.argv[1], sys.argv[2], sys.argv[3:])")
+    proc = subprocess.Popen([sys.executable, "-c", code, name, str(build), *map(str, _SOURCES)], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "EOQ_KERNEL_PARENT": str(os.getpid())})
     try:
@@ -201,7 +223,7 @@ def _kill_session(sid: int) -> None:
         os.killpg(sid, signal.SIGKILL)
 
 
-def _child_build(name: str, build: str, csrc: str) -> None:
+def _child_build(name: str, build: str, sources: list[str]) -> None:
     """In the build child: die with the parent, take the compiler down on SIGTERM, build."""
     def kill_group(signum, frame):
         _kill_session(os.getsid(0))
@@ -214,11 +236,8 @@ def _child_build(name: str, build: str, csrc: str) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG = 1
     if os.getppid() != int(os.environ.get("EOQ_KERNEL_PARENT", os.getppid())):
         kill_group(None, None)                  # the parent died before the signal was armed
-    global _CSRC, _SOURCES, _HEADERS
-    if Path(csrc) != _CSRC:                     # build the sources the parent asked for
-        _CSRC = Path(csrc)
-        _SOURCES = [_CSRC / f.name for f in _SOURCES]
-        _HEADERS = [_CSRC / f.name for f in _HEADERS]
+    global _SOURCES
+    _SOURCES = [Path(f) for f in sources]       # build the sources the parent asked for
     _torch_load(name, Path(build))
 
 

@@ -17,18 +17,60 @@ def test_kernel_cache_is_keyed_by_the_sources(monkeypatch, tmp_path):
     assert kernels.cache_dir() != here
 
 
-def test_two_checkouts_with_the_same_sources_get_their_own_build(monkeypatch, tmp_path):
-    """Same text in another folder (a second checkout sharing the cache): another build folder,
-    so neither rebuilds the other's kernels (torch's build files hold absolute source paths)."""
+def _copy_sources(monkeypatch, tmp_path):
     import shutil
 
-    here = kernels.cache_dir()
     copy = tmp_path / "csrc"
     shutil.copytree(kernels._CSRC, copy)
     monkeypatch.setattr(kernels, "_CSRC", copy)
     monkeypatch.setattr(kernels, "_SOURCES", [copy / f.name for f in kernels._SOURCES])
     monkeypatch.setattr(kernels, "_HEADERS", [copy / f.name for f in kernels._HEADERS])
+    return copy
+
+
+def test_two_checkouts_with_the_same_sources_share_one_build(monkeypatch, tmp_path):
+    """Same text in another folder (a second checkout, an installed wheel): the same build folder,
+    loaded without building again; a renamed file is other sources."""
+    here = kernels.cache_dir()
+    kernels.load()                       # built (or found) for this checkout
+    _fresh_state(monkeypatch)
+    copy = _copy_sources(monkeypatch, tmp_path)
+    assert kernels.cache_dir() == here
+
+    def no_build(*args):
+        raise AssertionError("rebuilt the kernels of identical sources")
+
+    monkeypatch.setattr(kernels, "_compile_in_child", no_build)
+    module = kernels.load()
+    assert module is not None and module.amx_available() in (True, False)
+    (copy / "tail.cpp").rename(copy / "tail2.cpp")
+    monkeypatch.setattr(kernels, "_SOURCES", [copy / ("tail2.cpp" if f.name == "tail.cpp" else f.name)
+                                              for f in kernels._SOURCES])
     assert kernels.cache_dir() != here
+
+
+def test_an_unmarked_library_is_rebuilt_not_loaded(monkeypatch, tmp_path):
+    """A library without its ``.ok`` mark (a build killed while linking) is removed and built
+    again under the lock, never imported."""
+    monkeypatch.setenv("EOQ_KERNEL_CACHE", str(tmp_path / "cache"))
+    _fresh_state(monkeypatch)
+    build = kernels.cache_dir()
+    build.mkdir(parents=True)
+    name = "eoq_quant_" + build.name
+    (build / (name + ".so")).write_bytes(b"truncated")
+    calls = []
+
+    def fake_build(n, b):
+        calls.append(n)
+        assert not (b / (n + ".so")).exists(), "the truncated library was left for the build"
+        raise RuntimeError("the kernel build failed: (test)")
+
+    monkeypatch.setattr(kernels, "_compile_in_child", fake_build)
+    import pytest
+
+    with pytest.warns(UserWarning, match="build failed"):
+        assert kernels.load() is None
+    assert calls == [name] and not (build / (name + ".ok")).exists()
 
 
 def _fresh_state(monkeypatch):
@@ -51,35 +93,51 @@ def test_missing_source_gives_one_warning_and_the_torch_path(monkeypatch, tmp_pa
 
 
 def test_failed_compile_gives_one_warning_and_the_torch_path(monkeypatch, tmp_path):
-    import shutil
-
     import pytest
 
     _fresh_state(monkeypatch)
-    copy = tmp_path / "csrc"
-    shutil.copytree(kernels._CSRC, copy)
+    copy = _copy_sources(monkeypatch, tmp_path)
     (copy / "tail.cpp").write_text("this is not C++;\n")
-    monkeypatch.setattr(kernels, "_CSRC", copy)
-    monkeypatch.setattr(kernels, "_SOURCES", [copy / f.name for f in kernels._SOURCES])
-    monkeypatch.setattr(kernels, "_HEADERS", [copy / f.name for f in kernels._HEADERS])
+    monkeypatch.setattr(kernels, "_SOURCES", [copy / "tail.cpp"])     # the broken file alone: fails in seconds
     monkeypatch.setenv("EOQ_KERNEL_CACHE", str(tmp_path / "cache"))
     with pytest.warns(UserWarning, match="build failed"):
         assert kernels.load() is None
 
 
-def test_a_stale_lock_from_a_killed_build_does_not_block():
+def test_a_stale_lock_from_a_killed_build_does_not_block(monkeypatch, tmp_path):
     """torch's ``lock`` file left in the build folder by a killed build (its owner gone) made
-    every later process wait forever, built kernels or not; the next lock holder removes it."""
+    every later process wait forever, built kernels or not: a built folder loads past it, and the
+    next build's lock holder removes it before torch's build system would wait on it."""
     import subprocess
     import sys
 
+    import pytest
+
+    kernels.load()
     build = kernels.cache_dir()
-    build.mkdir(parents=True, exist_ok=True)
     (build / "lock").write_text("")
-    out = subprocess.run([sys.executable, "-c", "from eoq import kernels; print(kernels.load() is not None)"],
-                         capture_output=True, text=True, timeout=900)
+    try:
+        out = subprocess.run([sys.executable, "-c", "from eoq import kernels; print(kernels.load() is not None)"],
+                             capture_output=True, text=True, timeout=900)
+    finally:
+        (build / "lock").unlink(missing_ok=True)
     assert out.stdout.strip() == "True", out.stderr
-    assert not (build / "lock").exists()
+
+    monkeypatch.setenv("EOQ_KERNEL_CACHE", str(tmp_path / "cache"))
+    _fresh_state(monkeypatch)
+    fresh = kernels.cache_dir()
+    fresh.mkdir(parents=True)
+    (fresh / "lock").write_text("")
+    seen = []
+
+    def fake_build(name, b):
+        seen.append((b / "lock").exists())
+        raise RuntimeError("the kernel build failed: (test)")
+
+    monkeypatch.setattr(kernels, "_compile_in_child", fake_build)
+    with pytest.warns(UserWarning, match="build failed"):
+        kernels.load()
+    assert seen == [False]
 
 
 def test_a_killed_build_leaves_no_compiler_running(tmp_path):
