@@ -212,6 +212,9 @@ def _golden(args) -> int:
                       stem=args.stem)
     path = golden.write(g, args.out)
     print(f"{len(g.entries)} tensors of {args.steps} step(s) written to {path} and {path.parent / 'manifest.json'}")
+    if args.no_verify:
+        print(f"not checked (--no-verify); check with: python {golden.REFERENCE} {args.out}")
+        return 0
     ref = golden.reference()
     try:
         checked, bad = golden.verify(args.out)
@@ -309,6 +312,9 @@ def main(argv=None) -> int:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--data", default=None, help="as eoq train --data (the first training images are used)")
     g.add_argument("--out", required=True, help="directory for golden.npz and manifest.json")
+    g.add_argument("--no-verify", action="store_true",
+                   help="write the files only, without recomputing them with the NumPy reference (check later: "
+                        "python eoq/reference/numpy_step.py DIR)")
     g.set_defaults(func=_golden)
     r = sub.add_parser("report", help="figures and REPORT.md from run directories and analysis outputs")
     r.add_argument("runs", nargs="*", help="run directories (eoq train --out)")

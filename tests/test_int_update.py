@@ -2,6 +2,7 @@
 momentum sum and its one rounding, the integer saturation test; against hand-worked numbers, a
 big-integer (Fraction) reference, the NumPy reference, and CPU independence of golden files."""
 import os
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -160,16 +161,16 @@ def test_no_momentum_update_is_one_rounding_of_the_exact_sum():
 
 
 @pytest.mark.parametrize("spec_file,momentum", [(None, 0.875), ("m8", 0.875), (None, 0.0)])
-def test_golden_m16_m8_and_no_momentum_agree_with_the_reference(tmp_path, spec_file, momentum):
+def test_golden_m16_m8_and_no_momentum_agree_with_the_reference(tmp_path, capsys, spec_file, momentum):
     preset = "eoq"
     if spec_file:
         preset = str(tmp_path / "m8.json")
         (tmp_path / "m8.json").write_text('{"base": "eoq", "name": "eoq-m8", "M": 8}')
     out = tmp_path / "g"
     assert main(["golden", "--data", "embedded", "--batch-size", "4", "--steps", "3", "--after", "6",
-                 "--preset", preset, "--momentum", str(momentum), "--out", str(out)]) == 0
-    checked, bad = golden.verify(out)
-    assert checked > 500 and bad == []
+                 "--preset", preset, "--momentum", str(momentum), "--out", str(out)]) == 0     # 0: none differ
+    checked = int(re.search(r"(\d+) tensors recomputed from the inputs, 0 differ", capsys.readouterr().out)[1])
+    assert checked > 500
     import json
     manifest = json.loads((out / "manifest.json").read_text())
     with np.load(out / "golden.npz") as z:
@@ -196,9 +197,10 @@ def test_golden_is_the_same_on_any_cpu_capability(tmp_path):
             env["ATEN_CPU_CAPABILITY"] = cap
         out = tmp_path / (cap or "best")
         r = subprocess.run([sys.executable, "-m", "eoq.cli", "golden", "--data", "embedded", "--batch-size", "4",
-                            "--steps", "2", "--after", "3", "--out", str(out)], env=env, capture_output=True,
+                            "--steps", "2", "--after", "3", "--no-verify", "--out", str(out)], env=env,
+                           capture_output=True,
                            text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.returncode == 0 and "not checked (--no-verify)" in r.stdout, r.stderr[-2000:]
         outs.append(out)
     for f in ("golden.npz", "manifest.json"):
         assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
