@@ -29,6 +29,20 @@ def test_random_bits_match_python_reference():
     ref = [h[i // 2] & 0xFFFF if i % 2 else h[i // 2] >> 16 for i in range(1000)]
     assert got == ref
     assert py_lowbias32(0) == 0 and py_lowbias32(1) != 1
+    assert rng._random_bits_int64(1000, key).tolist() == ref      # the any-device path
+
+
+@given(st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 33), st.integers(1, 9))
+@settings(max_examples=60, deadline=None)
+def test_random_bits_wrap_like_python_ints_at_any_key_and_offset(k0, k1, offset, n):
+    """Counter and key sums wrap mod 2^32 (NumPy uint32 path and int64 path alike)."""
+    got = rng.random_bits((n,), (k0, k1), offset=offset).tolist()
+    ref = []
+    for i in range(offset, offset + n):
+        h = py_lowbias32(py_lowbias32((((i & 0xFFFFFFFF) >> 1) + k0) & 0xFFFFFFFF) ^ k1)
+        ref.append(h & 0xFFFF if i & 1 else h >> 16)
+    assert got == ref
+    assert rng._random_bits_int64(n, (k0, k1), offset=offset).tolist() == ref
 
 
 def test_random_bits_statistical_quality():
