@@ -1,14 +1,22 @@
 """Peak memory of a training step: fp32+BN, fp32+Fixup, simulated EOQ and integer EOQ, one thread.
 
-Each (model, batch, configuration) runs in a fresh process (``ru_maxrss`` is a process's peak): the
-model, optimizer and one batch of CIFAR-10 test images are set up, RSS is read, three training steps
-run, and the peak RSS growth over those steps (``ru_maxrss`` after - RSS before; resident set size,
-MiB) is what a step needs beyond the model and the data: saved activations, gradients, workspaces,
-optimizer state made on the first step, allocator pools. It moves by tens of MiB with the heap's
-state (glibc keeps freed blocks), so beside it the bytes autograd saves for the backward of one
-forward are counted exactly (``saved_tensors_hooks``): the activations' cost alone. Each is measured ``--repeats`` times
-(fresh processes) and the median printed. The last lines are ``int_eoq/fp32_bn <model> batch <b> =
-<ratio>`` for every model and batch size.
+Each (model, batch, configuration) runs in a fresh process: the model, optimizer and one batch of
+CIFAR-10 test images are set up, then three training steps run. Three readings of what a step
+needs beyond the model and the data:
+
+- **heap peak** (exact; the goal's measure): the most bytes in use at once during the three steps
+  minus those in use before them, counted by ``heap_peak.c`` (compiled here with the system C
+  compiler and loaded with LD_PRELOAD: every malloc/free of the process, PyTorch's tensors, its
+  workspaces and the kernels' buffers alike). Saved activations, gradients, optimizer state made on
+  the first step, workspaces and pools; not what the heap keeps after a free.
+- **peak RSS growth**: ``ru_maxrss`` after the steps minus the RSS before them (resident set, what
+  the OS sees); it moves by tens of MiB with the heap's state (glibc keeps freed blocks).
+- **saved**: the bytes autograd keeps from one forward for the backward (``saved_tensors_hooks``,
+  each storage once): the activations' cost alone.
+
+Each is measured ``--repeats`` times (fresh processes) and the median printed. The last lines are
+``int_eoq/fp32_bn <model> batch <b> = <heap ratio> (heap peak), ...`` for every model and batch.
+Without a C compiler the heap column says so and the RSS and saved readings remain.
 
     python benchmarks/bench_memory.py                     # ResNet-20 and ResNet-18, batch 128, 32 and 1
 """
@@ -45,11 +53,53 @@ def _child(model: str, batch: int, config: str) -> None:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * resource.getpagesize() / 2 ** 20
 
+    heap = _heap_counter()
     before = rss()
+    heap_before = heap.eoq_heap_current() if heap else 0
+    if heap:
+        heap.eoq_heap_reset_peak()
     for _ in range(3):
         train_step(s.model, s.optimizer, x, y)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"before": before, "peak": peak, "saved": saved_for_backward(s.model, x)}))
+    heap_peak = (heap.eoq_heap_peak() - heap_before) / 2 ** 20 if heap else None
+    print(json.dumps({"before": before, "peak": peak, "heap": heap_peak, "saved": saved_for_backward(s.model, x)}))
+
+
+def _heap_counter():
+    """heap_peak.c's counters when this process was started with it preloaded, else None."""
+    import ctypes
+
+    lib = ctypes.CDLL(None)
+    if not hasattr(lib, "eoq_heap_peak"):
+        return None
+    for f in (lib.eoq_heap_peak, lib.eoq_heap_current):
+        f.restype = ctypes.c_long
+    return lib
+
+
+def heap_shim() -> str | None:
+    """heap_peak.c built once into the eoq cache (keyed by its text), or None without a compiler."""
+    import hashlib
+    import os
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).with_name("heap_peak.c")
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        return None
+    out = (Path.home() / ".cache" / "eoq" /
+           f"heap_peak-{hashlib.sha256(src.read_bytes()).hexdigest()[:12]}.so")
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        r = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src), "-ldl"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"heap_peak.c did not compile ({r.stderr.strip().splitlines()[-1:]}): no heap column")
+            return None
+        os.replace(tmp, out)
+    return str(out)
 
 
 def saved_for_backward(model, x) -> float:
@@ -68,11 +118,21 @@ def saved_for_backward(model, x) -> float:
     return sum(seen.values()) / 2 ** 20
 
 
-def measure(model: str, batch: int, config: str) -> float:
+def measure(model: str, batch: int, config: str, shim: str | None) -> tuple:
+    """(heap peak or None, peak RSS growth, saved for backward), MiB, from one fresh process."""
+    import os
+
+    env = dict(os.environ, LD_PRELOAD=shim) if shim else None
     out = subprocess.run([sys.executable, __file__, "--child", model, str(batch), config],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return r["peak"] - r["before"], r["saved"]
+    return r["heap"], r["peak"] - r["before"], r["saved"]
+
+
+def _table(title: str, model_rows: list, configs) -> str:
+    head = ("| model | batch | " + " | ".join(configs) + " | int_eoq / fp32_bn |\n"
+            "|---|---:|" + "---:|" * (len(configs) + 1) + "\n")
+    return f"{title}\n\n" + head + "\n".join(model_rows) + "\n"
 
 
 def main() -> None:
@@ -85,29 +145,37 @@ def main() -> None:
         _child(args.child[0], int(args.child[1]), args.child[2])
         return
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"CPU: {cpu}; peak RSS growth over 3 training steps, MiB, median of {args.repeats} fresh processes")
-    ratios, rows = {}, []
+    shim = heap_shim()
+    print(f"CPU: {cpu}; MiB over 3 training steps, median of {args.repeats} fresh processes; heap counter: "
+          f"{shim or 'none (no C compiler)'}")
+    ratios, rows = {}, {"heap": [], "rss": [], "saved": []}
     for model, batch in CASES:
-        runs = {c: [measure(model, batch, c) for _ in range(args.repeats)] for c in CONFIGS}
-        med = {c: statistics.median(p for p, _ in r) for c, r in runs.items()}
-        saved = {c: r[0][1] for c, r in runs.items()}          # the same in every process
-        print(f"{model} batch {batch}: " + ", ".join(f"{c} {v:.0f}" for c, v in med.items())
-              + "; saved for backward " + ", ".join(f"{c} {v:.1f}" for c, v in saved.items()), flush=True)
-        ratios[(model, batch)] = (med["int_eoq"] / max(med["fp32_bn"], 1e-9),
-                                  saved["int_eoq"] / max(saved["fp32_bn"], 1e-9))
-        rows.append(f"| {model} | {batch} | " + " | ".join(f"{med[c]:.0f}" for c in CONFIGS)
-                    + f" | {ratios[(model, batch)][0]:.2f} | "
-                    + " | ".join(f"{saved[c]:.1f}" for c in CONFIGS) + f" | {ratios[(model, batch)][1]:.2f} |")
+        runs = {c: [measure(model, batch, c, shim) for _ in range(args.repeats)] for c in CONFIGS}
+        med = {}
+        for i, kind in enumerate(("heap", "rss", "saved")):
+            med[kind] = {c: (statistics.median(r[i] for r in runs[c]) if runs[c][0][i] is not None else None)
+                         for c in CONFIGS}
+        print(f"{model} batch {batch}: " + "; ".join(
+            f"{kind} " + ", ".join(f"{c} {v:.1f}" for c, v in m.items() if v is not None) for kind, m in med.items()),
+            flush=True)
+        ratios[(model, batch)] = {k: (m["int_eoq"] / max(m["fp32_bn"], 1e-9) if m["int_eoq"] is not None else None)
+                                  for k, m in med.items()}
+        for kind, m in med.items():
+            if m["int_eoq"] is not None:
+                rows[kind].append(f"| {model} | {batch} | " + " | ".join(f"{m[c]:.1f}" for c in CONFIGS)
+                                  + f" | {ratios[(model, batch)][kind]:.2f} |")
     if args.out:
-        head = ("| model | batch | " + " | ".join(f"{c} peak" for c in CONFIGS) + " | int_eoq / fp32_bn | "
-                + " | ".join(f"{c} saved" for c in CONFIGS) + " | int_eoq / fp32_bn |\n"
-                "|---|---:|" + "---:|" * (2 * len(CONFIGS) + 2) + "\n")
+        titles = {"heap": "**Heap peak** (exact: the most bytes in use at once during 3 training steps, minus "
+                          "those in use before; every malloc of the process, counted by benchmarks/heap_peak.c), MiB:",
+                  "rss": "**Peak RSS growth** over the 3 steps (`ru_maxrss` minus the RSS before), MiB:",
+                  "saved": "**Saved for backward**: the bytes autograd keeps from one forward (each storage once), MiB:"}
         with open(args.out, "w") as fh:
-            fh.write(f"Peak RSS growth over 3 training steps (peak), MiB, one thread, median of {args.repeats} fresh "
-                     f"processes, and what autograd saves from one forward for the backward (saved), MiB; "
-                     f"CPU: {cpu}.\n\n" + head + "\n".join(rows) + "\n")
-    for (model, batch), (r, rs) in ratios.items():
-        print(f"int_eoq/fp32_bn {model} batch {batch} = {r:.3f} (peak RSS), {rs:.3f} (saved for backward)")
+            fh.write(f"One thread, median of {args.repeats} fresh processes per cell; CPU: {cpu}; "
+                     "`python benchmarks/bench_memory.py --out reports/memory.md`.\n\n"
+                     + "\n".join(_table(titles[k], rows[k], CONFIGS) for k in rows if rows[k]))
+    for (model, batch), r in ratios.items():
+        heap = f"{r['heap']:.3f} (heap peak), " if r["heap"] is not None else ""
+        print(f"int_eoq/fp32_bn {model} batch {batch} = {heap}{r['rss']:.3f} (peak RSS), {r['saved']:.3f} (saved for backward)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eoq import kernels
+from eoq.nn import mask
 from eoq.nn.fixup_tail import exact_tail, masked_exact_sums
 from eoq.nn.stream import stream_split
 from eoq.quant.quantizers import fixed_exponent, round_fixed
@@ -98,11 +99,13 @@ def test_stream_kernels_equal_the_float64_torch_ops(identity_dtype, channels_las
     y_k, live_k = exact_tail(x, s, b, ident, 16)
     with kernels.disabled():
         y_t, live_t = exact_tail(x, s, b, ident, 16)
-    assert torch.equal(y_k, y_t) and torch.equal(live_k, live_t) and live_k.any() and not live_k.all()
+    assert live_k.dtype == torch.uint8 and live_k.numel() == x.numel() // 8      # bits (eoq/nn/mask.py)
+    assert torch.equal(y_k, y_t) and torch.equal(mask.bools(live_k, x.shape, x.stride()), live_t)
+    assert live_t.any() and not live_t.all()
     grad = round_fixed(torch.randn(4, 16, 8, 8, generator=g), 16)[0]
     grad = grad.contiguous(memory_format=torch.channels_last) if channels_last else grad
-    out_k = masked_exact_sums(grad, live_k, x)
+    out_k = masked_exact_sums(grad, live_k, x, x.stride())
     with kernels.disabled():
-        out_t = masked_exact_sums(grad, live_t, x)
+        out_t = masked_exact_sums(grad, live_t, x, x.stride())
     for a, r in zip(out_k, out_t):
         assert torch.equal(a, r)

@@ -10,6 +10,13 @@
 //   dot_sums(g, x) -> (sum g, sum g * x)                 in double: the Fixup scalars' gradients
 //   sum_double(g) -> sum g                               in double
 //   masked_sums(grad, live, x) -> (g, sum g, sum g * x)  g = grad where live (the tail's backward)
+//   live_bits(x, t) -> live                              x > t (float32 compare)
+//   masked_bits(grad, live) -> g                         g = grad where live, else +0.0
+//   unpack_bits(live, out) -> out                        the mask as bools (a dense bool out)
+//
+// A mask ("live") is kept for the backward as bits: uint8[ceil(n / 8)], element i (memory order of
+// the tensor it was made from) in bit i & 7 of byte i >> 3. A bool mask took a byte an element,
+// a quarter of what the integer engine saved for a ResNet's backward.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -75,14 +82,36 @@ inline double tail_value(const float* px, const ID* pi, double s, double b, int6
   return RELU ? std::max(t, 0.0) : t;          // NaN stays NaN (std::max keeps its first argument)
 }
 
-// The rounding pass of fx_affine over n elements; restrict pointers let it vectorize.
+inline bool bit_at(const uint8_t* pb, int64_t i) { return (pb[i >> 3] >> (i & 7)) & 1; }
+
+at::Tensor new_bits(int64_t n) { return at::empty({(n + 7) / 8}, at::TensorOptions().dtype(at::kByte)); }
+
+void check_bits(const at::Tensor& bits, int64_t n, const char* what) {
+  TORCH_CHECK(bits.scalar_type() == at::kByte && bits.dim() == 1 && bits.is_contiguous() && bits.numel() == (n + 7) / 8,
+              what, ": a packed mask (uint8[ceil(n / 8)]) of ", n, " elements");
+}
+
+// Runs f(first element, end element, first byte) over the bytes of an n-element mask in parallel:
+// each task writes whole bytes, so no two threads share one.
+template <typename F>
+void for_mask_bytes(int64_t n, const F& f) {
+  at::parallel_for(0, (n + 7) / 8, 1 << 11, [&](int64_t lo, int64_t hi) { f(lo * 8, std::min(hi * 8, n), lo); });
+}
+
+// The rounding pass of fx_affine over n elements (n a multiple of 8 except at the tensor's end),
+// eight at a time: their y, and their mask bits as one byte.
 template <typename ID, bool HAS_ID, bool RELU>
 void fx_affine_block(const float* __restrict__ px, const ID* __restrict__ pi, float* __restrict__ py,
                      uint8_t* __restrict__ pl, int64_t n, double s, double b, double down, double up) {
-  for (int64_t i = 0; i < n; ++i) {
-    const double t = tail_value<ID, HAS_ID, RELU>(px, pi, s, b, i);
-    pl[i] = t > 0.0;
-    py[i] = static_cast<float>(std::nearbyint(t * down) * up);
+  for (int64_t i = 0; i < n; i += 8) {
+    uint8_t m = 0;
+    const int k = static_cast<int>(std::min<int64_t>(8, n - i));
+    for (int l = 0; l < k; ++l) {
+      const double t = tail_value<ID, HAS_ID, RELU>(px, pi, s, b, i + l);
+      m |= static_cast<uint8_t>(t > 0.0) << l;
+      py[i + l] = static_cast<float>(std::nearbyint(t * down) * up);
+    }
+    pl[i >> 3] = m;
   }
 }
 
@@ -94,14 +123,13 @@ std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine_t(const at::Tensor& x, dou
   const double amax = amax_of<RELU>(n, [&](int64_t i) { return tail_value<ID, HAS_ID, false>(px, pi, s, b, i); });
   TORCH_CHECK(std::isfinite(amax), "fx_affine: cannot round a tensor holding NaN or Inf");
   const int e = fixed_exponent(amax, bits);
-  at::Tensor y = at::empty_like(x), live = at::empty_like(x, x.options().dtype(at::kBool));
-  TORCH_CHECK(y.strides() == x.strides() && live.strides() == x.strides(), "fx_affine: output strides");
+  at::Tensor y = at::empty_like(x), live = new_bits(n);
+  TORCH_CHECK(y.strides() == x.strides(), "fx_affine: output strides");
   float* py = y.data_ptr<float>();
-  // the mask as bytes: a bool store may alias every other pointer and stops vectorization
-  uint8_t* pl = reinterpret_cast<uint8_t*>(live.data_ptr<bool>());
+  uint8_t* pl = live.data_ptr<uint8_t>();
   const double down = std::ldexp(1.0, -e), up = std::ldexp(1.0, e);
-  at::parallel_for(0, n, 1 << 14, [&](int64_t lo, int64_t hi) {
-    fx_affine_block<ID, HAS_ID, RELU>(px + lo, HAS_ID ? pi + lo : pi, py + lo, pl + lo, hi - lo, s, b, down, up);
+  for_mask_bytes(n, [&](int64_t lo, int64_t hi, int64_t byte) {
+    fx_affine_block<ID, HAS_ID, RELU>(px + lo, HAS_ID ? pi + lo : pi, py + lo, pl + byte, hi - lo, s, b, down, up);
   });
   return {y, live, e};
 }
@@ -136,22 +164,23 @@ inline float masked(float g, uint8_t live) {
   return r;
 }
 
-// masked_sums over n elements: independent lanes and restrict pointers, so that it vectorizes.
-std::pair<double, double> masked_block(const float* __restrict__ pg, const uint8_t* __restrict__ pl,
+// masked_sums over elements [lo, lo + n): independent lanes and restrict pointers, so that it
+// vectorizes; the mask's bits are read by element index.
+std::pair<double, double> masked_block(const float* __restrict__ pg, const uint8_t* __restrict__ pb, int64_t lo,
                                        const float* __restrict__ px, float* __restrict__ po, int64_t n) {
   constexpr int L = 8;
   double sg[L] = {}, sx[L] = {};
   int64_t i = 0;
   for (; i + L <= n; i += L) {
     for (int l = 0; l < L; ++l) {
-      const float v = masked(pg[i + l], pl[i + l]);
+      const float v = masked(pg[i + l], bit_at(pb, lo + i + l));
       po[i + l] = v;
       sg[l] += v;
       sx[l] += static_cast<double>(v) * static_cast<double>(px[i + l]);
     }
   }
   for (; i < n; ++i) {
-    const float v = masked(pg[i], pl[i]);
+    const float v = masked(pg[i], bit_at(pb, lo + i));
     po[i] = v;
     sg[0] += v;
     sx[0] += static_cast<double>(v) * static_cast<double>(px[i]);
@@ -164,17 +193,16 @@ std::pair<double, double> masked_block(const float* __restrict__ pg, const uint8
 // g = grad where live, else 0 (the ReLU backward), with sum g and sum g * x in double.
 std::tuple<at::Tensor, double, double> masked_sums(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x) {
   check_pair(grad, x, "masked_sums");
-  TORCH_CHECK(live.scalar_type() == at::kBool && live.strides() == grad.strides() && live.sizes() == grad.sizes(),
-              "masked_sums: a bool mask of grad's sizes and strides");
+  check_bits(live, grad.numel(), "masked_sums");
   at::Tensor g = at::empty_like(grad);
   TORCH_CHECK(g.strides() == grad.strides(), "masked_sums: output strides");
   const float* pg = grad.data_ptr<float>();
   const float* px = x.data_ptr<float>();
-  const uint8_t* pl = reinterpret_cast<const uint8_t*>(live.data_ptr<bool>());
+  const uint8_t* pl = live.data_ptr<uint8_t>();
   float* po = g.data_ptr<float>();
   using P = std::pair<double, double>;
   const P r = at::parallel_reduce(0, grad.numel(), 1 << 14, P(0.0, 0.0), [&](int64_t lo, int64_t hi, P acc) {
-    const P d = masked_block(pg + lo, pl + lo, px + lo, po + lo, hi - lo);
+    const P d = masked_block(pg + lo, pl, lo, px + lo, po + lo, hi - lo);
     return P(acc.first + d.first, acc.second + d.second);
   }, [](P p, P q) { return P(p.first + q.first, p.second + q.second); });
   return {g, r.first, r.second};
@@ -238,9 +266,58 @@ double sum_double(const at::Tensor& g) {
   }, [](double a, double b) { return a + b; });
 }
 
+// x > t for every element of a dense float32 x (t compared as float32), as a packed mask.
+at::Tensor live_bits(const at::Tensor& x, double t) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_non_overlapping_and_dense(), "live_bits: a dense float32 x");
+  const float* px = x.data_ptr<float>();
+  const float tf = static_cast<float>(t);
+  const int64_t n = x.numel();
+  at::Tensor bits = new_bits(n);
+  uint8_t* pb = bits.data_ptr<uint8_t>();
+  for_mask_bytes(n, [&](int64_t lo, int64_t hi, int64_t byte) {
+    for (int64_t i = lo; i < hi; i += 8) {
+      uint8_t m = 0;
+      for (int l = 0; l < 8 && i + l < hi; ++l) m |= static_cast<uint8_t>(px[i + l] > tf) << l;
+      pb[byte + ((i - lo) >> 3)] = m;
+    }
+  });
+  return bits;
+}
+
+// grad where its bit is set, else +0.0 (torch.where(live, grad, 0.0) of the bool mask).
+at::Tensor masked_bits(const at::Tensor& grad, const at::Tensor& live) {
+  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_non_overlapping_and_dense(), "masked_bits: a dense float32 grad");
+  check_bits(live, grad.numel(), "masked_bits");
+  at::Tensor g = at::empty_like(grad);
+  TORCH_CHECK(g.strides() == grad.strides(), "masked_bits: output strides");
+  const float* pg = grad.data_ptr<float>();
+  const uint8_t* pb = live.data_ptr<uint8_t>();
+  float* po = g.data_ptr<float>();
+  at::parallel_for(0, grad.numel(), 1 << 14, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) po[i] = masked(pg[i], bit_at(pb, i));
+  });
+  return g;
+}
+
+// The packed mask written into a dense bool tensor (its sizes and memory layout those of the
+// tensor the mask was made from).
+at::Tensor unpack_bits(const at::Tensor& live, at::Tensor out) {
+  TORCH_CHECK(out.scalar_type() == at::kBool && out.is_non_overlapping_and_dense(), "unpack_bits: a dense bool out");
+  check_bits(live, out.numel(), "unpack_bits");
+  uint8_t* po = reinterpret_cast<uint8_t*>(out.data_ptr<bool>());
+  const uint8_t* pb = live.data_ptr<uint8_t>();
+  at::parallel_for(0, out.numel(), 1 << 14, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) po[i] = bit_at(pb, i);
+  });
+  return out;
+}
+
 }  // namespace
 
 void register_stream(pybind11::module& m) {
+  m.def("live_bits", &live_bits);
+  m.def("masked_bits", &masked_bits);
+  m.def("unpack_bits", &unpack_bits);
   m.def("fx_affine", &fx_affine);
   m.def("fx_sum", &fx_sum);
   m.def("dot_sums", &dot_sums);

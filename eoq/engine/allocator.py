@@ -38,3 +38,8 @@ def tune() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _done = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_BYTES) == 1
     return _done
+
+
+def tuned() -> bool:
+    """Whether :func:`tune` took effect in this process (freed memory stays in the heap)."""
+    return _done

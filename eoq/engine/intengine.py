@@ -45,14 +45,18 @@ from ..quant import fusion, rng
 from ..quant import quantizers as Q
 from ..quant.observe import OBSERVERS, listening
 from ..quant.spec import LayerQuant, SpecError
-from . import direct
+from . import allocator, direct
 
 SAFE_K = (2 ** 31 - 1) // (127 * 127)   # 133,144 int8 products always fit in int32
 
 
 class BufferPool:
-    """Reused im2col and accumulator buffers. A fresh 19 MB tensor costs about 11 ms of page
-    faults here (glibc returns large blocks to the OS on free), ten times the copy into it."""
+    """Reused im2col and accumulator buffers, for a process whose heap gives large blocks back to
+    the OS on free (glibc's defaults): a fresh 19 MB tensor then costs about 11 ms of page faults,
+    ten times the copy into it. Where :func:`eoq.engine.allocator.tune` keeps freed memory in the
+    heap (``eoq train``, the benchmarks), the pool keeps nothing: the heap reuses a freed block for
+    any later shape, where one buffer per shape held 43 MiB of a ResNet-20 batch-128 step's 146 MiB
+    peak (exact heap accounting, benchmarks/bench_memory.py)."""
 
     def __init__(self, per_shape: int = 4):
         self.free: dict = {}
@@ -63,6 +67,8 @@ class BufferPool:
         return bucket.pop() if bucket else torch.empty(tuple(shape), dtype=dtype)
 
     def give(self, t: torch.Tensor) -> None:
+        if allocator.tuned():
+            return
         bucket = self.free.setdefault((tuple(t.shape), t.dtype), [])
         if len(bucket) < self.per_shape:
             bucket.append(t)

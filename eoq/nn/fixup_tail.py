@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .. import kernels
 from ..quant import fusion
 from ..quant import quantizers as Q
-from . import stream
+from . import mask, stream
 from .layers import _fusable, fusing_allowed
 from .stream import dense, fx, to_stream
 
@@ -48,7 +48,7 @@ class _FixupTailFn(torch.autograd.Function):
             y = _tail(x, s.detach(), b.detach(), identity)
             live = y
         ctx.save_for_backward(x, s, live)
-        ctx.layer, ctx.b_shape, ctx.exact = layer, b.shape, bool(bits)
+        ctx.layer, ctx.b_shape, ctx.exact, ctx.strides = layer, b.shape, bool(bits), x.stride()
         return y
 
     @staticmethod
@@ -56,7 +56,7 @@ class _FixupTailFn(torch.autograd.Function):
         x, s, live = ctx.saved_tensors
         layer = ctx.layer
         if ctx.exact:      # grad: the error stream (16-bit values); the sums exact, in double
-            g, gb, gs = masked_exact_sums(grad, live, x)
+            g, gb, gs = masked_exact_sums(grad, live, x, ctx.strides)
             gb, gs = gb.view(ctx.b_shape), gs.view(s.shape)
         else:
             g = torch.ops.aten.threshold_backward(grad, live, 0)
@@ -74,8 +74,9 @@ class _FixupTailFn(torch.autograd.Function):
 
 def exact_tail(x, s, b, identity, bits: int, relu: bool = True):
     """(FX(relu(x * s + b + identity), bits) as float32, the mask of the ReLU before rounding):
-    one kernel call (``csrc/stream.cpp``) where x and identity share a layout, else the float64
-    torch ops. ``identity`` may be None (the stem)."""
+    one kernel call (``csrc/stream.cpp``, the mask as bits in x's memory order, eoq/nn/mask.py)
+    where x and identity share a layout, else the float64 torch ops (a bool mask). ``identity``
+    may be None (the stem)."""
     kern = kernels.usable(x)
     if kern is not None and dense(x) and identity is not None and identity.stride() != x.stride():
         identity = torch.empty_like(x, dtype=identity.dtype).copy_(identity)    # x's memory order
@@ -93,13 +94,15 @@ def exact_tail(x, s, b, identity, bits: int, relu: bool = True):
     return fx(t, bits), t > 0
 
 
-def masked_exact_sums(grad, live, x):
-    """(g = grad where live, sum g, sum g * x): the sums in double, rounded once to float32."""
+def masked_exact_sums(grad, live, x, strides):
+    """(g = grad where live, sum g, sum g * x): the sums in double, rounded once to float32.
+    ``live``: a mask of eoq/nn/mask.py made from a tensor of memory layout ``strides``."""
     kern = kernels.usable(grad)
-    if kern is not None and x.dtype == grad.dtype and x.stride() == grad.stride() == live.stride() and dense(grad):
+    if kern is not None and mask.packed(live) and x.dtype == grad.dtype \
+            and tuple(x.stride()) == tuple(grad.stride()) == tuple(strides) and dense(grad):
         g, sg, sgx = kern.masked_sums(grad, live, x)
         return g, torch.tensor([sg], dtype=torch.float32), torch.tensor([sgx], dtype=torch.float32)
-    g = torch.where(live, grad, 0.0)
+    g = mask.where(grad, live, strides)
     return (g, *exact_sums(g, x))
 
 
@@ -131,13 +134,13 @@ class _FixupStemFn(torch.autograd.Function):
     def forward(ctx, x, b, bits):
         y, live = exact_tail(x, torch.ones(1), b.detach(), None, bits)
         ctx.save_for_backward(live)
-        ctx.b_shape, ctx.dtype = b.shape, x.dtype
+        ctx.b_shape, ctx.dtype, ctx.strides = b.shape, x.dtype, x.stride()
         return y
 
     @staticmethod
     def backward(ctx, grad):
         (live,) = ctx.saved_tensors
-        g, gb, _ = masked_exact_sums(grad, live, grad)
+        g, gb, _ = masked_exact_sums(grad, live, grad, ctx.strides)
         return g.to(ctx.dtype), gb.view(ctx.b_shape), None
 
 

@@ -28,6 +28,7 @@ from ..quant import quantizers as Q
 from ..quant.apply import apply_quant
 from ..quant.observe import listening
 from ..quant.spec import FLOAT, LayerQuant, TensorQuant
+from . import mask
 
 
 @dataclass
@@ -219,7 +220,7 @@ class _ReluBiasQuantFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pre, bias, layer):
         ctx.save_for_backward(_live(x, pre))
-        ctx.shapes = (pre.shape, bias.shape)
+        ctx.shapes, ctx.strides = (pre.shape, bias.shape), x.stride()
         q = layer.quant.A
         return Q.sq_relu_plus(x, pre, bias, q.bits, q.rounding, layer.generator)
 
@@ -229,14 +230,14 @@ class _ReluBiasQuantFn(torch.autograd.Function):
 
 
 def _live(x, pre):
-    """The ReLU's mask x + b_out > 0 (in float32 exactly x > -b_out), kept for the backward as bools:
-    one byte an element instead of the conv output's four."""
-    return x > -float(pre)
+    """The ReLU's mask x + b_out > 0 (in float32 exactly x > -b_out), kept for the backward as bits
+    (eoq/nn/mask.py): an eighth of a byte an element instead of the conv output's four."""
+    return mask.greater(x, -float(pre))
 
 
 def _relu_bias_backward(ctx, grad):
     live, = ctx.saved_tensors
-    gx = torch.where(live, grad, 0.0)        # = threshold_backward(grad, x, -b_out), bit for bit
+    gx = mask.where(grad, live, ctx.strides)    # = threshold_backward(grad, x, -b_out), bit for bit
     gpre = exact_sum(gx, ctx.shapes[0]) if ctx.needs_input_grad[1] else None
     gbias = exact_sum(grad, ctx.shapes[1]) if ctx.needs_input_grad[2] else None
     return gx, gpre, gbias
@@ -249,7 +250,7 @@ class _DeferredReluBiasFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pre, bias):
         ctx.save_for_backward(_live(x, pre))
-        ctx.shapes = (pre.shape, bias.shape)
+        ctx.shapes, ctx.strides = (pre.shape, bias.shape), x.stride()
         return x.view_as(x)
 
     backward = staticmethod(_relu_bias_backward)

@@ -1,0 +1,46 @@
+"""ReLU masks kept as bits (eoq/nn/mask.py, csrc/stream.cpp) against torch's bool masks."""
+import pytest
+import torch
+
+from eoq import kernels
+from eoq.nn import mask
+
+
+@pytest.fixture(autouse=True)
+def _kernels():
+    if kernels.load() is None:
+        pytest.skip("compiled kernels unavailable (the masks are then torch bools, tested throughout)")
+
+
+def test_bit_layout_by_hand():
+    """Element i in bit i & 7 of byte i >> 3: 1,-1,2,0,3,-2,5,6 | 7 > 0 -> 0b11010101, 0b1."""
+    live = mask.greater(torch.tensor([1.0, -1, 2, 0, 3, -2, 5, 6, 7]), 0.0)
+    assert live.dtype == torch.uint8 and live.tolist() == [0b11010101, 1]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 3), (2, 16, 8, 8), (1, 1, 1, 1)])
+def test_greater_and_where_equal_torch(shape, channels_last):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    t = -0.25
+    live = mask.greater(x, t)
+    assert live.numel() == (x.numel() + 7) // 8
+    assert torch.equal(mask.bools(live, x.shape, x.stride()), x > t)
+    grad = torch.randn(shape, generator=g)
+    special = torch.tensor([-0.0, float("nan"), float("inf")])[:grad.numel()]
+    grad.view(-1)[:len(special)] = special
+    grad = grad.contiguous(memory_format=torch.channels_last) if channels_last else grad
+    want = torch.where(x > t, grad, 0.0)
+    got = mask.where(grad, live, x.stride())
+    assert torch.equal(torch.signbit(got), torch.signbit(want)) and torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0))
+    other = grad.contiguous() if channels_last else grad.contiguous(memory_format=torch.channels_last)
+    got2 = mask.where(other, live, x.stride())            # grad in another layout than the mask's source
+    assert torch.equal(got2.nan_to_num(7.0), want.nan_to_num(7.0))
+
+
+def test_a_bool_mask_passes_through():
+    x = torch.randn(10)
+    assert torch.equal(mask.bools(x > 0, x.shape, x.stride()), x > 0)
+    assert torch.equal(mask.where(x, x > 0, x.stride()), torch.relu(x))
