@@ -139,15 +139,18 @@ def test_integer_update_counts_lr_as_a_shift_only_when_it_is_a_power_of_two(lr_p
     a fixed-point lr (lr_bits) is the integer multiply and one more shift (its 2^-s)."""
     from analysis.cost.counter import count_update
     from eoq.nn.layers import QLinear
-    layer = QLinear(8, 5, bias=False)
-    spec = get_preset("eoq").with_changes(lr_pow2=lr_pow2, lr_bits=lr_bits, wd_bits=8 if lr_bits else None)
-    prepare(layer, spec, torch.Generator().manual_seed(0))
-    opt = EOQSGD(layer, spec, lr=0.1, momentum=0.875, weight_decay=5e-4)
-    t = CostTally()
-    count_update(t, layer, opt)
-    got = {op: sum(n for (_, _, _, o, f), n in t.select(phase="update", op=op) if f == "int16")
-           for op in ("shift", "mult", "add")}
-    assert got == {"shift": 80.0 if lr_pow2 or lr_bits else 40.0, "mult": 40.0 if lr_pow2 else 80.0, "add": 120.0}
+    for m_bits, mult_format in ((16, "int16"), (8, "int8")):    # an 8-bit M: 8 x 8 multiplies, S still 16-bit
+        layer = QLinear(8, 5, bias=False)
+        spec = get_preset("eoq").with_changes(lr_pow2=lr_pow2, lr_bits=lr_bits, wd_bits=8 if lr_bits else None,
+                                              M=m_bits)
+        prepare(layer, spec, torch.Generator().manual_seed(0))
+        opt = EOQSGD(layer, spec, lr=0.1, momentum=0.875, weight_decay=5e-4)
+        t = CostTally()
+        count_update(t, layer, opt)
+        got = {op: sum(n for (_, _, _, o, f), n in t.select(phase="update", op=op)
+                       if f == (mult_format if op == "mult" else "int16")) for op in ("shift", "mult", "add")}
+        assert got == {"shift": 80.0 if lr_pow2 or lr_bits else 40.0, "mult": 40.0 if lr_pow2 else 80.0,
+                       "add": 120.0}, m_bits
 
 
 @pytest.mark.parametrize("folded", [False, True])

@@ -113,13 +113,10 @@ def test_accumulate_floors_terms_below_its_lsb_and_never_overflows():
     assert int(acc.abs().max()) < 2 ** 62
 
 
-def test_integer_momentum_sum_hand_worked():
-    """v codes (1000, -7) at 2^-20, mu = 7/8: mu v = (7000, -49) at 2^-23; g codes (12, -3) at 2^-14 =
-    (6144, -1536) at 2^-23; wd w = 131 x (100, -50) at 2^(-8-18) = (13100, -6550) at 2^-26 =
-    (1637.5, -818.75) at 2^-23. S = (7000 + 6144 + 1637.5, -49 - 1536 - 818.75) x 2^-23
-    = (14781.5, -2403.75) x 2^-23. SQ16: max 14781.5 * 2^-23 = 0.00176, log2 = -9.15 -> R = 2^-9,
-    LSB 2^-24: codes = SR(29563, -4807.5) = (29563, -4808 + [b >= 2^15])."""
-    spec = get_preset("eoq")
+def _momentum_after_one_step(m_bits: int):
+    """One update of a 2-weight layer with v codes (1000, -7) at 2^-20, mu = 7/8, g codes (12, -3) at
+    2^-14, w codes (100, -50) at 2^-8, wd 5e-4 = 131 x 2^-18; (new buffer values, M's random bits)."""
+    spec = get_preset("eoq").with_changes(name=f"eoq-m{m_bits}", M=m_bits)
     layer = QLinear(2, 1, bias=False)
     prepare(layer, spec, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -128,12 +125,24 @@ def test_integer_momentum_sum_hand_worked():
     opt = EOQSGD(layer, spec, lr=0.1, momentum=0.875, weight_decay=5e-4, generator=torch.Generator().manual_seed(3))
     opt.state[layer.weight]["momentum_buffer"] = torch.tensor([[1000.0, -7.0]]) * 2.0 ** -20
     layer.weight.grad = torch.tensor([[12.0, -3.0]]) * 2.0 ** -14
-    same = torch.Generator().manual_seed(3)
-    keys = rng.draw_keys(same, 1, 4)[0]
+    keys = rng.draw_keys(torch.Generator().manual_seed(3), 1, 4)[0]
     opt.step()
     b = rng.random_bits((2,), tuple(keys[1].tolist())).tolist()
-    m = opt.state[layer.weight]["momentum_buffer"] * 2.0 ** 24
-    assert m.flatten().tolist() == [29563.0, -4808.0 + (b[1] >= 2 ** 15)]
+    return opt.state[layer.weight]["momentum_buffer"].flatten(), b
+
+
+def test_integer_momentum_sum_hand_worked():
+    """mu v = (7000, -49) at 2^-23; g codes (12, -3) at 2^-14 = (6144, -1536) at 2^-23; wd w = 131 x
+    (100, -50) at 2^(-8-18) = (13100, -6550) at 2^-26 = (1637.5, -818.75) at 2^-23.
+    S = (7000 + 6144 + 1637.5, -49 - 1536 - 818.75) x 2^-23 = (14781.5, -2403.75) x 2^-23;
+    max 14781.5 * 2^-23 = 0.00176, log2 = -9.15 -> R = 2^-9.
+    SQ16: LSB 2^-24, codes = SR(29563, -4807.5) = (29563, -4808 + [b >= 2^15]).
+    SQ8 (eoq's M): LSB 2^-16, codes = SR(115 + 31488/2^16, -19 + 14464/2^16)
+    = (115 + [b >= 34048], -19 + [b >= 51072])."""
+    m, b = _momentum_after_one_step(16)
+    assert (m * 2.0 ** 24).tolist() == [29563.0, -4808.0 + (b[1] >= 2 ** 15)]
+    m, b = _momentum_after_one_step(8)
+    assert (m * 2.0 ** 16).tolist() == [115.0 + (b[0] >= 34048), -19.0 + (b[1] >= 51072)]
 
 
 def test_no_momentum_update_is_one_rounding_of_the_exact_sum():
@@ -160,12 +169,12 @@ def test_no_momentum_update_is_one_rounding_of_the_exact_sum():
         assert u[j] == max(-31, min(31, want)), j
 
 
-@pytest.mark.parametrize("spec_file,momentum", [(None, 0.875), ("m8", 0.875), (None, 0.0)])
-def test_golden_m16_m8_and_no_momentum_agree_with_the_reference(tmp_path, capsys, spec_file, momentum):
-    preset = "eoq"
+@pytest.mark.parametrize("spec_file,momentum", [(None, 0.875), ("m16", 0.875), (None, 0.0)])
+def test_golden_m8_m16_and_no_momentum_agree_with_the_reference(tmp_path, capsys, spec_file, momentum):
+    preset = "eoq"                              # its M: 8 bits
     if spec_file:
-        preset = str(tmp_path / "m8.json")
-        (tmp_path / "m8.json").write_text('{"base": "eoq", "name": "eoq-m8", "M": 8}')
+        preset = str(tmp_path / "m16.json")
+        (tmp_path / "m16.json").write_text('{"base": "eoq", "name": "eoq-m16", "M": 16}')
     out = tmp_path / "g"
     assert main(["golden", "--data", "embedded", "--batch-size", "4", "--steps", "3", "--after", "6",
                  "--preset", preset, "--momentum", str(momentum), "--out", str(out)]) == 0     # 0: none differ
@@ -179,7 +188,7 @@ def test_golden_m16_m8_and_no_momentum_agree_with_the_reference(tmp_path, capsys
                 assert np.abs(z[e["name"]].astype(np.int64)).max(initial=0) <= 2 ** (e["bits"] - 1) - 1, e["name"]
     with np.load(out / "golden.npz") as z:
         if momentum:
-            bits = 8 if spec_file else 16
+            bits = 16 if spec_file else 8
             m = z["s1/conv1.weight.M"]
             assert np.abs(m).max() <= 2 ** (bits - 1) - 1 and np.abs(m).max() >= 2 ** (bits - 3)
         else:

@@ -260,9 +260,11 @@ class _LayerCounter:
 def count_update(t: CostTally, model: nn.Module, optimizer) -> None:
     """The optimizer step, per parameter (see eoq/training/optimizer.py for the arithmetic).
 
-    EOQ integer update of n codes: momentum v - (v >> s) + g (n shifts, 2n adds in the M format),
-    weight decay (n mults, n adds), lr as a shift (n; a multiply in the M format when the spec does
-    not round it to a power of two, and with a fixed-point lr the integer multiply plus its shift),
+    EOQ integer update of n codes: momentum v - (v >> s) + g (n shifts, 2n adds), weight decay (n
+    mults, n adds), lr as a shift (n; a multiply when the spec does not round it to a power of two,
+    and with a fixed-point lr the integer multiply plus its shift). The multiplies take 8-bit
+    mantissas times M codes or W codes: in the M format (int8 for an 8-bit M); the shifts and adds
+    form S, which holds the 16-bit products Lw x W codes: in the M format, and at least int16.
     SR (n random bytes, n adds), clamp U (2n cmp), codes - U (n int8 adds), clamp (2n cmp),
     saturation check (n cmp).
     Float SGD: weight decay (n mults + n adds), momentum (n mults + n adds), lr (n mults + n adds).
@@ -276,11 +278,12 @@ def count_update(t: CostTally, model: nn.Module, optimizer) -> None:
             g = grid.get(id(p))
             if g is not None:
                 mf = fmt_of(spec.M) if spec is not None and spec.M.enabled else "fp32"
+                sf = "int16" if mf == "int8" else mf          # S: at least the 16-bit products
                 lr_shift = spec is None or spec.lr_pow2
                 fixed = bool(spec is not None and spec.lr_bits)   # L * v, then the shift 2^-s
                 decay = 1 if group["weight_decay"] and g.weight_decay else 0
-                t.add(layer, "update", "update", "shift", mf, (1 + lr_shift + fixed) * n)
-                t.add(layer, "update", "update", "add", mf, 3 * n)
+                t.add(layer, "update", "update", "shift", sf, (1 + lr_shift + fixed) * n)
+                t.add(layer, "update", "update", "add", sf, 3 * n)
                 t.add(layer, "update", "update", "mult", mf, (decay + (not lr_shift)) * n)
                 t.add(layer, "update", "update", "rand", "int8", n)
                 t.add(layer, "update", "update", "cmp", "int8", 5 * n)
