@@ -5,6 +5,7 @@ import json
 import math
 import re
 import statistics
+from dataclasses import fields
 from pathlib import Path
 
 from eoq.quant.spec import QuantSpec, SpecError
@@ -88,15 +89,35 @@ def stop_text(run: dict) -> str:
     return f"stopped after epoch {run['rows'][-1]['epoch'] if run['rows'] else 0}"
 
 
+def same_preset(spec: dict | None) -> str | None:
+    """The built-in preset whose settings ``spec`` (a run's config.json spec) has field for field,
+    its name and description aside: a JSON spec that a preset later adopted (``reports/momentum/
+    eoq-m8.json`` is today's ``eoq``) trained exactly what that preset trains. None if none."""
+    from eoq.quant.presets import PRESETS
+
+    if not spec or {f.name for f in fields(QuantSpec)} - set(spec):     # only a complete spec (to_dict)
+        return None
+    try:
+        mine = QuantSpec.from_dict({k: v for k, v in spec.items() if k not in ("name", "description")})
+    except (SpecError, TypeError, ValueError):
+        return None
+    for name, preset in PRESETS.items():
+        if preset.with_changes(name=mine.name, description=mine.description) == mine:
+            return name
+    return None
+
+
 def label(run: dict) -> str:
-    """A run's name in tables and legends; a spec given as a JSON file is named by the spec's name."""
+    """A run's name in tables and legends; a spec given as a JSON file is named by the spec's name,
+    or by the built-in preset it equals (:func:`same_preset`)."""
     cfg, preset = run["config"], run["config"]["preset"]
     if preset == "fp32":
         return f"fp32+{'BN' if cfg['norm'] == 'bn' else cfg['norm'].capitalize()}"
     if isinstance(preset, dict):                      # a QuantSpec given to TrainConfig
         preset = preset.get("name") or "custom"
     elif preset.endswith(".json"):
-        preset = (run.get("spec") or {}).get("name") or Path(preset).stem
+        spec = run.get("spec") or {}
+        preset = same_preset(spec) or spec.get("name") or Path(preset).stem
     name = "EOQ" if preset == "eoq" and cfg["norm"] == "fixup" else f"{preset}+{cfg['norm']}"   # EOQ: with Fixup
     if cfg.get("engine") == "int":
         return name + " (integer engine)"

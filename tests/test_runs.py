@@ -202,3 +202,19 @@ def test_a_figure_saved_twice_gives_the_same_pdf_bytes(tmp_path):
     assert [p.suffix for p in paths[0]] == [".png", ".pdf"]
     pdf = paths[0][1].read_bytes()
     assert b"CreationDate" not in pdf and pdf == paths[1][1].read_bytes()
+
+
+def test_a_json_spec_equal_to_a_preset_is_named_after_it():
+    """A run trained from a spec file whose settings a preset later adopted is labelled by that
+    preset; a spec differing in one field keeps its own name."""
+    from analysis.runs import label, same_preset
+    from eoq.quant.presets import get_preset
+
+    eoq = get_preset("eoq")
+    renamed = eoq.with_changes(name="eoq-mine", description="a copy").to_dict()
+    other = eoq.with_changes(name="eoq-m16", M=16).to_dict()
+    assert same_preset(renamed) == "eoq" and same_preset(other) is None and same_preset({"bogus": 1}) is None
+    run = {"config": {"preset": "x/eoq-mine.json", "norm": "fixup", "engine": "int"}, "spec": renamed}
+    assert label(run) == "EOQ (integer engine)"
+    run = {"config": {"preset": "x/eoq-m16.json", "norm": "fixup", "engine": "int"}, "spec": other}
+    assert label(run) == "eoq-m16+fixup (integer engine)"
