@@ -124,10 +124,11 @@ def test_corrupt_checkpoint(capsys, tmp_path, finished_run, damage):
 
 def test_divergence_in_eoq_names_the_step(capsys, tmp_path):
     out = tmp_path / "nan"
-    # int8 updates are clamped to 127 LSBs, so the weights grow by at most one exponent step per
-    # step: the blow-up needs some steps (here about 10) and may surface in a step or in evaluation
+    # int8 updates are clamped to 31 LSBs, so the weights grow by at most one exponent step per
+    # step: the blow-up needs some steps (here about 56 of batch 8) and may surface in a step or in
+    # evaluation
     code, err = run_cli(capsys, BASE + ["--out", str(out), "--lr", "1e30", "--warmup", "0", "--schedule", "constant",
-                                        "--norm", "none", "--train-limit", "1024", "--val", "0"])
+                                        "--norm", "none", "--train-limit", "1024", "--batch-size", "8", "--val", "0"])
     assert code == 3 and "at epoch 1, " in err and "no checkpoint was written yet" in err, err
     assert not (out / "metrics.csv").exists()
 

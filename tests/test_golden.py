@@ -273,7 +273,7 @@ def test_widths_and_scales_of_the_manifest(golden_dir):
     u, codes = by["s0/conv1.weight.U"], by["s0/conv1.weight.codes"]
     assert u["bits"] == 6 and u["dtype"] == "int8" and u["exponent"] == codes["exponent"]
     assert by["s0/conv1.acc"]["bits"] == 32 and by["s0/stages.0.0.convs.0.dW_acc"]["bits"] == 64
-    assert by["s1/conv1.weight.M_in"]["dtype"] == "int16" and by["s1/conv1.weight.M_in"]["bits"] == 16
+    assert by["s1/conv1.weight.M_in"]["dtype"] == "int8" and by["s1/conv1.weight.M_in"]["bits"] == 8     # eoq: M8
     for e in manifest["tensors"]:
         if e["bits"]:
             a = arrays[e["name"]]

@@ -61,7 +61,7 @@ def test_on_the_integer_engine_it_reads_the_updates_the_step_made():
         step()
     trace = UpdateTrace(s.optimizer)
     zeros = total = downs = 0
-    for _ in range(3):
+    for _ in range(6):           # with eoq's seed-0 start, exponents move down in steps 14-16
         before = [(gp.param.detach().clone(), float(gp.exponent)) for gp in s.optimizer.grid.values()]
         step()
         trace.after_step()
@@ -71,6 +71,6 @@ def test_on_the_integer_engine_it_reads_the_updates_the_step_made():
             assert float(gp.exponent) <= e
             downs += float(gp.exponent) < e
     out = trace.summary()
-    assert out.steps == 3 and out.exponent_moves == pytest.approx(1000 * downs / 3) and downs > 0
+    assert out.steps == 6 and out.exponent_moves == pytest.approx(1000 * downs / 6) and downs > 0
     assert out.zero_updates == pytest.approx(zeros / total)
     assert 0.5 < out.zero_updates < 1 and out.update_lsb >= 1 and not math.isnan(out.update_lsb)

@@ -55,8 +55,8 @@ class BufferPool:
     the OS on free (glibc's defaults): a fresh 19 MB tensor then costs about 11 ms of page faults,
     ten times the copy into it. Where :func:`eoq.engine.allocator.tune` keeps freed memory in the
     heap (``eoq train``, the benchmarks), the pool keeps nothing: the heap reuses a freed block for
-    any later shape, where one buffer per shape held 43 MiB of a ResNet-20 batch-128 step's 146 MiB
-    peak (exact heap accounting, benchmarks/bench_memory.py)."""
+    any later shape, where one buffer per shape held 43 MiB of a ResNet-20 batch-128 step's 140 MiB
+    peak (exact heap accounting, benchmarks/heap_peak.c)."""
 
     def __init__(self, per_shape: int = 4):
         self.free: dict = {}
