@@ -44,3 +44,28 @@ def test_a_bool_mask_passes_through():
     x = torch.randn(10)
     assert torch.equal(mask.bools(x > 0, x.shape, x.stride()), x > 0)
     assert torch.equal(mask.where(x, x > 0, x.stride()), torch.relu(x))
+
+
+def test_the_tail_sums_read_bits_from_any_chunk_start():
+    """masked_sums splits its range among threads at element counts that are not multiples of 8
+    (98,283 elements on 2 threads: the second chunk starts at 49,142): the bits are read there as
+    well, and g and both sums equal the bool-mask torch path."""
+    from eoq.nn.fixup_tail import exact_tail, masked_exact_sums
+    from eoq.quant.quantizers import round_fixed
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(11)
+        x = torch.randn(1, 3, 181, 181, generator=g) * 100
+        y, live = exact_tail(x, torch.tensor([0.75]), torch.tensor([0.5]), None, 16)
+        grad = round_fixed(torch.randn(x.shape, generator=g), 16)[0]
+        got = masked_exact_sums(grad, live, x, x.stride())
+        with kernels.disabled():
+            _, live_t = exact_tail(x, torch.tensor([0.75]), torch.tensor([0.5]), None, 16)
+            want = masked_exact_sums(grad, live_t, x, x.stride())
+    finally:
+        torch.set_num_threads(threads)
+    assert mask.packed(live) and not mask.packed(live_t)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

@@ -84,6 +84,32 @@ inline double tail_value(const float* px, const ID* pi, double s, double b, int6
 
 inline bool bit_at(const uint8_t* pb, int64_t i) { return (pb[i >> 3] >> (i & 7)) & 1; }
 
+// The mask bits of elements [i, i + 8) as the low byte (i need not be a multiple of 8; element
+// i + 7 must exist): one or two byte loads.
+inline uint32_t bits8(const uint8_t* pb, int64_t i) {
+  const int64_t k = i >> 3;
+  const int r = static_cast<int>(i & 7);
+  uint32_t w = pb[k];
+  if (r) w |= static_cast<uint32_t>(pb[k + 1]) << 8;
+  return (w >> r) & 0xFFu;
+}
+
+// A byte of mask bits spread to eight 0/1 bytes (a table of 256 entries): the loops then read
+// bytes as they did from a bool mask, and vectorize as they did.
+struct Spread {
+  uint64_t t[256];
+  Spread() {
+    for (int m = 0; m < 256; ++m) {
+      uint64_t v = 0;
+      for (int l = 0; l < 8; ++l) v |= static_cast<uint64_t>((m >> l) & 1) << (8 * l);
+      t[m] = v;
+    }
+  }
+};
+const Spread SPREAD;
+
+inline void spread8(uint32_t m8, uint8_t* out) { std::memcpy(out, &SPREAD.t[m8], 8); }
+
 at::Tensor new_bits(int64_t n) { return at::empty({(n + 7) / 8}, at::TensorOptions().dtype(at::kByte)); }
 
 void check_bits(const at::Tensor& bits, int64_t n, const char* what) {
@@ -98,20 +124,39 @@ void for_mask_bytes(int64_t n, const F& f) {
   at::parallel_for(0, (n + 7) / 8, 1 << 11, [&](int64_t lo, int64_t hi) { f(lo * 8, std::min(hi * 8, n), lo); });
 }
 
-// The rounding pass of fx_affine over n elements (n a multiple of 8 except at the tensor's end),
-// eight at a time: their y, and their mask bits as one byte.
+// The rounding pass of fx_affine over n elements, the ReLU mask as 0/1 bytes; restrict pointers
+// let it vectorize.
 template <typename ID, bool HAS_ID, bool RELU>
-void fx_affine_block(const float* __restrict__ px, const ID* __restrict__ pi, float* __restrict__ py,
+void fx_affine_bytes(const float* __restrict__ px, const ID* __restrict__ pi, float* __restrict__ py,
                      uint8_t* __restrict__ pl, int64_t n, double s, double b, double down, double up) {
-  for (int64_t i = 0; i < n; i += 8) {
-    uint8_t m = 0;
-    const int k = static_cast<int>(std::min<int64_t>(8, n - i));
-    for (int l = 0; l < k; ++l) {
-      const double t = tail_value<ID, HAS_ID, RELU>(px, pi, s, b, i + l);
-      m |= static_cast<uint8_t>(t > 0.0) << l;
-      py[i + l] = static_cast<float>(std::nearbyint(t * down) * up);
-    }
-    pl[i >> 3] = m;
+  for (int64_t i = 0; i < n; ++i) {
+    const double t = tail_value<ID, HAS_ID, RELU>(px, pi, s, b, i);
+    pl[i] = t > 0.0;
+    py[i] = static_cast<float>(std::nearbyint(t * down) * up);
+  }
+}
+
+// n 0/1 bytes packed into ceil(n / 8) bytes of bits.
+inline void pack_bytes(const uint8_t* __restrict__ in, int64_t n, uint8_t* __restrict__ out) {
+  for (int64_t j = 0; j < n; j += 8) {
+    uint32_t m = 0;
+    for (int l = 0; l < 8 && j + l < n; ++l) m |= static_cast<uint32_t>(in[j + l]) << l;
+    out[j >> 3] = static_cast<uint8_t>(m);
+  }
+}
+
+// fx_affine over n elements (starting at a multiple of 8): blocks of MASK_BLOCK elements rounded
+// with their mask as bytes on the stack, then packed to bits.
+constexpr int64_t MASK_BLOCK = 1024;
+
+template <typename ID, bool HAS_ID, bool RELU>
+void fx_affine_block(const float* px, const ID* pi, float* py, uint8_t* pl, int64_t n, double s, double b,
+                     double down, double up) {
+  uint8_t bytes[MASK_BLOCK];
+  for (int64_t c = 0; c < n; c += MASK_BLOCK) {
+    const int64_t m = std::min(MASK_BLOCK, n - c);
+    fx_affine_bytes<ID, HAS_ID, RELU>(px + c, HAS_ID ? pi + c : pi, py + c, bytes, m, s, b, down, up);
+    pack_bytes(bytes, m, pl + (c >> 3));
   }
 }
 
@@ -164,30 +209,49 @@ inline float masked(float g, uint8_t live) {
   return r;
 }
 
-// masked_sums over elements [lo, lo + n): independent lanes and restrict pointers, so that it
-// vectorizes; the mask's bits are read by element index.
-std::pair<double, double> masked_block(const float* __restrict__ pg, const uint8_t* __restrict__ pb, int64_t lo,
-                                       const float* __restrict__ px, float* __restrict__ po, int64_t n) {
-  constexpr int L = 8;
+// The lanes of masked_sums: element i of a range (counted from its start) adds to lane i % 8.
+struct Lanes {
+  static constexpr int L = 8;
   double sg[L] = {}, sx[L] = {};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
+};
+
+// n elements (a multiple of 8) of masked_sums into the lanes, the mask as 0/1 bytes: independent
+// lanes and restrict pointers, so that it vectorizes.
+inline void masked_bytes(const float* __restrict__ pg, const uint8_t* __restrict__ pl, const float* __restrict__ px,
+                         float* __restrict__ po, int64_t n, Lanes& a) {
+  constexpr int L = Lanes::L;
+  for (int64_t i = 0; i + L <= n; i += L) {
     for (int l = 0; l < L; ++l) {
-      const float v = masked(pg[i + l], bit_at(pb, lo + i + l));
+      const float v = masked(pg[i + l], pl[i + l]);
       po[i + l] = v;
-      sg[l] += v;
-      sx[l] += static_cast<double>(v) * static_cast<double>(px[i + l]);
+      a.sg[l] += v;
+      a.sx[l] += static_cast<double>(v) * static_cast<double>(px[i + l]);
     }
   }
-  for (; i < n; ++i) {
+}
+
+// masked_sums over elements [lo, lo + n) of the mask pb: blocks of MASK_BLOCK elements unpacked to
+// bytes on the stack, the lanes as they were with a bool mask (element lo + 8j + l in lane l, the
+// last n % 8 in lane 0), so the sums add in the same order.
+std::pair<double, double> masked_block(const float* pg, const uint8_t* pb, int64_t lo, const float* px, float* po,
+                                       int64_t n) {
+  Lanes a;
+  uint8_t bytes[MASK_BLOCK];
+  const int64_t full = n - n % Lanes::L;
+  for (int64_t c = 0; c < full; c += MASK_BLOCK) {
+    const int64_t m = std::min(MASK_BLOCK, full - c);
+    for (int64_t j = 0; j < m; j += 8) spread8(bits8(pb, lo + c + j), bytes + j);
+    masked_bytes(pg + c, bytes, px + c, po + c, m, a);
+  }
+  for (int64_t i = full; i < n; ++i) {
     const float v = masked(pg[i], bit_at(pb, lo + i));
     po[i] = v;
-    sg[0] += v;
-    sx[0] += static_cast<double>(v) * static_cast<double>(px[i]);
+    a.sg[0] += v;
+    a.sx[0] += static_cast<double>(v) * static_cast<double>(px[i]);
   }
-  double a = 0.0, c = 0.0;
-  for (int l = 0; l < L; ++l) a += sg[l], c += sx[l];
-  return {a, c};
+  double sg = 0.0, sx = 0.0;
+  for (int l = 0; l < Lanes::L; ++l) sg += a.sg[l], sx += a.sx[l];
+  return {sg, sx};
 }
 
 // g = grad where live, else 0 (the ReLU backward), with sum g and sum g * x in double.
@@ -293,8 +357,14 @@ at::Tensor masked_bits(const at::Tensor& grad, const at::Tensor& live) {
   const float* pg = grad.data_ptr<float>();
   const uint8_t* pb = live.data_ptr<uint8_t>();
   float* po = g.data_ptr<float>();
-  at::parallel_for(0, grad.numel(), 1 << 14, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) po[i] = masked(pg[i], bit_at(pb, i));
+  for_mask_bytes(grad.numel(), [&](int64_t lo, int64_t hi, int64_t byte) {
+    int64_t i = lo;
+    uint8_t lv[8];
+    for (; i + 8 <= hi; i += 8) {
+      spread8(pb[byte + ((i - lo) >> 3)], lv);
+      for (int l = 0; l < 8; ++l) po[i + l] = masked(pg[i + l], lv[l]);
+    }
+    for (; i < hi; ++i) po[i] = masked(pg[i], bit_at(pb, i));
   });
   return g;
 }
