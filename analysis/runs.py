@@ -8,6 +8,7 @@ import statistics
 from dataclasses import fields
 from pathlib import Path
 
+from eoq.quant.presets import PRESETS
 from eoq.quant.spec import QuantSpec, SpecError
 from eoq.training.loop import SCHEDULE_FIELDS
 from eoq.training.metrics import read_metrics
@@ -93,8 +94,6 @@ def same_preset(spec: dict | None) -> str | None:
     """The built-in preset whose settings ``spec`` (a run's config.json spec) has field for field,
     its name and description aside: a JSON spec that a preset later adopted (``reports/momentum/
     eoq-m8.json`` is today's ``eoq``) trained exactly what that preset trains. None if none."""
-    from eoq.quant.presets import PRESETS
-
     if not spec or {f.name for f in fields(QuantSpec)} - set(spec):     # only a complete spec (to_dict)
         return None
     try:

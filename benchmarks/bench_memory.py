@@ -171,7 +171,7 @@ def main() -> None:
                   "saved": "**Saved for backward**: the bytes autograd keeps from one forward (each storage once), MiB:"}
         with open(args.out, "w") as fh:
             fh.write(f"One thread, median of {args.repeats} fresh processes per cell; CPU: {cpu}; "
-                     "`python benchmarks/bench_memory.py --out reports/memory.md`.\n\n"
+                     f"`python benchmarks/bench_memory.py --out {args.out}`.\n\n"
                      + "\n".join(_table(titles[k], rows[k], CONFIGS) for k in rows if rows[k]))
     for (model, batch), r in ratios.items():
         heap = f"{r['heap']:.3f} (heap peak), " if r["heap"] is not None else ""

@@ -41,7 +41,7 @@ def where(grad: torch.Tensor, live: torch.Tensor, strides) -> torch.Tensor:
     """grad where live, else +0.0 (``torch.where(live, grad, 0.0)``); ``strides``: the source's."""
     if packed(live):
         kern = kernels.usable(grad)
-        if kern is not None and tuple(grad.stride()) == tuple(strides) and dense(grad):
+        if kern is not None and grad.stride() == tuple(strides) and dense(grad):
             return kern.masked_bits(grad, live)
         live = bools(live, grad.shape, strides)
     return torch.where(live, grad, 0.0)
