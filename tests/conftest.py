@@ -19,3 +19,29 @@ def shared_zip() -> Path:
             pytest.fail(msg + ": CI must have it")
         pytest.skip(msg)
     return SHARED_ZIP
+
+
+# The longest tests (measured with --durations) start first: with two pytest-xdist workers a long
+# test collected last would leave one core idle while it ends the run alone. Others keep their order.
+LONG_FIRST = (
+    "tests/test_notebooks.py::test_notebook_runs",
+    "tests/test_behaviour.py",
+    "tests/test_wheel.py",
+    "tests/test_train.py::test_sig",
+    "tests/test_golden.py::test_imagenet_resnet18",
+    "tests/test_qstats.py::test_a_resumed_run",
+    "tests/test_batch_study.py::test_study_end_to_end",
+    "tests/test_report.py::test_the_reference_report",
+    "tests/test_report.py::test_report_from_runs",
+    "tests/test_int_update.py::test_golden",
+    "tests/test_distributed.py",
+    "tests/test_train.py::test_short_run",
+    "tests/test_runs.py::test_the_modules_run_once",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        return next((i for i, p in enumerate(LONG_FIRST) if item.nodeid.startswith(p)), len(LONG_FIRST))
+
+    items.sort(key=rank)

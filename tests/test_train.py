@@ -83,7 +83,7 @@ def test_output_dir_and_resume_mistakes(tmp_path):
 
 
 def _cli(out, *extra):
-    return [sys.executable, "-m", "eoq", "train", "--data", "embedded", "--train-limit", "640",
+    return [sys.executable, "-m", "eoq", "train", "--data", "embedded", "--train-limit", "384",
             "--test-limit", "100", "--batch-size", "16", "--epochs", "1", "--threads", "1",
             "--checkpoint-every", "4", "--no-progress", "--out", str(out), *extra]
 
@@ -99,12 +99,12 @@ def reference(tmp_path_factory):
 
 
 def _stop_mid_epoch(out, sig):
-    """Start a run, send ``sig`` once a mid-epoch checkpoint at step >= 12 exists; return the exit code."""
+    """Start a run, send ``sig`` once a mid-epoch checkpoint at step >= 8 exists; return the exit code."""
     proc = subprocess.Popen(_cli(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = out / "checkpoint.pt"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 12:
+        if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 8:
             break
         time.sleep(0.05)
     proc.send_signal(sig)
@@ -127,7 +127,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference
     code, _ = _stop_mid_epoch(out, signal.SIGKILL)
     assert code == -signal.SIGKILL
     state = load_checkpoint(out / "checkpoint.pt")     # whatever moment it died, the checkpoint loads
-    assert state["epoch"] == 0 and 0 < state["step"] < 40, state["step"]
+    assert state["epoch"] == 0 and 0 < state["step"] < 24, state["step"]
     assert not (out / "metrics.csv").exists()
     _resume_and_compare(out, reference)
 
