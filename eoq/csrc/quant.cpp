@@ -362,6 +362,24 @@ void apply_policy(float* cp, float* pp, float* ep, int64_t n, int64_t e, int64_t
   *ep = static_cast<float>(e);
 }
 
+// apply_policy for weights pp that already hold their new codes times 2^e: a move down (codes
+// doubled, the exponent one less) leaves every weight's value as it is, a move up halves the codes
+// (SR, as apply_policy) and rewrites the weights; *ep gets the new exponent.
+void apply_policy_codes(float* pp, float* ep, int64_t n, int64_t e, int64_t amax_c, int64_t nsat,
+                        int64_t bits, int64_t shrink, int64_t min_exp, int64_t sat_num, int64_t sat_den,
+                        uint32_t r0, uint32_t r1) {
+  const int64_t k_max = (int64_t(1) << (bits - 1)) - 1;
+  if (amax_c >= k_max && nsat * sat_den > sat_num * n) {
+    std::vector<float> codes(n);
+    const float inv = std::ldexp(1.0f, static_cast<int>(-e));
+    for (int64_t j = 0; j < n; ++j) codes[j] = pp[j] * inv;        // exact: a code of at most 24 bits
+    apply_policy(codes.data(), pp, ep, n, e, amax_c, nsat, bits, shrink, min_exp, sat_num, sat_den, r0, r1);
+    return;
+  }
+  if (amax_c > 0 && amax_c < (int64_t(1) << (bits - 1 - shrink)) && e > min_exp) e -= 1;
+  *ep = static_cast<float>(e);
+}
+
 // One EOQSGD step for integer-stored tensors (see eoq/training/optimizer.py, which holds the same
 // algorithm in torch ops and is the reference). cfg rows: eoq/csrc/common.h, PlanCol (lr_eff, bits,
 // u_bits, u_mode, gq_bits (0 = none), gq_mode, m_bits (0 = none), m_mode, saturate_frac as
@@ -400,44 +418,54 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     std::vector<int64_t> acc;
     int64_t e0 = 0;
     const bool any = accumulate(terms, n, amaxes, acc, e0);
-    std::vector<int64_t> y(n, 0);
-    int64_t f = 0;
-    if (s_mu) {
-      const int64_t mm = (int64_t(1) << (m_bits - 1)) - 1;
-      int64_t lsb = 1 - m_bits;
-      if (any) {
-        uint64_t amax = 0;
-        for (int64_t j = 0; j < n; ++j) amax = std::max<uint64_t>(amax, uint64_t(acc[j] < 0 ? -acc[j] : acc[j]));
-        lsb = exponent_of_int(amax, e0) + 1 - m_bits;
-        const uint32_t k0 = key(1, 0), k1 = key(1, 1);
-        for (int64_t j = 0; j < n; ++j) y[j] = sr_clamped(acc[j], lsb - e0, mm, rbits32(uint32_t(j), k0, k1));
-      }
-      const float scale = std::ldexp(1.0f, static_cast<int>(lsb));
-      for (int64_t j = 0; j < n; ++j) { bp[j] = static_cast<float>(y[j]) * scale; y[j] *= lr_mant; }
-      f = lr_shift + e - lsb;
-    } else if (any) {
-      y.swap(acc);
-      f = lr_shift + e - e0;
+    // M's exponent needs max|S| first; then one pass per block of BLK elements does the rest:
+    // M = SR(S) (the buffer), U = SR(L M) or SR(S), the new codes, their max and saturation count
+    const int64_t mm = s_mu ? (int64_t(1) << (m_bits - 1)) - 1 : 0;
+    int64_t lsb = 1 - m_bits, f = 0;
+    if (s_mu && any) {
+      uint64_t amax = 0;
+      for (int64_t j = 0; j < n; ++j) amax = std::max<uint64_t>(amax, uint64_t(acc[j] < 0 ? -acc[j] : acc[j]));
+      lsb = exponent_of_int(amax, e0) + 1 - m_bits;
     }
+    if (s_mu) f = lr_shift + e - lsb;
+    else if (any) f = lr_shift + e - e0;
+    const float m_scale = std::ldexp(1.0f, static_cast<int>(lsb));
     const int64_t u_max = (int64_t(1) << (u_bits - 1)) - 1, k_max = (int64_t(1) << (bits - 1)) - 1;
     const bool u8 = updates[i].scalar_type() == at::kChar;
     int8_t* up8 = u8 ? updates[i].data_ptr<int8_t>() : nullptr;
     int32_t* up32 = u8 ? nullptr : updates[i].data_ptr<int32_t>();
-    const uint32_t u0 = key(2, 0), u1 = key(2, 1);
-    const float inv = std::ldexp(1.0f, static_cast<int>(-e));
-    std::vector<float> codes(n);
+    const uint32_t m0 = key(1, 0), m1 = key(1, 1), u0 = key(2, 0), u1 = key(2, 1);
+    const float inv = std::ldexp(1.0f, static_cast<int>(-e)), w_scale = std::ldexp(1.0f, static_cast<int>(e));
     int64_t amax_c = 0, nsat = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t u = sr_clamped(y[j], f, u_max, rbits32(uint32_t(j), u0, u1));
-      if (u8) up8[j] = static_cast<int8_t>(u); else up32[j] = static_cast<int32_t>(u);
-      int64_t w = static_cast<int64_t>(std::nearbyint(pp[j] * inv)) - u;
-      w = std::min(std::max(w, -k_max), k_max);
-      codes[j] = static_cast<float>(w);
-      const int64_t aw = w < 0 ? -w : w;
-      amax_c = std::max(amax_c, aw);
-      nsat += aw >= k_max;
+    uint32_t mbits[BLK], ubits[BLK];
+    int64_t y[BLK];
+    for (int64_t j0 = 0; j0 < n; j0 += BLK) {
+      const int64_t len = std::min(BLK, n - j0);
+      if (s_mu) {
+        if (any) {
+          fill_bits(mbits, len, uint32_t(j0), 1u, m0, m1);
+          for (int64_t l = 0; l < len; ++l) y[l] = sr_clamped(acc[j0 + l], lsb - e0, mm, mbits[l]);
+        } else {
+          for (int64_t l = 0; l < len; ++l) y[l] = 0;
+        }
+        for (int64_t l = 0; l < len; ++l) { bp[j0 + l] = static_cast<float>(y[l]) * m_scale; y[l] *= lr_mant; }
+      } else {
+        for (int64_t l = 0; l < len; ++l) y[l] = any ? acc[j0 + l] : 0;
+      }
+      fill_bits(ubits, len, uint32_t(j0), 1u, u0, u1);
+      for (int64_t l = 0; l < len; ++l) {
+        const int64_t j = j0 + l;
+        const int64_t u = sr_clamped(y[l], f, u_max, ubits[l]);
+        if (u8) up8[j] = static_cast<int8_t>(u); else up32[j] = static_cast<int32_t>(u);
+        int64_t w = static_cast<int64_t>(std::nearbyint(pp[j] * inv)) - u;
+        w = std::min(std::max(w, -k_max), k_max);
+        pp[j] = static_cast<float>(w) * w_scale;       // the policy below rewrites it only on a move up
+        const int64_t aw = w < 0 ? -w : w;
+        amax_c = std::max(amax_c, aw);
+        nsat += aw >= k_max;
+      }
     }
-    apply_policy(codes.data(), pp, ep, n, e, amax_c, nsat, bits, shrink, min_exp, sat_num, sat_den, key(3, 0), key(3, 1));
+    apply_policy_codes(pp, ep, n, e, amax_c, nsat, bits, shrink, min_exp, sat_num, sat_den, key(3, 0), key(3, 1));
   };
   // tensors are independent (own keys, own exponent): spread them over the threads
   auto step_one = [&](size_t i) {

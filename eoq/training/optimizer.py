@@ -343,16 +343,7 @@ class EOQSGD(torch.optim.Optimizer):
         integer = bool(self.spec.wd_bits)
         for (p, grid, group), decay in zip(items, decays):
             grads.append(p.grad.add(p, alpha=group["weight_decay"]) if decay and not integer else p.grad.contiguous())
-        rows[:, PlanCol.LR] = torch.tensor([self.effective_lr(group, grid) for _, grid, group in items],
-                                  dtype=torch.float64)
-        if integer:                          # the all-integer update: L, s_l, Lw, s_w and s of this step
-            mu_shift = momentum_shift(items[0][2]["momentum"]) or 0
-            for row, ((p, grid, group), decay) in enumerate(zip(items, decays)):
-                mant, sl = fixed_point(group["lr"] * grid.lr_scale, self.spec.lr_bits)
-                wd = self.weight_decay_fixed(group) if decay else None
-                rows[row, PlanCol.LR_MANT], rows[row, PlanCol.LR_SHIFT] = mant, sl
-                rows[row, PlanCol.WD_MANT], rows[row, PlanCol.WD_SHIFT] = wd if wd else (0, 0)
-                rows[row, PlanCol.MU_SHIFT] = mu_shift
+        self._step_columns(items, decays, rows, integer)
         try:
             kernels.load().grid_step(params, grads, bufs, exps, updates, rows, keys,
                                      float(items[0][2]["momentum"]))
@@ -363,6 +354,28 @@ class EOQSGD(torch.optim.Optimizer):
             raise
         rows[:, PlanCol.READY] = 1.0                       # momentum buffers now hold values
         return True
+
+    def _step_columns(self, items, decays, rows, integer: bool) -> None:
+        """The plan's columns that a schedule changes: the learning rate (and, for the all-integer
+        update, L, s_l, Lw, s_w and s), written only when an lr, weight decay or the momentum moved
+        since the last step; each distinct lr * lr_scale is rounded once."""
+        key = tuple((g["lr"], g["weight_decay"], g["momentum"]) for g in self.param_groups)
+        done = getattr(self, "_columns_done", None)
+        if done is not None and done[0] == key and done[1] is rows:
+            return
+        lrs, cols = {}, []
+        mu_shift = (momentum_shift(items[0][2]["momentum"]) or 0) if integer else 0
+        for (p, grid, group), decay in zip(items, decays):
+            scaled = (group["lr"], grid.lr_scale)
+            if scaled not in lrs:
+                lrs[scaled] = (self.effective_lr(group, grid),
+                               fixed_point(group["lr"] * grid.lr_scale, self.spec.lr_bits) if integer else (0, 0))
+            lr, (mant, sl) = lrs[scaled]
+            wd = (self.weight_decay_fixed(group) if decay else None) if integer else None
+            cols.append((lr, mant, sl, *(wd or (0, 0)), mu_shift))
+        at = [PlanCol.LR, PlanCol.LR_MANT, PlanCol.LR_SHIFT, PlanCol.WD_MANT, PlanCol.WD_SHIFT, PlanCol.MU_SHIFT]
+        rows[:, at] = torch.tensor(cols, dtype=torch.float64)
+        self._columns_done = (key, rows)
 
     def _plan(self, items):
         """Per-tensor settings for the kernel, built once per set of tensors (None: not supported)."""
