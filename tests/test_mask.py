@@ -69,3 +69,51 @@ def test_the_tail_sums_read_bits_from_any_chunk_start():
     assert mask.packed(live) and not mask.packed(live_t)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_relu_bias_backward_in_one_pass_equals_the_three_passes(channels_last, threads, monkeypatch):
+    """The backward of relu(x + b_out) + b_in (layers._relu_bias_backward): the one-pass kernel
+    (masked_grad_sums) against the bool-mask torch path: g bit for bit, and both bias gradients
+    (sum g, sum grad) against float64 sums of the same tensors (odd sizes: tails and chunk starts
+    that are not multiples of 8)."""
+    from eoq.nn import layers
+    from eoq.nn.layers import _relu_bias_backward
+    from eoq.quant.quantizers import round_fixed
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(3, 7, 61, 59, generator=g)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        grad = round_fixed(torch.randn(x.shape, generator=g), 16)[0]
+        grad = grad.contiguous(memory_format=torch.channels_last) if channels_last else grad
+        pre = 0.125
+
+        class Ctx:
+            saved_tensors = (mask.greater(x, -pre),)
+            shapes, strides = ((1,), (1,)), x.stride()
+            needs_input_grad = (True, True, True)
+
+        calls = []
+
+        class Spy:                       # the kernel module, counting the one-pass calls
+            def __getattr__(self, name):
+                if name == "masked_grad_sums":
+                    calls.append(name)
+                return getattr(kernels.load(), name)
+
+        monkeypatch.setattr(layers.kernels, "usable", lambda t: Spy())
+        gx, g_pre, g_bias = _relu_bias_backward(Ctx, grad)
+        monkeypatch.undo()
+        ctx_t = type("CtxT", (Ctx,), {"saved_tensors": (x > -pre,)})
+        want_gx, want_pre, want_bias = _relu_bias_backward(ctx_t, grad)     # the bool mask: torch ops
+    finally:
+        torch.set_num_threads(before)
+    assert calls == ["masked_grad_sums"]
+    assert torch.equal(gx, want_gx) and gx.stride() == grad.stride()
+    assert torch.equal(g_pre, want_pre) and torch.equal(g_bias, want_bias)
+    wx = torch.where(x > -pre, grad, 0.0)
+    assert float(g_pre) == float(wx.double().sum()) and float(g_bias) == float(grad.double().sum())

@@ -215,8 +215,16 @@ struct Lanes {
   double sg[L] = {}, sx[L] = {};
 };
 
+// The second sum of masked_sums: sum g * x (DOT), or sum grad, the input before the mask.
+template <bool DOT>
+inline double second(float v, float g, const float* px, int64_t i) {
+  if constexpr (DOT) return static_cast<double>(v) * static_cast<double>(px[i]);
+  else return static_cast<double>(g);
+}
+
 // n elements (a multiple of 8) of masked_sums into the lanes, the mask as 0/1 bytes: independent
 // lanes and restrict pointers, so that it vectorizes.
+template <bool DOT>
 inline void masked_bytes(const float* __restrict__ pg, const uint8_t* __restrict__ pl, const float* __restrict__ px,
                          float* __restrict__ po, int64_t n, Lanes& a) {
   constexpr int L = Lanes::L;
@@ -225,7 +233,7 @@ inline void masked_bytes(const float* __restrict__ pg, const uint8_t* __restrict
       const float v = masked(pg[i + l], pl[i + l]);
       po[i + l] = v;
       a.sg[l] += v;
-      a.sx[l] += static_cast<double>(v) * static_cast<double>(px[i + l]);
+      a.sx[l] += second<DOT>(v, pg[i + l], px, i + l);
     }
   }
 }
@@ -233,6 +241,7 @@ inline void masked_bytes(const float* __restrict__ pg, const uint8_t* __restrict
 // masked_sums over elements [lo, lo + n) of the mask pb: blocks of MASK_BLOCK elements unpacked to
 // bytes on the stack, the lanes as they were with a bool mask (element lo + 8j + l in lane l, the
 // last n % 8 in lane 0), so the sums add in the same order.
+template <bool DOT>
 std::pair<double, double> masked_block(const float* pg, const uint8_t* pb, int64_t lo, const float* px, float* po,
                                        int64_t n) {
   Lanes a;
@@ -241,35 +250,48 @@ std::pair<double, double> masked_block(const float* pg, const uint8_t* pb, int64
   for (int64_t c = 0; c < full; c += MASK_BLOCK) {
     const int64_t m = std::min(MASK_BLOCK, full - c);
     for (int64_t j = 0; j < m; j += 8) spread8(bits8(pb, lo + c + j), bytes + j);
-    masked_bytes(pg + c, bytes, px + c, po + c, m, a);
+    masked_bytes<DOT>(pg + c, bytes, px == nullptr ? nullptr : px + c, po + c, m, a);
   }
   for (int64_t i = full; i < n; ++i) {
     const float v = masked(pg[i], bit_at(pb, lo + i));
     po[i] = v;
     a.sg[0] += v;
-    a.sx[0] += static_cast<double>(v) * static_cast<double>(px[i]);
+    a.sx[0] += second<DOT>(v, pg[i], px, i);
   }
   double sg = 0.0, sx = 0.0;
   for (int l = 0; l < Lanes::L; ++l) sg += a.sg[l], sx += a.sx[l];
   return {sg, sx};
 }
 
-// g = grad where live, else 0 (the ReLU backward), with sum g and sum g * x in double.
-std::tuple<at::Tensor, double, double> masked_sums(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x) {
-  check_pair(grad, x, "masked_sums");
+// g = grad where live, else 0 (the ReLU backward), with sum g and (DOT) sum g * x or sum grad, in
+// double; each sum in the lanes and chunks of sum_double, so either equals sum_double of its tensor.
+template <bool DOT>
+std::tuple<at::Tensor, double, double> masked_sums_t(const at::Tensor& grad, const at::Tensor& live, const float* px) {
   check_bits(live, grad.numel(), "masked_sums");
   at::Tensor g = at::empty_like(grad);
   TORCH_CHECK(g.strides() == grad.strides(), "masked_sums: output strides");
   const float* pg = grad.data_ptr<float>();
-  const float* px = x.data_ptr<float>();
   const uint8_t* pl = live.data_ptr<uint8_t>();
   float* po = g.data_ptr<float>();
   using P = std::pair<double, double>;
   const P r = at::parallel_reduce(0, grad.numel(), 1 << 14, P(0.0, 0.0), [&](int64_t lo, int64_t hi, P acc) {
-    const P d = masked_block(pg + lo, pl, lo, px + lo, po + lo, hi - lo);
+    const P d = masked_block<DOT>(pg + lo, pl, lo, px == nullptr ? nullptr : px + lo, po + lo, hi - lo);
     return P(acc.first + d.first, acc.second + d.second);
   }, [](P p, P q) { return P(p.first + q.first, p.second + q.second); });
   return {g, r.first, r.second};
+}
+
+// (g, sum g, sum g * x): the Fixup tail's backward (a multiplier's gradient).
+std::tuple<at::Tensor, double, double> masked_sums(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x) {
+  check_pair(grad, x, "masked_sums");
+  return masked_sums_t<true>(grad, live, x.data_ptr<float>());
+}
+
+// (g, sum g, sum grad): the backward of relu(x + b_out) + b_in (the gradients of both biases).
+std::tuple<at::Tensor, double, double> masked_grad_sums(const at::Tensor& grad, const at::Tensor& live) {
+  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_non_overlapping_and_dense(),
+              "masked_grad_sums: a dense float32 grad");
+  return masked_sums_t<false>(grad, live, nullptr);
 }
 
 std::tuple<at::Tensor, int64_t> fx_sum(const at::Tensor& a, const at::Tensor& b, int64_t bits) {
@@ -392,5 +414,6 @@ void register_stream(pybind11::module& m) {
   m.def("fx_sum", &fx_sum);
   m.def("dot_sums", &dot_sums);
   m.def("masked_sums", &masked_sums);
+  m.def("masked_grad_sums", &masked_grad_sums);
   m.def("sum_double", &sum_double);
 }

@@ -29,6 +29,7 @@ from ..quant.apply import apply_quant
 from ..quant.observe import listening
 from ..quant.spec import FLOAT, LayerQuant, TensorQuant
 from . import mask
+from .stream import dense
 
 
 @dataclass
@@ -237,6 +238,12 @@ def _live(x, pre):
 
 def _relu_bias_backward(ctx, grad):
     live, = ctx.saved_tensors
+    kern = kernels.usable(grad)
+    if kern is not None and mask.packed(live) and grad.stride() == tuple(ctx.strides) and dense(grad) \
+            and math.prod(ctx.shapes[0]) == math.prod(ctx.shapes[1]) == 1:
+        gx, s_pre, s_bias = kern.masked_grad_sums(grad, live)     # one pass: the three below, bit for bit
+        return (gx, torch.tensor([s_pre], dtype=torch.float32).view(ctx.shapes[0]) if ctx.needs_input_grad[1] else None,
+                torch.tensor([s_bias], dtype=torch.float32).view(ctx.shapes[1]) if ctx.needs_input_grad[2] else None)
     gx = mask.where(grad, live, ctx.strides)    # = threshold_backward(grad, x, -b_out), bit for bit
     gpre = exact_sum(gx, ctx.shapes[0]) if ctx.needs_input_grad[1] else None
     gbias = exact_sum(grad, ctx.shapes[1]) if ctx.needs_input_grad[2] else None
