@@ -60,9 +60,14 @@ def inject(nb, parameters: dict, name: str = "notebook") -> None:
     nb.cells.insert(at[0] + 1, nbformat.v4.new_code_cell(source, metadata={"tags": [INJECTED]}))
 
 
+def own_code(nb) -> list:
+    """A notebook's code cells, an injected parameters cell left out."""
+    return [c for c in nb.cells if c.cell_type == "code" and INJECTED not in c.metadata.get("tags", [])]
+
+
 def code_cells(nb) -> list[str]:
     """The sources of a notebook's code cells, an injected parameters cell left out."""
-    return [c.source for c in nb.cells if c.cell_type == "code" and INJECTED not in c.metadata.get("tags", [])]
+    return [c.source for c in own_code(nb)]
 
 
 def errors(nb) -> list:

@@ -47,8 +47,7 @@ def test_notebook_runs_and_its_executed_copy_is_current(path):
     executed = nbformat.read(copy, as_version=4)
     assert notebooks.code_cells(executed) == notebooks.code_cells(nb), \
         f"{copy.name} is stale: python -m analysis.notebooks {path.relative_to(ROOT)}"
-    ran_cells = [c for c in nb.cells if c.cell_type == "code" and notebooks.INJECTED not in c.metadata.get("tags", [])]
-    for ran, kept in zip(ran_cells, [c for c in executed.cells if c.cell_type == "code"]):
+    for ran, kept in zip(notebooks.own_code(nb), notebooks.own_code(executed)):
         assert bool(ran.outputs) <= bool(kept.outputs), f"{copy.name}: a cell without its output"
 
 

@@ -340,23 +340,33 @@ bool accumulate(const std::vector<Term>& terms, int64_t n, const std::vector<dou
   return true;
 }
 
-// The exponent policy on new codes cp[0..n) (max |code| amax_c, nsat of them saturated), then the
-// weights pp = codes * 2^e and the exponent *ep: up one bit (SR halving, key r0/r1) when
-// nsat * sat_den > sat_num * n, down one (doubling, exact) when 0 < amax_c < 2^(bits-1-shrink).
+// The exponent policy's move for new codes (max |code| amax_c, nsat of them saturated): +1 when
+// nsat * sat_den > sat_num * n (an integer comparison), -1 when 0 < amax_c < 2^(bits-1-shrink) and
+// e > min_exp, else 0.
+inline int policy_move(int64_t n, int64_t e, int64_t amax_c, int64_t nsat, int64_t bits, int64_t shrink,
+                       int64_t min_exp, int64_t sat_num, int64_t sat_den) {
+  const int64_t k_max = (int64_t(1) << (bits - 1)) - 1;
+  if (amax_c >= k_max && nsat * sat_den > sat_num * n) return 1;
+  if (amax_c > 0 && amax_c < (int64_t(1) << (bits - 1 - shrink)) && e > min_exp) return -1;
+  return 0;
+}
+
+// The exponent policy on new codes cp[0..n) (policy_move), then the weights pp = codes * 2^e and
+// the exponent *ep: up one bit halves the codes (SR, key r0/r1), down one doubles them (exact).
 void apply_policy(float* cp, float* pp, float* ep, int64_t n, int64_t e, int64_t amax_c, int64_t nsat,
                   int64_t bits, int64_t shrink, int64_t min_exp, int64_t sat_num, int64_t sat_den,
                   uint32_t r0, uint32_t r1) {
   const int64_t k_max = (int64_t(1) << (bits - 1)) - 1;
-  if (amax_c >= k_max && nsat * sat_den > sat_num * n) {     // an integer comparison
-    e += 1;
+  const int move = policy_move(n, e, amax_c, nsat, bits, shrink, min_exp, sat_num, sat_den);
+  if (move > 0) {
     for (int64_t j = 0; j < n; ++j) {
       double h = std::floor((std::floor(double(cp[j]) * 0.5 * 65536.0) + double(rbits32(uint32_t(j), r0, r1))) / 65536.0);
       cp[j] = float(h < -double(k_max) ? -double(k_max) : (h > double(k_max) ? double(k_max) : h));
     }
-  } else if (amax_c > 0 && amax_c < (int64_t(1) << (bits - 1 - shrink)) && e > min_exp) {
-    e -= 1;
+  } else if (move < 0) {
     for (int64_t j = 0; j < n; ++j) cp[j] *= 2;
   }
+  e += move;
   const float scale = std::ldexp(1.0f, static_cast<int>(e));
   for (int64_t j = 0; j < n; ++j) pp[j] = cp[j] * scale;
   *ep = static_cast<float>(e);
@@ -364,20 +374,19 @@ void apply_policy(float* cp, float* pp, float* ep, int64_t n, int64_t e, int64_t
 
 // apply_policy for weights pp that already hold their new codes times 2^e: a move down (codes
 // doubled, the exponent one less) leaves every weight's value as it is, a move up halves the codes
-// (SR, as apply_policy) and rewrites the weights; *ep gets the new exponent.
+// (as apply_policy) and rewrites the weights; *ep gets the new exponent.
 void apply_policy_codes(float* pp, float* ep, int64_t n, int64_t e, int64_t amax_c, int64_t nsat,
                         int64_t bits, int64_t shrink, int64_t min_exp, int64_t sat_num, int64_t sat_den,
                         uint32_t r0, uint32_t r1) {
-  const int64_t k_max = (int64_t(1) << (bits - 1)) - 1;
-  if (amax_c >= k_max && nsat * sat_den > sat_num * n) {
+  const int move = policy_move(n, e, amax_c, nsat, bits, shrink, min_exp, sat_num, sat_den);
+  if (move > 0) {
     std::vector<float> codes(n);
     const float inv = std::ldexp(1.0f, static_cast<int>(-e));
     for (int64_t j = 0; j < n; ++j) codes[j] = pp[j] * inv;        // exact: a code of at most 24 bits
     apply_policy(codes.data(), pp, ep, n, e, amax_c, nsat, bits, shrink, min_exp, sat_num, sat_den, r0, r1);
     return;
   }
-  if (amax_c > 0 && amax_c < (int64_t(1) << (bits - 1 - shrink)) && e > min_exp) e -= 1;
-  *ep = static_cast<float>(e);
+  *ep = static_cast<float>(e + move);
 }
 
 // One EOQSGD step for integer-stored tensors (see eoq/training/optimizer.py, which holds the same

@@ -265,11 +265,15 @@ std::pair<double, double> masked_block(const float* pg, const uint8_t* pb, int64
 
 // g = grad where live, else 0 (the ReLU backward), with sum g and (DOT) sum g * x or sum grad, in
 // double; each sum in the lanes and chunks of sum_double, so either equals sum_double of its tensor.
+// x empty when not DOT.
 template <bool DOT>
-std::tuple<at::Tensor, double, double> masked_sums_t(const at::Tensor& grad, const at::Tensor& live, const float* px) {
-  check_bits(live, grad.numel(), "masked_sums");
+std::tuple<at::Tensor, double, double> masked_sums_t(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x,
+                                                     const char* what) {
+  check_pair(grad, x, what);
+  check_bits(live, grad.numel(), what);
+  const float* px = DOT ? x.data_ptr<float>() : nullptr;
   at::Tensor g = at::empty_like(grad);
-  TORCH_CHECK(g.strides() == grad.strides(), "masked_sums: output strides");
+  TORCH_CHECK(g.strides() == grad.strides(), what, ": output strides");
   const float* pg = grad.data_ptr<float>();
   const uint8_t* pl = live.data_ptr<uint8_t>();
   float* po = g.data_ptr<float>();
@@ -283,15 +287,13 @@ std::tuple<at::Tensor, double, double> masked_sums_t(const at::Tensor& grad, con
 
 // (g, sum g, sum g * x): the Fixup tail's backward (a multiplier's gradient).
 std::tuple<at::Tensor, double, double> masked_sums(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x) {
-  check_pair(grad, x, "masked_sums");
-  return masked_sums_t<true>(grad, live, x.data_ptr<float>());
+  TORCH_CHECK(x.numel() == grad.numel(), "masked_sums: x of grad's size");
+  return masked_sums_t<true>(grad, live, x, "masked_sums");
 }
 
 // (g, sum g, sum grad): the backward of relu(x + b_out) + b_in (the gradients of both biases).
 std::tuple<at::Tensor, double, double> masked_grad_sums(const at::Tensor& grad, const at::Tensor& live) {
-  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_non_overlapping_and_dense(),
-              "masked_grad_sums: a dense float32 grad");
-  return masked_sums_t<false>(grad, live, nullptr);
+  return masked_sums_t<false>(grad, live, at::empty({0}, grad.options()), "masked_grad_sums");
 }
 
 std::tuple<at::Tensor, int64_t> fx_sum(const at::Tensor& a, const at::Tensor& b, int64_t bits) {
