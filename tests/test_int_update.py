@@ -113,8 +113,8 @@ def test_accumulate_floors_terms_below_its_lsb_and_never_overflows():
     assert int(acc.abs().max()) < 2 ** 62
 
 
-def _momentum_after_one_step(m_bits: int):
-    """One update of a 2-weight layer with v codes (1000, -7) at 2^-20, mu = 7/8, g codes (12, -3) at
+def _momentum_after_one_step(m_bits: int, v=(1000.0, -7.0)):
+    """One update of a 2-weight layer with v codes ``v`` at 2^-20 (loaded as a checkpoint's buffer), mu = 7/8, g codes (12, -3) at
     2^-14, w codes (100, -50) at 2^-8, wd 5e-4 = 131 x 2^-18; (new buffer values, M's random bits)."""
     spec = get_preset("eoq").with_changes(name=f"eoq-m{m_bits}", M=m_bits)
     layer = QLinear(2, 1, bias=False)
@@ -123,12 +123,12 @@ def _momentum_after_one_step(m_bits: int):
         layer.weight_exp.fill_(-8)
         layer.weight.copy_(torch.tensor([[100.0, -50.0]]) * 2.0 ** -8)
     opt = EOQSGD(layer, spec, lr=0.1, momentum=0.875, weight_decay=5e-4, generator=torch.Generator().manual_seed(3))
-    opt.state[layer.weight]["momentum_buffer"] = torch.tensor([[1000.0, -7.0]]) * 2.0 ** -20
+    opt.load_state_dict({**opt.state_dict(), "state": {0: {"momentum_buffer": torch.tensor([v]) * 2.0 ** -20}}})
     layer.weight.grad = torch.tensor([[12.0, -3.0]]) * 2.0 ** -14
     keys = rng.draw_keys(torch.Generator().manual_seed(3), 1, 4)[0]
     opt.step()
     b = rng.random_bits((2,), tuple(keys[1].tolist())).tolist()
-    return opt.state[layer.weight]["momentum_buffer"].flatten(), b
+    return opt.momentum_values(layer.weight).flatten(), b
 
 
 def test_integer_momentum_sum_hand_worked():
@@ -137,12 +137,29 @@ def test_integer_momentum_sum_hand_worked():
     S = (7000 + 6144 + 1637.5, -49 - 1536 - 818.75) x 2^-23 = (14781.5, -2403.75) x 2^-23;
     max 14781.5 * 2^-23 = 0.00176, log2 = -9.15 -> R = 2^-9.
     SQ16: LSB 2^-24, codes = SR(29563, -4807.5) = (29563, -4808 + [b >= 2^15]).
-    SQ8 (eoq's M): LSB 2^-16, codes = SR(115 + 31488/2^16, -19 + 14464/2^16)
-    = (115 + [b >= 34048], -19 + [b >= 51072])."""
+    SQ8 (eoq's M) keeps 8-bit codes, so it starts from v = (1000, -8) x 2^-20 = (125, -1) x 2^-17:
+    S = (14781.5, -56 - 1536 - 818.75 = -2410.75) x 2^-23, the same max, LSB 2^-16, codes =
+    SR(115 + 31488/2^16, -19 + 10880/2^16) = (115 + [b >= 34048], -19 + [b >= 54656])."""
     m, b = _momentum_after_one_step(16)
     assert (m * 2.0 ** 24).tolist() == [29563.0, -4808.0 + (b[1] >= 2 ** 15)]
-    m, b = _momentum_after_one_step(8)
-    assert (m * 2.0 ** 16).tolist() == [115.0 + (b[0] >= 34048), -19.0 + (b[1] >= 51072)]
+    m, b = _momentum_after_one_step(8, v=(1000.0, -8.0))
+    assert (m * 2.0 ** 16).tolist() == [115.0 + (b[0] >= 34048), -19.0 + (b[1] >= 54656)]
+
+
+def test_momentum_codes_from_a_checkpoints_values():
+    """A float buffer (a checkpoint's) becomes M-bit codes and their LSB exactly; values that no
+    M-bit grid holds are refused (one clear error), and codes -> values -> codes is the identity."""
+    from eoq.training.optimizer import momentum_codes
+    codes, lsb = momentum_codes(torch.tensor([125.0, -1.0, 0.0]) * 2.0 ** -17, 8)
+    assert codes.dtype == torch.int8 and lsb == -17 and codes.tolist() == [125, -1, 0]
+    codes, lsb = momentum_codes(torch.tensor([3.0, -1.0]) * 2.0 ** -30, 8)      # a small max: a fine grid
+    assert (codes.double() * 2.0 ** lsb).tolist() == [3 * 2.0 ** -30, -(2.0 ** -30)]
+    codes, lsb = momentum_codes(torch.zeros(4), 16)
+    assert codes.dtype == torch.int16 and codes.tolist() == [0, 0, 0, 0]
+    with pytest.raises(SpecError, match="not on a 8-bit grid"):
+        momentum_codes(torch.tensor([1000.0, -7.0]) * 2.0 ** -20, 8)
+    with pytest.raises(SpecError, match="NaN or Inf"):
+        momentum_codes(torch.tensor([float("nan")]), 8)
 
 
 def test_no_momentum_update_is_one_rounding_of_the_exact_sum():

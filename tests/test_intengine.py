@@ -65,6 +65,33 @@ def test_strided_input_gradient_phases_equal_float64(use_kernels, k, p, s, hw):
     assert torch.equal(gi.permute(0, 3, 1, 2).double(), gi_ref)
 
 
+@pytest.mark.parametrize("k,p,s", [(3, 1, 1), (3, 1, 2), (1, 0, 2), (5, 2, 1)])
+def test_blocked_convolutions_equal_float64(monkeypatch, k, p, s):
+    """The blocked forward, input gradient and weight gradient (a block of images per GEMM, here
+    one to three images: BLOCK_BYTES made tiny) == float64 convolution, times 2^exponent; the
+    weight gradient keeps the whole-batch GEMM's int32 type."""
+    from eoq import kernels
+    if kernels.load() is None:
+        pytest.skip("the blocked paths need the compiled kernels")
+    g = torch.Generator().manual_seed(k * 10 + s)
+    n, cin, cout, h, w = 7, 5, 6, 9, 8
+    a, wc = codes(n, cin, h, w, gen=g), codes(cout, cin, k, k, gen=g)
+    mats = IE.weight_mats(wc)
+    ref = F.conv2d(a.double(), wc.double(), None, s, p)
+    e = codes(*ref.shape, gen=g)
+    gi_ref, gw_ref, _ = torch.ops.aten.convolution_backward(
+        e.double(), a.double(), wc.double(), None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, True, False])
+    for block in (1, 2 * h * w * k * k * cin, 1 << 22):       # one image per block, two, the whole batch
+        monkeypatch.setattr(IE, "BLOCK_BYTES", block)
+        out = IE.conv_float(IE.to_nhwc(a), mats, s, p, -3)
+        assert torch.equal(out.permute(0, 3, 1, 2).double(), ref * 2.0 ** -3)
+        gi = IE.input_grad_float(IE.to_nhwc(e), mats, s, p, (h, w), 5)
+        assert torch.equal(gi.permute(0, 3, 1, 2).double(), gi_ref * 2.0 ** 5)
+        gw = IE.conv_weight_grad(IE.to_nhwc(a), IE.to_nhwc(e), k, k, s, p)
+        assert gw.dtype == torch.int32
+        assert torch.equal(gw.view(cout, k, k, cin).permute(0, 3, 1, 2).double(), gw_ref)
+
+
 def test_overflow_guard_with_adversarial_codes():
     """K = 140,000 products of 127 * 127 (and -127 * 127): raw int32 wraps, the guard stays exact."""
     k = 140_000

@@ -13,6 +13,7 @@ from eoq.nn.prepare import grid_params, prepare
 from eoq.quant.presets import get_preset
 from eoq.quant.spec import SpecError, TensorQuant, WeightPolicy
 from eoq.training.loop import train_step
+from eoq.training.loss import step_loss
 from eoq.training.optimizer import EOQSGD, fixed_point, momentum_shift, pow2_round
 
 
@@ -54,7 +55,14 @@ def test_weights_stay_on_int8_grid_and_updates_are_int8(preset):
     assert moved > 0
     # no float master copy: the optimizer keeps only the momentum buffer and the last int8 update
     for g in grid_params(model):
-        assert set(opt.state[g.param]) <= {"momentum_buffer", "last_update"}
+        state = opt.state[g.param]
+        if spec.wd_bits:            # the all-integer update: M's codes at their width (int8 for M8)
+            assert set(state) == {"momentum_codes", "momentum_exponent", "last_update"}
+            assert state["momentum_codes"].dtype == torch.int8 and state["momentum_codes"].shape == g.param.shape
+            values = state["momentum_codes"].double() * 2.0 ** int(state["momentum_exponent"])
+            assert torch.equal(opt.momentum_values(g.param).double(), values)
+        else:
+            assert set(state) == {"momentum_buffer", "last_update"}
 
 
 def single_layer(value: float, exponent: int, n: int = 200_000, policy=WeightPolicy(saturate_frac=0.5),
@@ -244,7 +252,10 @@ def test_fused_kernels_give_the_reference_result_bit_for_bit(preset):
             assert same_bits(a, b), name
     for g_fast, g_ref in zip(grid_params(fast_model), grid_params(ref_model)):
         sa, sb = fast_opt.state[g_fast.param], ref_opt.state[g_ref.param]
-        assert ("momentum_buffer" in sa) == ("momentum_buffer" in sb)
+        assert set(sa) == set(sb)
+        for key in ("momentum_codes", "momentum_exponent"):
+            if key in sa:
+                assert same_bits(sa[key], sb[key]), g_fast.name
         if "momentum_buffer" in sa:
             assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"]), g_fast.name
             if preset.startswith("eoq+") or preset in ("eoq", "eoq-float-ends"):
@@ -310,3 +321,84 @@ def test_plan_columns_agree_with_the_kernel_header():
     cpp = {name: int(value) for name, value in re.findall(r"PLAN_([A-Z_]+) = (\d+)", body)}
     assert cpp.pop("COLUMNS") == len(PlanCol)
     assert cpp == {c.name: c.value for c in PlanCol}
+
+
+def test_packed_gradients_hand_worked():
+    """pack_codes: an SQ8 gradient as int8 codes with the largest in [64, 127]; values that are not
+    8-bit codes times a power of two (or not finite) stay float."""
+    from eoq.training.optimizer import pack_codes
+    codes, lsb = pack_codes(torch.tensor([127.0, -3.0, 0.0]) * 2.0 ** -20)
+    assert codes.dtype == torch.int8 and lsb == -20 and codes.tolist() == [127, -3, 0]
+    codes, lsb = pack_codes(torch.tensor([6.0, -1.0]) * 2.0 ** -9)            # max 6: codes 96, -16
+    assert lsb == -13 and codes.tolist() == [96, -16]
+    assert pack_codes(torch.tensor([129.0, 1.0]))[0] is None                 # 9 bits
+    assert pack_codes(torch.tensor([1.0, 0.3]))[0] is None                   # not on a grid
+    assert pack_codes(torch.tensor([float("inf"), 1.0]))[0] is None
+
+
+@pytest.mark.parametrize("engine", ["int", "sim"])
+def test_packed_gradient_step_equals_the_float_gradient_step(engine):
+    """train_step keeps the layers' G as int8 codes (no float32 .grad); three steps give the same
+    weights, exponents and optimizer state, bit for bit, as backward + step on float32 .grad."""
+    runs = []
+    for packed in (True, False):
+        torch.manual_seed(0)
+        net = build_model("resnet20", "fixup", num_classes=10)
+        gen = torch.Generator().manual_seed(1)
+        spec = get_preset("eoq")
+        prepare(net, spec, gen, engine=engine)
+        opt = EOQSGD(net, spec, lr=0.2, momentum=0.875, generator=gen)
+        data = torch.Generator().manual_seed(2)
+        for _ in range(5):
+            x = torch.randn(4, 3, 32, 32, generator=data).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 10, (4,), generator=data)
+            if packed:
+                train_step(net, opt, x, y)
+            else:
+                opt.zero_grad()
+                step_loss(net(x), y, spec).backward()
+                weights = [g.param for g in grid_params(net) if g.name.endswith("weight")]
+                assert all(p.grad is not None for p in weights)
+                opt.step()
+        if packed:       # the last step's layer gradients were packed: no float32 .grad was kept
+            conv = [g for g in grid_params(net) if g.name.endswith("convs.0.weight")][0]
+            assert conv.param.grad is None and not opt.packed
+        runs.append((net, opt))
+    (a, oa), (b, ob) = runs
+    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(ta, tb), name
+    sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for key in sa[i]:
+            assert torch.equal(sa[i][key], sb[i][key]), (i, key)
+
+
+def test_gradient_reads_packed_codes_as_values():
+    """Within packed_gradients the layers' weight gradients are int8 codes (.grad None) and
+    gradient() gives the values plain backward puts in .grad (same rounding bits)."""
+    torch.manual_seed(0)
+    net = build_model("resnet20", "fixup", num_classes=10)
+    spec = get_preset("eoq")
+    gen = torch.Generator()
+    prepare(net, spec, gen, engine="int")
+    opt = EOQSGD(net, spec, lr=0.1, generator=gen)
+    for m in net.modules():                         # non-zero errors reach every layer
+        if hasattr(m, "mode") and m.mode == "scale":
+            with torch.no_grad():
+                m.value.fill_(1.0)
+    x = torch.randn(2, 3, 32, 32)
+    gen.manual_seed(5)
+    step_loss(net(x), torch.tensor([1, 2]), spec).backward()
+    plain = {id(g.param): g.param.grad.clone() for g in grid_params(net) if g.param.grad is not None}
+    opt.zero_grad()
+    gen.manual_seed(5)
+    with opt.packed_gradients():
+        step_loss(net(x), torch.tensor([1, 2]), spec).backward()
+    assert opt.packed                               # some weights' gradients were packed
+    for g in grid_params(net):
+        if id(g.param) in opt.packed:
+            assert g.param.grad is None
+            assert torch.equal(opt.gradient(g.param), plain[id(g.param)]), g.name
+    opt.zero_grad()
+    assert not opt.packed

@@ -145,10 +145,13 @@ std::tuple<at::Tensor, int64_t> sq_int(const at::Tensor& acc_, int64_t exp_in, i
 
 // acc * 2^exponent as float32 in one pass (torch's int32 * float makes a float copy, then scales).
 // Exact for |acc| < 2^24; beyond, it rounds exactly as float(acc) * 2^e does.
-at::Tensor dequant(const at::Tensor& acc_, int64_t exponent) {
+// out: a contiguous float32 tensor of acc's size to write into (a block of a larger output).
+at::Tensor dequant(const at::Tensor& acc_, int64_t exponent, c10::optional<at::Tensor> out_) {
   TORCH_CHECK(acc_.scalar_type() == at::kInt, "dequant: int32 input");
   const at::Tensor acc = acc_.contiguous();
-  at::Tensor out = at::empty(acc.sizes(), acc.options().dtype(at::kFloat));
+  at::Tensor out = out_.has_value() ? *out_ : at::empty(acc.sizes(), acc.options().dtype(at::kFloat));
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() == acc.numel(),
+              "dequant: out must be a contiguous float32 tensor of the accumulator's size");
   const int32_t* p = acc.data_ptr<int32_t>();
   float* d = out.data_ptr<float>();
   const float scale = std::ldexp(1.0f, static_cast<int>(exponent));
@@ -282,7 +285,7 @@ std::tuple<at::Tensor, int64_t> sq_int_conv(const at::Tensor& acc_, int64_t exp_
 }  // namespace
 
 void register_intops(pybind11::module& m) {
-  m.def("dequant", &dequant);
+  m.def("dequant", &dequant, pybind11::arg("acc"), pybind11::arg("exponent"), pybind11::arg("out") = pybind11::none());
   m.def("im2col", &im2col);
   m.def("sq_int", &sq_int);
   m.def("weight_mats", &weight_mats);

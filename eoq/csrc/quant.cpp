@@ -314,7 +314,23 @@ inline int64_t exponent_of_int(uint64_t m, int64_t e) {
   return std::max<int64_t>(sq >= (static_cast<unsigned __int128>(1) << (2 * bl)) ? p : p - 1, -100);
 }
 
-struct Term { const float* x; double mult; int64_t shift; };
+// a term x * mult * 2^-shift of the update's sum: x float32 values, or integer codes (int8/16/32)
+struct Term {
+  const void* x; double mult; int64_t shift; at::ScalarType type = at::kFloat;
+};
+
+template <typename T>
+int64_t max_abs_code(const T* x, int64_t n) {
+  int32_t m = 0;
+  for (int64_t j = 0; j < n; ++j) { const int32_t a = x[j] < 0 ? -int32_t(x[j]) : int32_t(x[j]); m = a > m ? a : m; }
+  return m;
+}
+
+template <typename T>
+void add_term(std::vector<int64_t>& acc, const T* x, int64_t n, double mult, double scale) {
+  for (int64_t j = 0; j < n; ++j)
+    acc[j] += static_cast<int64_t>(std::floor(static_cast<double>(x[j]) * mult * scale));
+}
 
 // S = sum of the terms as int64 integers S * 2^e0 (int_update.accumulate); false when all are zero.
 bool accumulate(const std::vector<Term>& terms, int64_t n, const std::vector<double>& amaxes,
@@ -334,8 +350,13 @@ bool accumulate(const std::vector<Term>& terms, int64_t n, const std::vector<dou
   acc.assign(n, 0);
   for (const Term& t : terms) {
     const double scale = std::ldexp(1.0, static_cast<int>(-t.shift - e0));
-    for (int64_t j = 0; j < n; ++j)
-      acc[j] += static_cast<int64_t>(std::floor(static_cast<double>(t.x[j]) * t.mult * scale));
+    switch (t.type) {
+      case at::kFloat: add_term(acc, static_cast<const float*>(t.x), n, t.mult, scale); break;
+      case at::kChar: add_term(acc, static_cast<const int8_t*>(t.x), n, t.mult, scale); break;
+      case at::kShort: add_term(acc, static_cast<const int16_t*>(t.x), n, t.mult, scale); break;
+      case at::kInt: add_term(acc, static_cast<const int32_t*>(t.x), n, t.mult, scale); break;
+      default: TORCH_CHECK(false, "grid_step: a term of type ", t.type);
+    }
   }
   return true;
 }
@@ -393,9 +414,12 @@ void apply_policy_codes(float* pp, float* ep, int64_t n, int64_t e, int64_t amax
 // algorithm in torch ops and is the reference). cfg rows: eoq/csrc/common.h, PlanCol (lr_eff, bits,
 // u_bits, u_mode, gq_bits (0 = none), gq_mode, m_bits (0 = none), m_mode, saturate_frac as
 // num / den, shrink_bits, buffer_ready, exact_lr, min_exp, and the all-integer update's columns).
-// keys: (n, 4, 2) int64 for G, M, U and the rescale.
-void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
-               std::vector<at::Tensor> bufs, std::vector<at::Tensor> exps,
+// keys: (n, 4, 2) int64 for G, M, U and the rescale. grads: float32 values, or (the all-integer
+// update) int8 G codes whose value is codes * 2^grad_exps[i]. bufs: the momentum buffers, float32 values
+// (float-sum updates) or, for the all-integer update, M-bit integer codes whose LSB exponent is the
+// int32 scalar in buf_exps (read and written here).
+void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std::vector<int64_t> grad_exps,
+               std::vector<at::Tensor> bufs, std::vector<at::Tensor> buf_exps, std::vector<at::Tensor> exps,
                std::vector<at::Tensor> updates, at::Tensor cfg_, at::Tensor keys_, double mu) {
   TORCH_CHECK(cfg_.dim() == 2 && cfg_.size(1) == eoqk::PLAN_COLUMNS, "grid_step: the plan has ",
               cfg_.size(1), " columns, the kernel reads ", int(eoqk::PLAN_COLUMNS));
@@ -409,23 +433,37 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     const int64_t wd_mant = int64_t(cfg[i][eoqk::PLAN_WD_MANT]), wd_shift = int64_t(cfg[i][eoqk::PLAN_WD_SHIFT]);
     const int64_t s_mu = int64_t(cfg[i][eoqk::PLAN_MU_SHIFT]);
     float* pp = p.data_ptr<float>();
-    const float* gp = g.data_ptr<float>();
     float* ep = exps[i].data_ptr<float>();
     int64_t e = static_cast<int64_t>(*ep);
     const double lead = s_mu ? 1.0 : double(lr_mant);
-    std::vector<Term> terms{{gp, lead, 0}};
-    std::vector<double> amaxes{abs_max(g)};
+    // the gradient: float32 values, or int8 G codes with value codes * 2^grad_exps[i]
+    const bool g8 = g.scalar_type() == at::kChar;
+    std::vector<Term> terms{{g.data_ptr(), lead, g8 ? -grad_exps[i] : 0, g.scalar_type()}};
+    std::vector<double> amaxes{g8 ? double(max_abs_code(g.data_ptr<int8_t>(), n)) : abs_max(g)};
     if (wd_mant) { terms.push_back({pp, double(wd_mant) * lead, wd_shift}); amaxes.push_back(abs_max(p)); }
+    // the momentum buffer: M-bit codes (int8/16/32) with their LSB exponent, v = codes * 2^lsb_v
     at::Tensor buf = bufs[i];
-    float* bp = s_mu ? buf.data_ptr<float>() : nullptr;
+    const at::ScalarType bt = buf.scalar_type();
+    TORCH_CHECK(!s_mu || bt == at::kChar || bt == at::kShort || bt == at::kInt,
+                "grid_step: the all-integer update keeps the momentum buffer as integer codes");
+    int32_t* bexp = s_mu ? buf_exps[i].data_ptr<int32_t>() : nullptr;
     if (s_mu && ready) {
-      terms.push_back({bp, double((int64_t(1) << s_mu) - 1), s_mu});
-      amaxes.push_back(abs_max(buf));
+      terms.push_back({buf.data_ptr(), double((int64_t(1) << s_mu) - 1), s_mu - *bexp, bt});
+      int64_t cmax = 0;
+      if (bt == at::kChar) cmax = max_abs_code(static_cast<const int8_t*>(buf.data_ptr()), n);
+      else if (bt == at::kShort) cmax = max_abs_code(static_cast<const int16_t*>(buf.data_ptr()), n);
+      else cmax = max_abs_code(static_cast<const int32_t*>(buf.data_ptr()), n);
+      amaxes.push_back(double(cmax));
     }
     for (double a : amaxes)
       TORCH_CHECK(std::isfinite(a), "cannot form the update of a tensor holding NaN or Inf");
     std::vector<int64_t> acc;
     int64_t e0 = 0;
+    auto store_codes = [&](int64_t j, int64_t v) {
+      if (bt == at::kChar) static_cast<int8_t*>(buf.data_ptr())[j] = static_cast<int8_t>(v);
+      else if (bt == at::kShort) static_cast<int16_t*>(buf.data_ptr())[j] = static_cast<int16_t>(v);
+      else static_cast<int32_t*>(buf.data_ptr())[j] = static_cast<int32_t>(v);
+    };
     const bool any = accumulate(terms, n, amaxes, acc, e0);
     // M's exponent needs max|S| first; then one pass per block of BLK elements does the rest:
     // M = SR(S) (the buffer), U = SR(L M) or SR(S), the new codes, their max and saturation count
@@ -438,7 +476,6 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     }
     if (s_mu) f = lr_shift + e - lsb;
     else if (any) f = lr_shift + e - e0;
-    const float m_scale = std::ldexp(1.0f, static_cast<int>(lsb));
     const int64_t u_max = (int64_t(1) << (u_bits - 1)) - 1, k_max = (int64_t(1) << (bits - 1)) - 1;
     const bool u8 = updates[i].scalar_type() == at::kChar;
     int8_t* up8 = u8 ? updates[i].data_ptr<int8_t>() : nullptr;
@@ -457,7 +494,7 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
         } else {
           for (int64_t l = 0; l < len; ++l) y[l] = 0;
         }
-        for (int64_t l = 0; l < len; ++l) { bp[j0 + l] = static_cast<float>(y[l]) * m_scale; y[l] *= lr_mant; }
+        for (int64_t l = 0; l < len; ++l) { store_codes(j0 + l, y[l]); y[l] *= lr_mant; }
       } else {
         for (int64_t l = 0; l < len; ++l) y[l] = any ? acc[j0 + l] : 0;
       }
@@ -474,6 +511,7 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
         nsat += aw >= k_max;
       }
     }
+    if (s_mu) *bexp = static_cast<int32_t>(lsb);
     apply_policy_codes(pp, ep, n, e, amax_c, nsat, bits, shrink, min_exp, sat_num, sat_den, key(3, 0), key(3, 1));
   };
   // tensors are independent (own keys, own exponent): spread them over the threads
@@ -494,6 +532,9 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     auto key = [&](int slot, int w) { return static_cast<uint32_t>(keys[i][slot][w]); };
 
     at::Tensor g = grads[i].contiguous();
+    TORCH_CHECK(g.scalar_type() == at::kFloat || (g.scalar_type() == at::kChar && !gq_bits &&
+                                                   cfg[i][PLAN_INT_UPDATE] != 0),
+                "grid_step: int8 gradient codes are taken by the all-integer update only");
     if (gq_bits) { g = g.clone(); sq_inplace(g, gq_bits, gq_mode, key(0, 0), key(0, 1)); }
     if (cfg[i][PLAN_INT_UPDATE] != 0) {
       int_step_one(i, p, g, n, bits, u_bits, m_bits, ready, min_exp, shrink, sat_num, sat_den, key);

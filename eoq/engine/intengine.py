@@ -14,6 +14,11 @@ Per quantized layer, with codes in channels-last (NHWC) order and K the GEMM's i
                    3x3 layer would otherwise hold 9 bytes per input value, twice fp32's 4)
                    G = SQ(., 8) evaluated on the integers (shift + the same random bits)
 
+With the compiled kernels the forward, the stride-1 error GEMM and the weight-gradient GEMM run a
+block of images at a time (an im2col block of ``BLOCK_BYTES``; the forward and error accumulators
+written into their float32 output block by block): only a few MiB of im2col and int32 are held at
+once, and rows (and integer partial sums) are the same integers as one whole-batch GEMM's.
+
 Stride-1 convolutions with 16-64 output channels run on direct AMX / VNNI kernels instead
 (:mod:`eoq.engine.direct`: no im2col matrix, the same integer sums); the rest use the GEMMs above.
 
@@ -48,6 +53,7 @@ from ..quant.spec import LayerQuant, SpecError
 from . import allocator, direct
 
 SAFE_K = (2 ** 31 - 1) // (127 * 127)   # 133,144 int8 products always fit in int32
+BLOCK_BYTES = 1 << 22                    # im2col bytes per GEMM of the blocked convolutions
 
 
 class BufferPool:
@@ -217,6 +223,81 @@ def conv_input_grad(e: torch.Tensor, w: torch.Tensor | WeightMats, stride: int, 
     return out.view(n, in_hw[0], in_hw[1], cin)
 
 
+def _images_per_block(rows_per_image: int, k: int) -> int:
+    """Images per GEMM of a blocked convolution: an im2col block of about BLOCK_BYTES."""
+    return max(1, BLOCK_BYTES // max(1, rows_per_image * k))
+
+
+def _blocked_gemm(kern, x, kh, kw, stride, pad, dilation, mat, out_hw, exponent) -> torch.Tensor:
+    """float32 NHWC (im2col(x) @ mat) * 2^exponent, a block of images at a time: each block's
+    im2col matrix and int32 accumulator are only BLOCK_BYTES-sized (a whole batch's would be kh*kw
+    bytes per input value and 4 per output value), and the accumulator is written once into its
+    place in the float output. Rows are independent sums: the same integers as one GEMM."""
+    n, cout = x.shape[0], mat.shape[1]
+    out = torch.empty((n, out_hw[0], out_hw[1], cout), dtype=torch.float32)
+    step = _images_per_block(out_hw[0] * out_hw[1], mat.shape[0])
+    for i in range(0, n, step):
+        cols = im2col(x[i:i + step], kh, kw, stride, pad, dilation)
+        acc = int_mm(cols, mat, pooled=True)
+        kern.dequant(acc, exponent, out=out[i:i + step].view(-1, cout))
+        _give(acc)
+        POOL.give(cols)
+    return out
+
+
+def conv_float(a: torch.Tensor, w: WeightMats, stride: int, padding: int, exponent: int) -> torch.Tensor | None:
+    """float32 NHWC conv(a, w) * 2^exponent in blocks of images (:func:`_blocked_gemm`); None
+    without the compiled kernels or for K > SAFE_K (then :func:`conv_forward` runs)."""
+    kern = kernels.load()
+    cout, cin, kh, kw = w.shape
+    if kern is None or kh * kw * cin > SAFE_K:
+        return None
+    ho = (a.shape[1] + 2 * padding - kh) // stride + 1
+    wo = (a.shape[2] + 2 * padding - kw) // stride + 1
+    return _blocked_gemm(kern, a, kh, kw, stride, (padding,) * 4, 1, w.fwd, (ho, wo), exponent)
+
+
+def input_grad_float(e: torch.Tensor, w: WeightMats, stride: int, padding: int, in_hw: tuple[int, int],
+                     exponent: int) -> torch.Tensor | None:
+    """float32 NHWC dL/dinput * 2^exponent (the transposed convolution of :func:`conv_input_grad`):
+    stride 1 in blocks of images, stride > 1 phase by phase, each accumulator dequantized into
+    place; None where that function runs instead (no compiled kernels, K > SAFE_K)."""
+    kern = kernels.load()
+    cout, cin, kh, kw = w.shape
+    if kern is None or kh * kw * cout > SAFE_K:
+        return None
+    if stride > 1:
+        return _input_grad_phases(e, w, stride, padding, in_hw, exponent, kern)
+    _, ho, wo, _ = e.shape
+    extra_h = in_hw[0] - ((ho - 1) - 2 * padding + kh)
+    extra_w = in_hw[1] - ((wo - 1) - 2 * padding + kw)
+    ph, pw = kh - 1 - padding, kw - 1 - padding
+    return _blocked_gemm(kern, e, kh, kw, 1, (pw, pw + extra_w, ph, ph + extra_h), 1, w.bwd, in_hw, exponent)
+
+
+def conv_weight_grad(a: torch.Tensor, e: torch.Tensor, kh: int, kw: int, stride: int, padding: int) -> torch.Tensor:
+    """[Cout, kh*kw*Cin] = E^T @ im2col(A) (NHWC codes), exact: int32 when N*Ho*Wo <= SAFE_K, else
+    int64 (:func:`weight_grad`'s types). With the compiled kernels, a block of images at a time:
+    the partial sums of the blocks are integers added exactly, so only a BLOCK_BYTES-sized im2col
+    matrix is ever held."""
+    n, ho, wo, cout = e.shape
+    rows, k = ho * wo, kh * kw * a.shape[3]
+    if kernels.load() is None or rows > SAFE_K:
+        cols = im2col(a, kh, kw, stride, (padding,) * 4)
+        acc = weight_grad(e.reshape(-1, cout), cols)
+        _give(cols)
+        return acc
+    dtype = torch.int32 if n * rows <= SAFE_K else torch.int64
+    step = min(_images_per_block(rows, k), SAFE_K // rows)
+    acc = None
+    for i in range(0, n, step):
+        cols = im2col(a[i:i + step], kh, kw, stride, (padding,) * 4)
+        part = int_mm(transpose(e[i:i + step].reshape(-1, cout)), cols)
+        POOL.give(cols)
+        acc = part.to(dtype) if acc is None else acc.add_(part)
+    return acc
+
+
 def _phase_taps(k: int, padding: int, stride: int, phase: int, out_len: int, e_len: int):
     """For input-gradient positions i = phase + stride * j (j < J): the rotated-kernel taps t that
     meet a non-zero of the dilated E (i + t - (k - 1 - p) divisible by the stride), and the
@@ -230,13 +311,16 @@ def _phase_taps(k: int, padding: int, stride: int, phase: int, out_len: int, e_l
     return taps, j, (-first, j - 1 + first + len(taps) - e_len)
 
 
-def _input_grad_phases(e, w: WeightMats, stride, padding, in_hw):
+def _input_grad_phases(e, w: WeightMats, stride, padding, in_hw, exponent=None, kern=None):
     """The strided conv's input gradient phase by phase: positions (py + s*j, px + s*i) take only
     the kernel taps of their phase (a 3x3 stride-2 conv: 1, 2, 2 and 4 taps instead of 9 on a
-    4x larger, mostly zero input). Integer sums of the same products: identical results."""
+    4x larger, mostly zero input). Integer sums of the same products: identical results. With
+    ``exponent`` (and the compiled kernels ``kern``) the output is float32 values acc * 2^exponent,
+    each phase's accumulator dequantized into place (no whole-batch int32 tensor)."""
     n, ho, wo, cout = e.shape
     _, cin, kh, kw = w.shape
-    out = POOL.take((n, in_hw[0], in_hw[1], cin), torch.int32)
+    out = (POOL.take((n, in_hw[0], in_hw[1], cin), torch.int32) if exponent is None else
+           torch.empty((n, in_hw[0], in_hw[1], cin), dtype=torch.float32))
     bwd = w.bwd.view(kh, kw, cout, cin)
     for py in range(stride):
         ty, jy, (pt, pb) = _phase_taps(kh, padding, stride, py, in_hw[0], ho)
@@ -251,7 +335,7 @@ def _input_grad_phases(e, w: WeightMats, stride, padding, in_hw):
             cols = im2col(e, len(ty), len(tx), 1, (pl, pr, pt, pb))
             sub = bwd[ty][:, tx].reshape(-1, cin)
             res = checked_int_mm(cols, sub, pooled=True)
-            dst.copy_(res.view(n, jy, jx, cin))
+            dst.copy_((res if exponent is None else kern.dequant(res, exponent)).view(n, jy, jx, cin))
             _give(res)
             POOL.give(cols)
     return out
@@ -404,10 +488,14 @@ class IntConvFn(torch.autograd.Function):
             return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
         wc = weight_mats(layer.weight, ew)
         a = to_nhwc(a)
-        acc, cols = conv_forward(a, wc, layer.stride[0], layer.padding[0])
-        out = _to_float_nchw(acc, ea + ew, cl)
-        _give(acc)
-        _give(cols)
+        out = conv_float(a, wc, layer.stride[0], layer.padding[0], ea + ew)
+        if out is not None:
+            out = _nchw_view(out, cl)
+        else:
+            acc, cols = conv_forward(a, wc, layer.stride[0], layer.padding[0])
+            out = _to_float_nchw(acc, ea + ew, cl)
+            _give(acc)
+            _give(cols)
         if any(ctx.needs_input_grad):      # the codes, not their kh*kw times larger im2col matrix
             ctx.save_for_backward(a, wc.bwd)
         ctx.meta, ctx.wshape = _Saved(ea, ew, tuple(x.shape[2:]), cl), wc.shape
@@ -432,14 +520,16 @@ class IntConvFn(torch.autograd.Function):
         gi = gw = None
         wc = WeightMats(None, wbwd, ctx.wshape)
         if ctx.needs_input_grad[0]:
-            acc = conv_input_grad(e, wc, layer.stride[0], layer.padding[0], in_hw)
-            gi = _to_float_nchw(acc, ee + ew, cl)
-            _give(acc)
+            gi = input_grad_float(e, wc, layer.stride[0], layer.padding[0], in_hw, ee + ew)
+            if gi is not None:
+                gi = _nchw_view(gi, cl)
+            else:
+                acc = conv_input_grad(e, wc, layer.stride[0], layer.padding[0], in_hw)
+                gi = _to_float_nchw(acc, ee + ew, cl)
+                _give(acc)
         if ctx.needs_input_grad[1]:
             _, _, kh, kw = wc.shape
-            cols = im2col(a, kh, kw, layer.stride[0], (layer.padding[0],) * 4)
-            acc = weight_grad(e.reshape(-1, wc.shape[0]), cols)
-            _give(cols)
+            acc = conv_weight_grad(a, e, kh, kw, layer.stride[0], layer.padding[0])
             gw = _gradient(acc, ea + ee, layer, wc.shape)
         return gi if gi is None else gi.to(ctx.in_dtype), gw, None
 

@@ -397,7 +397,7 @@ def _record_state(rec: Recorder, opt: EOQSGD, items) -> None:
     for name, grid in items:
         rec.g.put(rec.name(f"{name}.codes"), _small_codes(grid.codes(), grid.bits), int(grid.exponent), "stored",
                   "stored codes before this step", grid.bits)
-        buf = opt.state.get(grid.param, {}).get("momentum_buffer")
+        buf = opt.momentum_values(grid.param)
         if buf is not None:       # its values (SQ16 codes * 2^e); as int32 codes on the grid of its max
             lsb = _sq_lsb(buf, opt.spec.M.bits)
             codes = _on_grid(buf, lsb)

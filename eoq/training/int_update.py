@@ -38,8 +38,9 @@ ACC_BITS = 64          # the update accumulator: int64, |S| < 2^62 by constructi
 def accumulate(terms) -> tuple[torch.Tensor | None, int]:
     """(S, E0): the sum of ``terms`` as int64 integers S * 2^E0 (None, 0 when every term is zero).
 
-    A term is (x, mult, shift) with value x * mult * 2^-shift: x a float32 tensor of exact values,
-    mult an integer in [1, 2^29) (so x * mult is exact in float64)."""
+    A term is (x, mult, shift) with value x * mult * 2^-shift: x a float32 tensor of exact values or
+    an integer tensor of codes (the momentum buffer's), mult an integer in [1, 2^29) (so x * mult
+    is exact in float64)."""
     tops = []
     for x, mult, shift in terms:
         amax = float(x.abs().max()) if x.numel() else 0.0

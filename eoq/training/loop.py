@@ -128,16 +128,18 @@ def train_step(model: torch.nn.Module, optimizer, x: torch.Tensor, y: torch.Tens
 
     Raises TrainingDiverged when the loss is not finite or a quantizer meets NaN/Inf."""
     try:
-        logits = model(x)
+        optimizer.zero_grad(set_to_none=True)  # before the forward: the last step's gradients are not
+        logits = model(x)                      # held beside this step's saved activations
         loss = step_loss(logits, y, getattr(optimizer, "spec", None), label_smoothing)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        if distributed.active():           # x, y are this process's shard (eoq/distributed.py)
-            (loss / distributed.world()).backward()
-            _reduce_other_grads(model)
-        else:
-            loss.backward()
+        packing = getattr(optimizer, "packed_gradients", contextlib.nullcontext)
+        with packing():                    # G codes kept as int8 as they arrive (EOQSGD)
+            if distributed.active():       # x, y are this process's shard (eoq/distributed.py)
+                (loss / distributed.world()).backward()
+                _reduce_other_grads(model)
+            else:
+                loss.backward()
         optimizer.step()
     except QuantizationError as err:
         raise TrainingDiverged(str(err).split(":")[0]) from None

@@ -27,8 +27,11 @@ weight decay.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
 import math
+import weakref
 
 import torch
 import torch.nn as nn
@@ -68,6 +71,11 @@ class PlanCol(enum.IntEnum):
     WD_MANT = 17    # wd = Lw * 2^-s_w: Lw (0: no weight decay for this tensor)
     WD_SHIFT = 18   # s_w
     MU_SHIFT = 19   # mu = 1 - 2^-s: s (0: no momentum)
+
+
+def code_dtype(bits: int) -> torch.dtype:
+    """The narrowest integer dtype that holds codes of ``bits`` bits (sign included)."""
+    return torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
 
 
 def pow2_round(x: float) -> float:
@@ -112,6 +120,59 @@ def momentum_shift(mu: float) -> int | None:
         raise SpecError(f"integer (EOQ) updates need momentum 0 or 1 - 2^-s (0.5, 0.75, 0.875, 0.9375, ...), "
                         f"got {mu}")
     return int(s)
+
+
+def momentum_codes(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
+    """(codes, lsb) with values = codes * 2^lsb exactly and |codes| <= 2^(bits-1) - 1: a momentum
+    buffer's float values (a checkpoint's) as the integer update keeps them. Refuses values that no
+    such grid holds (not a momentum buffer of this M)."""
+    m = max_code(bits)
+    amax = float(values.abs().max()) if values.numel() else 0.0
+    if not math.isfinite(amax):
+        raise SpecError("the momentum buffer holds NaN or Inf: the checkpoint is corrupt")
+    lsb = math.frexp(amax)[1] - (bits - 1) if amax > 0 else 1 - bits     # 2^(bits-2) <= amax / 2^lsb < 2^(bits-1)
+    codes = values.double() * 2.0 ** -lsb
+    if amax > 0 and float(codes.abs().max()) > m:
+        lsb += 1
+        codes = values.double() * 2.0 ** -lsb
+    if not torch.equal(codes, codes.round()) or float(codes.abs().max() if codes.numel() else 0) > m:
+        raise SpecError(f"the momentum buffer is not on a {bits}-bit grid (a checkpoint of another M?)")
+    return codes.to(code_dtype(bits)), lsb
+
+
+def _layer_quantizes_g(grid: GridParam) -> bool:
+    """True for a weight whose layer rounds its gradient to G as SQ of at most 8 bits (the values
+    that reach .grad are int8 codes times a power of two)."""
+    q = getattr(getattr(grid.owner, "quant", None), "G", None)
+    return (not grid.grad_quant.enabled and q is not None and q.enabled and q.quantizer == "sq"
+            and q.bits <= 8 and grid.name.endswith("weight"))
+
+
+def _pack_hook(optimizer_ref, p) -> None:
+    """post-accumulate-grad hook: p.grad -> int8 codes and exponent while the optimizer packs."""
+    opt = optimizer_ref()
+    if opt is None or not opt.packing or p.grad is None or id(p) in opt.packed or id(p) not in opt.grid:
+        return
+    codes, lsb = pack_codes(p.grad)
+    if codes is not None:
+        opt.packed[id(p)] = (codes, lsb)
+        p.grad = None
+
+
+def pack_codes(g: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    """(int8 codes, lsb) with g = codes * 2^lsb exactly, for values that are at most 8-bit codes
+    times a power of two (an SQ8 G): lsb = e - 7 with max|g| < 2^e puts the largest code in
+    [64, 127], and a grid 2^lsb_G holding codes <= 127 is never finer. (None, 0) when g is not
+    such a tensor (or not finite): it stays float."""
+    amax = float(g.abs().max()) if g.numel() else 0.0
+    if not math.isfinite(amax):
+        return None, 0
+    lsb = math.frexp(amax)[1] - 7 if amax > 0 else 0
+    scaled = g * 2.0 ** -lsb
+    codes = scaled.to(torch.int8)
+    if not torch.equal(codes.to(torch.float32), scaled):
+        return None, 0
+    return codes, lsb
 
 
 class EOQSGD(torch.optim.Optimizer):
@@ -168,6 +229,47 @@ class EOQSGD(torch.optim.Optimizer):
             if g.lr_scale != 1.0:
                 g.lr_scale = scalar_lr_scale
         super().__init__([g for g in param_groups if g["params"]], {"lr": lr, "momentum": momentum})
+        self.packing = False
+        self.packed: dict[int, tuple[torch.Tensor, int]] = {}
+        if spec.wd_bits:
+            me = weakref.ref(self)
+            for g in self.grid.values():
+                if _layer_quantizes_g(g):
+                    g.param.register_post_accumulate_grad_hook(functools.partial(_pack_hook, me))
+
+    @contextlib.contextmanager
+    def packed_gradients(self):
+        """Within: each gradient of an integer-stored weight that its layer rounded to G (8-bit SQ)
+        is kept as int8 codes and an exponent as soon as autograd has it (its float32 ``.grad`` is
+        freed: a quarter of the memory, and the gradients of the layers already done no longer sit
+        in float32 beside the rest of the backward), and :meth:`step` reads those codes, the same
+        values. ``.grad`` of those weights stays None until :meth:`zero_grad` or the next step;
+        :meth:`gradient` gives the values. The training step (``eoq.training.loop.train_step``)
+        runs its backward within."""
+        self.packing = True
+        try:
+            yield
+        finally:
+            self.packing = False
+
+    def gradient(self, p) -> torch.Tensor | None:
+        """The gradient of ``p`` as float32 values: ``p.grad``, or the packed codes * 2^exponent."""
+        packed = self.packed.get(id(p))
+        if packed is not None:
+            return packed[0].to(torch.float32).mul_(2.0 ** packed[1])
+        return p.grad
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.packed.clear()
+        super().zero_grad(set_to_none=set_to_none)
+
+    def _unpack(self) -> None:
+        """Packed gradients back into ``.grad`` (the torch reference path reads .grad)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) in self.packed:
+                    p.grad = self.gradient(p)
+        self.packed.clear()
 
     def effective_lr(self, group: dict, grid: GridParam | None = None) -> float:
         lr = group["lr"] * (grid.lr_scale if grid is not None else group["lr_scale"])
@@ -184,9 +286,11 @@ class EOQSGD(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         grid_items = []
+        if self.packed and (listening() or kernels.usable(next(iter(self.grid.values())).param) is None):
+            self._unpack()                       # the reference path below reads .grad
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
+                if p.grad is None and id(p) not in self.packed:
                     continue
                 grid = self.grid.get(id(p))
                 if grid is None:
@@ -197,8 +301,10 @@ class EOQSGD(torch.optim.Optimizer):
             momentum_shift(grid_items[0][2]["momentum"])     # a schedule may change it: still a shift
             keys = rng.draw_keys(self.generator, len(grid_items), 4)
             if not self._fused_grid_step(grid_items, keys):
+                self._unpack()
                 for (p, grid, group), key in zip(grid_items, keys.tolist()):
                     self._grid_step(p, grid, group, [tuple(k) for k in key])
+        self.packed.clear()
         return loss
 
     def _momentum(self, p, g, mu):
@@ -243,22 +349,23 @@ class EOQSGD(torch.optim.Optimizer):
         u_max = max_code(grid.update.bits)
         if mu:
             s_mu = momentum_shift(mu)
-            buf = state.get("momentum_buffer")
-            if buf is not None:
-                terms.append((buf, (1 << s_mu) - 1, s_mu))
+            buf = state.get("momentum_codes")
+            if buf is not None:                      # v = codes * 2^lsb_v: (2^s - 1) v 2^-s exactly
+                terms.append((buf, (1 << s_mu) - 1, s_mu - int(state["momentum_exponent"])))
             acc, e0 = int_update.accumulate(terms)
             if acc is None:
                 codes_v, lsb = torch.zeros(p.shape, dtype=torch.int64), 1 - spec.M.bits
             else:
                 codes_v, lsb = int_update.round_sq(acc, e0, spec.M.bits, keys[1])
-            value = codes_v.to(torch.float32).mul_(2.0 ** lsb)
             for obs in OBSERVERS:
                 obs.after("M", spec.M, torch.zeros(p.shape, dtype=torch.float64) if acc is None
-                          else acc.double().mul_(2.0 ** e0), value, grid.owner, lsb=lsb)
+                          else acc.double().mul_(2.0 ** e0), codes_v.to(torch.float32).mul_(2.0 ** lsb),
+                          grid.owner, lsb=lsb)
             if buf is None:
-                state["momentum_buffer"] = value
-            else:
-                buf.copy_(value)
+                buf = state["momentum_codes"] = torch.empty(p.shape, dtype=code_dtype(spec.M.bits))
+                state["momentum_exponent"] = torch.zeros((), dtype=torch.int32)
+            buf.copy_(codes_v)
+            state["momentum_exponent"].fill_(lsb)
             y, f = codes_v * mant, sl + e_w - lsb
         else:
             acc, e0 = int_update.accumulate(terms)
@@ -327,9 +434,39 @@ class EOQSGD(torch.optim.Optimizer):
             return codes * 2
         return codes
 
+    def momentum_values(self, p) -> torch.Tensor | None:
+        """The momentum buffer of ``p`` as float32 values (None before its first step). The
+        all-integer update keeps it as M-bit codes (``momentum_codes``, int8 for M8) and a
+        per-tensor LSB exponent (``momentum_exponent``): v = codes * 2^exponent, exact in float32."""
+        state = self.state.get(p, {})
+        if "momentum_codes" in state:
+            return state["momentum_codes"].to(torch.float32).mul_(2.0 ** int(state["momentum_exponent"]))
+        return state.get("momentum_buffer")
+
+    def state_dict(self):
+        """torch's state dict with every momentum buffer as float32 values ("momentum_buffer"), the
+        format of float updates and of checkpoints; codes held in memory are converted (exactly)."""
+        sd = super().state_dict()
+        params = [p for group in self.param_groups for p in group["params"]]
+        state = {}
+        for index, st in sd["state"].items():
+            if "momentum_codes" in st:
+                st = dict(st)
+                st["momentum_buffer"] = self.momentum_values(params[index])
+                del st["momentum_codes"], st["momentum_exponent"]
+            state[index] = st
+        return {**sd, "state": state}
+
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         self._plan_cache = None                  # the kernel plan holds references to old buffers
+        if not self.spec.wd_bits:
+            return
+        for p in [p for group in self.param_groups for p in group["params"] if id(p) in self.grid]:
+            st = self.state.get(p, {})
+            if "momentum_buffer" in st:          # values on M's grid -> codes and their LSB exponent
+                st["momentum_codes"], lsb = momentum_codes(st.pop("momentum_buffer"), self.spec.M.bits)
+                st["momentum_exponent"] = torch.tensor(lsb, dtype=torch.int32)
 
     def _fused_grid_step(self, items, keys) -> bool:
         """All integer-stored tensors in one kernel call; False when the kernel cannot take them."""
@@ -338,14 +475,20 @@ class EOQSGD(torch.optim.Optimizer):
         plan = self._plan(items)
         if plan is None:
             return False
-        params, bufs, exps, updates, rows, decays = plan
-        grads = []
+        params, bufs, buf_exps, exps, updates, rows, decays = plan
+        grads, grad_exps = [], []
         integer = bool(self.spec.wd_bits)
         for (p, grid, group), decay in zip(items, decays):
-            grads.append(p.grad.add(p, alpha=group["weight_decay"]) if decay and not integer else p.grad.contiguous())
+            packed = self.packed.get(id(p))
+            if packed is not None:               # int8 G codes, value codes * 2^exponent
+                grads.append(packed[0])
+                grad_exps.append(packed[1])
+            else:
+                grads.append(p.grad.add(p, alpha=group["weight_decay"]) if decay and not integer else p.grad.contiguous())
+                grad_exps.append(0)
         self._step_columns(items, decays, rows, integer)
         try:
-            kernels.load().grid_step(params, grads, bufs, exps, updates, rows, keys,
+            kernels.load().grid_step(params, grads, grad_exps, bufs, buf_exps, exps, updates, rows, keys,
                                      float(items[0][2]["momentum"]))
         except RuntimeError as err:
             if "NaN or Inf" in str(err):
@@ -387,7 +530,8 @@ class EOQSGD(torch.optim.Optimizer):
         m_on = spec.M.enabled and spec.M.quantizer == "sq"
         if spec.M.enabled and not m_on:
             return None
-        params, bufs, exps, updates, rows, decays = [], [], [], [], [], []
+        params, bufs, buf_exps, exps, updates, rows, decays = [], [], [], [], [], [], []
+        integer, no_exponent = bool(spec.wd_bits), torch.zeros((), dtype=torch.int32)
         sat = int_update.saturation_ratio(spec.weight_policy.saturate_frac)
         for p, grid, group in items:
             gq, decay = grid.grad_quant, bool(grid.weight_decay and group["weight_decay"])
@@ -395,14 +539,23 @@ class EOQSGD(torch.optim.Optimizer):
                     or p.dtype != torch.float32 or not p.is_contiguous():
                 return None
             state = self.state[p]
-            ready = "momentum_buffer" in state
-            if mu and not ready:
-                state["momentum_buffer"] = torch.empty_like(p)
+            if integer:
+                ready = "momentum_codes" in state
+                if mu and not ready:
+                    state["momentum_codes"] = torch.zeros(p.shape, dtype=code_dtype(spec.M.bits))
+                    state["momentum_exponent"] = torch.zeros((), dtype=torch.int32)
+                bufs.append(state.get("momentum_codes", p))
+                buf_exps.append(state.get("momentum_exponent", no_exponent))
+            else:
+                ready = "momentum_buffer" in state
+                if mu and not ready:
+                    state["momentum_buffer"] = torch.empty_like(p)
+                bufs.append(state.get("momentum_buffer", p))
+                buf_exps.append(no_exponent)
             u_dtype = torch.int8 if grid.update.bits <= 8 else torch.int32
             if state.get("last_update") is None or state["last_update"].dtype != u_dtype:
                 state["last_update"] = torch.empty(p.shape, dtype=u_dtype)
             params.append(p)
-            bufs.append(state.get("momentum_buffer", p))
             exps.append(grid.exponent)
             updates.append(state["last_update"])
             decays.append(decay)
@@ -415,6 +568,6 @@ class EOQSGD(torch.optim.Optimizer):
                    PlanCol.INT_UPDATE: float(bool(spec.wd_bits)), PlanCol.LR_MANT: 0.0, PlanCol.LR_SHIFT: 0.0,
                    PlanCol.WD_MANT: 0.0, PlanCol.WD_SHIFT: 0.0, PlanCol.MU_SHIFT: 0.0}
             rows.append([row[c] for c in PlanCol])
-        plan = (params, bufs, exps, updates, torch.tensor(rows, dtype=torch.float64), decays)
+        plan = (params, bufs, buf_exps, exps, updates, torch.tensor(rows, dtype=torch.float64), decays)
         self._plan_cache = (ident, plan)
         return plan
