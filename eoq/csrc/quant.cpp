@@ -14,6 +14,7 @@
 // Element i is the row-major index in the *logical* shape (mod 2^32), so NCHW and channels-last
 // tensors get the same random bits for the same element.
 #include <torch/extension.h>
+#include <atomic>
 #include "common.h"
 #include <ATen/Parallel.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -620,6 +621,36 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
   TORCH_CHECK(error.empty(), error);
 }
 
+// (codes, lsb, ok): g = codes * 2^lsb with int8 codes, lsb = e - 7 for max|g| < 2^e (the largest
+// code in [64, 127]); ok false (g stays float) when some value is not an integer on that grid, or
+// g is not finite (optimizer.pack_codes, which holds the same rule in torch ops).
+std::tuple<at::Tensor, int64_t, bool> pack_int8(const at::Tensor& g_) {
+  const at::Tensor g = g_.contiguous();
+  TORCH_CHECK(g.scalar_type() == at::kFloat, "pack_int8: float32 only");
+  const int64_t n = g.numel();
+  const double amax = n ? abs_max(g) : 0.0;
+  at::Tensor codes = at::empty(g.sizes(), g.options().dtype(at::kChar));
+  if (!std::isfinite(amax)) return {codes, 0, false};
+  int e = 0;
+  if (amax > 0) std::frexp(amax, &e);
+  const int64_t lsb = amax > 0 ? e - 7 : 0;
+  const float scale = std::ldexp(1.0f, static_cast<int>(-lsb));
+  const float* p = g.data_ptr<float>();
+  int8_t* d = codes.data_ptr<int8_t>();
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, n, 1 << 15, [&](int64_t b, int64_t en) {
+    bool good = true;
+    for (int64_t i = b; i < en; ++i) {
+      const float v = p[i] * scale;                     // exact: a power-of-two scaling
+      const float r = std::nearbyint(v);
+      good &= (r == v) & (std::fabs(v) <= 127.0f);
+      d[i] = static_cast<int8_t>(good ? r : 0.0f);
+    }
+    if (!good) ok = false;
+  });
+  return {codes, lsb, ok.load()};
+}
+
 at::Tensor random_bits(int64_t n, int64_t k0, int64_t k1) {
   at::Tensor out = at::empty({n}, at::kInt);
   int32_t* d = out.data_ptr<int32_t>();
@@ -648,6 +679,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("offset") = 0, pybind11::arg("relu") = false, pybind11::arg("pre") = 0.0);
   m.def("random_bits", &random_bits);
   m.def("grid_step", &grid_step);
+  m.def("pack_int8", &pack_int8);
   m.def("sq", &sq, pybind11::arg("x"), pybind11::arg("bits"), pybind11::arg("mode"),
         pybind11::arg("generator"), pybind11::arg("codes"), pybind11::arg("bias") = 0.0,
         pybind11::arg("mult") = 1.0, pybind11::arg("relu") = false, pybind11::arg("pre") = 0.0);

@@ -163,7 +163,12 @@ def pack_codes(g: torch.Tensor) -> tuple[torch.Tensor | None, int]:
     """(int8 codes, lsb) with g = codes * 2^lsb exactly, for values that are at most 8-bit codes
     times a power of two (an SQ8 G): lsb = e - 7 with max|g| < 2^e puts the largest code in
     [64, 127], and a grid 2^lsb_G holding codes <= 127 is never finer. (None, 0) when g is not
-    such a tensor (or not finite): it stays float."""
+    such a tensor (or not finite): it stays float. The compiled kernel (``pack_int8``) does the
+    same in two passes; the torch ops below are its reference."""
+    kern = kernels.usable(g)
+    if kern is not None:
+        codes, lsb, ok = kern.pack_int8(g)
+        return (codes, int(lsb)) if ok else (None, 0)
     amax = float(g.abs().max()) if g.numel() else 0.0
     if not math.isfinite(amax):
         return None, 0
