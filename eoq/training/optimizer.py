@@ -153,6 +153,8 @@ def _pack_hook(optimizer_ref, p) -> None:
     opt = optimizer_ref()
     if opt is None or not opt.packing or p.grad is None or id(p) in opt.packed or id(p) not in opt.grid:
         return
+    if getattr(opt.grid[id(p)].owner, "engine", None) != "int":
+        return                  # the simulator's gradients stay float32: packing would only cost time
     codes, lsb = pack_codes(p.grad)
     if codes is not None:
         opt.packed[id(p)] = (codes, lsb)
@@ -244,8 +246,8 @@ class EOQSGD(torch.optim.Optimizer):
 
     @contextlib.contextmanager
     def packed_gradients(self):
-        """Within: each gradient of an integer-stored weight that its layer rounded to G (8-bit SQ)
-        is kept as int8 codes and an exponent as soon as autograd has it (its float32 ``.grad`` is
+        """Within: each gradient of an integer-stored weight that its integer-engine layer rounded
+        to G (8-bit SQ) is kept as int8 codes and an exponent as soon as autograd has it (its float32 ``.grad`` is
         freed: a quarter of the memory, and the gradients of the layers already done no longer sit
         in float32 beside the rest of the backward), and :meth:`step` reads those codes, the same
         values. ``.grad`` of those weights stays None until :meth:`zero_grad` or the next step;
