@@ -460,10 +460,11 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
       TORCH_CHECK(std::isfinite(a), "cannot form the update of a tensor holding NaN or Inf");
     std::vector<int64_t> acc;
     int64_t e0 = 0;
-    auto store_codes = [&](int64_t j, int64_t v) {
-      if (bt == at::kChar) static_cast<int8_t*>(buf.data_ptr())[j] = static_cast<int8_t>(v);
-      else if (bt == at::kShort) static_cast<int16_t*>(buf.data_ptr())[j] = static_cast<int16_t>(v);
-      else static_cast<int32_t*>(buf.data_ptr())[j] = static_cast<int32_t>(v);
+    void* const bdata = s_mu ? buf.data_ptr() : nullptr;
+    auto store_codes = [&](int64_t j0, const int64_t* v, int64_t len) {     // a block of M codes
+      if (bt == at::kChar) { int8_t* d = static_cast<int8_t*>(bdata) + j0; for (int64_t l = 0; l < len; ++l) d[l] = static_cast<int8_t>(v[l]); }
+      else if (bt == at::kShort) { int16_t* d = static_cast<int16_t*>(bdata) + j0; for (int64_t l = 0; l < len; ++l) d[l] = static_cast<int16_t>(v[l]); }
+      else { int32_t* d = static_cast<int32_t*>(bdata) + j0; for (int64_t l = 0; l < len; ++l) d[l] = static_cast<int32_t>(v[l]); }
     };
     const bool any = accumulate(terms, n, amaxes, acc, e0);
     // M's exponent needs max|S| first; then one pass per block of BLK elements does the rest:
@@ -495,7 +496,8 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
         } else {
           for (int64_t l = 0; l < len; ++l) y[l] = 0;
         }
-        for (int64_t l = 0; l < len; ++l) { store_codes(j0 + l, y[l]); y[l] *= lr_mant; }
+        store_codes(j0, y, len);
+        for (int64_t l = 0; l < len; ++l) y[l] *= lr_mant;
       } else {
         for (int64_t l = 0; l < len; ++l) y[l] = any ? acc[j0 + l] : 0;
       }
