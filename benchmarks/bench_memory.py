@@ -30,7 +30,7 @@ import sys
 
 CONFIGS = {"fp32_bn": ("bn", "fp32", "sim"), "fp32_fixup": ("fixup", "fp32", "sim"),
            "sim_eoq": ("fixup", "eoq", "sim"), "int_eoq": ("fixup", "eoq", "int")}
-CASES = (("resnet20", 128), ("resnet20", 1), ("resnet18", 32), ("resnet18", 1))
+CASES = (("resnet20", 128), ("resnet20", 1), ("resnet18", 128), ("resnet18", 32), ("resnet18", 1))
 
 
 def _child(model: str, batch: int, config: str) -> None:
