@@ -149,7 +149,7 @@ def test_integer_momentum_sum_hand_worked():
 def test_momentum_codes_from_a_checkpoints_values():
     """A float buffer (a checkpoint's) becomes M-bit codes and their LSB exactly; values that no
     M-bit grid holds are refused (one clear error), and codes -> values -> codes is the identity."""
-    from eoq.training.optimizer import momentum_codes
+    from eoq.training.int_update import momentum_codes
     codes, lsb = momentum_codes(torch.tensor([125.0, -1.0, 0.0]) * 2.0 ** -17, 8)
     assert codes.dtype == torch.int8 and lsb == -17 and codes.tolist() == [125, -1, 0]
     codes, lsb = momentum_codes(torch.tensor([3.0, -1.0]) * 2.0 ** -30, 8)      # a small max: a fine grid

@@ -323,28 +323,6 @@ def test_plan_columns_agree_with_the_kernel_header():
     assert cpp == {c.name: c.value for c in PlanCol}
 
 
-@pytest.mark.parametrize("compiled", [True, False])
-def test_packed_gradients_hand_worked(compiled):
-    """pack_codes (the kernel and its torch reference): an SQ8 gradient as int8 codes with the
-    largest in [64, 127]; values that are not 8-bit codes times a power of two (or not finite)
-    stay float."""
-    from eoq.training.optimizer import pack_codes
-    if compiled and kernels.load() is None:
-        pytest.skip("no compiled kernels")
-    with contextlib.nullcontext() if compiled else kernels.disabled():
-        _packed_cases(pack_codes)
-
-
-def _packed_cases(pack_codes):
-    codes, lsb = pack_codes(torch.tensor([127.0, -3.0, 0.0]) * 2.0 ** -20)
-    assert codes.dtype == torch.int8 and lsb == -20 and codes.tolist() == [127, -3, 0]
-    codes, lsb = pack_codes(torch.tensor([6.0, -1.0]) * 2.0 ** -9)            # max 6: codes 96, -16
-    assert lsb == -13 and codes.tolist() == [96, -16]
-    assert pack_codes(torch.tensor([129.0, 1.0]))[0] is None                 # 9 bits
-    assert pack_codes(torch.tensor([1.0, 0.3]))[0] is None                   # not on a grid
-    assert pack_codes(torch.tensor([float("inf"), 1.0]))[0] is None
-
-
 @pytest.mark.parametrize("engine", ["int", "sim"])
 def test_packed_gradient_step_equals_the_float_gradient_step(engine):
     """train_step keeps the layers' G as int8 codes (no float32 .grad); three steps give the same

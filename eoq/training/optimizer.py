@@ -44,7 +44,7 @@ from ..quant.apply import apply_quant
 from ..quant.observe import OBSERVERS, listening
 from ..quant.quantizers import QuantizationError, max_code, round_scaled
 from ..quant.spec import QuantSpec, SpecError
-from . import int_update
+from . import grad_codes, int_update
 
 
 class PlanCol(enum.IntEnum):
@@ -71,11 +71,6 @@ class PlanCol(enum.IntEnum):
     WD_MANT = 17    # wd = Lw * 2^-s_w: Lw (0: no weight decay for this tensor)
     WD_SHIFT = 18   # s_w
     MU_SHIFT = 19   # mu = 1 - 2^-s: s (0: no momentum)
-
-
-def code_dtype(bits: int) -> torch.dtype:
-    """The narrowest integer dtype that holds codes of ``bits`` bits (sign included)."""
-    return torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
 
 
 def pow2_round(x: float) -> float:
@@ -120,66 +115,6 @@ def momentum_shift(mu: float) -> int | None:
         raise SpecError(f"integer (EOQ) updates need momentum 0 or 1 - 2^-s (0.5, 0.75, 0.875, 0.9375, ...), "
                         f"got {mu}")
     return int(s)
-
-
-def momentum_codes(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
-    """(codes, lsb) with values = codes * 2^lsb exactly and |codes| <= 2^(bits-1) - 1: a momentum
-    buffer's float values (a checkpoint's) as the integer update keeps them. Refuses values that no
-    such grid holds (not a momentum buffer of this M)."""
-    m = max_code(bits)
-    amax = float(values.abs().max()) if values.numel() else 0.0
-    if not math.isfinite(amax):
-        raise SpecError("the momentum buffer holds NaN or Inf: the checkpoint is corrupt")
-    lsb = math.frexp(amax)[1] - (bits - 1) if amax > 0 else 1 - bits     # 2^(bits-2) <= amax / 2^lsb < 2^(bits-1)
-    codes = values.double() * 2.0 ** -lsb
-    if amax > 0 and float(codes.abs().max()) > m:
-        lsb += 1
-        codes = values.double() * 2.0 ** -lsb
-    if not torch.equal(codes, codes.round()) or float(codes.abs().max() if codes.numel() else 0) > m:
-        raise SpecError(f"the momentum buffer is not on a {bits}-bit grid (a checkpoint of another M?)")
-    return codes.to(code_dtype(bits)), lsb
-
-
-def _layer_quantizes_g(grid: GridParam) -> bool:
-    """True for a weight whose layer rounds its gradient to G as SQ of at most 8 bits (the values
-    that reach .grad are int8 codes times a power of two)."""
-    q = getattr(getattr(grid.owner, "quant", None), "G", None)
-    return (not grid.grad_quant.enabled and q is not None and q.enabled and q.quantizer == "sq"
-            and q.bits <= 8 and grid.name.endswith("weight"))
-
-
-def _pack_hook(optimizer_ref, p) -> None:
-    """post-accumulate-grad hook: p.grad -> int8 codes and exponent while the optimizer packs."""
-    opt = optimizer_ref()
-    if opt is None or not opt.packing or p.grad is None or id(p) in opt.packed or id(p) not in opt.grid:
-        return
-    if getattr(opt.grid[id(p)].owner, "engine", None) != "int":
-        return                  # the simulator's gradients stay float32: packing would only cost time
-    codes, lsb = pack_codes(p.grad)
-    if codes is not None:
-        opt.packed[id(p)] = (codes, lsb)
-        p.grad = None
-
-
-def pack_codes(g: torch.Tensor) -> tuple[torch.Tensor | None, int]:
-    """(int8 codes, lsb) with g = codes * 2^lsb exactly, for values that are at most 8-bit codes
-    times a power of two (an SQ8 G): lsb = e - 7 with max|g| < 2^e puts the largest code in
-    [64, 127], and a grid 2^lsb_G holding codes <= 127 is never finer. (None, 0) when g is not
-    such a tensor (or not finite): it stays float. The compiled kernel (``pack_int8``) does the
-    same in two passes; the torch ops below are its reference."""
-    kern = kernels.usable(g)
-    if kern is not None:
-        codes, lsb, ok = kern.pack_int8(g)
-        return (codes, int(lsb)) if ok else (None, 0)
-    amax = float(g.abs().max()) if g.numel() else 0.0
-    if not math.isfinite(amax):
-        return None, 0
-    lsb = math.frexp(amax)[1] - 7 if amax > 0 else 0
-    scaled = g * 2.0 ** -lsb
-    codes = scaled.to(torch.int8)
-    if not torch.equal(codes.to(torch.float32), scaled):
-        return None, 0
-    return codes, lsb
 
 
 class EOQSGD(torch.optim.Optimizer):
@@ -241,8 +176,8 @@ class EOQSGD(torch.optim.Optimizer):
         if spec.wd_bits:
             me = weakref.ref(self)
             for g in self.grid.values():
-                if _layer_quantizes_g(g):
-                    g.param.register_post_accumulate_grad_hook(functools.partial(_pack_hook, me))
+                if grad_codes.layer_quantizes_g(g):
+                    g.param.register_post_accumulate_grad_hook(functools.partial(grad_codes.pack_hook, me))
 
     @contextlib.contextmanager
     def packed_gradients(self):
@@ -369,7 +304,7 @@ class EOQSGD(torch.optim.Optimizer):
                           else acc.double().mul_(2.0 ** e0), codes_v.to(torch.float32).mul_(2.0 ** lsb),
                           grid.owner, lsb=lsb)
             if buf is None:
-                buf = state["momentum_codes"] = torch.empty(p.shape, dtype=code_dtype(spec.M.bits))
+                buf = state["momentum_codes"] = torch.empty(p.shape, dtype=grad_codes.code_dtype(spec.M.bits))
                 state["momentum_exponent"] = torch.zeros((), dtype=torch.int32)
             buf.copy_(codes_v)
             state["momentum_exponent"].fill_(lsb)
@@ -472,7 +407,7 @@ class EOQSGD(torch.optim.Optimizer):
         for p in [p for group in self.param_groups for p in group["params"] if id(p) in self.grid]:
             st = self.state.get(p, {})
             if "momentum_buffer" in st:          # values on M's grid -> codes and their LSB exponent
-                st["momentum_codes"], lsb = momentum_codes(st.pop("momentum_buffer"), self.spec.M.bits)
+                st["momentum_codes"], lsb = int_update.momentum_codes(st.pop("momentum_buffer"), self.spec.M.bits)
                 st["momentum_exponent"] = torch.tensor(lsb, dtype=torch.int32)
 
     def _fused_grid_step(self, items, keys) -> bool:
@@ -549,7 +484,7 @@ class EOQSGD(torch.optim.Optimizer):
             if integer:
                 ready = "momentum_codes" in state
                 if mu and not ready:
-                    state["momentum_codes"] = torch.zeros(p.shape, dtype=code_dtype(spec.M.bits))
+                    state["momentum_codes"] = torch.zeros(p.shape, dtype=grad_codes.code_dtype(spec.M.bits))
                     state["momentum_exponent"] = torch.zeros((), dtype=torch.int32)
                 bufs.append(state.get("momentum_codes", p))
                 buf_exps.append(state.get("momentum_exponent", no_exponent))
