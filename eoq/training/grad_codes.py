@@ -31,11 +31,17 @@ def layer_quantizes_g(grid: GridParam) -> bool:
 
 
 def pack_hook(optimizer_ref, p) -> None:
-    """post-accumulate-grad hook: p.grad -> int8 codes and exponent while the optimizer packs."""
+    """post-accumulate-grad hook of an integer-stored weight: a gradient that arrives while the
+    weight still holds packed codes (a second backward before ``zero_grad``) is added to their
+    values, as autograd accumulates ``.grad``; then, while the optimizer packs and the layer runs
+    on the integer engine, p.grad -> int8 codes and exponent."""
     opt = optimizer_ref()
-    if opt is None or not opt.packing or p.grad is None or id(p) in opt.packed or id(p) not in opt.grid:
+    if opt is None or p.grad is None or id(p) not in opt.grid:
         return
-    if getattr(opt.grid[id(p)].owner, "engine", None) != "int":
+    old = opt.packed.pop(id(p), None)
+    if old is not None:
+        p.grad.add_(old[0].to(torch.float32).mul_(2.0 ** old[1]))   # old + new: IEEE addition commutes
+    if not opt.packing or getattr(opt.grid[id(p)].owner, "engine", None) != "int":
         return                  # the simulator's gradients stay float32: packing would only cost time
     codes, lsb = pack_codes(p.grad)
     if codes is not None:

@@ -185,8 +185,8 @@ class EOQSGD(torch.optim.Optimizer):
         to G (8-bit SQ) is kept as int8 codes and an exponent as soon as autograd has it (its float32 ``.grad`` is
         freed: a quarter of the memory, and the gradients of the layers already done no longer sit
         in float32 beside the rest of the backward), and :meth:`step` reads those codes, the same
-        values. ``.grad`` of those weights stays None until :meth:`zero_grad` or the next step;
-        :meth:`gradient` gives the values. The training step (``eoq.training.loop.train_step``)
+        values. ``.grad`` of those weights stays None and :meth:`gradient` gives the values, until
+        :meth:`zero_grad` (a later backward adds to them, as autograd accumulates ``.grad``). The training step (``eoq.training.loop.train_step``)
         runs its backward within."""
         self.packing = True
         try:
@@ -246,7 +246,6 @@ class EOQSGD(torch.optim.Optimizer):
                 self._unpack()
                 for (p, grid, group), key in zip(grid_items, keys.tolist()):
                     self._grid_step(p, grid, group, [tuple(k) for k in key])
-        self.packed.clear()
         return loss
 
     def _momentum(self, p, g, mu):
