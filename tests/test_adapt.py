@@ -157,3 +157,16 @@ def test_a_diverging_adaptation_says_where_and_what_to_do(bases, monkeypatch):
     with pytest.raises(TrainingDiverged, match=r"adaptation diverged at image 2 of 4 \(lr 5\): cannot quantize .*"
                                                 r"try a lower --lr"):
         adapt(_cfg(bases / "fixup_eoq", lr=5.0))
+
+
+def test_a_committed_base_adapts_on_other_data():
+    """A base trained on full CIFAR-10 with 5,000 validation images held out adapts on the embedded
+    subset (5,000 training images): the hold-out is the subset's own default, not the base run's."""
+    from pathlib import Path
+    base = Path(__file__).resolve().parents[1] / "reports" / "adaptation" / "base" / "runs" / "base_bn_fp32_s0"
+    if not (base / "weights.pt").exists():
+        pytest.skip("the committed fp32+BN base is not in this checkout")
+    run = adapt(AdaptConfig(run_dir=str(base), corruption="gaussian_noise", severity=5, batch_size=1, samples=4,
+                            lr=1e-3, bn="batch", points=(0, 4), eval_limit=40, data="embedded", threads=1,
+                            progress=False))
+    assert [r["images"] for r in run.rows] == [0, 4]

@@ -155,7 +155,8 @@ def adapt(cfg: AdaptConfig) -> AdaptRun:
         raise ConfigError(f"--bn frozen applies to BN networks; {cfg.run_dir!r} is {base_cfg.norm}")
     s.generator.manual_seed(cfg.seed + ROUNDING_OFFSET)
     data = load_cifar10(cfg.data or base_cfg.data)
-    data = data.hold_out(default_val(len(data.train_y)) if base_cfg.val is None else base_cfg.val)
+    own = cfg.data is None or cfg.data == base_cfg.data     # the base run's data: its own held-out split
+    data = data.hold_out(base_cfg.val if own and base_cfg.val is not None else default_val(len(data.train_y)))
     if cfg.split == "val" and data.val_x is None:
         raise ConfigError("--split val: the base run held out no validation images")
     xs, ys = _stream(cfg, data)
