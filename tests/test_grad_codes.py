@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from eoq import kernels
-from eoq.training.grad_codes import code_dtype, pack_codes
+from eoq.quant.quantizers import code_dtype
+from eoq.training.grad_codes import pack_codes
 
 
 @pytest.mark.parametrize("compiled", [True, False])

@@ -57,8 +57,7 @@ class GridParam:
         >>> g.codes(), int(g.exponent)
         (tensor([ 4, -2,  1], dtype=torch.int8), -3)
         """
-        dtype = torch.int8 if self.bits <= 8 else torch.int16 if self.bits <= 16 else torch.int32
-        return self.code_values().to(dtype)
+        return self.code_values().to(Q.code_dtype(self.bits))
 
     def code_values(self) -> torch.Tensor:
         """The codes as float32 values (exact: at most 24 bits), for arithmetic on them."""

@@ -148,8 +148,24 @@ class QTensor:
         return self.codes.to(torch.float32) * 2.0 ** self.exponent
 
 
-def _code_dtype(bits: int) -> torch.dtype:
+def code_dtype(bits: int) -> torch.dtype:
+    """The narrowest integer dtype that holds codes of ``bits`` bits (sign included)."""
     return torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
+
+
+def exact_codes(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, int] | None:
+    """(codes, lsb) with values = codes * 2^lsb exactly and |codes| <= 2^(bits-1) - 1, the largest
+    code in [2^(bits-2), 2^(bits-1)): lsb = e - (bits - 1) with max|values| < 2^e (a grid of at
+    most ``bits``-bit codes is never finer). None when ``values`` are not such codes times a power
+    of two, or not finite; an all-zero tensor gets lsb 0. Codes in :func:`code_dtype`."""
+    amax = float(values.abs().max()) if values.numel() else 0.0
+    if not math.isfinite(amax):
+        return None
+    lsb = math.frexp(amax)[1] - (bits - 1) if amax > 0 else 0
+    scaled = values.double() * 2.0 ** -lsb
+    if not torch.equal(scaled, scaled.round()) or (amax > 0 and float(scaled.abs().max()) > max_code(bits)):
+        return None
+    return scaled.to(code_dtype(bits)), lsb
 
 
 def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0, relu=False, pre=0.0):
@@ -258,7 +274,7 @@ def sq_codes(x: torch.Tensor, k: int, rounding: str = "nearest",
              generator: torch.Generator | None = None) -> QTensor:
     """SQ(x, k) as integer codes and exponent."""
     codes, lsb = sq_integer(x, k, rounding, generator)
-    return QTensor(codes.to(_code_dtype(k)), lsb, k)
+    return QTensor(codes.to(code_dtype(k)), lsb, k)
 
 
 FQ_FRACTION_BITS = 7
@@ -318,7 +334,7 @@ def cq(g: torch.Tensor, k: int = 8, c: int = 128, generator: torch.Generator | N
 def cq_codes(g: torch.Tensor, k: int = 8, c: int = 128,
              generator: torch.Generator | None = None) -> QTensor:
     codes, lsb = cq_integer(g, k, c, generator)
-    return QTensor(codes.to(_code_dtype(k)), lsb, k)
+    return QTensor(codes.to(code_dtype(k)), lsb, k)
 
 
 def fixed_grid(x: torch.Tensor, lsb_exponent, k: int, rounding: str = "nearest",

@@ -83,7 +83,7 @@ class Golden:
 
 
 def _small_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    return codes.to(torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32)
+    return codes.to(Q.code_dtype(bits))
 
 
 def _on_grid(values: torch.Tensor, exponent: int) -> torch.Tensor:

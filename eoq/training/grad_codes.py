@@ -9,17 +9,11 @@ the fused update reads the codes (the same values, bit for bit).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import kernels
 from ..nn.layers import GridParam
-
-
-def code_dtype(bits: int) -> torch.dtype:
-    """The narrowest integer dtype that holds codes of ``bits`` bits (sign included)."""
-    return torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
+from ..quant.quantizers import exact_codes
 
 
 def layer_quantizes_g(grid: GridParam) -> bool:
@@ -54,17 +48,10 @@ def pack_codes(g: torch.Tensor) -> tuple[torch.Tensor | None, int]:
     times a power of two (an SQ8 G): lsb = e - 7 with max|g| < 2^e puts the largest code in
     [64, 127], and a grid 2^lsb_G holding codes <= 127 is never finer. (None, 0) when g is not
     such a tensor (or not finite): it stays float. The compiled kernel (``pack_int8``) does the
-    same in two passes; the torch ops below are its reference."""
+    same in two passes; :func:`eoq.quant.quantizers.exact_codes` is its reference."""
     kern = kernels.usable(g)
     if kern is not None:
         codes, lsb, ok = kern.pack_int8(g)
         return (codes, int(lsb)) if ok else (None, 0)
-    amax = float(g.abs().max()) if g.numel() else 0.0
-    if not math.isfinite(amax):
-        return None, 0
-    lsb = math.frexp(amax)[1] - 7 if amax > 0 else 0
-    scaled = g * 2.0 ** -lsb
-    codes = scaled.to(torch.int8)
-    if not torch.equal(codes.to(torch.float32), scaled):
-        return None, 0
-    return codes, lsb
+    packed = exact_codes(g, 8)
+    return packed if packed is not None else (None, 0)

@@ -31,9 +31,8 @@ import torch
 
 from ..quant import rng
 from ..quant.formats import MIN_EXPONENT, QuantizationError
-from ..quant.quantizers import max_code
+from ..quant.quantizers import exact_codes, max_code
 from ..quant.spec import SpecError
-from .grad_codes import code_dtype
 
 ACC_BITS = 64          # the update accumulator: int64, |S| < 2^62 by construction
 
@@ -113,15 +112,10 @@ def momentum_codes(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
     """(codes, lsb) with values = codes * 2^lsb exactly and |codes| <= 2^(bits-1) - 1: a momentum
     buffer's float values (a checkpoint's) as the integer update keeps them. Refuses values that no
     such grid holds (not a momentum buffer of this M)."""
-    m = max_code(bits)
-    amax = float(values.abs().max()) if values.numel() else 0.0
-    if not math.isfinite(amax):
+    if not bool(torch.isfinite(values).all()):
         raise SpecError("the momentum buffer holds NaN or Inf: the checkpoint is corrupt")
-    lsb = math.frexp(amax)[1] - (bits - 1) if amax > 0 else 1 - bits     # 2^(bits-2) <= amax / 2^lsb < 2^(bits-1)
-    codes = values.double() * 2.0 ** -lsb
-    if amax > 0 and float(codes.abs().max()) > m:
-        lsb += 1
-        codes = values.double() * 2.0 ** -lsb
-    if not torch.equal(codes, codes.round()) or float(codes.abs().max() if codes.numel() else 0) > m:
+    packed = exact_codes(values, bits)
+    if packed is None:
         raise SpecError(f"the momentum buffer is not on a {bits}-bit grid (a checkpoint of another M?)")
-    return codes.to(code_dtype(bits)), lsb
+    codes, lsb = packed
+    return codes, lsb if values.any() else 1 - bits

@@ -42,7 +42,7 @@ from ..nn.prepare import SCALAR_LR_SCALE, grid_params
 from ..quant import rng
 from ..quant.apply import apply_quant
 from ..quant.observe import OBSERVERS, listening
-from ..quant.quantizers import QuantizationError, max_code, round_scaled
+from ..quant.quantizers import QuantizationError, code_dtype, max_code, round_scaled
 from ..quant.spec import QuantSpec, SpecError
 from . import grad_codes, int_update
 
@@ -207,10 +207,9 @@ class EOQSGD(torch.optim.Optimizer):
 
     def _unpack(self) -> None:
         """Packed gradients back into ``.grad`` (the torch reference path reads .grad)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if id(p) in self.packed:
-                    p.grad = self.gradient(p)
+        for pid in list(self.packed):
+            p = self.grid[pid].param
+            p.grad = self.gradient(p)
         self.packed.clear()
 
     def effective_lr(self, group: dict, grid: GridParam | None = None) -> float:
@@ -228,8 +227,6 @@ class EOQSGD(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         grid_items = []
-        if self.packed and (listening() or kernels.usable(next(iter(self.grid.values())).param) is None):
-            self._unpack()                       # the reference path below reads .grad
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None and id(p) not in self.packed:
@@ -243,7 +240,7 @@ class EOQSGD(torch.optim.Optimizer):
             momentum_shift(grid_items[0][2]["momentum"])     # a schedule may change it: still a shift
             keys = rng.draw_keys(self.generator, len(grid_items), 4)
             if not self._fused_grid_step(grid_items, keys):
-                self._unpack()
+                self._unpack()                       # the reference path below reads .grad
                 for (p, grid, group), key in zip(grid_items, keys.tolist()):
                     self._grid_step(p, grid, group, [tuple(k) for k in key])
         return loss
@@ -303,7 +300,7 @@ class EOQSGD(torch.optim.Optimizer):
                           else acc.double().mul_(2.0 ** e0), codes_v.to(torch.float32).mul_(2.0 ** lsb),
                           grid.owner, lsb=lsb)
             if buf is None:
-                buf = state["momentum_codes"] = torch.empty(p.shape, dtype=grad_codes.code_dtype(spec.M.bits))
+                buf = state["momentum_codes"] = torch.empty(p.shape, dtype=code_dtype(spec.M.bits))
                 state["momentum_exponent"] = torch.zeros((), dtype=torch.int32)
             buf.copy_(codes_v)
             state["momentum_exponent"].fill_(lsb)
@@ -483,7 +480,7 @@ class EOQSGD(torch.optim.Optimizer):
             if integer:
                 ready = "momentum_codes" in state
                 if mu and not ready:
-                    state["momentum_codes"] = torch.zeros(p.shape, dtype=grad_codes.code_dtype(spec.M.bits))
+                    state["momentum_codes"] = torch.zeros(p.shape, dtype=code_dtype(spec.M.bits))
                     state["momentum_exponent"] = torch.zeros((), dtype=torch.int32)
                 bufs.append(state.get("momentum_codes", p))
                 buf_exps.append(state.get("momentum_exponent", no_exponent))
