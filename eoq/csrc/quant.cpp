@@ -320,6 +320,17 @@ struct Term {
   const void* x; double mult; int64_t shift; at::ScalarType type = at::kFloat;
 };
 
+// f(T{}) with T the C++ type of a term's elements: float32 values, or int8/int16/int32 codes
+template <typename F>
+decltype(auto) by_code_type(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: return f(float{});
+    case at::kChar: return f(int8_t{});
+    case at::kShort: return f(int16_t{});
+    default: TORCH_CHECK(t == at::kInt, "grid_step: a term of type ", t); return f(int32_t{});
+  }
+}
+
 template <typename T>
 int64_t max_abs_code(const T* x, int64_t n) {
   int32_t m = 0;
@@ -351,13 +362,7 @@ bool accumulate(const std::vector<Term>& terms, int64_t n, const std::vector<dou
   acc.assign(n, 0);
   for (const Term& t : terms) {
     const double scale = std::ldexp(1.0, static_cast<int>(-t.shift - e0));
-    switch (t.type) {
-      case at::kFloat: add_term(acc, static_cast<const float*>(t.x), n, t.mult, scale); break;
-      case at::kChar: add_term(acc, static_cast<const int8_t*>(t.x), n, t.mult, scale); break;
-      case at::kShort: add_term(acc, static_cast<const int16_t*>(t.x), n, t.mult, scale); break;
-      case at::kInt: add_term(acc, static_cast<const int32_t*>(t.x), n, t.mult, scale); break;
-      default: TORCH_CHECK(false, "grid_step: a term of type ", t.type);
-    }
+    by_code_type(t.type, [&](auto z) { add_term(acc, static_cast<const decltype(z)*>(t.x), n, t.mult, scale); });
   }
   return true;
 }
@@ -450,10 +455,8 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
     int32_t* bexp = s_mu ? buf_exps[i].data_ptr<int32_t>() : nullptr;
     if (s_mu && ready) {
       terms.push_back({buf.data_ptr(), double((int64_t(1) << s_mu) - 1), s_mu - *bexp, bt});
-      int64_t cmax = 0;
-      if (bt == at::kChar) cmax = max_abs_code(static_cast<const int8_t*>(buf.data_ptr()), n);
-      else if (bt == at::kShort) cmax = max_abs_code(static_cast<const int16_t*>(buf.data_ptr()), n);
-      else cmax = max_abs_code(static_cast<const int32_t*>(buf.data_ptr()), n);
+      const int64_t cmax = by_code_type(bt, [&](auto z) {
+        return max_abs_code(static_cast<const decltype(z)*>(buf.data_ptr()), n); });
       amaxes.push_back(double(cmax));
     }
     for (double a : amaxes)
@@ -462,9 +465,11 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
     int64_t e0 = 0;
     void* const bdata = s_mu ? buf.data_ptr() : nullptr;
     auto store_codes = [&](int64_t j0, const int64_t* v, int64_t len) {     // a block of M codes
-      if (bt == at::kChar) { int8_t* d = static_cast<int8_t*>(bdata) + j0; for (int64_t l = 0; l < len; ++l) d[l] = static_cast<int8_t>(v[l]); }
-      else if (bt == at::kShort) { int16_t* d = static_cast<int16_t*>(bdata) + j0; for (int64_t l = 0; l < len; ++l) d[l] = static_cast<int16_t>(v[l]); }
-      else { int32_t* d = static_cast<int32_t*>(bdata) + j0; for (int64_t l = 0; l < len; ++l) d[l] = static_cast<int32_t>(v[l]); }
+      by_code_type(bt, [&](auto z) {
+        using T = decltype(z);
+        T* d = static_cast<T*>(bdata) + j0;
+        for (int64_t l = 0; l < len; ++l) d[l] = static_cast<T>(v[l]);
+      });
     };
     const bool any = accumulate(terms, n, amaxes, acc, e0);
     // M's exponent needs max|S| first; then one pass per block of BLK elements does the rest:
