@@ -1,7 +1,7 @@
 """Where the integer ResNet-20 step spends its time, by engine function (default batch 128, 2 threads).
 
 Wraps the integer engine's entry points in timers (``eoq.quant.quantizers.sq_integer`` for the A and E
-codes, the direct VNNI kernels of :mod:`eoq.engine.direct`, the im2col + ``_int_mm`` paths of
+codes, the direct VNNI kernels of :mod:`eoq.engine.direct`, the blocked im2col + ``_int_mm`` paths of
 :mod:`eoq.engine.intengine`, G rounding, the 16-bit stream's kernels, the Fixup scalars' sums, the
 optimizer) and prints the mean milliseconds per training step of each, after ``--warmup`` steps.
 The remainder of the step is autograd, layout copies, the loss, the option-A shortcut and the
@@ -25,9 +25,10 @@ from eoq.training.optimizer import EOQSGD
 
 ENTRIES = [(Q, "sq_integer", "A/E quantizers"), (direct, "conv", "direct conv (fwd + input grad)"),
            (direct, "weight_grad", "direct weight grad"), (direct, "grid_weights", "direct weight packing"),
-           (intengine, "conv_forward", "im2col + GEMM forward"),
-           (intengine, "conv_input_grad", "im2col + GEMM input grad"),
-           (intengine, "weight_grad", "GEMM weight grad"), (intengine, "_to_float_nchw", "dequantization"),
+           (intengine, "conv_float", "im2col + GEMM forward, dequantized"),
+           (intengine, "input_grad_float", "im2col + GEMM input grad, dequantized"),
+           (intengine, "conv_weight_grad", "im2col + GEMM conv weight grad"),
+           (intengine, "weight_grad", "GEMM linear weight grad"),
            (intengine, "weight_mats", "GEMM weight operands"), (intengine, "_gradient", "G rounding"),
            (fixup_tail, "exact_tail", "stream: exact tail + FX16"),
            (fixup_tail, "masked_exact_sums", "stream: tail backward (mask, sums)"),

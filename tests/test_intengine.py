@@ -81,12 +81,13 @@ def test_blocked_convolutions_equal_float64(monkeypatch, k, p, s):
     e = codes(*ref.shape, gen=g)
     gi_ref, gw_ref, _ = torch.ops.aten.convolution_backward(
         e.double(), a.double(), wc.double(), None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, True, False])
-    for block in (1, 2 * h * w * k * k * cin, 1 << 22):       # one image per block, two, the whole batch
-        monkeypatch.setattr(IE, "BLOCK_BYTES", block)
-        out = IE.conv_float(IE.to_nhwc(a), mats, s, p, -3)
-        assert torch.equal(out.permute(0, 3, 1, 2).double(), ref * 2.0 ** -3)
-        gi = IE.input_grad_float(IE.to_nhwc(e), mats, s, p, (h, w), 5)
-        assert torch.equal(gi.permute(0, 3, 1, 2).double(), gi_ref * 2.0 ** 5)
+    for block in (1, 2 * h * w * k * k * cin, 1 << 22, None):  # one image per block, two, the whole batch, no kernels
+        monkeypatch.setattr(IE, "BLOCK_BYTES", block or 1 << 22)
+        with kernels.disabled() if block is None else contextlib.nullcontext():
+            out = IE.conv_float(IE.to_nhwc(a), mats, s, p, -3, channels_last=block != 1)
+            gi = IE.input_grad_float(IE.to_nhwc(e), mats, s, p, (h, w), 5, channels_last=block != 1)
+        assert torch.equal(out.double(), ref * 2.0 ** -3)
+        assert torch.equal(gi.double(), gi_ref * 2.0 ** 5)
         gw = IE.conv_weight_grad(IE.to_nhwc(a), IE.to_nhwc(e), k, k, s, p)
         assert gw.dtype == torch.int32
         assert torch.equal(gw.view(cout, k, k, cin).permute(0, 3, 1, 2).double(), gw_ref)

@@ -245,34 +245,46 @@ def _blocked_gemm(kern, x, kh, kw, stride, pad, dilation, mat, out_hw, exponent)
     return out
 
 
-def conv_float(a: torch.Tensor, w: WeightMats, stride: int, padding: int, exponent: int) -> torch.Tensor | None:
-    """float32 NHWC conv(a, w) * 2^exponent in blocks of images (:func:`_blocked_gemm`); None
-    without the compiled kernels or for K > SAFE_K (then :func:`conv_forward` runs)."""
+def conv_float(a: torch.Tensor, w: WeightMats, stride: int, padding: int, exponent: int,
+               channels_last: bool = True) -> torch.Tensor:
+    """float32 conv(a, w) * 2^exponent of NHWC codes, logical NCHW (:func:`_nchw_view`): in blocks
+    of images (:func:`_blocked_gemm`), or one :func:`conv_forward` GEMM without the compiled
+    kernels or for K > SAFE_K."""
     kern = kernels.load()
     cout, cin, kh, kw = w.shape
     if kern is None or kh * kw * cin > SAFE_K:
-        return None
+        acc, cols = conv_forward(a, w, stride, padding)
+        out = _to_float_nchw(acc, exponent, channels_last)
+        _give(acc)
+        _give(cols)
+        return out
     ho = (a.shape[1] + 2 * padding - kh) // stride + 1
     wo = (a.shape[2] + 2 * padding - kw) // stride + 1
-    return _blocked_gemm(kern, a, kh, kw, stride, (padding,) * 4, 1, w.fwd, (ho, wo), exponent)
+    out = _blocked_gemm(kern, a, kh, kw, stride, (padding,) * 4, 1, w.fwd, (ho, wo), exponent)
+    return _nchw_view(out, channels_last)
 
 
 def input_grad_float(e: torch.Tensor, w: WeightMats, stride: int, padding: int, in_hw: tuple[int, int],
-                     exponent: int) -> torch.Tensor | None:
-    """float32 NHWC dL/dinput * 2^exponent (the transposed convolution of :func:`conv_input_grad`):
-    stride 1 in blocks of images, stride > 1 phase by phase, each accumulator dequantized into
-    place; None where that function runs instead (no compiled kernels, K > SAFE_K)."""
+                     exponent: int, channels_last: bool = True) -> torch.Tensor:
+    """float32 dL/dinput * 2^exponent of NHWC codes E (the transposed convolution of
+    :func:`conv_input_grad`), logical NCHW: stride 1 in blocks of images, stride > 1 phase by
+    phase, each accumulator dequantized into place; one :func:`conv_input_grad` without the
+    compiled kernels or for K > SAFE_K."""
     kern = kernels.load()
     cout, cin, kh, kw = w.shape
     if kern is None or kh * kw * cout > SAFE_K:
-        return None
+        acc = conv_input_grad(e, w, stride, padding, in_hw)
+        out = _to_float_nchw(acc, exponent, channels_last)
+        _give(acc)
+        return out
     if stride > 1:
-        return _input_grad_phases(e, w, stride, padding, in_hw, exponent, kern)
+        return _nchw_view(_input_grad_phases(e, w, stride, padding, in_hw, exponent, kern), channels_last)
     _, ho, wo, _ = e.shape
     extra_h = in_hw[0] - ((ho - 1) - 2 * padding + kh)
     extra_w = in_hw[1] - ((wo - 1) - 2 * padding + kw)
     ph, pw = kh - 1 - padding, kw - 1 - padding
-    return _blocked_gemm(kern, e, kh, kw, 1, (pw, pw + extra_w, ph, ph + extra_h), 1, w.bwd, in_hw, exponent)
+    out = _blocked_gemm(kern, e, kh, kw, 1, (pw, pw + extra_w, ph, ph + extra_h), 1, w.bwd, in_hw, exponent)
+    return _nchw_view(out, channels_last)
 
 
 def conv_weight_grad(a: torch.Tensor, e: torch.Tensor, kh: int, kw: int, stride: int, padding: int) -> torch.Tensor:
@@ -488,14 +500,7 @@ class IntConvFn(torch.autograd.Function):
             return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
         wc = weight_mats(layer.weight, ew)
         a = to_nhwc(a)
-        out = conv_float(a, wc, layer.stride[0], layer.padding[0], ea + ew)
-        if out is not None:
-            out = _nchw_view(out, cl)
-        else:
-            acc, cols = conv_forward(a, wc, layer.stride[0], layer.padding[0])
-            out = _to_float_nchw(acc, ea + ew, cl)
-            _give(acc)
-            _give(cols)
+        out = conv_float(a, wc, layer.stride[0], layer.padding[0], ea + ew, cl)
         if any(ctx.needs_input_grad):      # the codes, not their kh*kw times larger im2col matrix
             ctx.save_for_backward(a, wc.bwd)
         ctx.meta, ctx.wshape = _Saved(ea, ew, tuple(x.shape[2:]), cl), wc.shape
@@ -520,13 +525,7 @@ class IntConvFn(torch.autograd.Function):
         gi = gw = None
         wc = WeightMats(None, wbwd, ctx.wshape)
         if ctx.needs_input_grad[0]:
-            gi = input_grad_float(e, wc, layer.stride[0], layer.padding[0], in_hw, ee + ew)
-            if gi is not None:
-                gi = _nchw_view(gi, cl)
-            else:
-                acc = conv_input_grad(e, wc, layer.stride[0], layer.padding[0], in_hw)
-                gi = _to_float_nchw(acc, ee + ew, cl)
-                _give(acc)
+            gi = input_grad_float(e, wc, layer.stride[0], layer.padding[0], in_hw, ee + ew, cl)
         if ctx.needs_input_grad[1]:
             _, _, kh, kw = wc.shape
             acc = conv_weight_grad(a, e, kh, kw, layer.stride[0], layer.padding[0])

@@ -133,12 +133,11 @@ class ResidualBlock(nn.Module):
                 identity = _ExactShortcutAFn.apply(x_id, self.biases_in[0].effective(), sc.stride, sc.pad)
             else:          # the modules one by one (observers, the cost count): the same values
                 identity = sc.pad_channels(self.biases_in[0](sc.subsample(x_id).double()))
-        elif bits and isinstance(self.shortcut, QConv2d) and self.shortcut.engine == "int":
-            # a projection conv on the integer engine: x + b_1a left to its A quantizer, which forms
-            # the sum exactly (in double) on the fly: the codes of the float64 sum below, without a
-            # float64 copy of x and of x + b (4x the float32 input's memory)
+        elif bits and isinstance(self.shortcut, QConv2d):
+            # a projection conv: x + b_1a left to its A quantizer, which forms the sum exactly (in
+            # double) on the fly, without a float64 copy of x and of x + b (fused_bias_input)
             identity = self.shortcut(self.biases_in[0](x_id, feeds=self.shortcut))
-        else:              # a projection shortcut's sum exact in float64; an identity needs no copy
+        else:              # any other shortcut's sum exact in float64; an identity needs no copy
             identity = self.identity(x_id.double() if bits and not isinstance(self.shortcut, nn.Identity) else x_id)
         # y = relu(x_m * scale + b_mb + identity), fused under EOQ
         return fixup_tail(self.branch(x, tail=False), self.scale, self.biases_out[-1], identity,
