@@ -17,9 +17,11 @@ Protocol (``eoq adapt`` for each cell; eoq/training/adapt.py):
     python -m analysis.adaptation --bases reports/adaptation/base/runs --out reports/adaptation
 
 writes ``choose.csv`` and ``final.csv`` (one row per reading; rewritten after every cell, and a cell
-already there is skipped, so an interrupted study goes on where it stopped), ``study.md`` (the
-chosen lrs, mean +- std tables) and the figures ``adapt_vs_images``, ``adapt_vs_batch`` and
-``adapt_clean``. ``--part K/N`` runs every N-th cell from the K-th (two processes on two cores).
+already in any CSV of the stage is skipped, so an interrupted study goes on where it stopped),
+``study.md`` (the chosen lrs, mean +- std tables, the device cost per adapted image of
+analysis/adaptation_cost.py) and the figures ``adapt_vs_images``, ``adapt_vs_batch`` and
+``adapt_clean``. ``--part K/N`` runs every N-th cell from the K-th into its own CSVs (two processes
+on two cores; a study begun in one process can go on in parts: the parts skip its done cells).
 """
 from __future__ import annotations
 
@@ -29,9 +31,11 @@ import sys
 from pathlib import Path
 
 from eoq.training.adapt import POINTS, AdaptConfig, adapt
+from eoq.training.atomic import atomic_write
 from eoq.training.csvfile import read_rows, write_rows
 from eoq.training.loop import TrainingDiverged
 
+from .adaptation_cost import cost_table, device_costs
 from .style import figure, save
 
 # method -> (base run folder name, BN mode, reference lr)
@@ -91,7 +95,7 @@ def run_cell(args, cell: dict) -> list[dict]:
 def run_stage(args, stage: str, chosen=None) -> list[dict]:
     path = Path(args.out) / (f"{stage}.csv" if not args.part else f"{stage}-{args.part.replace('/', 'of')}.csv")
     rows = read_rows(path, text=("stage", "method", "corruption", "diverged")) if path.exists() else []
-    done = {_key(r) for r in rows}
+    done = {_key(r) for r in all_rows(Path(args.out), stage)}     # a cell another part did is done too
     todo = cells(args, stage, chosen)
     if args.part:
         k, n = (int(v) for v in args.part.split("/"))
@@ -171,6 +175,50 @@ def plot_vs_images(final: list[dict], stem, batch: int | None = None):
     return save(fig, stem)
 
 
+def _method_means(final: list[dict], value, select) -> dict:
+    """{method: {batch: mean of value(r) over the rows select(r) keeps}} (nan values left out)."""
+    out: dict = {}
+    for r in final:
+        v = value(r)
+        if select(r) and v == v:
+            out.setdefault(r["method"], {}).setdefault(int(r["batch_size"]), []).append(v)
+    return {m: {b: statistics.fmean(vs) for b, vs in sorted(by.items())} for m, by in out.items()}
+
+
+def plot_vs_batch(final: list[dict], stem):
+    """Corrupted test accuracy after the stream (solid) and before it (dotted) against batch size,
+    one panel per severity, mean over corruptions and seeds, one colour per method."""
+    end = max(int(r["images"]) for r in final)
+    sevs = sorted({int(r["severity"]) for r in final})
+    fig, axes = figure(len(sevs), width=3.4, height=2.8)
+    axes = axes[0]
+    for ax, sev in zip(axes, sevs):
+        for i, (images, style) in enumerate(((end, "-"), (0, ":"))):
+            means = _method_means(final, lambda r: r["acc"],
+                                  lambda r: int(r["severity"]) == sev and int(r["images"]) == images)
+            for j, (m, by) in enumerate(means.items()):
+                ax.plot(list(by), list(by.values()), style, marker="o" if i == 0 else None, color=f"C{j}",
+                        label=m if i == 0 else None)
+        ax.set_xscale("log", base=2)
+        ax.set(title=f"severity {sev}: after {end} images (solid), before (dotted)", xlabel="batch size",
+               ylabel="corrupted test acc (%)")
+    axes[0].legend(fontsize=6)
+    return save(fig, stem)
+
+
+def plot_clean(final: list[dict], stem):
+    """Clean test accuracy at the end of the stream against batch size (what adaptation forgets),
+    mean over corruptions, severities and seeds."""
+    fig, axes = figure(1, width=3.6, height=2.8)
+    ax = axes[0][0]
+    for m, by in _method_means(final, lambda r: r["clean_acc"], lambda r: True).items():
+        ax.plot(list(by), list(by.values()), marker="o", label=m)
+    ax.set_xscale("log", base=2)
+    ax.set(title="clean test accuracy after adapting", xlabel="batch size", ylabel="clean test acc (%)")
+    ax.legend(fontsize=6)
+    return save(fig, stem)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.adaptation", description=__doc__.splitlines()[0])
     ap.add_argument("--bases", required=True, help="folder holding the base runs (METHODS names them)")
@@ -208,8 +256,14 @@ def main(argv=None) -> int:
         md += [f"| {m} | {b} | {lr:g} |" for (m, b), lr in sorted(chosen.items())]
         md += ["", f"Corrupted test accuracy after {args.samples} images (mean ± std over seeds):", "",
                table(final, args.samples), "", "Before adaptation (0 images):", "", table(final, 0), ""]
-        (out / "study.md").write_text("\n".join(md))
+        costs = device_costs(Path(args.bases), {m: v for m, v in METHODS.items()
+                                                if not args.methods or m in args.methods}, args.batch_sizes, final)
+        md += ["Device cost of one adapted image (analysis/adaptation_cost.py):", "", cost_table(costs), ""]
+        with atomic_write(out / "study.md", "w") as fh:
+            fh.write("\n".join(md))
         plot_vs_images(final, out / "adapt_vs_images")
+        plot_vs_batch(final, out / "adapt_vs_batch")
+        plot_clean(final, out / "adapt_clean")
     return 0
 
 

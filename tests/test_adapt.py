@@ -144,8 +144,14 @@ def test_the_study_runs_both_stages_and_resumes(bases, tmp_path):
     final = adaptation.all_rows(tmp_path / "study", "final")
     assert {r["method"] for r in final} == set(adaptation.METHODS) and {int(r["images"]) for r in final} == {0, 4}
     assert len(adaptation.all_rows(tmp_path / "study", "choose")) == 2 * len(adaptation.METHODS)
-    assert (tmp_path / "study" / "study.md").exists() and (tmp_path / "study" / "adapt_vs_images.png").exists()
+    for name in ("adapt_vs_images", "adapt_vs_batch", "adapt_clean"):
+        assert (tmp_path / "study" / f"{name}.png").exists() and (tmp_path / "study" / f"{name}.pdf").exists()
+    study = (tmp_path / "study" / "study.md").read_text()
+    assert "| EOQ | 2 |" in study and "energy per image" in study
     assert adaptation.main(argv) == 0
+    assert len(adaptation.all_rows(tmp_path / "study", "final")) == len(final)
+    # a part process skips the cells the whole-study process did: no row is measured twice
+    assert adaptation.main(argv + ["--part", "1/2"]) == 0
     assert len(adaptation.all_rows(tmp_path / "study", "final")) == len(final)
 
 

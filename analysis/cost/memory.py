@@ -67,7 +67,7 @@ def training_state(spec: QuantSpec | str, momentum: float, config: str | None = 
     if not momentum:
         m = 0
     elif spec.store_bits is not None and spec.M.enabled:
-        m = spec.M.bits          # the buffer's M codes (float32 in memory here; M bits on a device)
+        m = spec.M.bits          # the buffer's M codes (int8/int16 codes in memory)
     else:
         m = 32
     return TrainingState(config or spec.name, weight, m)
