@@ -209,10 +209,12 @@ def test_bad_hyperparameters():
 
 @pytest.mark.skipif(kernels.load() is None, reason="fused kernels not built here")
 @pytest.mark.parametrize("preset", ["eoq", "eoq-float-ends", "eoq-shift", "eoq+lr_bits=16", "eoq+lr_bits=4",
-                                    "eoq+M=8", "eoq+momentum=0"])
+                                    "eoq+M=8", "eoq+momentum=0", "eoq+lr=4", "eoq+lr=0.002",
+                                    "eoq+lr=4+momentum=0"])
 def test_fused_kernels_give_the_reference_result_bit_for_bit(preset):
     """Whole ResNet-20 EOQ steps with the fused kernels == the torch reference (kernels disabled):
-    weights, exponents, momentum buffers and update codes, across exponent moves (high lr)."""
+    weights, exponents, momentum buffers and update codes, across exponent moves (high lr); lrs
+    from 2e-3 to 4 put the update's rounding shifts on both sides of 16 (the kernel's branches)."""
     def run(use_kernels):
         with contextlib.nullcontext() if use_kernels else kernels.disabled():
             return steps()
@@ -221,20 +223,23 @@ def test_fused_kernels_give_the_reference_result_bit_for_bit(preset):
         torch.manual_seed(0)
         model = build_model("resnet20", "fixup", num_classes=10)
         gen = torch.Generator().manual_seed(1)
-        name, _, change = preset.partition("+")
-        field, _, value = change.partition("=")
+        name, *changes = preset.split("+")
+        fields = dict(c.split("=") for c in changes)
         spec = get_preset(name)
-        if field in ("lr_bits", "M"):
-            spec = spec.with_changes(**{field: int(value)})
+        for field in ("lr_bits", "M"):
+            if field in fields:
+                spec = spec.with_changes(**{field: int(fields[field])})
         prepare(model, spec, gen)
         start = [float(g.exponent) for g in grid_params(model)]
-        opt = EOQSGD(model, spec, lr=0.5, momentum=0.0 if field == "momentum" else 0.875, generator=gen)
+        opt = EOQSGD(model, spec, lr=float(fields.get("lr", 0.5)), momentum=0.0 if "momentum" in fields else 0.875,
+                     generator=gen)
         data = torch.Generator().manual_seed(2)
         for _ in range(3):
             x = torch.randn(8, 3, 32, 32, generator=data)
             y = torch.randint(0, 10, (8,), generator=data)
             train_step(model, opt, x, y)
-        assert any(float(g.exponent) != e for g, e in zip(grid_params(model), start))  # policy acted
+        if "lr" not in fields or float(fields["lr"]) >= 0.5:
+            assert any(float(g.exponent) != e for g, e in zip(grid_params(model), start))  # policy acted
         return model, opt
     fast_model, fast_opt = run(True)
     ref_model, ref_opt = run(False)
@@ -394,3 +399,32 @@ def test_gradient_reads_packed_codes_as_values():
         if id(g.param) in plain:
             assert torch.equal(opt.gradient(g.param), plain[id(g.param)] + plain[id(g.param)]), g.name
     assert not opt.packed
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="fused kernels not built here")
+@pytest.mark.parametrize("momentum", [0.875, 0.0])
+def test_fused_update_on_a_grid_coarser_than_the_update_matches_the_reference(momentum):
+    """Weights at 2^-30 and gradients near 1: the update's rounding shift is negative (U saturates),
+    the branch whole-network steps never reach; fused kernel == torch reference, bit for bit."""
+    def run(use_kernels):
+        with contextlib.nullcontext() if use_kernels else kernels.disabled():
+            layer = QLinear(16, 4, bias=False)
+            spec = get_preset("eoq")
+            prepare(layer, spec, torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                layer.weight_exp.fill_(-30)
+                layer.weight.copy_(torch.randint(-127, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+                                   .float() * 2.0 ** -30)
+            opt = EOQSGD(layer, spec, lr=0.1, momentum=momentum, weight_decay=5e-4,
+                         generator=torch.Generator().manual_seed(3))
+            for step in range(3):
+                layer.weight.grad = torch.randint(-127, 128, (4, 16), generator=torch.Generator().manual_seed(5 + step)
+                                                  ).float() * 2.0 ** -7
+                opt.step()
+            state = opt.state[layer.weight]
+            return layer.weight.detach().clone(), float(layer.weight_exp), {k: v.clone() for k, v in state.items()
+                                                                              if isinstance(v, torch.Tensor)}
+    w_fast, e_fast, s_fast = run(True)
+    w_ref, e_ref, s_ref = run(False)
+    assert torch.equal(w_fast, w_ref) and e_fast == e_ref
+    assert s_fast.keys() == s_ref.keys() and all(torch.equal(s_fast[k], s_ref[k]) for k in s_fast)

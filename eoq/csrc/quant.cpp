@@ -306,6 +306,32 @@ inline int64_t sr_clamped(int64_t y, int64_t f, int64_t m, uint32_t b) {
   return std::min(std::max(y, -m), m);
 }
 
+// out[l] = sr_clamped(y[l], f, m, b[l]) for a block: the same integers, with the branches on f
+// taken once per block so that each loop is straight-line and vectorizes.
+inline void sr_clamped_block(const int64_t* __restrict y, const uint32_t* __restrict b, int64_t len, int64_t f,
+                             int64_t m, int64_t* __restrict out) {
+  if (f >= 0) {
+    const int64_t lim = f >= 62 - 24 ? (int64_t(1) << 62) : std::min((m + 1) << f, int64_t(1) << 62);
+    if (f <= 16) {
+      const int64_t mul = int64_t(1) << (16 - f);
+      for (int64_t l = 0; l < len; ++l) {
+        const int64_t r = (std::min(std::max(y[l], -lim), lim) * mul + int64_t(b[l])) >> 16;
+        out[l] = std::min(std::max(r, -m), m);
+      }
+    } else {
+      const int64_t sh = f - 16;
+      for (int64_t l = 0; l < len; ++l) {
+        const int64_t r = ((std::min(std::max(y[l], -lim), lim) >> sh) + int64_t(b[l])) >> 16;
+        out[l] = std::min(std::max(r, -m), m);
+      }
+    }
+    return;
+  }
+  const int64_t mul = int64_t(1) << std::min<int64_t>(-f, 32);
+  for (int64_t l = 0; l < len; ++l)
+    out[l] = std::min(std::max(std::min(std::max(y[l], -(m + 1)), m + 1) * mul, -m), m);
+}
+
 // round(log2(m * 2^e)) for an integer m >= 0, exactly: 2 m^2 >= 4^bitlength(m) decides; floored at -100.
 inline int64_t exponent_of_int(uint64_t m, int64_t e) {
   if (m == 0) return 0;
@@ -339,9 +365,13 @@ int64_t max_abs_code(const T* x, int64_t n) {
 }
 
 template <typename T>
-void add_term(std::vector<int64_t>& acc, const T* x, int64_t n, double mult, double scale) {
-  for (int64_t j = 0; j < n; ++j)
-    acc[j] += static_cast<int64_t>(std::floor(static_cast<double>(x[j]) * mult * scale));
+void add_term(std::vector<int64_t>& acc_, const T* __restrict x, int64_t n, double mult, double scale) {
+  int64_t* __restrict acc = acc_.data();       // restrict: an int8 x may not alias the vector
+  for (int64_t j = 0; j < n; ++j) {            // floor(v) as trunc(v) - (trunc(v) > v): vectorizes
+    const double v = static_cast<double>(x[j]) * mult * scale;
+    const int64_t t = static_cast<int64_t>(v);
+    acc[j] += t - (static_cast<double>(t) > v);
+  }
 }
 
 // S = sum of the terms as int64 integers S * 2^e0 (int_update.accumulate); false when all are zero.
@@ -478,7 +508,8 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
     int64_t lsb = 1 - m_bits, f = 0;
     if (s_mu && any) {
       uint64_t amax = 0;
-      for (int64_t j = 0; j < n; ++j) amax = std::max<uint64_t>(amax, uint64_t(acc[j] < 0 ? -acc[j] : acc[j]));
+      const int64_t* __restrict a = acc.data();
+      for (int64_t j = 0; j < n; ++j) amax = std::max<uint64_t>(amax, uint64_t(a[j] < 0 ? -a[j] : a[j]));
       lsb = exponent_of_int(amax, e0) + 1 - m_bits;
     }
     if (s_mu) f = lr_shift + e - lsb;
@@ -491,29 +522,31 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
     const float inv = std::ldexp(1.0f, static_cast<int>(-e)), w_scale = std::ldexp(1.0f, static_cast<int>(e));
     int64_t amax_c = 0, nsat = 0;
     uint32_t mbits[BLK], ubits[BLK];
-    int64_t y[BLK];
+    int64_t y[BLK], uu[BLK];
+    const int64_t* __restrict accp = acc.data();
     for (int64_t j0 = 0; j0 < n; j0 += BLK) {
       const int64_t len = std::min(BLK, n - j0);
       if (s_mu) {
         if (any) {
           fill_bits(mbits, len, uint32_t(j0), 1u, m0, m1);
-          for (int64_t l = 0; l < len; ++l) y[l] = sr_clamped(acc[j0 + l], lsb - e0, mm, mbits[l]);
+          sr_clamped_block(accp + j0, mbits, len, lsb - e0, mm, y);
         } else {
           for (int64_t l = 0; l < len; ++l) y[l] = 0;
         }
         store_codes(j0, y, len);
         for (int64_t l = 0; l < len; ++l) y[l] *= lr_mant;
       } else {
-        for (int64_t l = 0; l < len; ++l) y[l] = any ? acc[j0 + l] : 0;
+        for (int64_t l = 0; l < len; ++l) y[l] = any ? accp[j0 + l] : 0;
       }
       fill_bits(ubits, len, uint32_t(j0), 1u, u0, u1);
+      sr_clamped_block(y, ubits, len, f, u_max, uu);
+      if (u8) for (int64_t l = 0; l < len; ++l) up8[j0 + l] = static_cast<int8_t>(uu[l]);
+      else for (int64_t l = 0; l < len; ++l) up32[j0 + l] = static_cast<int32_t>(uu[l]);
+      float* __restrict pw = pp + j0;
       for (int64_t l = 0; l < len; ++l) {
-        const int64_t j = j0 + l;
-        const int64_t u = sr_clamped(y[l], f, u_max, ubits[l]);
-        if (u8) up8[j] = static_cast<int8_t>(u); else up32[j] = static_cast<int32_t>(u);
-        int64_t w = static_cast<int64_t>(std::nearbyint(pp[j] * inv)) - u;
+        int64_t w = static_cast<int64_t>(std::nearbyint(pw[l] * inv)) - uu[l];
         w = std::min(std::max(w, -k_max), k_max);
-        pp[j] = static_cast<float>(w) * w_scale;       // the policy below rewrites it only on a move up
+        pw[l] = static_cast<float>(w) * w_scale;       // the policy below rewrites it only on a move up
         const int64_t aw = w < 0 ? -w : w;
         amax_c = std::max(amax_c, aw);
         nsat += aw >= k_max;
