@@ -145,16 +145,32 @@ std::tuple<at::Tensor, int64_t> sq_int(const at::Tensor& acc_, int64_t exp_in, i
 
 // acc * 2^exponent as float32 in one pass (torch's int32 * float makes a float copy, then scales).
 // Exact for |acc| < 2^24; beyond, it rounds exactly as float(acc) * 2^e does.
-// out: a contiguous float32 tensor of acc's size to write into (a block of a larger output).
+// out: a float32 tensor of acc's size to write into (a block of a larger output): contiguous, or
+// a 4-d view whose last dimension is contiguous (a strided conv's input-gradient phase
+// out[:, py::s, px::s]), written row by row in acc's order.
 at::Tensor dequant(const at::Tensor& acc_, int64_t exponent, c10::optional<at::Tensor> out_) {
   TORCH_CHECK(acc_.scalar_type() == at::kInt, "dequant: int32 input");
   const at::Tensor acc = acc_.contiguous();
   at::Tensor out = out_.has_value() ? *out_ : at::empty(acc.sizes(), acc.options().dtype(at::kFloat));
-  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() == acc.numel(),
-              "dequant: out must be a contiguous float32 tensor of the accumulator's size");
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.numel() == acc.numel() &&
+              (out.is_contiguous() || (out.dim() == 4 && out.stride(3) == 1)),
+              "dequant: out must be a float32 tensor of the accumulator's size, contiguous or 4-d with "
+              "a contiguous last dimension");
   const int32_t* p = acc.data_ptr<int32_t>();
   float* d = out.data_ptr<float>();
   const float scale = std::ldexp(1.0f, static_cast<int>(exponent));
+  if (!out.is_contiguous()) {
+    const int64_t n1 = out.size(1), n2 = out.size(2), c = out.size(3);
+    const int64_t s0 = out.stride(0), s1 = out.stride(1), s2 = out.stride(2);
+    at::parallel_for(0, out.size(0) * n1 * n2, 64, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        float* dr = d + (r / (n1 * n2)) * s0 + ((r / n2) % n1) * s1 + (r % n2) * s2;
+        const int32_t* pr = p + r * c;
+        for (int64_t l = 0; l < c; ++l) dr[l] = static_cast<float>(pr[l]) * scale;
+      }
+    });
+    return out;
+  }
   at::parallel_for(0, acc.numel(), 1 << 14, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) d[i] = static_cast<float>(p[i]) * scale;
   });

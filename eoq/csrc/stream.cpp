@@ -8,8 +8,11 @@
 //                                                        live = v > 0 (the ReLU's mask, before rounding)
 //   fx_sum(a, b, bits) -> (y, e)                         v = a + b (b may be empty)
 //   dot_sums(g, x) -> (sum g, sum g * x)                 in double: the Fixup scalars' gradients
-//   sum_double(g) -> sum g                               in double
+//   sum_double(g) -> sum g, sum_f32(g)                   in double
 //   masked_sums(grad, live, x) -> (g, sum g, sum g * x)  g = grad where live (the tail's backward)
+//   masked_grad_sums(grad, live) -> (g, sum g, sum grad)
+//     each sum formed in double and handed out rounded once to float32, as a one-element tensor
+//     (sum_double: as a double); no Python float -> tensor per gradient
 //   live_bits(x, t) -> live                              x > t (float32 compare)
 //   masked_bits(grad, live) -> g                         g = grad where live, else +0.0
 //   unpack_bits(live, out) -> out                        the mask as bools (a dense bool out)
@@ -266,8 +269,15 @@ std::pair<double, double> masked_block(const float* pg, const uint8_t* pb, int64
 // g = grad where live, else 0 (the ReLU backward), with sum g and (DOT) sum g * x or sum grad, in
 // double; each sum in the lanes and chunks of sum_double, so either equals sum_double of its tensor.
 // x empty when not DOT.
+// v rounded once to float32, as the one-element tensor a Fixup scalar's gradient is.
+inline at::Tensor f32(double v) {
+  at::Tensor t = at::empty({1}, at::TensorOptions().dtype(at::kFloat));
+  *t.data_ptr<float>() = static_cast<float>(v);
+  return t;
+}
+
 template <bool DOT>
-std::tuple<at::Tensor, double, double> masked_sums_t(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_sums_t(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x,
                                                      const char* what) {
   check_pair(grad, x, what);
   check_bits(live, grad.numel(), what);
@@ -282,17 +292,17 @@ std::tuple<at::Tensor, double, double> masked_sums_t(const at::Tensor& grad, con
     const P d = masked_block<DOT>(pg + lo, pl, lo, px == nullptr ? nullptr : px + lo, po + lo, hi - lo);
     return P(acc.first + d.first, acc.second + d.second);
   }, [](P p, P q) { return P(p.first + q.first, p.second + q.second); });
-  return {g, r.first, r.second};
+  return {g, f32(r.first), f32(r.second)};
 }
 
 // (g, sum g, sum g * x): the Fixup tail's backward (a multiplier's gradient).
-std::tuple<at::Tensor, double, double> masked_sums(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_sums(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x) {
   TORCH_CHECK(x.numel() == grad.numel(), "masked_sums: x of grad's size");
   return masked_sums_t<true>(grad, live, x, "masked_sums");
 }
 
 // (g, sum g, sum grad): the backward of relu(x + b_out) + b_in (the gradients of both biases).
-std::tuple<at::Tensor, double, double> masked_grad_sums(const at::Tensor& grad, const at::Tensor& live) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_grad_sums(const at::Tensor& grad, const at::Tensor& live) {
   return masked_sums_t<false>(grad, live, at::empty({0}, grad.options()), "masked_grad_sums");
 }
 
@@ -315,7 +325,7 @@ std::tuple<at::Tensor, int64_t> fx_sum(const at::Tensor& a, const at::Tensor& b,
   return {y, e};
 }
 
-std::tuple<double, double> dot_sums(const at::Tensor& g, const at::Tensor& x) {
+std::tuple<at::Tensor, at::Tensor> dot_sums(const at::Tensor& g, const at::Tensor& x) {
   check_pair(g, x, "dot_sums");
   const float* pg = g.data_ptr<float>();
   const float* px = x.data_ptr<float>();
@@ -334,7 +344,7 @@ std::tuple<double, double> dot_sums(const at::Tensor& g, const at::Tensor& x) {
     for (int l = 0; l < L; ++l) acc.first += s[l], acc.second += d[l];
     return acc;
   }, [](P p, P q) { return P(p.first + q.first, p.second + q.second); });
-  return {r.first, r.second};
+  return {f32(r.first), f32(r.second)};
 }
 
 // sum g in double (a Fixup scalar's gradient).
@@ -353,6 +363,8 @@ double sum_double(const at::Tensor& g) {
     return acc;
   }, [](double a, double b) { return a + b; });
 }
+
+at::Tensor sum_f32(const at::Tensor& g) { return f32(sum_double(g)); }
 
 // x > t for every element of a dense float32 x (t compared as float32), as a packed mask.
 at::Tensor live_bits(const at::Tensor& x, double t) {
@@ -418,4 +430,5 @@ void register_stream(pybind11::module& m) {
   m.def("masked_sums", &masked_sums);
   m.def("masked_grad_sums", &masked_grad_sums);
   m.def("sum_double", &sum_double);
+  m.def("sum_f32", &sum_f32);
 }

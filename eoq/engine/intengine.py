@@ -347,7 +347,10 @@ def _input_grad_phases(e, w: WeightMats, stride, padding, in_hw, exponent=None, 
             cols = im2col(e, len(ty), len(tx), 1, (pl, pr, pt, pb))
             sub = bwd[ty][:, tx].reshape(-1, cin)
             res = checked_int_mm(cols, sub, pooled=True)
-            dst.copy_((res if exponent is None else kern.dequant(res, exponent)).view(n, jy, jx, cin))
+            if exponent is None:
+                dst.copy_(res.view(n, jy, jx, cin))
+            else:                                   # written straight into the strided phase
+                kern.dequant(res, exponent, out=dst)
             _give(res)
             POOL.give(cols)
     return out

@@ -100,8 +100,7 @@ def masked_exact_sums(grad, live, x, strides):
     kern = kernels.usable(grad)
     if kern is not None and mask.packed(live) and x.dtype == grad.dtype \
             and x.stride() == grad.stride() == tuple(strides) and dense(grad):
-        g, sg, sgx = kern.masked_sums(grad, live, x)
-        return g, torch.tensor([sg], dtype=torch.float32), torch.tensor([sgx], dtype=torch.float32)
+        return kern.masked_sums(grad, live, x)
     g = mask.where(grad, live, strides)
     return (g, *exact_sums(g, x))
 
@@ -110,9 +109,8 @@ def exact_sums(g, x):
     """(sum g, sum g * x) in double, each rounded once to float32 (one-element tensors)."""
     kern = kernels.usable(g)
     if kern is not None and x.dtype == g.dtype and x.stride() == g.stride() and dense(g):
-        sg, sgx = kern.dot_sums(g, x)
-    else:
-        sg, sgx = float(g.double().sum()), float((g.double() * x.double()).sum())
+        return kern.dot_sums(g, x)
+    sg, sgx = float(g.double().sum()), float((g.double() * x.double()).sum())
     return torch.tensor([sg], dtype=torch.float32), torch.tensor([sgx], dtype=torch.float32)
 
 

@@ -123,7 +123,7 @@ def exact_sum(t: torch.Tensor, shape) -> torch.Tensor:
     kern = kernels.usable(t)
     if kern is not None and math.prod(shape) == 1 and (t.is_contiguous()
                                                        or t.is_contiguous(memory_format=torch.channels_last)):
-        return torch.tensor([kern.sum_double(t)], dtype=torch.float32).view(shape)
+        return kern.sum_f32(t).view(shape)
     return t.double().sum_to_size(shape).float()
 
 
@@ -241,8 +241,8 @@ def _relu_bias_backward(ctx, grad):
     if kern is not None and mask.packed(live) and grad.stride() == tuple(ctx.strides) and dense(grad) \
             and math.prod(ctx.shapes[0]) == math.prod(ctx.shapes[1]) == 1:
         gx, s_pre, s_bias = kern.masked_grad_sums(grad, live)     # one pass: the three below, bit for bit
-        return (gx, torch.tensor([s_pre], dtype=torch.float32).view(ctx.shapes[0]) if ctx.needs_input_grad[1] else None,
-                torch.tensor([s_bias], dtype=torch.float32).view(ctx.shapes[1]) if ctx.needs_input_grad[2] else None)
+        return (gx, s_pre.view(ctx.shapes[0]) if ctx.needs_input_grad[1] else None,
+                s_bias.view(ctx.shapes[1]) if ctx.needs_input_grad[2] else None)
     gx = mask.where(grad, live, ctx.strides)    # = threshold_backward(grad, x, -b_out), bit for bit
     gpre = exact_sum(gx, ctx.shapes[0]) if ctx.needs_input_grad[1] else None
     gbias = exact_sum(grad, ctx.shapes[1]) if ctx.needs_input_grad[2] else None
