@@ -26,8 +26,10 @@ on two cores; a study begun in one process can go on in parts: the parts skip it
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from eoq.training.adapt import POINTS, AdaptConfig, adapt
@@ -110,6 +112,23 @@ def run_stage(args, stage: str, chosen=None) -> list[dict]:
     return rows
 
 
+def _choose_complete(args, out: Path) -> bool:
+    """True once every choosing cell (of every --part) is in a CSV; a part waits up to
+    ``--wait-choose`` seconds for the others, saying so, then gives up with one line."""
+    want = {_key(c) for c in cells(args, "choose")}
+    deadline = time.monotonic() + args.wait_choose
+    while True:
+        left = len(want - {_key(r) for r in all_rows(out, "choose")})
+        if not left:
+            return True
+        if time.monotonic() >= deadline:
+            print(f"the choosing stage is not complete ({left} cells of other parts missing): the final stage "
+                  "needs every lr choice; rerun when they are done (or pass --wait-choose SECONDS)", file=sys.stderr)
+            return False
+        print(f"waiting for {left} choosing cells of other parts", flush=True)
+        time.sleep(min(60.0, max(1.0, deadline - time.monotonic())))
+
+
 def all_rows(out: Path, stage: str) -> list[dict]:
     rows = []
     for p in sorted(out.glob(f"{stage}*.csv")):
@@ -128,6 +147,26 @@ def choose(rows: list[dict]) -> dict:
         if (m, b) not in best or mean > best[(m, b)][1]:
             best[(m, b)] = (lr, mean)
     return {k: v[0] for k, v in best.items()}
+
+
+def current_final(out: Path) -> tuple[list[dict], dict]:
+    """(final rows at the lr chosen for their method and batch size, the choice): rows measured at
+    an lr the choice no longer holds (an earlier, narrower grid) stay in the CSVs but not in tables."""
+    chosen = choose(all_rows(out, "choose"))
+    rows = [r for r in all_rows(out, "final")
+            if (r["method"], int(r["batch_size"])) in chosen
+            and math.isclose(r["lr"], chosen[(r["method"], int(r["batch_size"]))], rel_tol=1e-9)]
+    return rows, chosen
+
+
+def grid_edges(rows: list[dict]) -> dict:
+    """{(method, batch): (smallest lr, largest lr)} of the choosing cells."""
+    out: dict = {}
+    for r in rows:
+        k = (r["method"], int(r["batch_size"]))
+        lo, hi = out.get(k, (r["lr"], r["lr"]))
+        out[k] = (min(lo, r["lr"]), max(hi, r["lr"]))
+    return out
 
 
 def mean_std(values: list[float]) -> str:
@@ -229,8 +268,11 @@ def main(argv=None) -> int:
     ap.add_argument("--choose-corruptions", nargs="+", default=["gaussian_noise", "defocus_blur"])
     ap.add_argument("--severities", nargs="+", type=int, default=[3, 5])
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8])
-    ap.add_argument("--lrs", nargs="+", type=float, default=[0.01, 0.03, 0.1, 0.3, 1.0],
-                    help="factors of the reference lr (0.01): EOQ at batch 1 adapts at 1e-4 and degrades at 1e-3")
+    ap.add_argument("--lrs", nargs="+", type=float, default=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+                    help="factors of the reference lr (0.01), 1e-5 to 1e-2: at batch 1 every method adapts "
+                         "best at the low end")
+    ap.add_argument("--wait-choose", type=float, default=0.0,
+                    help="seconds the final stage waits for choosing cells of other --part processes")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--points", nargs="+", type=int, default=list(POINTS))
@@ -243,6 +285,8 @@ def main(argv=None) -> int:
     if args.stage in ("choose", "all"):
         run_stage(args, "choose")
     if args.stage in ("final", "all"):
+        if not _choose_complete(args, out):
+            return 2
         chosen = choose(all_rows(out, "choose"))
         missing = [(m, b) for m in METHODS for b in args.batch_sizes
                    if (not args.methods or m in args.methods) and (m, b) not in chosen]
@@ -250,10 +294,19 @@ def main(argv=None) -> int:
             print(f"no lr chosen yet for {missing[:3]}...: run --stage choose first", file=sys.stderr)
             return 2
         run_stage(args, "final", chosen)
-        final = all_rows(out, "final")
-        md = ["# Online adaptation study", "", "Chosen learning rates (validation):", "",
+        left = len({_key(c) for c in cells(args, "final", chosen)} - {_key(r) for r in all_rows(out, "final")})
+        if left:
+            print(f"final stage: {left} cells of other parts still to run; the part that finishes last writes "
+                  "study.md and the figures", flush=True)
+            return 0
+        final, chosen = current_final(out)
+        edges = grid_edges(all_rows(out, "choose"))
+        md = ["# Online adaptation study", "",
+              "Chosen learning rates (mean corrupted validation accuracy at the end of the stream; "
+              "\"edge\": the grid's end, where a wider grid might choose beyond it):", "",
               "| method | batch | lr |", "|---|---:|---:|"]
-        md += [f"| {m} | {b} | {lr:g} |" for (m, b), lr in sorted(chosen.items())]
+        md += [f"| {m} | {b} | {lr:g}{' (edge)' if lr in edges.get((m, b), ()) else ''} |"
+               for (m, b), lr in sorted(chosen.items())]
         md += ["", f"Corrupted test accuracy after {args.samples} images (mean ± std over seeds):", "",
                table(final, args.samples), "", "Before adaptation (0 images):", "", table(final, 0), ""]
         costs = device_costs(Path(args.bases), {m: v for m, v in METHODS.items()

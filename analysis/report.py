@@ -114,10 +114,11 @@ def _adaptation_section(folder: Path, out_dir: Path) -> tuple[list[str], tuple[s
     method's mean corrupted test accuracy after the stream (over corruptions, severities, seeds)."""
     from . import adaptation as ad
 
-    final = ad.all_rows(folder, "final")
+    final = ad.current_final(folder)[0] if ad.all_rows(folder, "final") else []
     if not final:
         return (["## Online adaptation on the device", "",
-                 f"Not run yet: `{folder}` holds no final.csv (`python -m analysis.adaptation`, protocol in its README).",
+                 f"Not run yet: `{folder}` holds no final rows at its chosen lrs (`python -m analysis.adaptation`, "
+                 "protocol in its README).",
                  ""], ("not measured here (the online-adaptation study has not run)", "", verdicts.NOT_MEASURED))
     end = max(int(r["images"]) for r in final)
     figs = _copy_figures(folder, out_dir, "adapt_")

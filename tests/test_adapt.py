@@ -155,6 +155,36 @@ def test_the_study_runs_both_stages_and_resumes(bases, tmp_path):
     assert len(adaptation.all_rows(tmp_path / "study", "final")) == len(final)
 
 
+def test_a_wider_grid_in_parts_waits_for_every_choice_and_tables_only_the_chosen_lr(bases, tmp_path, capsys):
+    """The lr grid widened after a study: each part runs its new choosing cells; the final stage
+    refuses (one line) until every part's are done; the tables then read only rows at the lr now
+    chosen, and study.md marks a choice at the grid's end."""
+    import shutil
+
+    from analysis import adaptation
+    root = tmp_path / "bases"
+    shutil.copytree(bases / "fixup_eoq", root / "base_fixup_eoq_s0")
+    out = tmp_path / "study"
+    argv = ["--bases", str(root), "--out", str(out), "--data", "embedded", "--samples", "4", "--methods", "EOQ",
+            "--batch-sizes", "2", "--seeds", "0", "--corruptions", "contrast", "--severities", "3",
+            "--choose-corruptions", "contrast", "--eval-limit", "20", "--points", "0", "4"]
+    assert adaptation.main(argv + ["--lrs", "1"]) == 0
+    wider = argv + ["--lrs", "0.01", "1", "100", "0.1"]        # lrs 1e-4, 0.01 (done), 1, 1e-3
+    assert adaptation.main(wider + ["--part", "0/2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the choosing stage is not complete (1 cells" in err[0]
+    assert adaptation.main(wider + ["--part", "1/2"]) == 0
+    assert adaptation.main(wider + ["--part", "0/2"]) == 0    # the final cell at a new choice is part 0's
+    final, chosen = adaptation.current_final(out)
+    lr = chosen[("EOQ", 2)]
+    assert final and all(r["lr"] == lr for r in final)
+    assert len(adaptation.all_rows(out, "choose")) == 4
+    if lr != 0.01:                      # rows of the earlier choice stay in the CSVs, out of the tables
+        assert len(adaptation.all_rows(out, "final")) > len(final)
+    study = (out / "study.md").read_text()
+    assert ("(edge)" in study) == (lr in (0.0001, 1.0))
+
+
 def test_a_diverging_adaptation_says_where_and_what_to_do(bases, monkeypatch):
     def boom(model, optimizer, x, y, **kw):
         raise TrainingDiverged("cannot quantize a tensor holding NaN or Inf")

@@ -147,6 +147,8 @@ def test_claim_5_is_read_on_a_deployed_network_from_the_adaptation_study(tmp_pat
                                  "seconds": 1.0, "clean_acc": 80.0 if images == 100 else float("nan"),
                                  "diverged": ""})
     write_rows(study / "final.csv", rows, float_format=".6g")
+    choices = [dict(r, stage="choose", images=100) for r in rows if r["images"] == 100 and r["seed"] == 0]
+    write_rows(study / "choose.csv", choices, float_format=".6g")       # lr 1e-3 chosen everywhere
     text = build_report([], str(tmp_path / "r"), cost_batch=4, adaptation=str(study)).read_text()
     assert "## Online adaptation on the device" in text and "after 100 images" in text
     assert "| EOQ | 1 | 61.00 ± 1.41 | 80.00 ± 0.00 |" in text
