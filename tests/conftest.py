@@ -31,10 +31,13 @@ LONG_FIRST = (
     "tests/test_golden.py::test_imagenet_resnet18",
     "tests/test_qstats.py::test_a_resumed_run",
     "tests/test_batch_study.py::test_study_end_to_end",
+    "tests/test_api.py::test_the_readme_api_tour_runs",
     "tests/test_report.py::test_the_reference_report",
     "tests/test_report.py::test_report_from_runs",
     "tests/test_int_update.py::test_golden",
     "tests/test_distributed.py",
+    "tests/test_bad_inputs.py::test_divergence",
+    "tests/test_train.py::test_resume",
     "tests/test_train.py::test_short_run",
     "tests/test_runs.py::test_the_modules_run_once",
 )
