@@ -30,10 +30,11 @@ run: install
 	    --qstats $(Q)/fixup_eoq --out reports/quickstart --title "Quickstart report (embedded CIFAR-10 subset, 3 epochs)"
 
 # two pytest workers (pytest-xdist), one per core: much of the suite is single-threaded Python and
-# subprocesses; PYTEST_ARGS adds options, e.g. PYTEST_ARGS="-n 0" for one process
+# subprocesses; work stealing, so that a worker that runs out of tests takes over the other's last
+# ones instead of idling; PYTEST_ARGS adds options, e.g. PYTEST_ARGS="-n 0" for one process
 PYTEST_ARGS ?=
 test: install
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal $(PYTEST_ARGS)
 
 LAB_ARGS ?=
 lab: install
