@@ -149,10 +149,11 @@ def choose(rows: list[dict]) -> dict:
     return {k: v[0] for k, v in best.items()}
 
 
-def current_final(out: Path) -> tuple[list[dict], dict]:
-    """(final rows at the lr chosen for their method and batch size, the choice): rows measured at
-    an lr the choice no longer holds (an earlier, narrower grid) stay in the CSVs but not in tables."""
-    chosen = choose(all_rows(out, "choose"))
+def current_final(out: Path, chosen: dict | None = None) -> tuple[list[dict], dict]:
+    """(final rows at the lr chosen for their method and batch size, the choice; ``chosen``: the
+    choice already read): rows measured at an lr the choice no longer holds (an earlier, narrower
+    grid) stay in the CSVs but not in tables."""
+    chosen = choose(all_rows(out, "choose")) if chosen is None else chosen
     rows = [r for r in all_rows(out, "final")
             if (r["method"], int(r["batch_size"])) in chosen
             and math.isclose(r["lr"], chosen[(r["method"], int(r["batch_size"]))], rel_tol=1e-9)]
@@ -287,7 +288,8 @@ def main(argv=None) -> int:
     if args.stage in ("final", "all"):
         if not _choose_complete(args, out):
             return 2
-        chosen = choose(all_rows(out, "choose"))
+        choosing = all_rows(out, "choose")
+        chosen = choose(choosing)
         missing = [(m, b) for m in METHODS for b in args.batch_sizes
                    if (not args.methods or m in args.methods) and (m, b) not in chosen]
         if missing:
@@ -299,8 +301,8 @@ def main(argv=None) -> int:
             print(f"final stage: {left} cells of other parts still to run; the part that finishes last writes "
                   "study.md and the figures", flush=True)
             return 0
-        final, chosen = current_final(out)
-        edges = grid_edges(all_rows(out, "choose"))
+        final, _ = current_final(out, chosen)
+        edges = grid_edges(choosing)
         md = ["# Online adaptation study", "",
               "Chosen learning rates (mean corrupted validation accuracy at the end of the stream; "
               "\"edge\": the grid's end, where a wider grid might choose beyond it):", "",

@@ -71,8 +71,9 @@ def device_costs(bases: Path, methods: dict, batch_sizes, final: list[dict],
     for method, (folder, *_rest) in methods.items():
         cfg = base_config(bases, folder)
         state = training_state(cfg["spec"], cfg["momentum"], method)
-        n_weights = sum(p.numel() for p in build_model(cfg["model"], cfg["norm"]).parameters())
-        acts = saved_activations(build_model(cfg["model"], cfg["norm"]), cfg["spec"], method)
+        model = build_model(cfg["model"], cfg["norm"])
+        n_weights = sum(p.numel() for p in model.parameters())
+        acts = saved_activations(model, cfg["spec"], method)
         for b in batch_sizes:
             key = (folder, b)
             if key not in counted:

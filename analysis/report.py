@@ -114,7 +114,7 @@ def _adaptation_section(folder: Path, out_dir: Path) -> tuple[list[str], tuple[s
     method's mean corrupted test accuracy after the stream (over corruptions, severities, seeds)."""
     from . import adaptation as ad
 
-    final = ad.current_final(folder)[0] if ad.all_rows(folder, "final") else []
+    final, _ = ad.current_final(folder)
     if not final:
         return (["## Online adaptation on the device", "",
                  f"Not run yet: `{folder}` holds no final rows at its chosen lrs (`python -m analysis.adaptation`, "

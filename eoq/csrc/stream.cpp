@@ -8,11 +8,11 @@
 //                                                        live = v > 0 (the ReLU's mask, before rounding)
 //   fx_sum(a, b, bits) -> (y, e)                         v = a + b (b may be empty)
 //   dot_sums(g, x) -> (sum g, sum g * x)                 in double: the Fixup scalars' gradients
-//   sum_double(g) -> sum g, sum_f32(g)                   in double
+//   sum_f32(g) -> sum g                                  in double
 //   masked_sums(grad, live, x) -> (g, sum g, sum g * x)  g = grad where live (the tail's backward)
 //   masked_grad_sums(grad, live) -> (g, sum g, sum grad)
 //     each sum formed in double and handed out rounded once to float32, as a one-element tensor
-//     (sum_double: as a double); no Python float -> tensor per gradient
+//     (no Python float -> tensor per gradient)
 //   live_bits(x, t) -> live                              x > t (float32 compare)
 //   masked_bits(grad, live) -> g                         g = grad where live, else +0.0
 //   unpack_bits(live, out) -> out                        the mask as bools (a dense bool out)
@@ -266,9 +266,6 @@ std::pair<double, double> masked_block(const float* pg, const uint8_t* pb, int64
   return {sg, sx};
 }
 
-// g = grad where live, else 0 (the ReLU backward), with sum g and (DOT) sum g * x or sum grad, in
-// double; each sum in the lanes and chunks of sum_double, so either equals sum_double of its tensor.
-// x empty when not DOT.
 // v rounded once to float32, as the one-element tensor a Fixup scalar's gradient is.
 inline at::Tensor f32(double v) {
   at::Tensor t = at::empty({1}, at::TensorOptions().dtype(at::kFloat));
@@ -276,6 +273,9 @@ inline at::Tensor f32(double v) {
   return t;
 }
 
+// g = grad where live, else 0 (the ReLU backward), with sum g and (DOT) sum g * x or sum grad, in
+// double; each sum in the lanes and chunks of sum_double, so either equals sum_double of its tensor.
+// x empty when not DOT.
 template <bool DOT>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_sums_t(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x,
                                                      const char* what) {
@@ -429,6 +429,5 @@ void register_stream(pybind11::module& m) {
   m.def("dot_sums", &dot_sums);
   m.def("masked_sums", &masked_sums);
   m.def("masked_grad_sums", &masked_grad_sums);
-  m.def("sum_double", &sum_double);
   m.def("sum_f32", &sum_f32);
 }

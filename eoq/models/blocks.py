@@ -137,8 +137,8 @@ class ResidualBlock(nn.Module):
             # a projection conv: x + b_1a left to its A quantizer, which forms the sum exactly (in
             # double) on the fly, without a float64 copy of x and of x + b (fused_bias_input)
             identity = self.shortcut(self.biases_in[0](x_id, feeds=self.shortcut))
-        else:              # any other shortcut's sum exact in float64; an identity needs no copy
-            identity = self.identity(x_id.double() if bits and not isinstance(self.shortcut, nn.Identity) else x_id)
+        else:              # an identity (no copy), or any shortcut outside the fixed-point stream
+            identity = self.identity(x_id)
         # y = relu(x_m * scale + b_mb + identity), fused under EOQ
         return fixup_tail(self.branch(x, tail=False), self.scale, self.biases_out[-1], identity,
                           self.convs[-1], bits)

@@ -186,8 +186,8 @@ class EOQSGD(torch.optim.Optimizer):
         freed: a quarter of the memory, and the gradients of the layers already done no longer sit
         in float32 beside the rest of the backward), and :meth:`step` reads those codes, the same
         values. ``.grad`` of those weights stays None and :meth:`gradient` gives the values, until
-        :meth:`zero_grad` (a later backward adds to them, as autograd accumulates ``.grad``). The training step (``eoq.training.loop.train_step``)
-        runs its backward within."""
+        :meth:`zero_grad` (a later backward adds to them, as autograd accumulates ``.grad``). The
+        training step (``eoq.training.loop.train_step``) runs its backward within."""
         self.packing = True
         try:
             yield
