@@ -4,7 +4,8 @@
 operands, G rounding), ``direct.cpp`` and ``amx.cpp`` (direct VNNI / AMX convolutions,
 :mod:`eoq.engine.direct`), ``tail.cpp`` (the fused Fixup block tail), ``stats.cpp``
 (quantization-error statistics, :mod:`analysis.qstats.stats`), ``stream.cpp`` (the fixed-point
-residual stream, :mod:`eoq.nn.stream`).
+residual stream, :mod:`eoq.nn.stream`), ``shortcut.cpp`` (the option-A shortcut inside the stream,
+:mod:`eoq.models.blocks`).
 
 The kernels compute exactly what the torch reference computes (tests compare them bit for bit),
 in two passes over memory instead of about ten: max|x|, then scale + clamp + round (+ the
@@ -44,7 +45,7 @@ import torch
 
 _CSRC = Path(__file__).parent / "csrc"
 _SOURCES = [_CSRC / f for f in ("quant.cpp", "intops.cpp", "tail.cpp", "stats.cpp", "stream.cpp", "direct.cpp",
-                                 "amx.cpp")]
+                                 "amx.cpp", "shortcut.cpp")]
 _HEADERS = [_CSRC / "common.h", _CSRC / "direct.h"]
 _state: dict = {"enabled": os.environ.get("EOQ_KERNELS", "1") != "0"}
 

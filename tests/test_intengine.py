@@ -321,3 +321,28 @@ def test_second_backward_through_one_graph_is_a_clear_error():
     out.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="retain_graph"):
         out.backward()
+
+
+def test_an_error_with_a_known_max_is_quantized_without_the_max_pass():
+    """IE._codes takes max|E| from the mark of the kernel that wrote the error (fusion.known_max):
+    the true max gives the codes of the max pass, a false one other codes (so the mark is read),
+    and a write after the mark drops it."""
+    from eoq import kernels
+    from eoq.quant import fusion
+    if kernels.load() is None:
+        pytest.skip("kernels not built")
+    layer = QConv2d(4, 4, 3, padding=1)
+    prepare(layer, get_preset("eoq"), engine="int")
+    err = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(4))
+
+    def codes_of(t):
+        return IE._codes(t, layer.quant.E, torch.Generator().manual_seed(0), layer)
+
+    want = codes_of(err)
+    same = codes_of(fusion.know_max(err.clone(), float(err.abs().max())))
+    assert torch.equal(same[0], want[0]) and same[1] == want[1]
+    wrong = codes_of(fusion.know_max(err.clone(), 8 * float(err.abs().max())))
+    assert wrong[1] == want[1] + 3
+    stale = fusion.know_max(err.clone(), 8 * float(err.abs().max()))
+    stale.mul_(1.0)
+    assert codes_of(stale)[1] == want[1]

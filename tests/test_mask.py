@@ -117,3 +117,37 @@ def test_relu_bias_backward_in_one_pass_equals_the_three_passes(channels_last, t
     assert torch.equal(g_pre, want_pre) and torch.equal(g_bias, want_bias)
     wx = torch.where(x > -pre, grad, 0.0)
     assert float(g_pre) == float(wx.double().sum()) and float(g_bias) == float(grad.double().sum())
+
+
+def test_the_masked_kernels_hand_out_max_abs_g():
+    """masked_sums / masked_grad_sums mark g with max|g| (eoq.quant.fusion.known_max), the value the
+    quantizers' own max pass finds; a NaN gives +inf (the quantizer then raises as before)."""
+    from eoq.nn.fixup_tail import exact_tail, masked_exact_sums
+    from eoq.quant import fusion
+    from eoq.quant.quantizers import round_fixed
+
+    if kernels.load() is None:
+        pytest.skip("the compiled kernels are unavailable here")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 17, 19, generator=g)
+    _, live = exact_tail(x, torch.tensor([0.5]), torch.tensor([0.25]), None, 16)
+    grad = round_fixed(torch.randn(x.shape, generator=g), 16)[0]
+    out, _, _ = masked_exact_sums(grad, live, x, x.stride())
+    assert fusion.known_max(out) == float(out.abs().max()) > 0
+    kx, _, _, amax = kernels.load().masked_grad_sums(grad, live)
+    assert amax == float(kx.abs().max())
+    grad[0, 0, 0, 0] = float("nan")
+    live = mask.greater(torch.ones_like(x), 0.0)       # every element live: the NaN reaches g
+    assert kernels.load().masked_grad_sums(grad, live)[3] == float("inf")
+
+
+def test_a_known_max_is_dropped_once_the_tensor_is_written():
+    from eoq.quant import fusion
+
+    t = torch.randn(10)
+    assert fusion.known_max(t) is None
+    fusion.know_max(t, 3.0)
+    view = fusion.know_max(t.view_as(t), fusion.known_max(t))
+    assert fusion.known_max(t) == fusion.known_max(view) == 3.0
+    t.add_(1.0)                                        # autograd may add a second error in place
+    assert fusion.known_max(t) is None and fusion.known_max(view) is None

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eoq import kernels
 from eoq.quant import quantizers as Q
 
 finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
@@ -216,3 +217,20 @@ def test_fused_affine_is_exact_before_the_rounding(use_kernel):
         assert sq_relu_plus(x, torch.zeros(1), tiny, 8).tolist()[1:] == [3 * 2.0 ** -7, 0.0]
         codes, lsb = sq_integer(x, 8, bias=float(tiny))
         assert codes.tolist() == [127, 3, -3] and lsb == -7
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("mult", [None, 0.75, -3.0])
+def test_sq_integer_with_a_known_max_skips_the_pass_and_keeps_the_codes(rounding, mult):
+    """sq_integer(x, amax=max|x|) gives the codes of the max pass (x and x * mult); a different amax
+    changes them (so the kernel really uses it); a bias ignores it (it needs x's range)."""
+    if kernels.load() is None:
+        pytest.skip("the compiled kernels are unavailable here")
+    x = torch.randn(4, 6, 5, 5, generator=torch.Generator().manual_seed(8)) * 3
+    amax = float(x.abs().max())
+    run = lambda **k: Q.sq_integer(x, 8, rounding, torch.Generator().manual_seed(1), mult=mult, **k)  # noqa: E731
+    want, got = run(), run(amax=amax)
+    assert torch.equal(got[0], want[0]) and got[1] == want[1]
+    assert run(amax=4 * amax)[1] == want[1] + 2
+    b = Q.sq_integer(x, 8, rounding, torch.Generator().manual_seed(1), bias=0.5, amax=4 * amax)
+    assert b[1] == Q.sq_integer(x, 8, rounding, torch.Generator().manual_seed(1), bias=0.5)[1]

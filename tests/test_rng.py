@@ -113,13 +113,14 @@ def _reference(x, exponent, m, rounding, key):
 @needs_kernels
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from([(7,), (3, 5), (2, 3, 4, 5), (4, 16, 6, 6), (1, 1, 1, 1), (2, 5, 3, 3),
-                         (1, 600, 2, 2)]),
+                         (1, 600, 2, 2), (3, 24, 10, 10), (2, 256, 2, 2), (2, 3, 4, 4)]),
        st.integers(2, 16), st.sampled_from(Q.ROUNDINGS), st.integers(0, 2 ** 31),
        st.booleans(), st.floats(1e-6, 1e6))
 def test_kernel_round_scaled_is_bit_exact(shape, k, rounding, seed, channels_last, spread):
     """Kernel == float64 reference (and == torch path) for layouts, widths and both roundings;
-    channels-last with an even H*W takes the kernel's pixel-pair path, odd H*W (2, 5, 3, 3) the
-    per-pixel one, and 600 channels split into blocks."""
+    channels-last with an even H*W takes the kernel's pixel-pair path (runs of pairs in one block,
+    cut at the end of an image: (4, 16, 6, 6), (3, 24, 10, 10), (2, 3, 4, 4); one pair a block at
+    256 channels), odd H*W (2, 5, 3, 3) the per-pixel one, and 600 channels split into blocks."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g) * spread
     if channels_last and len(shape) == 4:
@@ -136,6 +137,23 @@ def test_kernel_round_scaled_is_bit_exact(shape, k, rounding, seed, channels_las
     assert torch.equal(vals.double(), ref * 2.0 ** e)
     if channels_last and shape == (4, 16, 6, 6):
         assert vals.is_contiguous(memory_format=torch.channels_last)   # layout kept
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_pixel_pair_runs_across_thread_chunks(threads):
+    """Channels-last stochastic rounding in runs of pixel pairs, where a thread's chunk starts in
+    the middle of an image (338 pairs an image, chunks of 512 pairs): the float64 reference."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(3, 16, 26, 26, generator=torch.Generator().manual_seed(6))
+        x = x.contiguous(memory_format=torch.channels_last)
+        key = (987654321, 12345)
+        codes = kernels.load().round_scaled(x, -5, 127, 1, key[0], key[1], True)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(codes.double(), _reference(x, -5, 127, "stochastic", key))
 
 
 @needs_kernels

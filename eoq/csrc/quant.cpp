@@ -189,9 +189,39 @@ void run(const float* src, OUT* dst, const at::Tensor& x, bool cl, float inv, fl
   }
   // channels-last 4-D: memory order (n, h, w, c); logical index ((n*C + c)*H + h)*W + w
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  if (HW % 2 == 0 && off % 2 == 0) {
+  if (HW % 2 == 0 && off % 2 == 0 && 2 * C <= BLK) {
     // pixels 2q and 2q + 1 of an image: their channel c has logical indices 2m and 2m + 1 with
-    // m = (base + c*HW)/2 + q', so one pair hash per channel serves both pixels
+    // m = (base + c*HW)/2 + q', so one pair hash per channel serves both pixels. A run of P pairs
+    // of one image is 2 P C elements in a row of memory: their bits are laid out in that order and
+    // quantized in one block (a block per pixel pair cost 4-10x more for 16 channels)
+    const uint32_t hh = static_cast<uint32_t>(HW / 2);
+    const int64_t P = BLK / (2 * C), pairs_per_image = HW / 2;
+    at::parallel_for(0, N * HW / 2, std::max<int64_t>(1, (1 << 13) / std::max<int64_t>(C, 1)),
+                     [&](int64_t b, int64_t e) {
+      uint32_t bits[BLK];
+      for (int64_t q = b; q < e;) {
+        const int64_t nn = q / pairs_per_image;
+        const int64_t qe = std::min({q + P, e, (nn + 1) * pairs_per_image}), np = qe - q;
+        const uint32_t m0 = static_cast<uint32_t>((nn * C * HW) / 2 + (q - nn * pairs_per_image)) + off / 2;
+        for (int64_t p = 0; p < np; ++p) {
+          uint32_t* even = bits + 2 * p * C;
+          uint32_t* odd = even + C;
+          const uint32_t mp = m0 + static_cast<uint32_t>(p);
+          for (int64_t c = 0; c < C; ++c) {
+            const uint32_t h = pair_hash(mp + static_cast<uint32_t>(c) * hh, k0, k1);
+            even[c] = h >> 16;
+            odd[c] = h & 0xffffu;
+          }
+        }
+        quant_block<T, OUT>(src + 2 * q * C, dst + 2 * q * C, 2 * np * C, 0, 0, inv, scale, m, mode, k0, k1,
+                            codes, bias, mult, relu, pre, bits);
+        q = qe;
+      }
+    });
+    return;
+  }
+  if (HW % 2 == 0 && off % 2 == 0) {
+    // as above, one pixel pair at a time (more than BLK / 2 channels)
     const uint32_t hh = static_cast<uint32_t>(HW / 2);
     at::parallel_for(0, N * HW / 2, std::max<int64_t>(1, (1 << 13) / std::max<int64_t>(C, 1)),
                      [&](int64_t b, int64_t e) {
@@ -268,11 +298,19 @@ at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code
 }
 
 // SQ(x, bits) in one call: max|x|, exponent, key draw (stochastic only), round. Returns
-// (values or codes, lsb exponent); raises on NaN/Inf.
+// (values or codes, lsb exponent); raises on NaN/Inf. ``known`` >= 0: max|x| as abs_max gives it,
+// found by the kernel that wrote x (no max pass here); only for x or x * mult, whose max|v| it
+// fixes (a bias or ReLU needs the range of x, not its largest magnitude).
 std::tuple<at::Tensor, int64_t> sq(const at::Tensor& x, int64_t bits, int64_t mode,
                                    c10::optional<at::Generator> gen, bool codes, double bias,
-                                   double mult, bool relu, double pre) {
-  const double a = x.numel() ? abs_max_affine(x, float(mult), float(bias), relu, float(pre)) : 0.0;
+                                   double mult, bool relu, double pre, double known) {
+  TORCH_CHECK(known < 0.0 || (float(bias) == 0.0f && !relu), "sq: a known max|x| with a bias or ReLU");
+  double a = 0.0;
+  if (known >= 0.0 && x.numel()) {
+    a = float(mult) == 1.0f ? known : std::fabs(static_cast<double>(float(mult))) * known;
+  } else if (x.numel()) {
+    a = abs_max_affine(x, float(mult), float(bias), relu, float(pre));
+  }
   TORCH_CHECK(std::isfinite(a), "cannot quantize a tensor holding NaN or Inf");
   const int64_t lsb = exponent_of(a) + 1 - bits, m = (int64_t(1) << (bits - 1)) - 1;
   std::pair<uint32_t, uint32_t> k{0, 0};
@@ -705,6 +743,7 @@ void register_tail(pybind11::module& m);    // tail.cpp
 void register_direct(pybind11::module& m);  // direct.cpp
 void register_stats(pybind11::module& m);   // stats.cpp
 void register_stream(pybind11::module& m);  // stream.cpp
+void register_shortcut(pybind11::module& m);  // shortcut.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_intops(m);
@@ -712,6 +751,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_direct(m);
   register_stats(m);
   register_stream(m);
+  register_shortcut(m);
   m.def("amax", &abs_max);
   m.def("round_scaled", &round_scaled, pybind11::arg("x"), pybind11::arg("exponent"),
         pybind11::arg("max_code"), pybind11::arg("mode"), pybind11::arg("k0"), pybind11::arg("k1"),
@@ -722,6 +762,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_int8", &pack_int8);
   m.def("sq", &sq, pybind11::arg("x"), pybind11::arg("bits"), pybind11::arg("mode"),
         pybind11::arg("generator"), pybind11::arg("codes"), pybind11::arg("bias") = 0.0,
-        pybind11::arg("mult") = 1.0, pybind11::arg("relu") = false, pybind11::arg("pre") = 0.0);
+        pybind11::arg("mult") = 1.0, pybind11::arg("relu") = false, pybind11::arg("pre") = 0.0,
+        pybind11::arg("known") = -1.0);
   m.def("draw_key", [](c10::optional<at::Generator> g) { auto k = draw_key(g); return std::make_tuple(int64_t(k.first), int64_t(k.second)); });
 }

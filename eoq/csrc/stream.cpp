@@ -9,8 +9,8 @@
 //   fx_sum(a, b, bits) -> (y, e)                         v = a + b (b may be empty)
 //   dot_sums(g, x) -> (sum g, sum g * x)                 in double: the Fixup scalars' gradients
 //   sum_f32(g) -> sum g                                  in double
-//   masked_sums(grad, live, x) -> (g, sum g, sum g * x)  g = grad where live (the tail's backward)
-//   masked_grad_sums(grad, live) -> (g, sum g, sum grad)
+//   masked_sums(grad, live, x) -> (g, sum g, sum g * x, max|g|)  g = grad where live (the tail's backward)
+//   masked_grad_sums(grad, live) -> (g, sum g, sum grad, max|g|)
 //     each sum formed in double and handed out rounded once to float32, as a one-element tensor
 //     (no Python float -> tensor per gradient)
 //   live_bits(x, t) -> live                              x > t (float32 compare)
@@ -27,6 +27,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -213,10 +216,19 @@ inline float masked(float g, uint8_t live) {
 }
 
 // The lanes of masked_sums: element i of a range (counted from its start) adds to lane i % 8.
+// Lane l also keeps the largest |g| of its elements, as the bits of |g| (an integer max vectorizes;
+// NaN and Inf lie above every finite value).
 struct Lanes {
   static constexpr int L = 8;
   double sg[L] = {}, sx[L] = {};
+  uint32_t mx[L] = {};
 };
+
+inline uint32_t abs_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u & 0x7fffffffu;
+}
 
 // The second sum of masked_sums: sum g * x (DOT), or sum grad, the input before the mask.
 template <bool DOT>
@@ -237,15 +249,22 @@ inline void masked_bytes(const float* __restrict__ pg, const uint8_t* __restrict
       po[i + l] = v;
       a.sg[l] += v;
       a.sx[l] += second<DOT>(v, pg[i + l], px, i + l);
+      a.mx[l] = std::max(a.mx[l], abs_bits(v));
     }
   }
 }
+
+// The sums of a range of masked_sums and the bits of its largest |g|.
+struct Sums {
+  double sg = 0.0, sx = 0.0;
+  uint32_t mx = 0;
+};
 
 // masked_sums over elements [lo, lo + n) of the mask pb: blocks of MASK_BLOCK elements unpacked to
 // bytes on the stack, the lanes as they were with a bool mask (element lo + 8j + l in lane l, the
 // last n % 8 in lane 0), so the sums add in the same order.
 template <bool DOT>
-std::pair<double, double> masked_block(const float* pg, const uint8_t* pb, int64_t lo, const float* px, float* po,
+Sums masked_block(const float* pg, const uint8_t* pb, int64_t lo, const float* px, float* po,
                                        int64_t n) {
   Lanes a;
   uint8_t bytes[MASK_BLOCK];
@@ -260,10 +279,11 @@ std::pair<double, double> masked_block(const float* pg, const uint8_t* pb, int64
     po[i] = v;
     a.sg[0] += v;
     a.sx[0] += second<DOT>(v, pg[i], px, i);
+    a.mx[0] = std::max(a.mx[0], abs_bits(v));
   }
-  double sg = 0.0, sx = 0.0;
-  for (int l = 0; l < Lanes::L; ++l) sg += a.sg[l], sx += a.sx[l];
-  return {sg, sx};
+  Sums r;
+  for (int l = 0; l < Lanes::L; ++l) r.sg += a.sg[l], r.sx += a.sx[l], r.mx = std::max(r.mx, a.mx[l]);
+  return r;
 }
 
 // v rounded once to float32, as the one-element tensor a Fixup scalar's gradient is.
@@ -274,10 +294,20 @@ inline at::Tensor f32(double v) {
 }
 
 // g = grad where live, else 0 (the ReLU backward), with sum g and (DOT) sum g * x or sum grad, in
-// double; each sum in the lanes and chunks of sum_double, so either equals sum_double of its tensor.
-// x empty when not DOT.
+// double; each sum in the lanes and chunks of sum_double, so either equals sum_double of its tensor;
+// and max|g| as the double the quantizers' amax gives (+inf for NaN or Inf), which g's E quantizer
+// then need not find in a pass of its own. x empty when not DOT.
+using MaskedOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, double>;
+
+inline double from_abs_bits(uint32_t r) {
+  if (r >= 0x7f800000u) return std::numeric_limits<double>::infinity();
+  float f;
+  std::memcpy(&f, &r, sizeof f);
+  return f;
+}
+
 template <bool DOT>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_sums_t(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x,
+MaskedOut masked_sums_t(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x,
                                                      const char* what) {
   check_pair(grad, x, what);
   check_bits(live, grad.numel(), what);
@@ -287,22 +317,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_sums_t(const at::Tensor& g
   const float* pg = grad.data_ptr<float>();
   const uint8_t* pl = live.data_ptr<uint8_t>();
   float* po = g.data_ptr<float>();
-  using P = std::pair<double, double>;
-  const P r = at::parallel_reduce(0, grad.numel(), 1 << 14, P(0.0, 0.0), [&](int64_t lo, int64_t hi, P acc) {
-    const P d = masked_block<DOT>(pg + lo, pl, lo, px == nullptr ? nullptr : px + lo, po + lo, hi - lo);
-    return P(acc.first + d.first, acc.second + d.second);
-  }, [](P p, P q) { return P(p.first + q.first, p.second + q.second); });
-  return {g, f32(r.first), f32(r.second)};
+  const Sums r = at::parallel_reduce(0, grad.numel(), 1 << 14, Sums(), [&](int64_t lo, int64_t hi, Sums acc) {
+    const Sums d = masked_block<DOT>(pg + lo, pl, lo, px == nullptr ? nullptr : px + lo, po + lo, hi - lo);
+    return Sums{acc.sg + d.sg, acc.sx + d.sx, std::max(acc.mx, d.mx)};
+  }, [](Sums p, Sums q) { return Sums{p.sg + q.sg, p.sx + q.sx, std::max(p.mx, q.mx)}; });
+  return {g, f32(r.sg), f32(r.sx), from_abs_bits(r.mx)};
 }
 
 // (g, sum g, sum g * x): the Fixup tail's backward (a multiplier's gradient).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_sums(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x) {
+MaskedOut masked_sums(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x) {
   TORCH_CHECK(x.numel() == grad.numel(), "masked_sums: x of grad's size");
   return masked_sums_t<true>(grad, live, x, "masked_sums");
 }
 
 // (g, sum g, sum grad): the backward of relu(x + b_out) + b_in (the gradients of both biases).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_grad_sums(const at::Tensor& grad, const at::Tensor& live) {
+MaskedOut masked_grad_sums(const at::Tensor& grad, const at::Tensor& live) {
   return masked_sums_t<false>(grad, live, at::empty({0}, grad.options()), "masked_grad_sums");
 }
 
@@ -375,7 +404,16 @@ at::Tensor live_bits(const at::Tensor& x, double t) {
   at::Tensor bits = new_bits(n);
   uint8_t* pb = bits.data_ptr<uint8_t>();
   for_mask_bytes(n, [&](int64_t lo, int64_t hi, int64_t byte) {
-    for (int64_t i = lo; i < hi; i += 8) {
+    int64_t i = lo;
+#if defined(__AVX512F__)
+    // 16 compares into one mask register, two bytes of bits (the scalar loop did not vectorize)
+    const __m512 tv = _mm512_set1_ps(tf);
+    for (; i + 16 <= hi; i += 16) {
+      const uint16_t m = _mm512_cmp_ps_mask(_mm512_loadu_ps(px + i), tv, _CMP_GT_OQ);   // NaN: false, as >
+      std::memcpy(pb + byte + ((i - lo) >> 3), &m, 2);
+    }
+#endif
+    for (; i < hi; i += 8) {
       uint8_t m = 0;
       for (int l = 0; l < 8 && i + l < hi; ++l) m |= static_cast<uint8_t>(px[i + l] > tf) << l;
       pb[byte + ((i - lo) >> 3)] = m;

@@ -412,10 +412,12 @@ def _codes(x: torch.Tensor, q, generator, layer=None) -> tuple[torch.Tensor, int
     """SQ codes (int8, x's shape and layout) and LSB exponent of a batch tensor (A or E; a
     data-parallel shard is quantized as part of the whole batch, see eoq.distributed). An input
     that carries Fixup scalars for ``layer`` (layers.fused_bias_input, fused_relu_bias_input) is
-    quantized as x + bias or relu(x + pre) + bias, an error marked by the Fixup tail as x * s."""
+    quantized as x + bias or relu(x + pre) + bias, an error marked by the Fixup tail as x * s; an
+    error whose max|x| its kernel marked skips the quantizer's max pass."""
     affine = fusion.deferred(x, layer) or fusion.Affine()      # eoq/quant/fusion.py
     codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator, sharded=distributed.active(),
-                              bias=affine.bias, relu_pre=affine.relu_pre, mult=affine.mult)
+                              bias=affine.bias, relu_pre=affine.relu_pre, mult=affine.mult,
+                              amax=fusion.known_max(x))
     return codes.to(torch.int8), int(lsb)
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import kernels
 from ..nn.batchnorm import QBatchNorm2d
 from ..nn.fixup_tail import fixup_tail
 from ..nn.layers import FixupScalar, QConv2d, fused_relu_bias_input, fusing_allowed
@@ -41,18 +42,28 @@ class _ExactShortcutAFn(torch.autograd.Function):
     """Option A after a Fixup scalar bias, exact (the fixed-point stream): pad(x[:, :, ::s, ::s] + b)
     in float64. The scalar commutes with the subsampling, so it is added to the kept quarter only;
     the backward scatters the error back in x's memory order (what the stream's exact sum reads)
-    and sums b's gradient in double (stream.exact_sums), rounded once."""
+    and sums b's gradient in double (exact: the errors are stream values), rounded once. One
+    kernel pass each way (``csrc/shortcut.cpp``); the torch ops below are its reference."""
 
     @staticmethod
     def forward(ctx, x, b, stride, pad):
-        sub = x[:, :, ::stride, ::stride].double() + b.detach().double()
         ctx.x_shape, ctx.stride, ctx.b_shape, ctx.channels = x.shape, stride, b.shape, x.shape[1]
         ctx.layout = torch.channels_last if x.dim() == 4 and not x.is_contiguous() \
             and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        kern = kernels.usable(x)
+        if kern is not None and x.dtype == b.dtype == torch.float32 and x.dim() == 4 \
+                and (x.is_contiguous() or ctx.layout == torch.channels_last):
+            return kern.shortcut_a(x.detach(), float(b), stride, pad)
+        sub = x[:, :, ::stride, ::stride].double() + b.detach().double()
         return F.pad(sub, (0, 0, 0, 0, 0, pad))
 
     @staticmethod
     def backward(ctx, grad):
+        kern = kernels.load() if grad.is_cpu else None
+        if kern is not None and grad.dtype == torch.float64 and grad.dim() == 4:
+            gx, gb = kern.shortcut_a_backward(grad, list(ctx.x_shape), ctx.stride,
+                                              ctx.layout == torch.channels_last)
+            return gx, gb.view(ctx.b_shape) if ctx.needs_input_grad[1] else None, None, None
         g = grad[:, :ctx.channels]
         gx = torch.zeros(ctx.x_shape, dtype=torch.float32).contiguous(memory_format=ctx.layout)
         gx[:, :, ::ctx.stride, ::ctx.stride] = g

@@ -65,7 +65,8 @@ class _FixupTailFn(torch.autograd.Function):
         gx = None
         if ctx.needs_input_grad[0]:
             if layer.engine == "int":
-                gx = fusion.defer(g.view_as(g), layer, fusion.Affine(mult=float(s)))
+                gx = fusion.defer(fusion.know_max(g.view_as(g), fusion.known_max(g)), layer,
+                                  fusion.Affine(mult=float(s)))
             else:
                 q = layer.quant.E
                 gx = fusion.mark_quantized(Q.sq_times(g, s.detach(), q.bits, q.rounding, layer.generator), layer)
@@ -100,7 +101,8 @@ def masked_exact_sums(grad, live, x, strides):
     kern = kernels.usable(grad)
     if kern is not None and mask.packed(live) and x.dtype == grad.dtype \
             and x.stride() == grad.stride() == tuple(strides) and dense(grad):
-        return kern.masked_sums(grad, live, x)
+        g, sg, sgx, amax = kern.masked_sums(grad, live, x)
+        return fusion.know_max(g, amax), sg, sgx         # max|g|: E's quantizer needs no max pass
     g = mask.where(grad, live, strides)
     return (g, *exact_sums(g, x))
 

@@ -240,8 +240,8 @@ def _relu_bias_backward(ctx, grad):
     kern = kernels.usable(grad)
     if kern is not None and mask.packed(live) and grad.stride() == tuple(ctx.strides) and dense(grad) \
             and math.prod(ctx.shapes[0]) == math.prod(ctx.shapes[1]) == 1:
-        gx, s_pre, s_bias = kern.masked_grad_sums(grad, live)     # one pass: the three below, bit for bit
-        return (gx, s_pre.view(ctx.shapes[0]) if ctx.needs_input_grad[1] else None,
+        gx, s_pre, s_bias, amax = kern.masked_grad_sums(grad, live)   # one pass: the three below, bit for bit
+        return (fusion.know_max(gx, amax), s_pre.view(ctx.shapes[0]) if ctx.needs_input_grad[1] else None,
                 s_bias.view(ctx.shapes[1]) if ctx.needs_input_grad[2] else None)
     gx = mask.where(grad, live, ctx.strides)    # = threshold_backward(grad, x, -b_out), bit for bit
     gpre = exact_sum(gx, ctx.shapes[0]) if ctx.needs_input_grad[1] else None

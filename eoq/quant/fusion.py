@@ -19,6 +19,15 @@ integer-engine quantizer must quantize affine(x) instead, applying the :class:`A
                 biases and ReLU in front of a conv) and nn.fixup_tail._FixupTailFn backward
                 (integer engine: the Fixup multiplier s on the error)
     read by     engine.intengine._codes
+
+``known max`` (attribute ``_eoq_amax``): max|t| as the quantizers' max pass would find it (a
+float, +inf for NaN or Inf), taken by the kernel that wrote t, for any consumer (it is a fact
+about t's values, so it names no layer): t's quantizer skips its own max pass. The mark holds t's
+version counter too: once anything writes t in place (autograd may add a second gradient into it)
+the mark no longer counts.
+    written by  nn.fixup_tail.masked_exact_sums and nn.layers._relu_bias_backward (the masked
+                errors of the Fixup tail, the stem and the branch's ReLU)
+    read by     engine.intengine._codes (E of the conv before them)
 """
 from __future__ import annotations
 
@@ -59,3 +68,16 @@ def deferred(t: torch.Tensor, layer) -> Affine | None:
     """The affine ``t`` carries for ``layer``, or None."""
     mark = getattr(t, "_eoq_deferred", None)
     return mark[1] if mark is not None and mark[0] is layer else None
+
+
+def know_max(t: torch.Tensor, amax: float | None) -> torch.Tensor:
+    """Mark ``t`` with its max|t| (see module doc; None: no mark); returns ``t``."""
+    if amax is not None:
+        t._eoq_amax = (float(amax), t._version)
+    return t
+
+
+def known_max(t: torch.Tensor) -> float | None:
+    """max|t| marked by the kernel that wrote ``t``, or None (no mark, or t written since)."""
+    mark = getattr(t, "_eoq_amax", None)
+    return mark[0] if mark is not None and mark[1] == t._version else None

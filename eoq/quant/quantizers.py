@@ -168,13 +168,15 @@ def exact_codes(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, int] | N
     return scaled.to(code_dtype(bits)), lsb
 
 
-def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0, relu=False, pre=0.0):
-    """The one-call kernel SQ (max, exponent, key draw, rounding), or None where it cannot run."""
+def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0, relu=False, pre=0.0, amax=None):
+    """The one-call kernel SQ (max, exponent, key draw, rounding), or None where it cannot run;
+    ``amax``: max|x| already known (no max pass; x or x * mult only)."""
     kern = kernels.usable(x) if key is None else None
     if kern is None or (generator is not None and generator.device.type != "cpu"):
         return None
     try:
-        return kern.sq(x.detach(), k, _check_rounding(rounding), generator, codes, bias, mult, relu, pre)
+        return kern.sq(x.detach(), k, _check_rounding(rounding), generator, codes, bias, mult, relu, pre,
+                       -1.0 if amax is None else amax)
     except RuntimeError as err:
         if "NaN or Inf" in str(err):
             raise _non_finite(x) from None
@@ -228,19 +230,22 @@ def _sharded_sq(x, k, rounding, generator, codes):
 def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
                generator: torch.Generator | None = None, sharded: bool = False,
                bias: float | None = None, relu_pre: float | None = None,
-               mult: float | None = None) -> tuple[torch.Tensor, int]:
+               mult: float | None = None, amax: float | None = None) -> tuple[torch.Tensor, int]:
     """SQ(x, k) as (integer codes, LSB exponent e_R + 1 - k); ``sharded``: x is this process's
     part of a batch split across processes (A and E under data parallelism); ``bias``: quantize
     x + bias, without an x + bias tensor where the kernel runs; with ``relu_pre`` too: quantize
-    relu(x + relu_pre) + bias; ``mult`` (alone): quantize x * mult (each step exact, see _affine_sq)."""
+    relu(x + relu_pre) + bias; ``mult`` (alone): quantize x * mult (each step exact, see _affine_sq).
+    ``amax``: max|x| as the kernel's max pass finds it, known already (eoq.quant.fusion.known_max):
+    the kernel skips that pass (the same codes); ignored with a bias, a ReLU or ``sharded``."""
     check_bits(k)
     relu = relu_pre is not None
     if mult is not None and (relu or bias is not None):
         raise ValueError("sq_integer: mult cannot be combined with bias or relu_pre")
+    amax = None if sharded or relu or (bias is not None and bias != 0.0) else amax
     if relu or (bias is not None and bias != 0.0) or (mult is not None and mult != 1.0):
         b, m = (0.0 if bias is None else bias), (1.0 if mult is None else mult)
         fused = None if sharded else _fused_sq(x, k, rounding, generator, None, True, b, m,
-                                               relu=relu, pre=relu_pre if relu else 0.0)
+                                               relu=relu, pre=relu_pre if relu else 0.0, amax=amax)
         if fused is not None:
             return fused
         x = x.double()                                   # exact (see _affine_sq)
@@ -249,7 +254,7 @@ def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
         x = x * m if mult is not None else x + b
     if sharded:
         return _sharded_sq(x, k, rounding, generator, True)
-    fused = _fused_sq(x, k, rounding, generator, None, True)
+    fused = _fused_sq(x, k, rounding, generator, None, True, amax=amax)
     if fused is not None:
         return fused
     lsb = shift_exponent(x) + (1 - k)
