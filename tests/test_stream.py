@@ -109,3 +109,39 @@ def test_stream_kernels_equal_the_float64_torch_ops(identity_dtype, channels_las
         out_t = masked_exact_sums(grad, live_t, x, x.stride())
     for a, r in zip(out_k, out_t):
         assert torch.equal(a, r)
+
+
+@pytest.mark.parametrize("case", ["all_negative", "negative_largest", "signed_zeros", "nan", "inf"])
+def test_stream_kernel_max_on_edge_values(case):
+    """The kernels' max pass (integer maxima over the bits of the exact values) against the torch
+    path: a ReLU tail whose every value is negative (y = 0), a sum whose largest magnitude is
+    negative, signed zeros; NaN and Inf give the one error of the torch path."""
+    if kernels.load() is None:
+        pytest.skip("compiled kernels unavailable")
+    from eoq.quant.quantizers import QuantizationError
+    from eoq.nn import stream
+    x = -torch.rand(2, 4, 4, 4, generator=torch.Generator().manual_seed(1)) - 0.5
+    if case == "negative_largest":
+        x = x + 0.4
+        x[1, 2, 3, 0] = -37.25
+    if case == "signed_zeros":
+        x = torch.where(x < -1.0, torch.tensor(-0.0), torch.tensor(0.0))
+    if case in ("nan", "inf"):
+        x[0, 1, 2, 3] = float(case)
+    s, b = torch.tensor([1.0]), torch.tensor([0.0])
+    for relu in (True, False):
+        if case in ("nan", "inf"):
+            with pytest.raises(QuantizationError, match="NaN or Inf"):
+                exact_tail(x, s, b, None, 16, relu=relu)
+            with pytest.raises(QuantizationError, match="NaN or Inf"):
+                stream.fx_sum(x, x, 16)
+            continue
+        y_k = exact_tail(x, s, b, None, 16, relu=relu)[0]
+        sum_k = stream.fx_sum(x, x * 0.5, 16)
+        with kernels.disabled():
+            y_t = exact_tail(x, s, b, None, 16, relu=relu)[0]
+            sum_t = stream.fx_sum(x, x * 0.5, 16)
+        assert torch.equal(y_k, y_t) and torch.equal(y_k.signbit(), y_t.signbit())
+        assert torch.equal(sum_k, sum_t) and torch.equal(sum_k.signbit(), sum_t.signbit())
+        if case == "all_negative" and relu:
+            assert not y_k.any()

@@ -51,33 +51,36 @@ void check_pair(const at::Tensor& x, const at::Tensor& y, const char* what) {
   }
 }
 
-// max|f(i)| over i, or +inf when some f(i) is NaN/Inf (carried by a sum of f(i) * 0, which
-// keeps the loop free of branches so that it vectorizes).
-// RELU: f's values are taken as relu(f) (max with the lanes' start, 0): no select per element,
-// whose branch would mispredict on a ReLU's random signs.
+// max|f(i)| over i, or +inf when some f(i) is NaN/Inf: a max over the bits of |f(i)| as unsigned
+// integers (they order as the values do, NaN and Inf above every finite value), an integer
+// reduction the compiler vectorizes (a double max with lanes by hand did not).
+// RELU: the max of relu(f(i)), i.e. of 0 and the largest f(i): a second integer max over f's
+// order keys (negative values flipped), no select per element (its branch mispredicts on a
+// ReLU's random signs).
 template <bool RELU, typename F>
 double amax_of(int64_t n, F f) {
-  using P = std::pair<double, double>;
-  const P r = at::parallel_reduce(0, n, 1 << 14, P(0.0, 0.0), [&](int64_t lo, int64_t hi, P acc) {
-    constexpr int L = 8;
-    double m[L] = {}, z[L] = {};
-    int64_t i = lo;
-    for (; i + L <= hi; i += L) {
-      for (int l = 0; l < L; ++l) {
-        const double v = f(i + l);
-        m[l] = std::max(m[l], RELU ? v : std::fabs(v));
-        z[l] += v * 0.0;
-      }
-    }
-    for (; i < hi; ++i) {
+  constexpr uint64_t ABS = 0x7fffffffffffffffull, INF = 0x7ff0000000000000ull, SIGN = 0x8000000000000000ull;
+  using P = std::pair<uint64_t, uint64_t>;        // (max bits of |f|, max order key of f)
+  const P r = at::parallel_reduce(0, n, 1 << 14, P(0, 0), [&](int64_t lo, int64_t hi, P acc) {
+    uint64_t m = acc.first, k = acc.second;
+    for (int64_t i = lo; i < hi; ++i) {
       const double v = f(i);
-      m[0] = std::max(m[0], RELU ? v : std::fabs(v));
-      z[0] += v * 0.0;
+      uint64_t u;
+      std::memcpy(&u, &v, sizeof u);
+      m = std::max(m, u & ABS);
+      if (RELU) k = std::max(k, u ^ (static_cast<uint64_t>(static_cast<int64_t>(u) >> 63) | SIGN));
     }
-    for (int l = 0; l < L; ++l) acc.first = std::max(acc.first, m[l]), acc.second += z[l];
-    return acc;
-  }, [](P a, P b) { return P(std::max(a.first, b.first), a.second + b.second); });
-  return r.second == 0.0 ? r.first : std::numeric_limits<double>::infinity();
+    return P(m, k);
+  }, [](P x, P y) { return P(std::max(x.first, y.first), std::max(x.second, y.second)); });
+  if (r.first >= INF) return std::numeric_limits<double>::infinity();
+  uint64_t u = r.first;
+  if (RELU) {
+    if (r.second < SIGN) return 0.0;             // every f(i) negative (or no element)
+    u = r.second & ABS;                          // the largest f(i), positive
+  }
+  double d;
+  std::memcpy(&d, &u, sizeof d);
+  return d;
 }
 
 // The tail's value relu?(x * s + b + id) of element i, each step exact in double.
@@ -335,11 +338,12 @@ MaskedOut masked_grad_sums(const at::Tensor& grad, const at::Tensor& live) {
   return masked_sums_t<false>(grad, live, at::empty({0}, grad.options()), "masked_grad_sums");
 }
 
-std::tuple<at::Tensor, int64_t> fx_sum(const at::Tensor& a, const at::Tensor& b, int64_t bits) {
-  check_pair(a, b, "fx_sum");
+// fx_sum with b (HAS_B) or without it (v = a + 0.0, as the sum with an absent b always was):
+// the two loops compiled apart, without a test of b per element.
+template <bool HAS_B>
+std::tuple<at::Tensor, int64_t> fx_sum_t(const at::Tensor& a, const float* pb, int64_t bits) {
   const float* pa = a.data_ptr<float>();
-  const float* pb = b.numel() ? b.data_ptr<float>() : nullptr;
-  auto v = [&](int64_t i) { return static_cast<double>(pa[i]) + (pb != nullptr ? static_cast<double>(pb[i]) : 0.0); };
+  auto v = [&](int64_t i) { return static_cast<double>(pa[i]) + (HAS_B ? static_cast<double>(pb[i]) : 0.0); };
   const int64_t n = a.numel();
   const double amax = amax_of<false>(n, v);
   TORCH_CHECK(std::isfinite(amax), "fx_sum: cannot round a tensor holding NaN or Inf");
@@ -352,6 +356,11 @@ std::tuple<at::Tensor, int64_t> fx_sum(const at::Tensor& a, const at::Tensor& b,
     for (int64_t i = lo; i < hi; ++i) py[i] = static_cast<float>(std::nearbyint(v(i) * down) * up);
   });
   return {y, e};
+}
+
+std::tuple<at::Tensor, int64_t> fx_sum(const at::Tensor& a, const at::Tensor& b, int64_t bits) {
+  check_pair(a, b, "fx_sum");
+  return b.numel() ? fx_sum_t<true>(a, b.data_ptr<float>(), bits) : fx_sum_t<false>(a, nullptr, bits);
 }
 
 std::tuple<at::Tensor, at::Tensor> dot_sums(const at::Tensor& g, const at::Tensor& x) {
