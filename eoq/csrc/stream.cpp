@@ -270,13 +270,37 @@ template <bool DOT>
 Sums masked_block(const float* pg, const uint8_t* pb, int64_t lo, const float* px, float* po,
                                        int64_t n) {
   Lanes a;
-  uint8_t bytes[MASK_BLOCK];
   const int64_t full = n - n % Lanes::L;
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  // the same lanes in registers: eight floats under their byte of mask bits (a masked load gives
+  // +0.0 where the bit is clear, as masked() does), widened to the eight double lanes; a multiply
+  // and an add apart (no FMA), in the scalar loop's order, so the sums are the same bit for bit
+  {
+    __m512d sg = _mm512_setzero_pd(), sx = _mm512_setzero_pd();
+    __m256i mx = _mm256_setzero_si256();
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    for (int64_t i = 0; i < full; i += 8) {
+      const __mmask8 k = static_cast<__mmask8>(bits8(pb, lo + i));
+      const __m256 v = _mm256_maskz_loadu_ps(k, pg + i);
+      _mm256_storeu_ps(po + i, v);
+      const __m512d vd = _mm512_cvtps_pd(v);
+      sg = _mm512_add_pd(sg, vd);
+      if constexpr (DOT) sx = _mm512_add_pd(sx, _mm512_mul_pd(vd, _mm512_cvtps_pd(_mm256_loadu_ps(px + i))));
+      else sx = _mm512_add_pd(sx, _mm512_cvtps_pd(_mm256_loadu_ps(pg + i)));
+      mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(v), abs_mask));
+    }
+    _mm512_storeu_pd(a.sg, sg);
+    _mm512_storeu_pd(a.sx, sx);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.mx), mx);
+  }
+#else
+  uint8_t bytes[MASK_BLOCK];
   for (int64_t c = 0; c < full; c += MASK_BLOCK) {
     const int64_t m = std::min(MASK_BLOCK, full - c);
     for (int64_t j = 0; j < m; j += 8) spread8(bits8(pb, lo + c + j), bytes + j);
     masked_bytes<DOT>(pg + c, bytes, px == nullptr ? nullptr : px + c, po + c, m, a);
   }
+#endif
   for (int64_t i = full; i < n; ++i) {
     const float v = masked(pg[i], bit_at(pb, lo + i));
     po[i] = v;
