@@ -156,14 +156,14 @@ def test_direct_layer_equals_simulator_and_gemm_path(cin, cout, k, p, input_grad
     (16, 8, 3, 1, 1, True, False), (3, 16, 3, 1, 1, True, False), (3, 16, 3, 1, 1, False, True),
     (16, 16, 3, 3, 1, True, False)])
 def test_eligibility(cin, cout, k, p, s, input_grad, expected):
-    """Direct only for stride 1, 16-32 output channels (64 with AMX), padding < kernel, and input
-    channels a multiple of 16 unless no input gradient is needed."""
+    """Direct only for stride 1, 16-64 output channels in steps of 16 (VNNI or AMX alike), padding <
+    kernel, and input channels a multiple of 16 unless no input gradient is needed."""
     layer = torch.nn.Conv2d(cin, cout, k, stride=s, padding=p)
     assert direct.eligible(layer, input_grad) is expected
-    wide = torch.nn.Conv2d(16, 64, 3, padding=1)
-    assert direct.eligible(wide, True) is direct.use_amx(direct.module())
+    wide, wider = torch.nn.Conv2d(16, 64, 3, padding=1), torch.nn.Conv2d(16, 80, 3, padding=1)
+    assert direct.eligible(wide, True) and not direct.eligible(wider, True)
     with direct.amx_disabled():
-        assert not direct.eligible(wide, True)
+        assert direct.eligible(wide, True) and not direct.eligible(wider, True)
     with direct.disabled():
         assert not direct.eligible(layer, input_grad)
 

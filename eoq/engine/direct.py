@@ -23,8 +23,9 @@ same flat positions, so that each kernel tap is a fixed shift. Both give the VNN
 integers exactly (tests compare all three paths with float64).
 
 Used for stride-1 convolutions whose output channels are a multiple of 16 and at most
-``MAX_CHANNELS`` (32) on VNNI or ``MAX_CHANNELS_AMX`` (64) with AMX (above them the GEMMs are as
-fast or faster: per-conv timings in reports/engines/README.md), and whose input channels are a
+``MAX_CHANNELS`` (64; above it the GEMMs are as fast or faster: at 128 channels the two tie, at 256
+the direct weight gradient is 1.3x slower; at 64 the direct kernels are 1.1-1.5x faster on VNNI,
+ResNet-18's 32x32 stage and ResNet-20's 8x8 one; timings in reports/benchmarks.md), and whose input channels are a
 multiple of 16 or whose input needs no gradient (the stem: 3 channels, padded to 4), on CPUs
 with AVX-512 VNNI. ``EOQ_DIRECT=0`` in the environment (read at import) or ``with
 direct.disabled():`` uses the im2col path everywhere; ``EOQ_AMX=0`` or ``with
@@ -40,8 +41,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 
-MAX_CHANNELS = 32       # output channels on VNNI instructions; with AMX tiles: MAX_CHANNELS_AMX
-MAX_CHANNELS_AMX = 64
+MAX_CHANNELS = 64       # output channels (VNNI instructions or AMX tiles)
 _state = {"enabled": os.environ.get("EOQ_DIRECT", "1") != "0", "amx": os.environ.get("EOQ_AMX", "1") != "0"}
 
 
@@ -77,8 +77,7 @@ def eligible(layer, input_grad: bool) -> bool:
         return False
     geometry = (layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1 and kh == kw
                 and layer.padding_mode == "zeros" and layer.padding[0] == layer.padding[1] <= kh - 1)
-    most = MAX_CHANNELS_AMX if use_amx(kern) else MAX_CHANNELS
-    channels = cout % 16 == 0 and cout <= most and (cin % 16 == 0 or not input_grad)
+    channels = cout % 16 == 0 and cout <= MAX_CHANNELS and (cin % 16 == 0 or not input_grad)
     return geometry and channels
 
 
