@@ -3,7 +3,8 @@ paths side by side, in one run.
 
 For each shape (channels in = out, image size) the median milliseconds of the forward, the input
 gradient and the weight gradient on integer codes:
-``gemm`` (NHWC im2col + ``torch._int_mm``, then dequantization), ``vnni`` (the direct kernels of
+``gemm`` (NHWC im2col + ``torch._int_mm`` a block of images at a time, the accumulator written as
+float32: what the engine runs), ``vnni`` (the direct kernels of
 :mod:`eoq.engine.direct` on AVX-512 VNNI instructions) and ``amx`` (the same on AMX tiles, where the
 CPU and OS allow). The last column says which path the engine takes for that width here. The
 shapes are ResNet-20's stages (16-64 channels) and ResNet-18's on 32x32 inputs (64-512).
@@ -31,20 +32,10 @@ def paths(c: int, h: int, batch: int, repeats: int):
     e = torch.randint(-127, 128, (batch, h, h, c), dtype=torch.int8, generator=g)
     w = torch.randint(-127, 128, (c, c, 3, 3), dtype=torch.int8, generator=g)
     wm, dw = IE.weight_mats(w), direct.weights(w)
-    acc, cols = IE.conv_forward(a, wm, 1, 1)
-
-    def gemm_fwd():
-        out, im = IE.conv_forward(a, wm, 1, 1)
-        kern.dequant(out, -3)
-        IE._give(out)
-        IE.POOL.give(im)
-
-    def gemm_bwd():
-        out = IE.conv_input_grad(e, wm, 1, 1, (h, h))
-        kern.dequant(out, -3)
-        IE._give(out)
-
-    gemm_wgrad = lambda: IE.weight_grad(e.reshape(-1, c), cols)
+    # the engine's GEMM path: blocks of images (im2col block, int32 accumulator written as float32)
+    gemm_fwd = lambda: IE.conv_float(a, wm, 1, 1, -3)                          # noqa: E731
+    gemm_bwd = lambda: IE.input_grad_float(e, wm, 1, 1, (h, h), -3)            # noqa: E731
+    gemm_wgrad = lambda: IE.conv_weight_grad(a, e, 3, 3, 1, 1)                 # noqa: E731
     res = {"gemm": [median_time(f, repeats) for f in (gemm_fwd, gemm_bwd, gemm_wgrad)]}
     for name, amx in (("vnni", False), ("amx", True)):
         if amx and not kern.amx_available():

@@ -23,9 +23,9 @@ same flat positions, so that each kernel tap is a fixed shift. Both give the VNN
 integers exactly (tests compare all three paths with float64).
 
 Used for stride-1 convolutions whose output channels are a multiple of 16 and at most
-``MAX_CHANNELS`` (64; above it the GEMMs are as fast or faster: at 128 channels the two tie, at 256
-the direct weight gradient is 1.3x slower; at 64 the direct kernels are 1.1-1.5x faster on VNNI,
-ResNet-18's 32x32 stage and ResNet-20's 8x8 one; timings in reports/benchmarks.md), and whose input channels are a
+``MAX_CHANNELS`` (64: there the direct kernels are 1.07-1.25x faster than the GEMMs on VNNI, forward,
+input and weight gradient together; at 128 channels the two tie, at 256 and 512 the GEMMs win;
+``benchmarks/bench_direct.py``, timings in reports/benchmarks.md), and whose input channels are a
 multiple of 16 or whose input needs no gradient (the stem: 3 channels, padded to 4), on CPUs
 with AVX-512 VNNI. ``EOQ_DIRECT=0`` in the environment (read at import) or ``with
 direct.disabled():`` uses the im2col path everywhere; ``EOQ_AMX=0`` or ``with
