@@ -164,6 +164,12 @@ def test_eligibility(cin, cout, k, p, s, input_grad, expected):
     assert direct.eligible(wide, True) and not direct.eligible(wider, True)
     with direct.amx_disabled():
         assert direct.eligible(wide, True) and not direct.eligible(wider, True)
+        # on VNNI a layer wider than 32 channels needs WIDE_MIN_PIXELS input pixels (its packing)
+        few = direct.WIDE_MIN_PIXELS - 1
+        assert not direct.eligible(wide, True, few) and direct.eligible(wide, True, few + 1)
+        assert direct.eligible(torch.nn.Conv2d(16, 32, 3, padding=1), True, 1)
+    if direct.use_amx(direct.module()):
+        assert direct.eligible(wide, True, 1)
     with direct.disabled():
         assert not direct.eligible(layer, input_grad)
 

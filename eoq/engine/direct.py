@@ -25,7 +25,10 @@ integers exactly (tests compare all three paths with float64).
 Used for stride-1 convolutions whose output channels are a multiple of 16 and at most
 ``MAX_CHANNELS`` (64: there the direct kernels are 1.07-1.25x faster than the GEMMs on VNNI, forward,
 input and weight gradient together; at 128 channels the two tie, at 256 and 512 the GEMMs win;
-``benchmarks/bench_direct.py``, timings in reports/benchmarks.md), and whose input channels are a
+``benchmarks/bench_direct.py``, timings in reports/benchmarks.md; on VNNI a layer wider than 32
+channels takes them only from ``WIDE_MIN_PIXELS`` input pixels, N * H * W, on: below, their weight
+packing, once per step, costs more than they save, 0.7 ms of a 10 ms ResNet-20 step at batch 1),
+and whose input channels are a
 multiple of 16 or whose input needs no gradient (the stem: 3 channels, padded to 4), on CPUs
 with AVX-512 VNNI. ``EOQ_DIRECT=0`` in the environment (read at import) or ``with
 direct.disabled():`` uses the im2col path everywhere; ``EOQ_AMX=0`` or ``with
@@ -42,6 +45,7 @@ import torch.nn.functional as F
 from .. import kernels
 
 MAX_CHANNELS = 64       # output channels (VNNI instructions or AMX tiles)
+WIDE_MIN_PIXELS = 2048  # VNNI, more than 32 output channels: the least N * H * W (ResNet-20's 8x8 stage at batch 32)
 _state = {"enabled": os.environ.get("EOQ_DIRECT", "1") != "0", "amx": os.environ.get("EOQ_AMX", "1") != "0"}
 
 
@@ -69,8 +73,9 @@ def module():
     return kern if kern is not None and kern.direct_available() else None
 
 
-def eligible(layer, input_grad: bool) -> bool:
-    """Whether the integer engine runs ``layer`` (an nn.Conv2d) with the direct kernels."""
+def eligible(layer, input_grad: bool, pixels: int | None = None) -> bool:
+    """Whether the integer engine runs ``layer`` (an nn.Conv2d) with the direct kernels, for an input
+    of ``pixels`` = N * H * W (None: a large batch)."""
     cout, cin, kh, kw = layer.weight.shape
     kern = module()
     if kern is None or isinstance(layer.padding, str):
@@ -78,7 +83,8 @@ def eligible(layer, input_grad: bool) -> bool:
     geometry = (layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1 and kh == kw
                 and layer.padding_mode == "zeros" and layer.padding[0] == layer.padding[1] <= kh - 1)
     channels = cout % 16 == 0 and cout <= MAX_CHANNELS and (cin % 16 == 0 or not input_grad)
-    return geometry and channels
+    enough = cout <= 32 or pixels is None or pixels >= WIDE_MIN_PIXELS or use_amx(kern)
+    return geometry and channels and enough
 
 
 def channels_padded(c: int) -> int:

@@ -500,7 +500,8 @@ class IntConvFn(torch.autograd.Function):
         _notify("A", q.A, x, a, ea, layer)
         ew = int(layer.weight_exp)
         cl = _channels_last(x)
-        ctx.layer, ctx.direct, ctx.in_dtype = layer, direct.eligible(layer, ctx.needs_input_grad[0]), x.dtype
+        pixels = x.shape[0] * x.shape[2] * x.shape[3]
+        ctx.layer, ctx.direct, ctx.in_dtype = layer, direct.eligible(layer, ctx.needs_input_grad[0], pixels), x.dtype
         if ctx.direct:
             return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
         wc = weight_mats(layer.weight, ew)
