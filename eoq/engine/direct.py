@@ -28,9 +28,8 @@ input and weight gradient together; at 128 channels the two tie, at 256 and 512 
 ``benchmarks/bench_direct.py``, timings in reports/benchmarks.md; on VNNI a layer wider than 32
 channels takes them only from ``WIDE_MIN_PIXELS`` input pixels, N * H * W, on: below, their weight
 packing, once per step, costs more than they save, 0.7 ms of a 10 ms ResNet-20 step at batch 1),
-and whose input channels are a
-multiple of 16 or whose input needs no gradient (the stem: 3 channels, padded to 4), on CPUs
-with AVX-512 VNNI. ``EOQ_DIRECT=0`` in the environment (read at import) or ``with
+and whose input channels are a multiple of 16 or whose input needs no gradient (the stem: 3
+channels, padded to 4), on CPUs with AVX-512 VNNI. ``EOQ_DIRECT=0`` in the environment (read at import) or ``with
 direct.disabled():`` uses the im2col path everywhere; ``EOQ_AMX=0`` or ``with
 direct.amx_disabled():`` keeps the direct kernels on VNNI instructions.
 """
