@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <mutex>
 #include <utility>
 
@@ -68,6 +70,22 @@ inline void fill_bits(uint32_t* bits, int64_t len, uint32_t i0, uint32_t di, uin
     return;
   }
   for (int64_t l = 0; l < len; ++l) bits[l] = rbits32(i0 + static_cast<uint32_t>(l) * di, k0, k1);
+}
+
+// The bits of |v| as an unsigned integer: they order as the magnitudes do, NaN and Inf above every
+// finite value, so a max over them is an integer reduction that vectorizes.
+inline uint32_t abs_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return u & 0x7fffffffu;
+}
+
+// The float whose bits are r (a max of abs_bits), or +inf when r is NaN/Inf.
+inline double from_abs_bits(uint32_t r) {
+  if (r >= 0x7f800000u) return std::numeric_limits<double>::infinity();
+  float f;
+  std::memcpy(&f, &r, sizeof f);
+  return f;
 }
 
 // round(log2 a) exactly (frexp + compare with 2^-1/2), 0 for a = 0, floored at -100.

@@ -33,22 +33,9 @@ using eoqk::exponent_of;
 using eoqk::pair_hash;
 using eoqk::rbits32;
 using eoqk::fill_bits;
+using eoqk::from_abs_bits;
 
 double abs_max_affine(const at::Tensor& x_, float mult, float bias, bool relu = false, float pre = 0.0f);
-
-inline uint32_t abs_bits(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  return u & 0x7fffffffu;
-}
-
-// The float whose bits are r (a max of abs_bits), or +inf when r is NaN/Inf.
-inline double from_abs_bits(uint32_t r) {
-  if (r >= 0x7f800000u) return std::numeric_limits<double>::infinity();
-  float f;
-  std::memcpy(&f, &r, sizeof f);
-  return f;
-}
 
 double abs_max(const at::Tensor& x_) {
   at::Tensor x = x_.contiguous(x_.suggest_memory_format());
@@ -307,7 +294,7 @@ std::tuple<at::Tensor, int64_t> sq(const at::Tensor& x, int64_t bits, int64_t mo
   TORCH_CHECK(known < 0.0 || (float(bias) == 0.0f && !relu), "sq: a known max|x| with a bias or ReLU");
   double a = 0.0;
   if (known >= 0.0 && x.numel()) {
-    a = float(mult) == 1.0f ? known : std::fabs(static_cast<double>(float(mult))) * known;
+    a = std::fabs(static_cast<double>(float(mult))) * known;       // as abs_max_affine forms it
   } else if (x.numel()) {
     a = abs_max_affine(x, float(mult), float(bias), relu, float(pre));
   }

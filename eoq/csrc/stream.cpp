@@ -22,6 +22,7 @@
 // a quarter of what the integer engine saved for a ResNet's backward.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include "common.h"
 
 #include <algorithm>
 #include <cmath>
@@ -32,6 +33,8 @@
 #endif
 
 namespace {
+using eoqk::abs_bits;
+using eoqk::from_abs_bits;
 
 int fixed_exponent(double amax, int64_t bits) {
   if (!(amax > 0)) return 0;
@@ -227,12 +230,6 @@ struct Lanes {
   uint32_t mx[L] = {};
 };
 
-inline uint32_t abs_bits(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  return u & 0x7fffffffu;
-}
-
 // The second sum of masked_sums: sum g * x (DOT), or sum grad, the input before the mask.
 template <bool DOT>
 inline double second(float v, float g, const float* px, int64_t i) {
@@ -325,13 +322,6 @@ inline at::Tensor f32(double v) {
 // and max|g| as the double the quantizers' amax gives (+inf for NaN or Inf), which g's E quantizer
 // then need not find in a pass of its own. x empty when not DOT.
 using MaskedOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, double>;
-
-inline double from_abs_bits(uint32_t r) {
-  if (r >= 0x7f800000u) return std::numeric_limits<double>::infinity();
-  float f;
-  std::memcpy(&f, &r, sizeof f);
-  return f;
-}
 
 template <bool DOT>
 MaskedOut masked_sums_t(const at::Tensor& grad, const at::Tensor& live, const at::Tensor& x,

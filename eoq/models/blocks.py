@@ -51,8 +51,8 @@ class _ExactShortcutAFn(torch.autograd.Function):
         ctx.layout = torch.channels_last if x.dim() == 4 and not x.is_contiguous() \
             and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         kern = kernels.usable(x)
-        if kern is not None and x.dtype == b.dtype == torch.float32 and x.dim() == 4 \
-                and (x.is_contiguous() or ctx.layout == torch.channels_last):
+        if kern is not None and b.dtype == torch.float32 and x.dim() == 4 \
+                and (x.is_contiguous() or ctx.layout == torch.channels_last):       # usable: x is float32
             return kern.shortcut_a(x.detach(), float(b), stride, pad)
         sub = x[:, :, ::stride, ::stride].double() + b.detach().double()
         return F.pad(sub, (0, 0, 0, 0, 0, pad))
