@@ -37,7 +37,7 @@ from eoq.training.atomic import atomic_write
 from eoq.training.csvfile import read_rows, write_rows
 from eoq.training.loop import TrainingDiverged
 
-from .adaptation_cost import cost_table, device_costs
+from .adaptation_cost import cost_table, device_costs, timed_seconds
 from .style import figure, save
 
 # method -> (base run folder name, BN mode, reference lr)
@@ -171,26 +171,37 @@ def grid_edges(rows: list[dict]) -> dict:
 
 
 def mean_std(values: list[float]) -> str:
+    """"mean ± std" of the finite values (a diverged cell is nan: counted, not averaged); "–" when
+    there is no value at all (a cell not measured)."""
+    if not values:
+        return "–"
     vals = [v for v in values if v == v]
     if not vals:
         return "diverged"
-    return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
+    text = f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
+    return text if len(vals) == len(values) else f"{text} ({len(values) - len(vals)} of {len(values)} diverged)"
 
 
-def table(final: list[dict], images: int) -> str:
-    """Corrupted test accuracy at ``images`` seen: rows method x batch, columns corruption/severity."""
+def table(final: list[dict], images: int, clean: bool = True) -> str:
+    """Corrupted test accuracy at ``images`` seen (mean ± std over seeds): rows method x batch,
+    columns corruption/severity; ``clean``: a last column with the clean test accuracy at the end
+    of the stream, mean ± std over every corruption, severity and seed of the row."""
     cols = sorted({(r["corruption"], int(r["severity"])) for r in final})
     methods = list(dict.fromkeys(r["method"] for r in final))
     batches = sorted({int(r["batch_size"]) for r in final})
-    lines = ["| method | batch | " + " | ".join(f"{c} {s}" for c, s in cols) + " | clean at end |",
-             "|---|---:|" + "---:|" * (len(cols) + 1)]
+    extra = " clean at end (all cells) |" if clean else ""
+    lines = ["| method | batch | " + " | ".join(f"{c} {s}" for c, s in cols) + " |" + extra,
+             "|---|---:|" + "---:|" * (len(cols) + clean)]
     for m in methods:
         for b in batches:
             sel = [r for r in final if r["method"] == m and int(r["batch_size"]) == b]
             cells_ = [mean_std([r["acc"] for r in sel if (r["corruption"], int(r["severity"])) == c
                                 and int(r["images"]) == images]) for c in cols]
-            clean = mean_std([r["clean_acc"] for r in sel if r["clean_acc"] == r["clean_acc"]])
-            lines.append(f"| {m} | {b} | " + " | ".join(cells_) + f" | {clean} |")
+            row = f"| {m} | {b} | " + " | ".join(cells_) + " |"
+            if clean:        # the clean reading sits on the stream's last row (or on a diverged cell's)
+                ends = [r["clean_acc"] for r in sel if r["clean_acc"] == r["clean_acc"] or r.get("diverged")]
+                row += f" {mean_std(ends)} |"
+            lines.append(row)
     return "\n".join(lines)
 
 
@@ -198,10 +209,10 @@ def plot_vs_images(final: list[dict], stem, batch: int | None = None):
     """Corrupted test accuracy against images seen, per corruption and severity, at ``batch``
     (default: the smallest batch size measured), one line per method (mean over seeds)."""
     batch = min(int(r["batch_size"]) for r in final) if batch is None else batch
-    cols = sorted({(r["corruption"], int(r["severity"])) for r in final})
-    fig, axes = figure(len(cols), width=3.0, height=2.6)
-    axes = axes[0]
-    for ax, (c, s) in zip(axes, cols):
+    corruptions = sorted({r["corruption"] for r in final})
+    sevs = sorted({int(r["severity"]) for r in final})
+    fig, axes = figure(len(corruptions), width=3.0, height=2.6, nrows=len(sevs))
+    for ax, (s, c) in zip(axes.flat, [(s, c) for s in sevs for c in corruptions]):
         for m in dict.fromkeys(r["method"] for r in final):
             pts = {}
             for r in final:
@@ -211,7 +222,7 @@ def plot_vs_images(final: list[dict], stem, batch: int | None = None):
                 xs = sorted(pts)
                 ax.plot(xs, [statistics.fmean(pts[x]) for x in xs], marker="o", label=m)
         ax.set(title=f"{c} {s}, batch {batch}", xlabel="images seen", ylabel="corrupted test acc (%)")
-    axes[0].legend(fontsize=6)
+    axes.flat[0].legend(fontsize=6)
     return save(fig, stem)
 
 
@@ -280,6 +291,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-limit", type=int, default=2000, help="class-interleaved images of the split read")
     ap.add_argument("--data", default=None)
     ap.add_argument("--part", default=None, help="K/N: every N-th cell from the K-th")
+    ap.add_argument("--time-images", type=int, default=200,
+                    help="images of each timed adaptation of the device-cost table (0: no timing)")
+    ap.add_argument("--time-repeats", type=int, default=3, help="timed adaptations per method and batch size")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,10 +324,19 @@ def main(argv=None) -> int:
         md += [f"| {m} | {b} | {lr:g}{' (edge)' if lr in edges.get((m, b), ()) else ''} |"
                for (m, b), lr in sorted(chosen.items())]
         md += ["", f"Corrupted test accuracy after {args.samples} images (mean ± std over seeds):", "",
-               table(final, args.samples), "", "Before adaptation (0 images):", "", table(final, 0), ""]
-        costs = device_costs(Path(args.bases), {m: v for m, v in METHODS.items()
-                                                if not args.methods or m in args.methods}, args.batch_sizes, final)
-        md += ["Device cost of one adapted image (analysis/adaptation_cost.py):", "", cost_table(costs), ""]
+               table(final, args.samples), "", "Before adaptation (0 images):", "", table(final, 0, clean=False), ""]
+        methods = {m: v for m, v in METHODS.items() if not args.methods or m in args.methods}
+        timed = {}
+        if args.time_images > 0:         # after every cell: the two parts' processes are done
+            print(f"timing {args.time_repeats} adaptations of {args.time_images} images per method and batch size",
+                  flush=True)
+            timed = {(m, b): timed_seconds(Path(args.bases), folder, bn, b, chosen[(m, b)], args.time_images,
+                                           args.time_repeats, args.data)
+                     for m, (folder, bn, _) in methods.items() for b in args.batch_sizes}
+        costs = device_costs(Path(args.bases), methods, args.batch_sizes, final, timed=timed)
+        how = (f"timed alone: median of {args.time_repeats} adaptations of {args.time_images} images, "
+               "gaussian_noise 5, at the chosen lr" if timed else "not timed alone (--time-images 0)")
+        md += [f"Device cost of one adapted image (analysis/adaptation_cost.py; {how}):", "", cost_table(costs), ""]
         with atomic_write(out / "study.md", "w") as fh:
             fh.write("\n".join(md))
         plot_vs_images(final, out / "adapt_vs_images")

@@ -14,9 +14,10 @@ STYLE = {
 COLORS = {"fp32+BN": "#1f77b4", "fp32+Fixup": "#2ca02c", "EOQ": "#d62728"}
 
 
-def figure(ncols: int = 1, width: float = 4.2, height: float = 3.2):
+def figure(ncols: int = 1, width: float = 4.2, height: float = 3.2, nrows: int = 1):
+    """A figure of ``nrows`` x ``ncols`` panels of width x height inches each; axes always 2-D."""
     plt.rcParams.update(STYLE)
-    return plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False, layout="constrained")
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained")
 
 
 def save(fig, path_stem) -> list[Path]:

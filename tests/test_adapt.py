@@ -139,7 +139,8 @@ def test_the_study_runs_both_stages_and_resumes(bases, tmp_path):
         shutil.copytree(bases / src, root / name)
     argv = ["--bases", str(root), "--out", str(tmp_path / "study"), "--data", "embedded", "--samples", "4",
             "--batch-sizes", "2", "--lrs", "0.5", "1", "--seeds", "0", "--corruptions", "contrast", "--severities", "3",
-            "--choose-corruptions", "contrast", "--eval-limit", "20", "--points", "0", "4"]
+            "--choose-corruptions", "contrast", "--eval-limit", "20", "--points", "0", "4", "--time-images", "2",
+            "--time-repeats", "1"]
     assert adaptation.main(argv) == 0
     final = adaptation.all_rows(tmp_path / "study", "final")
     assert {r["method"] for r in final} == set(adaptation.METHODS) and {int(r["images"]) for r in final} == {0, 4}
@@ -148,6 +149,8 @@ def test_the_study_runs_both_stages_and_resumes(bases, tmp_path):
         assert (tmp_path / "study" / f"{name}.png").exists() and (tmp_path / "study" / f"{name}.pdf").exists()
     study = (tmp_path / "study" / "study.md").read_text()
     assert "| EOQ | 2 |" in study and "energy per image" in study
+    cost_rows = [line for line in study.splitlines() if line.startswith("| EOQ | 2 |") and " ms |" in line]
+    assert len(cost_rows) == 1 and cost_rows[0].split("|")[3].strip().endswith(" ms")     # timed alone
     assert adaptation.main(argv) == 0
     assert len(adaptation.all_rows(tmp_path / "study", "final")) == len(final)
     # a part process skips the cells the whole-study process did: no row is measured twice
@@ -167,7 +170,7 @@ def test_a_wider_grid_in_parts_waits_for_every_choice_and_tables_only_the_chosen
     out = tmp_path / "study"
     argv = ["--bases", str(root), "--out", str(out), "--data", "embedded", "--samples", "4", "--methods", "EOQ",
             "--batch-sizes", "2", "--seeds", "0", "--corruptions", "contrast", "--severities", "3",
-            "--choose-corruptions", "contrast", "--eval-limit", "20", "--points", "0", "4"]
+            "--choose-corruptions", "contrast", "--eval-limit", "20", "--points", "0", "4", "--time-images", "0"]
     assert adaptation.main(argv + ["--lrs", "1"]) == 0
     wider = argv + ["--lrs", "0.01", "1", "100", "0.1"]        # lrs 1e-4, 0.01 (done), 1, 1e-3
     assert adaptation.main(wider + ["--part", "0/2"]) == 2
@@ -206,3 +209,22 @@ def test_a_committed_base_adapts_on_other_data():
                             lr=1e-3, bn="batch", points=(0, 4), eval_limit=40, data="embedded", threads=1,
                             progress=False))
     assert [r["images"] for r in run.rows] == [0, 4]
+
+
+def test_a_table_cell_tells_not_measured_from_diverged():
+    from analysis import adaptation
+    nan = float("nan")
+    assert adaptation.mean_std([]) == "–"
+    assert adaptation.mean_std([nan, nan]) == "diverged"
+    assert adaptation.mean_std([80.0, nan, 82.0]) == "81.00 ± 1.41 (1 of 3 diverged)"
+    assert adaptation.mean_std([80.0, 82.0]) == "81.00 ± 1.41"
+    row = dict(method="EOQ", corruption="contrast", severity=3, batch_size=1, images=4, acc=80.0, clean_acc=85.0,
+               diverged="")
+    bad = dict(row, seed=1, acc=nan, clean_acc=nan, diverged="adaptation diverged")
+    final = [dict(row, seed=0), bad, dict(row, method="WAGEUBN", seed=0)]
+    lines = adaptation.table(final, 4).splitlines()
+    assert lines[0].endswith("contrast 3 | clean at end (all cells) |")
+    assert lines[2] == "| EOQ | 1 | 80.00 (1 of 2 diverged) | 85.00 (1 of 2 diverged) |"
+    assert lines[3] == "| WAGEUBN | 1 | 80.00 | 85.00 |"
+    before = adaptation.table(final, 0, clean=False).splitlines()
+    assert before[0].endswith("contrast 3 |") and before[2] == "| EOQ | 1 | – |"

@@ -44,3 +44,31 @@ def test_energy_is_the_step_count_per_image_and_memory_grows_by_one_image_of_act
 def test_a_folder_without_config_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         ac.base_config(Path(tmp_path), "missing")
+
+
+def test_timed_seconds_are_the_median_of_the_repeats_of_the_real_path(monkeypatch):
+    """timed_seconds runs ``repeats`` adaptations (seeds 0, 1, 2) of ``images`` images on one thread
+    and takes the median of their seconds per image."""
+    seen = []
+
+    class Run:
+        def __init__(self, cfg):
+            self.seconds_per_image = {0: 0.030, 1: 0.010, 2: 0.020}[cfg.seed]
+
+    def fake(cfg):
+        seen.append((cfg.seed, cfg.samples, cfg.batch_size, cfg.threads, cfg.points, cfg.bn, cfg.lr))
+        return Run(cfg)
+
+    monkeypatch.setattr(ac, "adapt", fake)
+    assert ac.timed_seconds(Path("b"), "f", "frozen", 4, 1e-4, images=40, repeats=3) == pytest.approx(0.020)
+    assert seen == [(s, 40, 4, 1, (40,), "frozen", 1e-4) for s in range(3)]
+
+
+def test_the_cost_table_shows_both_seconds(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text(json.dumps(
+        {"train": {"model": "resnet20", "norm": "fixup", "momentum": 0.875}, "spec": "eoq"}))
+    rows = [_row(0, 200, 3.0, batch=1)]
+    costs = ac.device_costs(tmp_path, {"EOQ": ("b", "batch", 0.01)}, [1, 2], rows, timed={("EOQ", 1): 0.0125})
+    table = ac.cost_table(costs)
+    assert "| EOQ | 1 | 12.5 ms | 15.0 ms |" in table and "| EOQ | 2 | – | – |" in table
