@@ -1,4 +1,4 @@
-# make run   : the main job, end to end on the embedded CIFAR-10 subset (no network, no GPU, a few minutes):
+# make run   : the main job, end to end on the embedded CIFAR-10 subset (no network, no GPU, minutes):
 #              trains fp32+BN, fp32+Fixup and 8-bit EOQ briefly, measures isometry and quantization error,
 #              counts the cost, and writes reports/quickstart/REPORT.md with its figures
 # make test  : the test suite (CI runs exactly this through .ci/run)
