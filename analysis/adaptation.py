@@ -251,8 +251,8 @@ def plot_vs_batch(final: list[dict], stem):
                 ax.plot(list(by), list(by.values()), style, marker="o" if i == 0 else None, color=f"C{j}",
                         label=m if i == 0 else None)
         ax.set_xscale("log", base=2)
-        ax.set(title=f"severity {sev}: after {end} images (solid), before (dotted)", xlabel="batch size",
-               ylabel="corrupted test acc (%)")
+        ax.set(title=f"severity {sev}", xlabel="batch size", ylabel="corrupted test acc (%)")
+    fig.suptitle(f"after {end} images (solid), before (dotted; the two fp32+BN share one base)", fontsize=9)
     axes[0].legend(fontsize=6)
     return save(fig, stem)
 
