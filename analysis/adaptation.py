@@ -205,6 +205,33 @@ def table(final: list[dict], images: int, clean: bool = True) -> str:
     return "\n".join(lines)
 
 
+def summary(final: list[dict]) -> str:
+    """Per method and batch size: the lr, the corrupted test accuracy before the stream and at its
+    end, and the clean test accuracy at the end, each the mean over the row's corruption x severity
+    streams, ± the std over seeds of that mean (the seed-to-seed spread of the whole row)."""
+    end = max(int(r["images"]) for r in final)
+
+    def seed_means(m, b, key, images=None) -> list[float]:
+        per: dict = {}
+        for r in final:
+            if r["method"] == m and int(r["batch_size"]) == b and (images is None or int(r["images"]) == images) \
+                    and r[key] == r[key]:
+                per.setdefault(int(r["seed"]), []).append(r[key])
+        return [statistics.fmean(v) for _, v in sorted(per.items())]
+
+    lines = [f"| method | batch | lr | before (0 images) | after {end} images | gain | clean test at the end |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for m in dict.fromkeys(r["method"] for r in final):
+        for b in sorted({int(r["batch_size"]) for r in final if r["method"] == m}):
+            before, after = seed_means(m, b, "acc", 0), seed_means(m, b, "acc", end)
+            lr = next(r["lr"] for r in final if r["method"] == m and int(r["batch_size"]) == b)
+            div = sum(1 for r in final if r["method"] == m and int(r["batch_size"]) == b and r.get("diverged"))
+            gain = f"{statistics.fmean(after) - statistics.fmean(before):+.2f}" if before and after else "–"
+            lines.append(f"| {m} | {b} | {lr:g} | {mean_std(before)} | {mean_std(after)}"
+                         f"{f' ({div} cells diverged)' if div else ''} | {gain} | {mean_std(seed_means(m, b, 'clean_acc'))} |")
+    return "\n".join(lines)
+
+
 def plot_vs_images(final: list[dict], stem, batch: int | None = None):
     """Corrupted test accuracy against images seen, per corruption and severity, at ``batch``
     (default: the smallest batch size measured), one line per method (mean over seeds)."""
@@ -323,7 +350,9 @@ def main(argv=None) -> int:
               "| method | batch | lr |", "|---|---:|---:|"]
         md += [f"| {m} | {b} | {lr:g}{' (edge)' if lr in edges.get((m, b), ()) else ''} |"
                for (m, b), lr in sorted(chosen.items())]
-        md += ["", f"Corrupted test accuracy after {args.samples} images (mean ± std over seeds):", "",
+        md += ["", "Summary: each method and batch size over its ten streams (mean over corruptions and severities, "
+               "± std over seeds of that mean; `summary` in analysis/adaptation.py):", "", summary(final), "",
+               f"Corrupted test accuracy after {args.samples} images (mean ± std over seeds):", "",
                table(final, args.samples), "", "Before adaptation (0 images):", "", table(final, 0, clean=False), ""]
         methods = {m: v for m, v in METHODS.items() if not args.methods or m in args.methods}
         timed = {}

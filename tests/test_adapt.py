@@ -228,3 +228,17 @@ def test_a_table_cell_tells_not_measured_from_diverged():
     assert lines[3] == "| WAGEUBN | 1 | 80.00 | 85.00 |"
     before = adaptation.table(final, 0, clean=False).splitlines()
     assert before[0].endswith("contrast 3 |") and before[2] == "| EOQ | 1 | – |"
+
+
+def test_the_summary_averages_streams_per_seed_then_spreads_over_seeds():
+    """Two seeds, two streams each: seed means 81 and 83 -> 82.00 ± 1.41; before 70 (both seeds)."""
+    from analysis import adaptation
+    rows = []
+    for seed, accs in ((0, (80.0, 82.0)), (1, (82.0, 84.0))):
+        for c, acc in zip(("contrast", "brightness"), accs):
+            base = dict(method="EOQ", corruption=c, severity=3, batch_size=1, lr=3e-5, seed=seed, diverged="")
+            rows += [dict(base, images=0, acc=70.0, clean_acc=float("nan")),
+                     dict(base, images=8, acc=acc, clean_acc=85.0 + seed)]
+    lines = adaptation.summary(rows).splitlines()
+    assert lines[0].startswith("| method | batch | lr | before (0 images) | after 8 images |")
+    assert lines[2] == "| EOQ | 1 | 3e-05 | 70.00 ± 0.00 | 82.00 ± 1.41 | +12.00 | 85.50 ± 0.71 |"
