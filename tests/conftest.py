@@ -9,6 +9,13 @@ SHARED_ZIP = ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
 # decoded datasets are cached once per checkout, not in the user's home
 os.environ.setdefault("EOQ_CACHE", str(ROOT / ".pytest_cache" / "eoq-data"))
 
+# One thread per pytest-xdist worker (its subprocesses inherit it): two workers of two OpenMP
+# threads each on two cores leave threads spinning at every parallel region's barrier while their
+# core runs the other worker (a test that takes 9 s alone took 72 s so). Tests of the threaded
+# paths set their thread counts themselves.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def shared_zip() -> Path:
