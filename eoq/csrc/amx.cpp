@@ -80,16 +80,18 @@ void conv_amx(const uint8_t* src, const int8_t* wp, const int32_t* cr, float* ds
               int64_t Wp, int64_t cp, int64_t Co, int64_t kh, int64_t kw, float scale_) {
   const int64_t Ho = Hp - kh + 1, Wo = Wp - kw + 1, row = Wp * cp, nk = (kw * cp + 63) / 64;
   const int64_t per_cb = kh * nk * 1024;
+  // cp % 4 == 0, so the 4 bytes of k = 4 k4 .. 4 k4 + 3 are one (kx, ci / 4) group of the VNNI operand,
+  // whose 16 output channels x 4 bytes lie contiguous there: one 64-byte copy per (cb, ky, k4)
   std::vector<int8_t> bw(Co / 16 * per_cb, 0);
-  for (int64_t cb = 0; cb < Co / 16; ++cb)
-    for (int64_t ky = 0; ky < kh; ++ky)
-      for (int64_t k = 0; k < nk * 64; ++k) {
-        const int64_t kx = k / cp, ci = k % cp;
-        if (kx >= kw) continue;
-        for (int64_t co = 0; co < 16; ++co)
-          bw[cb * per_cb + (ky * nk + k / 64) * 1024 + (k % 64) / 4 * 64 + co * 4 + k % 4] =
-              wp[(((ky * kw + kx) * (cp / 4) + ci / 4) * Co + cb * 16 + co) * 4 + ci % 4];
-      }
+  const int64_t c4 = cp / 4;
+  at::parallel_for(0, Co / 16 * kh, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t cb = i / kh, ky = i % kh;
+      for (int64_t k4 = 0; k4 < kw * c4; ++k4)
+        std::memcpy(bw.data() + cb * per_cb + (ky * nk + k4 / 16) * 1024 + (k4 % 16) * 64,
+                    wp + (((ky * kw + k4 / c4) * c4 + k4 % c4) * Co + cb * 16) * 4, 64);
+    }
+  });
   const int64_t L = Ho * Wp, per_img = (L + 15) / 16;
   const __m512 scale = _mm512_set1_ps(scale_);
   at::parallel_for(0, N * per_img, 16, [&](int64_t b, int64_t e) {

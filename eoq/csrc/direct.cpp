@@ -20,6 +20,7 @@
 //   amx_available()        AMX tiles usable here (CPU, compiler, and the kernel's permission)
 // conv and wgrad take `amx`: compute the same integers on AMX tiles when available (amx.cpp).
 #include "direct.h"
+
 #include <tuple>
 
 namespace {
@@ -280,15 +281,65 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack(const at::Tensor
   int8_t *f = fwd.data_ptr<int8_t>(), *b = bwd.data_ptr<int8_t>();
   int32_t *fs = fc.data_ptr<int32_t>(), *bs = bc.data_ptr<int32_t>();
   const float inv = std::ldexp(1.0f, static_cast<int>(-exponent));
-  for (int64_t o = 0; o < Co; ++o)
-    for (int64_t c = 0; c < Ci; ++c)
-      for (int64_t q = 0; q < KK; ++q) {
-        const int8_t v = static_cast<int8_t>(std::nearbyint(src[(o * Ci + c) * KK + q] * inv));
-        f[((q * (cp / 4) + c / 4) * Co + o) * 4 + c % 4] = v;
-        b[(((KK - 1 - q) * (cop / 4) + o / 4) * Ci + c) * 4 + o % 4] = v;
-        fs[o] += 128 * v;
-        bs[c] += 128 * v;
+  // threads take groups of 4 output channels (their writes never meet): their codes first, in the
+  // weights' order, then both operands written in the operands' order (a weight tensor is too large
+  // for the cache, and writing the operands in its order touched a new cache line per code); the
+  // input channels' sums are added per thread and then under a lock (integers: any order)
+  std::mutex lock;
+  const int64_t row = Ci * KK, c4n = cp / 4, co4n = cop / 4;
+  at::parallel_for(0, co4n, 1, [&](int64_t g0, int64_t g1) {
+    const int64_t o0 = 4 * g0, o1 = std::min(4 * g1, Co);
+    std::vector<int8_t> v((o1 - o0) * row);
+    std::vector<int32_t> part(Ci, 0);
+    for (int64_t o = o0; o < o1; ++o)
+      for (int64_t c = 0; c < Ci; ++c) {
+        int32_t sum = 0;
+        for (int64_t q = 0; q < KK; ++q) {
+          const int64_t i = c * KK + q;
+          const int8_t code = static_cast<int8_t>(std::nearbyint(src[o * row + i] * inv));
+          v[(o - o0) * row + i] = code;
+          sum += 128 * code;
+        }
+        fs[o] += sum;
+        part[c] += sum;
       }
+    // four codes a step (one int32 store), the last incomplete group of channels a code a step
+    auto word = [](const int8_t* p, int64_t stride) {
+      return static_cast<uint32_t>(static_cast<uint8_t>(p[0])) |
+             static_cast<uint32_t>(static_cast<uint8_t>(p[stride])) << 8 |
+             static_cast<uint32_t>(static_cast<uint8_t>(p[2 * stride])) << 16 |
+             static_cast<uint32_t>(static_cast<uint8_t>(p[3 * stride])) << 24;
+    };
+    for (int64_t q = 0; q < KK; ++q) {
+      for (int64_t c4 = 0; c4 < c4n; ++c4) {
+        int8_t* out = f + (q * c4n + c4) * Co * 4;
+        if (4 * c4 + 4 <= Ci) {
+          for (int64_t o = o0; o < o1; ++o) {
+            const uint32_t w4 = word(v.data() + (o - o0) * row + 4 * c4 * KK + q, KK);
+            std::memcpy(out + o * 4, &w4, 4);
+          }
+        } else {
+          for (int64_t o = o0; o < o1; ++o)
+            for (int64_t j = 0; 4 * c4 + j < Ci; ++j) out[o * 4 + j] = v[(o - o0) * row + (4 * c4 + j) * KK + q];
+        }
+      }
+      for (int64_t g = g0; g < g1; ++g) {
+        int8_t* out = b + ((KK - 1 - q) * co4n + g) * Ci * 4;
+        const int8_t* in = v.data() + (4 * g - o0) * row + q;
+        if (4 * g + 4 <= Co) {
+          for (int64_t c = 0; c < Ci; ++c) {
+            const uint32_t w4 = word(in + c * KK, row);
+            std::memcpy(out + c * 4, &w4, 4);
+          }
+        } else {
+          for (int64_t c = 0; c < Ci; ++c)
+            for (int64_t j = 0; 4 * g + j < Co; ++j) out[c * 4 + j] = in[j * row + c * KK];
+        }
+      }
+    }
+    std::lock_guard<std::mutex> hold(lock);
+    for (int64_t c = 0; c < Ci; ++c) bs[c] += part[c];
+  });
   return {fwd, fc, bwd, bc};
 }
 

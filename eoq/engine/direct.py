@@ -32,6 +32,12 @@ and whose input channels are a multiple of 16 or whose input needs no gradient (
 channels, padded to 4), on CPUs with AVX-512 VNNI. ``EOQ_DIRECT=0`` in the environment (read at import) or ``with
 direct.disabled():`` uses the im2col path everywhere; ``EOQ_AMX=0`` or ``with
 direct.amx_disabled():`` keeps the direct kernels on VNNI instructions.
+
+On AMX tiles the forward and the input gradient also win for wider layers, up to
+``AMX_MAX_CHANNELS`` (ResNet-18's 128-512: 1.3-2x the GEMMs' speed, ``benchmarks/bench_direct.py``),
+but the weight gradient does not beyond ``AMX_WGRAD_MAX_CHANNELS`` (64): there a layer's
+:class:`Route` keeps the weight gradient on the GEMM path, which reads the unpadded codes the
+forward then saves instead of the padded input. Same integers on every route (tests).
 """
 from __future__ import annotations
 
@@ -43,7 +49,9 @@ import torch.nn.functional as F
 
 from .. import kernels
 
-MAX_CHANNELS = 64       # output channels (VNNI instructions or AMX tiles)
+MAX_CHANNELS = 64       # output channels on VNNI instructions (and for the weight gradient on AMX tiles)
+AMX_MAX_CHANNELS = 512  # output channels of the forward and input gradient on AMX tiles
+AMX_WGRAD_MAX_CHANNELS = MAX_CHANNELS
 WIDE_MIN_PIXELS = 2048  # VNNI, more than 32 output channels: the least N * H * W (ResNet-20's 8x8 stage at batch 32)
 _state = {"enabled": os.environ.get("EOQ_DIRECT", "1") != "0", "amx": os.environ.get("EOQ_AMX", "1") != "0"}
 
@@ -72,18 +80,39 @@ def module():
     return kern if kern is not None and kern.direct_available() else None
 
 
-def eligible(layer, input_grad: bool, pixels: int | None = None) -> bool:
-    """Whether the integer engine runs ``layer`` (an nn.Conv2d) with the direct kernels, for an input
-    of ``pixels`` = N * H * W (None: a large batch)."""
+class Route(NamedTuple):
+    """Where a conv layer's three products run: ``conv`` the forward and the input gradient on the
+    direct kernels (else everything on the GEMM path), ``wgrad`` the weight gradient on them too
+    (else on the GEMM path, from the codes the forward saves)."""
+
+    conv: bool
+    wgrad: bool
+
+
+GEMM = Route(False, False)
+
+
+def route(layer, input_grad: bool, pixels: int | None = None) -> Route:
+    """The route the integer engine takes for ``layer`` (an nn.Conv2d), for an input of ``pixels`` =
+    N * H * W (None: a large batch)."""
     cout, cin, kh, kw = layer.weight.shape
     kern = module()
     if kern is None or isinstance(layer.padding, str):
-        return False
+        return GEMM
     geometry = (layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1 and kh == kw
                 and layer.padding_mode == "zeros" and layer.padding[0] == layer.padding[1] <= kh - 1)
-    channels = cout % 16 == 0 and cout <= MAX_CHANNELS and (cin % 16 == 0 or not input_grad)
-    enough = cout <= 32 or pixels is None or pixels >= WIDE_MIN_PIXELS or use_amx(kern)
-    return geometry and channels and enough
+    amx = use_amx(kern)
+    widest = AMX_MAX_CHANNELS if amx else MAX_CHANNELS
+    channels = cout % 16 == 0 and cout <= widest and (cin % 16 == 0 or not input_grad)
+    enough = cout <= 32 or pixels is None or pixels >= WIDE_MIN_PIXELS or amx
+    if not (geometry and channels and enough):
+        return GEMM
+    return Route(True, cout <= (AMX_WGRAD_MAX_CHANNELS if amx else MAX_CHANNELS))
+
+
+def eligible(layer, input_grad: bool, pixels: int | None = None) -> bool:
+    """Whether the integer engine runs ``layer``'s forward (and input gradient) on the direct kernels."""
+    return route(layer, input_grad, pixels).conv
 
 
 def channels_padded(c: int) -> int:

@@ -19,8 +19,9 @@ block of images at a time (an im2col block of ``BLOCK_BYTES``; the forward and e
 written into their float32 output block by block): only a few MiB of im2col and int32 are held at
 once, and rows (and integer partial sums) are the same integers as one whole-batch GEMM's.
 
-Stride-1 convolutions with 16-64 output channels run on direct AMX / VNNI kernels instead
-(:mod:`eoq.engine.direct`: no im2col matrix, the same integer sums); the rest use the GEMMs above.
+Stride-1 convolutions with 16-64 output channels (16-512 on AMX tiles, whose weight gradient
+stays on the GEMM above 64) run on direct AMX / VNNI kernels instead (:mod:`eoq.engine.direct`: no
+im2col matrix, the same integer sums); the rest use the GEMMs above.
 
 The int32 accumulator never overflows silently: a product of two 8-bit codes is at most
 127 * 127, so a GEMM is split along K into chunks of at most ``SAFE_K`` = (2^31 - 1) // 127^2 =
@@ -501,8 +502,8 @@ class IntConvFn(torch.autograd.Function):
         ew = int(layer.weight_exp)
         cl = _channels_last(x)
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
-        ctx.layer, ctx.direct, ctx.in_dtype = layer, direct.eligible(layer, ctx.needs_input_grad[0], pixels), x.dtype
-        if ctx.direct:
+        ctx.layer, ctx.direct, ctx.in_dtype = layer, direct.route(layer, ctx.needs_input_grad[0], pixels), x.dtype
+        if ctx.direct.conv:
             return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
         wc = weight_mats(layer.weight, ew)
         a = to_nhwc(a)
@@ -524,7 +525,7 @@ class IntConvFn(torch.autograd.Function):
         e, ee = _codes(grad_out, q.E, layer.generator, layer)
         _notify("E", q.E, grad_out, e, ee, layer)
         e = to_nhwc(e)
-        if ctx.direct:
+        if ctx.direct.conv:
             gi, gw, _ = _direct_backward(ctx, e, ee)
             return gi if gi is None else gi.to(ctx.in_dtype), gw, None
         a, wbwd = ctx.saved_tensors
@@ -541,13 +542,14 @@ class IntConvFn(torch.autograd.Function):
 
 def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
     """IntConvFn.forward through the direct kernels (eoq/engine/direct.py): no im2col, float32 output
-    written by the kernel; the padded input codes are kept for the weight gradient."""
+    written by the kernel; the padded input codes are kept for the weight gradient (the unpadded
+    codes where it runs on the GEMM path)."""
     layer, kern = ctx.layer, direct.module()
     dw = direct.grid_weights(kern, layer.weight, ew)
     kh, kw = layer.kernel_size
     out, xu = direct.conv(kern, a_nhwc, dw.fwd, dw.fwd_corr, kh, kw, layer.padding[0], ea + ew)
     if any(ctx.needs_input_grad):
-        ctx.save_for_backward(xu, dw.bwd, dw.bwd_corr)
+        ctx.save_for_backward(xu if ctx.direct.wgrad else a_nhwc, dw.bwd, dw.bwd_corr)
     ctx.meta, ctx.wshape = _Saved(ea, ew, tuple(x.shape[2:]), cl), tuple(layer.weight.shape)
     return _nchw_view(out, cl)
 
@@ -556,7 +558,7 @@ def _direct_backward(ctx, e, ee):
     """IntConvFn.backward through the direct kernels: the input gradient is the stride-1
     convolution of E (padded by k - 1 - p) with the rotated kernel, the weight gradient an int64
     accumulator in im2col order, rounded to G as on the GEMM path."""
-    xu, bwd, bwd_corr = ctx.saved_tensors
+    a, bwd, bwd_corr = ctx.saved_tensors         # the padded input (uint8) or the codes (int8)
     layer, kern = ctx.layer, direct.module()
     ea, ew, _, cl = ctx.meta
     _, cin, kh, kw = ctx.wshape
@@ -565,7 +567,9 @@ def _direct_backward(ctx, e, ee):
         out, _ = direct.conv(kern, e, bwd, bwd_corr, kh, kw, kh - 1 - layer.padding[0], ee + ew)
         gi = _nchw_view(out, cl)
     if ctx.needs_input_grad[1]:
-        gw = _gradient(direct.weight_grad(kern, xu, e, kh, kw, cin), ea + ee, layer, ctx.wshape)
+        acc = (direct.weight_grad(kern, a, e, kh, kw, cin) if ctx.direct.wgrad
+               else conv_weight_grad(a, e, kh, kw, 1, layer.padding[0]))
+        gw = _gradient(acc, ea + ee, layer, ctx.wshape)
     return gi, gw, None
 
 
