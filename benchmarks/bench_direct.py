@@ -59,9 +59,11 @@ def main():
     print("| channels x size | path | forward ms | input grad ms | weight grad ms | sum ms | engine uses |")
     print("|---|---|---:|---:|---:|---:|---|")
     for c, h in SHAPES:
-        used = "direct" if direct.eligible(torch.nn.Conv2d(c, c, 3, padding=1), True) else "gemm"
-        if used == "direct":
-            used += " (amx)" if direct.use_amx(direct.module()) else " (vnni)"
+        r = direct.route(torch.nn.Conv2d(c, c, 3, padding=1), True)
+        used = "gemm"
+        if r.conv:
+            used = "direct (amx)" if direct.use_amx(direct.module()) else "direct (vnni)"
+            used += "" if r.wgrad else ", weight grad gemm"
         for name, t in paths(c, h, args.batch_size, args.repeats).items():
             ms = [x * 1000 for x in t]
             print(f"| {c} x {h}x{h} | {name} | {ms[0]:.2f} | {ms[1]:.2f} | {ms[2]:.2f} | {sum(ms):.2f} | {used} |")

@@ -175,13 +175,14 @@ def test_wide_layer_on_amx_tiles_takes_the_gemm_weight_gradient(cin, cout, monke
     (16, 16, 3, 1, 1, True, True), (16, 16, 3, 1, 2, True, False), (16, 8, 3, 1, 1, True, False),
     (3, 16, 3, 1, 1, True, False), (3, 16, 3, 1, 1, False, True), (16, 16, 3, 3, 1, True, False)])
 def test_eligibility(cin, cout, k, p, s, input_grad, expected):
-    """Direct only for stride 1, output channels in steps of 16 (16-64 on VNNI, 16-512 on AMX with
+    """Direct only for stride 1, output channels in steps of 16 (16-64 on VNNI, 16-256 on AMX with
     the weight gradient on the direct kernels up to 64), padding < kernel, and input channels a
     multiple of 16 unless no input gradient is needed."""
     layer = torch.nn.Conv2d(cin, cout, k, stride=s, padding=p)
     assert direct.eligible(layer, input_grad) is expected
     wide, wider = torch.nn.Conv2d(16, 64, 3, padding=1), torch.nn.Conv2d(16, 80, 3, padding=1)
-    widest, too_wide = torch.nn.Conv2d(16, 512, 3, padding=1), torch.nn.Conv2d(16, 528, 3, padding=1)
+    widest = torch.nn.Conv2d(16, direct.AMX_MAX_CHANNELS, 3, padding=1)
+    too_wide = torch.nn.Conv2d(16, direct.AMX_MAX_CHANNELS + 16, 3, padding=1)
     assert direct.route(wide, True) == (True, True)
     assert direct.route(too_wide, True) == (False, False)
     if direct.use_amx(direct.module()):

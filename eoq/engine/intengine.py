@@ -19,7 +19,7 @@ block of images at a time (an im2col block of ``BLOCK_BYTES``; the forward and e
 written into their float32 output block by block): only a few MiB of im2col and int32 are held at
 once, and rows (and integer partial sums) are the same integers as one whole-batch GEMM's.
 
-Stride-1 convolutions with 16-64 output channels (16-512 on AMX tiles, whose weight gradient
+Stride-1 convolutions with 16-64 output channels (16-256 on AMX tiles, whose weight gradient
 stays on the GEMM above 64) run on direct AMX / VNNI kernels instead (:mod:`eoq.engine.direct`: no
 im2col matrix, the same integer sums); the rest use the GEMMs above.
 
