@@ -187,12 +187,14 @@ void wgrad_amx(const uint8_t* xs, const int8_t* es, WgradTotal& total, int64_t N
                int64_t cp, int64_t Ho, int64_t Wo, int64_t Co, int64_t kh, int64_t kw) {
   // B: at most 66,000 / (Ho * Wo) images (int32 bound), and about 16K positions (cache-sized)
   const int64_t P = Hp * Wp, B = std::max<int64_t>(1, std::min(66000 / (Ho * Wo), 16384 / P));
-  const int64_t cpt = (cp + 15) / 16 * 16, cib_n = cpt / 16, Cob = Co / 16, KK = kh * kw, e_g = Cob * 64;
+  const int64_t cpt = (cp + 15) / 16 * 16, cib_n = cpt / 16, Cob = Co / 16, KK = kh * kw;
   at::parallel_for(0, N, 1, [&](int64_t nb, int64_t ne) {
     amx_configure();
     const int64_t bmax = std::min(B, ne - nb), kmax = (bmax * P + 63) / 64 * 64;
-    const int64_t xt_len = (kmax + (kh - 1) * Wp + kw + 64 + 63) / 64 * 64;
-    std::vector<uint8_t> xt(cpt * xt_len, 128), e4((kmax / 4) * e_g, 0), ef(kmax * Co, 0);
+    // rows 4096 k + 64 bytes apart: a tile's 16 rows then fall in 16 cache sets (the position budget
+    // made the length a multiple of 4096, all 16 rows in one set of the L1 cache: 3x slower)
+    const int64_t xt_len = (kmax + (kh - 1) * Wp + kw + 64 + 4095) / 4096 * 4096 + 64;
+    std::vector<uint8_t> xt(cpt * xt_len, 128), e4((kmax / 4) * Co * 4, 0), ef(kmax * Co, 0);
     std::vector<int64_t> part(Co * KK * cpt, 0), psum(Co, 0);
     alignas(64) int32_t scratch[5 * 256];
     for (int64_t n0 = nb; n0 < ne; n0 += bmax) {
@@ -219,9 +221,11 @@ void wgrad_amx(const uint8_t* xs, const int8_t* es, WgradTotal& total, int64_t N
           for (int o = 0; o < 16; ++o) psum[cb * 16 + o] += lanes[o];
         }
       }
+      // E of output channel block cb at e4 + cb * K * 16, 64 contiguous bytes per 4 positions, so
+      // that a tile's 16 rows are one contiguous kilobyte
       for (int64_t cb = 0; cb < Cob; ++cb)
         interleave_row(reinterpret_cast<const uint8_t*>(ef.data()) + cb * 16, Co, K, 16, K / 4, 0,
-                       e4.data() + cb * 64, e_g);
+                       e4.data() + cb * K * 16, 64);
       for (int64_t cb = 0; cb < Cob; ++cb)
         for (int64_t cib = 0; cib < cib_n; ++cib)
           for (int64_t t0 = 0; t0 < KK; t0 += 5) {
@@ -229,13 +233,13 @@ void wgrad_amx(const uint8_t* xs, const int8_t* es, WgradTotal& total, int64_t N
             const uint8_t* a[5];
             for (int64_t i = 0; i < g; ++i)
               a[i] = xt.data() + cib * 16 * xt_len + (t0 + i) / kw * Wp + (t0 + i) % kw;
-            const uint8_t* eb = e4.data() + cb * 64;
+            const uint8_t* eb = e4.data() + cb * K * 16;
             switch (g) {
-              case 1: amx_wgrad_group<1>(a, xt_len, eb, e_g, nch, scratch); break;
-              case 2: amx_wgrad_group<2>(a, xt_len, eb, e_g, nch, scratch); break;
-              case 3: amx_wgrad_group<3>(a, xt_len, eb, e_g, nch, scratch); break;
-              case 4: amx_wgrad_group<4>(a, xt_len, eb, e_g, nch, scratch); break;
-              default: amx_wgrad_group<5>(a, xt_len, eb, e_g, nch, scratch);
+              case 1: amx_wgrad_group<1>(a, xt_len, eb, 64, nch, scratch); break;
+              case 2: amx_wgrad_group<2>(a, xt_len, eb, 64, nch, scratch); break;
+              case 3: amx_wgrad_group<3>(a, xt_len, eb, 64, nch, scratch); break;
+              case 4: amx_wgrad_group<4>(a, xt_len, eb, 64, nch, scratch); break;
+              default: amx_wgrad_group<5>(a, xt_len, eb, 64, nch, scratch);
             }
             for (int64_t i = 0; i < g; ++i)
               for (int64_t ci = 0; ci < 16; ++ci)

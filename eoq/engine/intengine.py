@@ -20,7 +20,7 @@ written into their float32 output block by block): only a few MiB of im2col and 
 once, and rows (and integer partial sums) are the same integers as one whole-batch GEMM's.
 
 Stride-1 convolutions with 16-64 output channels (16-256 on AMX tiles, whose weight gradient
-stays on the GEMM above 64) run on direct AMX / VNNI kernels instead (:mod:`eoq.engine.direct`: no
+stays on the GEMM above 128) run on direct AMX / VNNI kernels instead (:mod:`eoq.engine.direct`: no
 im2col matrix, the same integer sums); the rest use the GEMMs above.
 
 The int32 accumulator never overflows silently: a product of two 8-bit codes is at most
