@@ -192,7 +192,7 @@ void wgrad_amx(const uint8_t* xs, const int8_t* es, WgradTotal& total, int64_t N
     amx_configure();
     const int64_t bmax = std::min(B, ne - nb), kmax = (bmax * P + 63) / 64 * 64;
     // rows 4096 k + 64 bytes apart: a tile's 16 rows then fall in 16 cache sets (the position budget
-    // made the length a multiple of 4096, all 16 rows in one set of the L1 cache: 3x slower)
+    // made the length a multiple of 4096, which put all 16 rows in one set of the L1 cache)
     const int64_t xt_len = (kmax + (kh - 1) * Wp + kw + 64 + 4095) / 4096 * 4096 + 64;
     std::vector<uint8_t> xt(cpt * xt_len, 128), e4((kmax / 4) * Co * 4, 0), ef(kmax * Co, 0);
     std::vector<int64_t> part(Co * KK * cpt, 0), psum(Co, 0);

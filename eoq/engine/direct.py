@@ -37,7 +37,7 @@ On AMX tiles the forward and the input gradient also win for wider layers, up to
 ``AMX_MAX_CHANNELS`` (ResNet-18's 128 and 256 channels at 16x16 and 8x8: 1.6-2.3x the GEMMs' speed,
 ``benchmarks/bench_direct.py``; its 512 channels at 4x4, where 16-position tiles over the padded
 width compute twice the output, tie with the GEMMs), but the weight gradient does not beyond
-``AMX_WGRAD_MAX_CHANNELS`` (128; at 256 channels the GEMM's takes 0.8 of its time): there a layer's
+``AMX_WGRAD_MAX_CHANNELS`` (128; at 256 channels the GEMM's takes 0.9 of its time): there a layer's
 :class:`Route` keeps the weight gradient on the GEMM path, which reads the unpadded codes the
 forward then saves instead of the padded input. Same integers on every route (tests).
 """
