@@ -390,8 +390,7 @@ int64_t max_abs_code(const T* x, int64_t n) {
 }
 
 template <typename T>
-void add_term(std::vector<int64_t>& acc_, const T* __restrict x, int64_t n, double mult, double scale) {
-  int64_t* __restrict acc = acc_.data();       // restrict: an int8 x may not alias the vector
+void add_term(int64_t* __restrict acc, const T* __restrict x, int64_t n, double mult, double scale) {
   for (int64_t j = 0; j < n; ++j) {            // floor(v) as trunc(v) - (trunc(v) > v): vectorizes
     const double v = static_cast<double>(x[j]) * mult * scale;
     const int64_t t = static_cast<int64_t>(v);
@@ -399,9 +398,12 @@ void add_term(std::vector<int64_t>& acc_, const T* __restrict x, int64_t n, doub
   }
 }
 
-// S = sum of the terms as int64 integers S * 2^e0 (int_update.accumulate); false when all are zero.
-bool accumulate(const std::vector<Term>& terms, int64_t n, const std::vector<double>& amaxes,
-                std::vector<int64_t>& acc, int64_t& e0) {
+// S = sum of the terms as int64 integers S * 2^e0 (int_update.accumulate): e0 and each term's scale
+// 2^(-shift - e0); false when all terms are zero. S itself is formed a block at a time
+// (sum_block), as often as it is needed, instead of held whole: an int64 per weight is 8 bytes
+// of memory traffic per pass, and the step would make five passes over it.
+bool accumulate_plan(const std::vector<Term>& terms, const std::vector<double>& amaxes, int64_t& e0,
+                     std::vector<double>& scales) {
   bool any = false;
   int64_t top = 0;
   for (size_t t = 0; t < terms.size(); ++t) {
@@ -414,12 +416,19 @@ bool accumulate(const std::vector<Term>& terms, int64_t n, const std::vector<dou
   }
   if (!any) return false;
   e0 = top + 2 - (ACC_BITS - 2);
-  acc.assign(n, 0);
-  for (const Term& t : terms) {
-    const double scale = std::ldexp(1.0, static_cast<int>(-t.shift - e0));
-    by_code_type(t.type, [&](auto z) { add_term(acc, static_cast<const decltype(z)*>(t.x), n, t.mult, scale); });
-  }
+  scales.clear();
+  for (const Term& t : terms) scales.push_back(std::ldexp(1.0, static_cast<int>(-t.shift - e0)));
   return true;
+}
+
+// S[j0 .. j0 + len) into out (integer sums of the terms' floors: the same integers in any order)
+void sum_block(const std::vector<Term>& terms, const std::vector<double>& scales, int64_t j0, int64_t len,
+               int64_t* out) {
+  for (int64_t l = 0; l < len; ++l) out[l] = 0;
+  for (size_t t = 0; t < terms.size(); ++t)
+    by_code_type(terms[t].type, [&](auto z) {
+      add_term(out, static_cast<const decltype(z)*>(terms[t].x) + j0, len, terms[t].mult, scales[t]);
+    });
 }
 
 // The exponent policy's move for new codes (max |code| amax_c, nsat of them saturated): +1 when
@@ -516,7 +525,7 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
     }
     for (double a : amaxes)
       TORCH_CHECK(std::isfinite(a), "cannot form the update of a tensor holding NaN or Inf");
-    std::vector<int64_t> acc;
+    std::vector<double> scales;
     int64_t e0 = 0;
     void* const bdata = s_mu ? buf.data_ptr() : nullptr;
     auto store_codes = [&](int64_t j0, const int64_t* v, int64_t len) {     // a block of M codes
@@ -526,15 +535,20 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
         for (int64_t l = 0; l < len; ++l) d[l] = static_cast<T>(v[l]);
       });
     };
-    const bool any = accumulate(terms, n, amaxes, acc, e0);
-    // M's exponent needs max|S| first; then one pass per block of BLK elements does the rest:
-    // M = SR(S) (the buffer), U = SR(L M) or SR(S), the new codes, their max and saturation count
+    const bool any = accumulate_plan(terms, amaxes, e0, scales);
+    // M's exponent needs max|S| first (one pass forming S); then one pass per block of BLK elements
+    // forms S again and does the rest: M = SR(S) (the buffer), U = SR(L M) or SR(S), the new codes,
+    // their max and saturation count
     const int64_t mm = s_mu ? (int64_t(1) << (m_bits - 1)) - 1 : 0;
     int64_t lsb = 1 - m_bits, f = 0;
+    int64_t sblk[BLK];
     if (s_mu && any) {
       uint64_t amax = 0;
-      const int64_t* __restrict a = acc.data();
-      for (int64_t j = 0; j < n; ++j) amax = std::max<uint64_t>(amax, uint64_t(a[j] < 0 ? -a[j] : a[j]));
+      for (int64_t j0 = 0; j0 < n; j0 += BLK) {
+        const int64_t len = std::min(BLK, n - j0);
+        sum_block(terms, scales, j0, len, sblk);
+        for (int64_t l = 0; l < len; ++l) amax = std::max<uint64_t>(amax, uint64_t(sblk[l] < 0 ? -sblk[l] : sblk[l]));
+      }
       lsb = exponent_of_int(amax, e0) + 1 - m_bits;
     }
     if (s_mu) f = lr_shift + e - lsb;
@@ -548,20 +562,20 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
     int64_t amax_c = 0, nsat = 0;
     uint32_t mbits[BLK], ubits[BLK];
     int64_t y[BLK], uu[BLK];
-    const int64_t* __restrict accp = acc.data();
     for (int64_t j0 = 0; j0 < n; j0 += BLK) {
       const int64_t len = std::min(BLK, n - j0);
+      if (any) sum_block(terms, scales, j0, len, sblk);   // before this block's weights change
       if (s_mu) {
         if (any) {
           fill_bits(mbits, len, uint32_t(j0), 1u, m0, m1);
-          sr_clamped_block(accp + j0, mbits, len, lsb - e0, mm, y);
+          sr_clamped_block(sblk, mbits, len, lsb - e0, mm, y);
         } else {
           for (int64_t l = 0; l < len; ++l) y[l] = 0;
         }
         store_codes(j0, y, len);
         for (int64_t l = 0; l < len; ++l) y[l] *= lr_mant;
       } else {
-        for (int64_t l = 0; l < len; ++l) y[l] = any ? accp[j0 + l] : 0;
+        for (int64_t l = 0; l < len; ++l) y[l] = any ? sblk[l] : 0;
       }
       fill_bits(ubits, len, uint32_t(j0), 1u, u0, u1);
       sr_clamped_block(y, ubits, len, f, u_max, uu);
