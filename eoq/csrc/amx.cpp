@@ -241,10 +241,12 @@ void wgrad_amx(const uint8_t* xs, const int8_t* es, WgradTotal& total, int64_t N
               case 4: amx_wgrad_group<4>(a, xt_len, eb, 64, nch, scratch); break;
               default: amx_wgrad_group<5>(a, xt_len, eb, 64, nch, scratch);
             }
-            for (int64_t i = 0; i < g; ++i)
-              for (int64_t ci = 0; ci < 16; ++ci)
-                for (int64_t o = 0; o < 16; ++o)
-                  part[((cb * 16 + o) * KK + t0 + i) * cpt + cib * 16 + ci] += scratch[i * 256 + ci * 16 + o];
+            for (int64_t i = 0; i < g; ++i)        // 16 contiguous int64 sums per output channel
+              for (int64_t o = 0; o < 16; ++o) {
+                int64_t* __restrict dst = part.data() + ((cb * 16 + o) * KK + t0 + i) * cpt + cib * 16;
+                const int32_t* src = scratch + i * 256 + o;
+                for (int64_t ci = 0; ci < 16; ++ci) dst[ci] += src[ci * 16];
+              }
           }
     }
     _tile_release();
