@@ -180,7 +180,7 @@ def test_eligibility(cin, cout, k, p, s, input_grad, expected):
     the weight gradient on the direct kernels up to 128), padding < kernel, and input channels a
     multiple of 16 unless no input gradient is needed."""
     layer = torch.nn.Conv2d(cin, cout, k, stride=s, padding=p)
-    assert direct.eligible(layer, input_grad) is expected
+    assert direct.route(layer, input_grad).conv is expected
     wide, wider = torch.nn.Conv2d(16, 64, 3, padding=1), torch.nn.Conv2d(16, 80, 3, padding=1)
     widest = torch.nn.Conv2d(16, direct.AMX_MAX_CHANNELS, 3, padding=1)
     too_wide = torch.nn.Conv2d(16, direct.AMX_MAX_CHANNELS + 16, 3, padding=1)
@@ -189,13 +189,13 @@ def test_eligibility(cin, cout, k, p, s, input_grad, expected):
     if direct.use_amx(direct.module()):
         assert direct.route(wider, True) == (True, True) and direct.route(widest, True) == (True, False)
     with direct.amx_disabled():
-        assert direct.eligible(wide, True) and not direct.eligible(wider, True)
+        assert direct.route(wide, True).conv and not direct.route(wider, True).conv
         # on VNNI a layer wider than 32 channels needs WIDE_MIN_PIXELS input pixels (its packing)
         few = direct.WIDE_MIN_PIXELS - 1
-        assert not direct.eligible(wide, True, few) and direct.eligible(wide, True, few + 1)
-        assert direct.eligible(torch.nn.Conv2d(16, 32, 3, padding=1), True, 1)
+        assert not direct.route(wide, True, few).conv and direct.route(wide, True, few + 1).conv
+        assert direct.route(torch.nn.Conv2d(16, 32, 3, padding=1), True, 1).conv
     if direct.use_amx(direct.module()):
-        assert direct.eligible(wide, True, 1)
+        assert direct.route(wide, True, 1).conv
     with direct.disabled():
-        assert not direct.eligible(layer, input_grad)
+        assert direct.route(layer, input_grad) == direct.GEMM
 

@@ -34,10 +34,10 @@ direct.disabled():`` uses the im2col path everywhere; ``EOQ_AMX=0`` or ``with
 direct.amx_disabled():`` keeps the direct kernels on VNNI instructions.
 
 On AMX tiles the forward and the input gradient also win for wider layers, up to
-``AMX_MAX_CHANNELS`` (ResNet-18's 128 and 256 channels at 16x16 and 8x8: 1.6-2.3x the GEMMs' speed,
+``AMX_MAX_CHANNELS`` (ResNet-18's 128 and 256 channels at 16x16 and 8x8: 1.6-2.1x the GEMMs' speed,
 ``benchmarks/bench_direct.py``; its 512 channels at 4x4, where 16-position tiles over the padded
 width compute twice the output, tie with the GEMMs), but the weight gradient does not beyond
-``AMX_WGRAD_MAX_CHANNELS`` (128; at 256 channels the GEMM's takes 0.9 of its time): there a layer's
+``AMX_WGRAD_MAX_CHANNELS`` (128; at 256 channels the GEMM's takes 0.84-0.88 of its time): there a layer's
 :class:`Route` keeps the weight gradient on the GEMM path, which reads the unpadded codes the
 forward then saves instead of the padded input. Same integers on every route (tests).
 """
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 
-MAX_CHANNELS = 64       # output channels on VNNI instructions (and for the weight gradient on AMX tiles)
+MAX_CHANNELS = 64       # output channels on VNNI instructions
 AMX_MAX_CHANNELS = 256  # output channels of the forward and input gradient on AMX tiles
 AMX_WGRAD_MAX_CHANNELS = 128  # output channels of the weight gradient on AMX tiles (wider: the GEMM path)
 WIDE_MIN_PIXELS = 2048  # VNNI, more than 32 output channels: the least N * H * W (ResNet-20's 8x8 stage at batch 32)
@@ -110,11 +110,6 @@ def route(layer, input_grad: bool, pixels: int | None = None) -> Route:
     if not (geometry and channels and enough):
         return GEMM
     return Route(True, cout <= (AMX_WGRAD_MAX_CHANNELS if amx else MAX_CHANNELS))
-
-
-def eligible(layer, input_grad: bool, pixels: int | None = None) -> bool:
-    """Whether the integer engine runs ``layer``'s forward (and input gradient) on the direct kernels."""
-    return route(layer, input_grad, pixels).conv
 
 
 def channels_padded(c: int) -> int:
