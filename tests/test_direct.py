@@ -199,3 +199,67 @@ def test_eligibility(cin, cout, k, p, s, input_grad, expected):
     with direct.disabled():
         assert direct.route(layer, input_grad) == direct.GEMM
 
+
+
+@needs_direct
+@pytest.mark.parametrize("use_amx", [False, pytest.param(True, marks=needs_amx)])
+@pytest.mark.parametrize("n,h,w,cin,cout,k,p", [(3, 8, 8, 16, 16, 3, 1), (2, 5, 7, 32, 48, 3, 1),
+                                                (4, 4, 4, 64, 32, 3, 1), (2, 9, 3, 16, 16, 1, 0)])
+def test_masked_conv_equals_conv_then_masked_sums(use_amx, n, h, w, cin, cout, k, p):
+    """The input gradient with the ReLU backward in its store (direct.conv_masked) == the plain conv,
+    then the masked_grad_sums pass it replaces: the masked values, both sums and max|g|, bit for
+    bit, also where AMX blocks overlap (Ho * Wp not a multiple of 16)."""
+    from eoq.nn import mask
+    g = torch.Generator().manual_seed(h * 100 + cout)
+    kern = direct.module()
+    a, wc = codes(n, h, w, cin, gen=g), codes(cout, cin, k, k, gen=g)
+    dw = direct.weights(wc)
+    with amx_switch(use_amx):
+        out, _ = direct.conv(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -7)
+        x = torch.randn(out.shape, generator=g).permute(0, 3, 1, 2)      # NCHW view of channels-last memory
+        live = mask.greater(x, 0.3)
+        got = direct.conv_masked(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -7, live)
+    ref = kern.masked_grad_sums(out.permute(0, 3, 1, 2), live)
+    assert torch.equal(got[0].permute(0, 3, 1, 2), ref[0])
+    assert torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2]) and got[3] == ref[3]
+    assert 0 < int(live.count_nonzero())
+    assert not torch.equal(got[0], out)           # the mask removed something
+
+
+@needs_direct
+@pytest.mark.parametrize("model", ["resnet20", "resnet18"])
+def test_relu_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
+    """The Fixup branch's ReLU backward taken in the next conv's input-gradient store
+    (fusion.offer_relu) ran, and every gradient equals that of the separate ReLU pass."""
+    from eoq.models import build_model
+    from eoq.quant import fusion
+    from eoq.training.loop import train_step
+    from eoq.training.optimizer import EOQSGD
+    grads, calls = [], []
+    real = direct.conv_masked
+    monkeypatch.setattr(direct, "conv_masked", lambda *a: calls.append(1) or real(*a))
+    for offered in (True, False):
+        if not offered:
+            monkeypatch.setattr(fusion, "relu_offered", lambda t, layer: None)
+        torch.manual_seed(0)
+        net = build_model(model, "fixup", num_classes=10)
+        gen = torch.Generator().manual_seed(1)
+        spec = get_preset("eoq")
+        prepare(net, spec, gen, engine="int")
+        opt = EOQSGD(net, spec, lr=0.1, momentum=0.875, generator=gen)
+        with torch.no_grad():
+            for name, prm in net.named_parameters():
+                if prm.numel() == 1:            # non-zero Fixup biases: the ReLU masks something
+                    prm.fill_(0.25 if "scale" not in name else 1.0)
+        data = torch.Generator().manual_seed(2)
+        x = torch.randn(4, 3, 32, 32, generator=data).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (4,), generator=data)
+        opt.zero_grad()
+        train_step(net, opt, x, y)
+        grads.append({n: p.clone() for n, p in net.state_dict().items()})
+        if offered:
+            assert calls, "the masked store did not run"
+            n_calls = len(calls)
+    assert len(calls) == n_calls
+    for name in grads[0]:
+        assert torch.equal(grads[0][name], grads[1][name]), name

@@ -65,6 +65,33 @@ def test_strided_input_gradient_phases_equal_float64(use_kernels, k, p, s, hw):
     assert torch.equal(gi.permute(0, 3, 1, 2).double(), gi_ref)
 
 
+@pytest.mark.parametrize("k,p,s,hw", [(3, 1, 2, (8, 10)), (3, 0, 2, (8, 8)), (5, 2, 2, (6, 8)), (4, 1, 2, (8, 8)),
+                                      (3, 1, 3, (9, 12)), (1, 0, 2, (8, 8)), (3, 1, 2, (9, 8))])
+@pytest.mark.parametrize("block", [1, 1 << 22])
+def test_space_to_depth_input_gradient_equals_float64(monkeypatch, k, p, s, hw, block):
+    """The strided conv's input gradient as one space-to-depth GEMM (every phase meets a tap and H, W
+    are multiples of the stride; else the phases) == float64 convolution_backward, one image per
+    GEMM block or the whole batch; the space-to-depth path ran where it applies."""
+    from eoq import kernels
+    kern = kernels.load()
+    if kern is None:
+        pytest.skip("the float input gradient's GEMM paths need the compiled kernels")
+    calls = []
+    real = IE._input_grad_s2d
+    monkeypatch.setattr(IE, "_input_grad_s2d", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(IE, "BLOCK_BYTES", block)
+    g = torch.Generator().manual_seed(k * 100 + s * 10 + p)
+    a, wc = codes(3, 5, *hw, gen=g), codes(6, 5, k, k, gen=g)
+    ref = F.conv2d(a.double(), wc.double(), None, s, p)
+    e = codes(*ref.shape, gen=g)
+    gi_ref = torch.ops.aten.convolution_backward(e.double(), a.double(), wc.double(), None, [s, s], [p, p],
+                                                 [1, 1], False, [0, 0], 1, [True, False, False])[0]
+    gi = IE.input_grad_float(IE.to_nhwc(e), IE.weight_mats(wc), s, p, hw, -4)
+    assert torch.equal(gi.double(), gi_ref * 2.0 ** -4)
+    expected = k > 1 and hw[0] % s == 0 and hw[1] % s == 0
+    assert bool(calls) == expected
+
+
 @pytest.mark.parametrize("k,p,s", [(3, 1, 1), (3, 1, 2), (1, 0, 2), (5, 2, 1)])
 def test_blocked_convolutions_equal_float64(monkeypatch, k, p, s):
     """The blocked forward, input gradient and weight gradient (a block of images per GEMM, here

@@ -76,10 +76,12 @@ inline __m512i bcast4(const uint8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-// P output pixels of one row x 16 output channels: P accumulators in registers.
-template <int P>
+// P output pixels of one row x 16 output channels: P accumulators in registers. With MASK, the
+// first one is element `elem` of the output (store16).
+template <int P, bool MASK>
 inline void conv_pixels(const uint8_t* in, int64_t row, int64_t cp, const int8_t* w, int64_t Co,
-                        int64_t kh, int64_t kw, __m512i corr, __m512 scale, float* out) {
+                        int64_t kh, int64_t kw, __m512i corr, __m512 scale, float* out, const uint8_t* live,
+                        int64_t elem, MaskAcc& m) {
   __m512i acc[P];
   for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_si512();
   const int64_t G = cp / 4;
@@ -93,13 +95,28 @@ inline void conv_pixels(const uint8_t* in, int64_t row, int64_t cp, const int8_t
       }
     }
   }
-  for (int p = 0; p < P; ++p)
-    _mm512_storeu_ps(out + p * Co, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[p], corr)), scale));
+  for (int p = 0; p < P; ++p) store16<MASK>(out + p * Co, acc[p], corr, scale, live, elem + p * Co, true, m);
+}
+
+// One output row's pixels [0, Wo) x 16 channels from cb on, P = 16, 8, 4, 1 at a time.
+template <bool MASK>
+inline void conv_row(const uint8_t* in, int64_t row, int64_t cp, const int8_t* wc, int64_t Co, int64_t kh,
+                     int64_t kw, __m512i cv, __m512 scale, float* o, int64_t Wo, const uint8_t* live,
+                     int64_t elem, MaskAcc& m) {
+  int64_t x = 0;
+  for (; x + 16 <= Wo; x += 16)
+    conv_pixels<16, MASK>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
+  for (; x + 8 <= Wo; x += 8)
+    conv_pixels<8, MASK>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
+  for (; x + 4 <= Wo; x += 4)
+    conv_pixels<4, MASK>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
+  for (; x < Wo; ++x)
+    conv_pixels<1, MASK>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
 }
 #endif
 
-at::Tensor conv(const at::Tensor& xu_, const at::Tensor& w_, const at::Tensor& corr_, int64_t kh,
-                int64_t kw, int64_t exponent, bool amx) {
+at::Tensor conv_into(const at::Tensor& xu_, const at::Tensor& w_, const at::Tensor& corr_, int64_t kh,
+                     int64_t kw, int64_t exponent, bool amx, MaskTotal* mask) {
   TORCH_CHECK(available(), "direct conv: this build has no AVX-512 VNNI");
   TORCH_CHECK(xu_.scalar_type() == at::kByte && xu_.dim() == 4, "direct conv: uint8 padded NHWC input");
   const at::Tensor xu = xu_.contiguous(), w = w_.contiguous(), corr = corr_.contiguous();
@@ -120,7 +137,7 @@ at::Tensor conv(const at::Tensor& xu_, const at::Tensor& w_, const at::Tensor& c
       in.copy_(xu);
     }
     conv_amx(in.data_ptr<uint8_t>(), w.data_ptr<int8_t>(), corr.data_ptr<int32_t>(), out.data_ptr<float>(), N,
-             Hp, Wp, cp, Co, kh, kw, std::ldexp(1.0f, static_cast<int>(exponent)));
+             Hp, Wp, cp, Co, kh, kw, std::ldexp(1.0f, static_cast<int>(exponent)), mask);
     return out;
   }
 #endif
@@ -132,6 +149,7 @@ at::Tensor conv(const at::Tensor& xu_, const at::Tensor& w_, const at::Tensor& c
   const __m512 scale = _mm512_set1_ps(std::ldexp(1.0f, static_cast<int>(exponent)));
   const int64_t row = Wp * cp;
   at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
+    MaskAcc macc;
     for (int64_t r = b; r < e; ++r) {
       const int64_t n = r / Ho, y = r % Ho;
       const uint8_t* in = src + (n * Hp + y) * row;
@@ -139,16 +157,49 @@ at::Tensor conv(const at::Tensor& xu_, const at::Tensor& w_, const at::Tensor& c
       for (int64_t cb = 0; cb < Co; cb += 16) {
         const __m512i cv = _mm512_loadu_si512(cr + cb);
         const int8_t* wc = wp + cb * 4;
-        int64_t x = 0;
-        for (; x + 16 <= Wo; x += 16) conv_pixels<16>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co + cb);
-        for (; x + 8 <= Wo; x += 8) conv_pixels<8>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co + cb);
-        for (; x + 4 <= Wo; x += 4) conv_pixels<4>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co + cb);
-        for (; x < Wo; ++x) conv_pixels<1>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co + cb);
+        if (mask) conv_row<true>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, mask->live, r * Wo * Co + cb, macc);
+        else conv_row<false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
       }
     }
+    if (mask) mask->add(macc);
   });
 #endif
   return out;
+}
+
+at::Tensor conv(const at::Tensor& xu, const at::Tensor& w, const at::Tensor& corr, int64_t kh, int64_t kw,
+                int64_t exponent, bool amx) {
+  return conv_into(xu, w, corr, kh, kw, exponent, amx, nullptr);
+}
+
+inline at::Tensor f32(double v) {
+  at::Tensor t = at::empty({1}, at::TensorOptions().dtype(at::kFloat));
+  *t.data_ptr<float>() = static_cast<float>(v);
+  return t;
+}
+
+// conv with the backward of the ReLU in front of the conv whose input gradient this is (see
+// MaskTotal): (g = out where live else +0.0, sum g, sum out, max|g|), the sums rounded once to
+// float32 and max|g| a double, as masked_grad_sums (stream.cpp) returns them for out.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, double> conv_masked(const at::Tensor& xu, const at::Tensor& w,
+                                                                   const at::Tensor& corr, int64_t kh, int64_t kw,
+                                                                   int64_t exponent, bool amx, const at::Tensor& live) {
+  TORCH_CHECK(live.scalar_type() == at::kByte && live.dim() == 1 && live.is_contiguous(),
+              "direct conv_masked: a packed mask (uint8 bits)");
+#if EOQ_DIRECT
+  const int64_t Co = w.size(2), n = xu.size(0) * (xu.size(1) - kh + 1) * (xu.size(2) - kw + 1) * Co;
+  TORCH_CHECK(live.numel() == (n + 7) / 8, "direct conv_masked: the mask of ", n, " elements");
+  MaskTotal mask(live.data_ptr<uint8_t>());
+  at::Tensor out = conv_into(xu, w, corr, kh, kw, exponent, amx, &mask);
+  const double scale = std::ldexp(1.0, static_cast<int>(exponent));
+  uint32_t mx = mask.mx;
+  float amax;
+  std::memcpy(&amax, &mx, 4);
+  return {out, f32(static_cast<double>(mask.sm) * scale), f32(static_cast<double>(mask.sa) * scale),
+          static_cast<double>(amax)};
+#else
+  TORCH_CHECK(false, "direct conv: this build has no AVX-512 VNNI");
+#endif
 }
 
 #if EOQ_DIRECT
@@ -351,6 +402,8 @@ void register_direct(pybind11::module& m) {
   m.def("pad_u8", &pad_u8);
   m.def("direct_conv", &conv, pybind11::arg("xu"), pybind11::arg("w"), pybind11::arg("corr"), pybind11::arg("kh"),
         pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx") = false);
+  m.def("direct_conv_masked", &conv_masked, pybind11::arg("xu"), pybind11::arg("w"), pybind11::arg("corr"),
+        pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"), pybind11::arg("live"));
   m.def("direct_wgrad", &wgrad, pybind11::arg("xu"), pybind11::arg("e"), pybind11::arg("kh"), pybind11::arg("kw"),
         pybind11::arg("cin"), pybind11::arg("amx") = false);
   m.def("direct_pack", &pack);

@@ -161,6 +161,15 @@ def conv(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tenso
     return kern.direct_conv(xu, packed, corr, kh, kw, exponent, use_amx(kern)), xu
 
 
+def conv_masked(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, kh: int, kw: int,
+                pad: int, exponent: int, live: torch.Tensor):
+    """:func:`conv` with the backward of the ReLU whose mask ``live`` (bits in the output's memory
+    order, eoq/nn/mask.py) is given, in its store: (g = conv where live else +0.0, sum g, sum conv,
+    max|g|), as ``masked_grad_sums`` returns them for the conv's output (tests compare the two)."""
+    xu = pad_input(kern, codes_nhwc, pad)
+    return kern.direct_conv_masked(xu, packed, corr, kh, kw, exponent, use_amx(kern), live)
+
+
 def weight_grad(kern, xu: torch.Tensor, e_nhwc: torch.Tensor, kh: int, kw: int, cin: int) -> torch.Tensor:
     """int64 [Co, kh*kw*Cin] (im2col order): sum over pixels of E times the input window."""
     return kern.direct_wgrad(xu, e_nhwc, kh, kw, cin, use_amx(kern))

@@ -237,6 +237,12 @@ def _live(x, pre):
 
 def _relu_bias_backward(ctx, grad):
     live, = ctx.saved_tensors
+    handoff = getattr(ctx, "handoff", None)
+    done = handoff.take(grad) if handoff is not None else None
+    if done is not None:     # the conv after the ReLU masked grad and took the sums in its store
+        gx, s_pre, s_bias, amax = done
+        return (fusion.know_max(gx, amax), s_pre.view(ctx.shapes[0]) if ctx.needs_input_grad[1] else None,
+                s_bias.view(ctx.shapes[1]) if ctx.needs_input_grad[2] else None)
     kern = kernels.usable(grad)
     if kern is not None and mask.packed(live) and grad.stride() == tuple(ctx.strides) and dense(grad) \
             and math.prod(ctx.shapes[0]) == math.prod(ctx.shapes[1]) == 1:
@@ -254,12 +260,18 @@ class _DeferredReluBiasFn(torch.autograd.Function):
     (see _DeferredBiasFn); the backward is _ReluBiasQuantFn's."""
 
     @staticmethod
-    def forward(ctx, x, pre, bias):
-        ctx.save_for_backward(_live(x, pre))
+    def forward(ctx, x, pre, bias, handoff):
+        live = _live(x, pre)
+        ctx.save_for_backward(live)
         ctx.shapes, ctx.strides = (pre.shape, bias.shape), x.stride()
+        if mask.packed(live) and math.prod(pre.shape) == math.prod(bias.shape) == 1:
+            handoff.live, handoff.strides = live, x.stride()      # offered to the conv (fusion.offer_relu)
+            ctx.handoff = handoff
         return x.view_as(x)
 
-    backward = staticmethod(_relu_bias_backward)
+    @staticmethod
+    def backward(ctx, grad):
+        return (*_relu_bias_backward(ctx, grad), None)
 
 
 def fused_relu_bias_input(x, b_out: FixupScalar, b_in: FixupScalar, layer):
@@ -270,7 +282,9 @@ def fused_relu_bias_input(x, b_out: FixupScalar, b_in: FixupScalar, layer):
     pre, bias = b_out.effective(), b_in.effective()
     if layer.engine == "int":
         affine = fusion.Affine(bias=float(bias.detach()), relu_pre=float(pre.detach()))
-        return fusion.defer(_DeferredReluBiasFn.apply(x, pre, bias), layer, affine)
+        handoff = fusion.ReluHandoff()
+        out = _DeferredReluBiasFn.apply(x, pre, bias, handoff)
+        return fusion.offer_relu(fusion.defer(out, layer, affine), layer, handoff)
     return fusion.mark_quantized(_ReluBiasQuantFn.apply(x, pre, bias, layer), layer)
 
 

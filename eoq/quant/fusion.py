@@ -28,6 +28,14 @@ the mark no longer counts.
     written by  nn.fixup_tail.masked_exact_sums and nn.layers._relu_bias_backward (the masked
                 errors of the Fixup tail, the stem and the branch's ReLU)
     read by     engine.intengine._codes (E of the conv before them)
+
+``ReLU backward offered to layer`` (attribute ``_eoq_relu_offer``, a :class:`ReluHandoff`): the
+tensor is relu(x + pre) + bias left to ``layer`` (above), and ``layer``'s input gradient may take
+that ReLU's backward along in its store: mask the gradient with the ReLU's mask and take the sums
+the two biases' gradients need. The layer's backward fills the handoff; the ReLU's backward then
+uses the gradient as it arrives (no pass of its own), when it is the very tensor the layer filled.
+    written by  nn.layers.fused_relu_bias_input (integer engine)
+    read by     engine.intengine (the direct kernels' input gradient: csrc/direct.cpp conv_masked)
 """
 from __future__ import annotations
 
@@ -81,3 +89,35 @@ def known_max(t: torch.Tensor) -> float | None:
     """max|t| marked by the kernel that wrote ``t``, or None (no mark, or t written since)."""
     mark = getattr(t, "_eoq_amax", None)
     return mark[0] if mark is not None and mark[1] == t._version else None
+
+
+class ReluHandoff:
+    """The ReLU mask ``live`` (bits of eoq/nn/mask.py, made from a tensor of ``strides``) offered to
+    a layer's input gradient, and what that layer's backward leaves for the ReLU's backward:
+    ``result`` = (g, sum g, sum grad, max|g|), the values of the masked gradient sums."""
+
+    def __init__(self):
+        self.live = self.strides = self.result = None
+
+    def take(self, grad: torch.Tensor):
+        """The result if ``grad`` is the gradient the layer stored it for (unchanged since), else None."""
+        r, self.result = self.result, None
+        if r is None or grad.data_ptr() != r[0].data_ptr() or grad._version != r[4] \
+                or grad.shape != r[0].shape or grad.stride() != r[0].stride():
+            return None
+        return r[:4]
+
+    def fill(self, g: torch.Tensor, s_masked, s_all, amax: float) -> None:
+        self.result = (g, s_masked, s_all, amax, g._version)
+
+
+def offer_relu(t: torch.Tensor, layer, handoff: ReluHandoff) -> torch.Tensor:
+    """Offer ``layer`` the backward of the ReLU in front of it (see module doc); returns ``t``."""
+    t._eoq_relu_offer = (layer, handoff)
+    return t
+
+
+def relu_offered(t: torch.Tensor, layer) -> ReluHandoff | None:
+    """The ReLU backward ``t`` offers ``layer``, or None."""
+    mark = getattr(t, "_eoq_relu_offer", None)
+    return mark[1] if mark is not None and mark[0] is layer else None
