@@ -110,6 +110,7 @@ def test_blocked_convolutions_equal_float64(monkeypatch, k, p, s):
         e.double(), a.double(), wc.double(), None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, True, False])
     for block in (1, 2 * h * w * k * k * cin, 1 << 22, None):  # one image per block, two, the whole batch, no kernels
         monkeypatch.setattr(IE, "BLOCK_BYTES", block or 1 << 22)
+        monkeypatch.setattr(IE, "WGRAD_BLOCK_BYTES", block or 1 << 22)
         with kernels.disabled() if block is None else contextlib.nullcontext():
             out = IE.conv_float(IE.to_nhwc(a), mats, s, p, -3, channels_last=block != 1)
             gi = IE.input_grad_float(IE.to_nhwc(e), mats, s, p, (h, w), 5, channels_last=block != 1)
