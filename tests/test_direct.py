@@ -133,8 +133,9 @@ def test_direct_layer_equals_simulator_and_gemm_path(cin, cout, k, p, input_grad
     """A conv layer on the direct kernels gives the simulator's output and gradients bit for bit,
     and the im2col path's (direct.disabled()); the direct kernels really ran."""
     calls = []
-    real = direct.conv
-    monkeypatch.setattr(direct, "conv", lambda *a: calls.append(1) or real(*a))
+    for name in ("conv", "conv_range"):       # the input gradient's, the forward's (its output's range)
+        real = getattr(direct, name)
+        monkeypatch.setattr(direct, name, lambda *a, _r=real: calls.append(1) or _r(*a))
     x = torch.randn(3, cin, 9, 10, generator=torch.Generator().manual_seed(7))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -157,9 +158,9 @@ def test_wide_layer_on_amx_tiles(cin, cout, monkeypatch):
     gradient up to AMX_WGRAD_MAX_CHANNELS (above, the GEMM path, from the saved unpadded codes): the
     simulator's results and the GEMM-only path's, bit for bit; each kernel really ran."""
     calls = []
-    for mod, name in ((direct, "conv"), (direct, "weight_grad"), (IE, "conv_weight_grad")):
+    for mod, name in ((direct, "conv"), (direct, "conv_range"), (direct, "weight_grad"), (IE, "conv_weight_grad")):
         real = getattr(mod, name)
-        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name.replace("_range", ""): calls.append(_n) or _r(*a))
     x = torch.randn(2, cin, 6, 7, generator=torch.Generator().manual_seed(7))
     results = [_run(_layer(cin, cout, 3, 1, 1, "sim", 4), x, 8), _run(_layer(cin, cout, 3, 1, 1, "int", 4), x, 8)]
     wgrad = "weight_grad" if cout <= direct.AMX_WGRAD_MAX_CHANNELS else "conv_weight_grad"
@@ -263,3 +264,20 @@ def test_relu_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
     assert len(calls) == n_calls
     for name in grads[0]:
         assert torch.equal(grads[0][name], grads[1][name]), name
+
+
+@needs_direct
+@pytest.mark.parametrize("use_amx", [False, pytest.param(True, marks=needs_amx)])
+@pytest.mark.parametrize("n,h,w,cin,cout,k,p", [(3, 8, 8, 16, 16, 3, 1), (2, 5, 7, 32, 48, 3, 1), (1, 1, 1, 16, 16, 3, 1)])
+def test_conv_store_finds_the_output_range(use_amx, n, h, w, cin, cout, k, p):
+    """The forward's store finds the output's smallest and largest value (direct.conv_range): the
+    conv's own output and its torch min and max, bit for bit (AMX blocks overlap at 5x7)."""
+    g = torch.Generator().manual_seed(h * 10 + cout)
+    kern = direct.module()
+    a, wc = codes(n, h, w, cin, gen=g), codes(cout, cin, k, k, gen=g)
+    dw = direct.weights(wc)
+    with amx_switch(use_amx):
+        out, _ = direct.conv(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -9)
+        got, _, lo, hi = direct.conv_range(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -9)
+    assert torch.equal(got, out)
+    assert (lo, hi) == (float(out.min()), float(out.max())) and lo < 0 < hi

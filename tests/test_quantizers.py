@@ -234,3 +234,48 @@ def test_sq_integer_with_a_known_max_skips_the_pass_and_keeps_the_codes(rounding
     assert run(amax=4 * amax)[1] == want[1] + 2
     b = Q.sq_integer(x, 8, rounding, torch.Generator().manual_seed(1), bias=0.5, amax=4 * amax)
     assert b[1] == Q.sq_integer(x, 8, rounding, torch.Generator().manual_seed(1), bias=0.5)[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2 ** 31), st.sampled_from(["mult", "bias", "relu"]), st.booleans(),
+       st.sampled_from(["nearest", "stochastic"]), st.booleans())
+def test_affine_sq_float32_fast_path_equals_the_exact_reference(seed, form, on_grid, rounding, channels_last):
+    """The kernel forms x * mult, x + bias and relu(x + pre) + bias in float32 where every element's
+    result is exact (stream values and 8-bit Fixup scalars: always) and in double elsewhere; either
+    way the codes equal the torch reference's, which forms them in double (kernels disabled). Inputs
+    on a 16-bit grid with grid scalars take the float32 path, full-mantissa ones mostly the double."""
+    from eoq import kernels
+    if kernels.load() is None:
+        pytest.skip("compiled kernels unavailable")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 16, 5, 6, generator=g) * 3
+    scalar = float(torch.randint(-127, 128, (1,), generator=g)) * 2.0 ** -6
+    pre = float(torch.randint(-127, 128, (1,), generator=g)) * 2.0 ** -7
+    if on_grid:
+        x = (x * 2 ** 12).round().clamp(-32767, 32767) / 2 ** 12
+    else:
+        scalar, pre = scalar + 2.0 ** -20, pre + 3 * 2.0 ** -21
+    x[0, 0, 0, :3] = 0.0
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    kw = {"mult": dict(mult=scalar or 1.5), "bias": dict(bias=scalar or 0.5),
+          "relu": dict(bias=scalar, relu_pre=pre)}[form]
+    got = Q.sq_integer(x, 8, rounding, torch.Generator().manual_seed(5), **kw)
+    with kernels.disabled():
+        ref = Q.sq_integer(x, 8, rounding, torch.Generator().manual_seed(5), **kw)
+    assert got[1] == ref[1] and torch.equal(got[0].to(torch.int8), ref[0].to(torch.int8))
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("affine", [{}, {"bias": 0.375}, {"bias": -5.0}, {"bias": 0.25, "relu_pre": -0.5},
+                                    {"bias": 0.0, "relu_pre": 9.0}, {"mult": -1.5}])
+def test_sq_integer_with_a_known_range_equals_the_max_pass(rounding, affine):
+    """sq_integer(x, arange=(min x, max x)) skips the max pass (affine_amax) and gives the codes and
+    exponent the pass gives, for x, x + b, relu(x + p) + b and x * m; a wrong range changes them."""
+    x = torch.randn(4, 16, 3, 5, generator=torch.Generator().manual_seed(2)) * 3 + 1
+    run = lambda **k: Q.sq_integer(x, 8, rounding, torch.Generator().manual_seed(1), **affine, **k)  # noqa: E731
+    ref = run()
+    got = run(arange=(float(x.min()), float(x.max())))
+    assert got[1] == ref[1] and torch.equal(got[0], ref[0])
+    wrong = run(arange=(float(x.min()) * 4, float(x.max()) * 4))
+    assert wrong[1] != ref[1]

@@ -102,6 +102,11 @@ def test_stream_kernels_equal_the_float64_torch_ops(identity_dtype, channels_las
     assert live_k.dtype == torch.uint8 and live_k.numel() == x.numel() // 8      # bits (eoq/nn/mask.py)
     assert torch.equal(y_k, y_t) and torch.equal(mask.bools(live_k, x.shape, x.stride()), live_t)
     assert live_t.any() and not live_t.all()
+    from eoq.quant import fusion          # the range the next A quantizer takes instead of a max pass
+    assert fusion.known_range(y_k) == (float(y_t.min()), float(y_t.max()))
+    assert fusion.known_max(y_k) == float(y_t.abs().max())
+    y_k.add_(0)
+    assert fusion.known_range(y_k) is None            # written since: the mark no longer counts
     grad = round_fixed(torch.randn(4, 16, 8, 8, generator=g), 16)[0]
     grad = grad.contiguous(memory_format=torch.channels_last) if channels_last else grad
     out_k = masked_exact_sums(grad, live_k, x, x.stride())

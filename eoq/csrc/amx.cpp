@@ -77,7 +77,7 @@ inline void amx_blocks(const uint8_t* const* in, int64_t row, int64_t cp, const 
 // bw[cb][ky][t][r][co][j] holds, for k = 64 t + 4 r + j, the weight of kernel column k / cp and
 // input channel k % cp (0 past kw).
 void conv_amx(const uint8_t* src, const int8_t* wp, const int32_t* cr, float* dst, int64_t N, int64_t Hp,
-              int64_t Wp, int64_t cp, int64_t Co, int64_t kh, int64_t kw, float scale_, MaskTotal* mask) {
+              int64_t Wp, int64_t cp, int64_t Co, int64_t kh, int64_t kw, float scale_, StoreTotal* mask) {
   const int64_t Ho = Hp - kh + 1, Wo = Wp - kw + 1, row = Wp * cp, nk = (kw * cp + 63) / 64;
   const int64_t per_cb = kh * nk * 1024;
   // cp % 4 == 0, so the 4 bytes of k = 4 k4 .. 4 k4 + 3 are one (kx, ci / 4) group of the VNNI operand,
@@ -100,14 +100,15 @@ void conv_amx(const uint8_t* src, const int8_t* wp, const int32_t* cr, float* ds
     const uint8_t* in[4];
     int64_t img[4], q0[4], own[4];     // own: the first position that is this block's (overlap: below)
     int nb = 0;
-    MaskAcc macc;
-    auto store = [&](auto masked, int i, int64_t cb, __m512i cv) {
+    StoreAcc macc;
+    auto store = [&](auto masked, auto ranged, int i, int64_t cb, __m512i cv) {
       for (int64_t p = 0; p < 16; ++p) {
         const int64_t q = q0[i] + p, y = q / Wp, x = q % Wp;
         if (x >= Wo) continue;
         const int64_t elem = ((img[i] * Ho + y) * Wo + x) * Co + cb * 16;
-        store16<decltype(masked)::value>(dst + elem, _mm512_load_si512(scratch + i * 256 + p * 16), cv, scale,
-                                         mask ? mask->live : nullptr, elem, q >= own[i], macc);
+        store16<decltype(masked)::value, decltype(ranged)::value>(
+            dst + elem, _mm512_load_si512(scratch + i * 256 + p * 16), cv, scale, mask ? mask->live : nullptr, elem,
+            q >= own[i], macc);
       }
     };
     auto flush = [&]() {
@@ -121,8 +122,9 @@ void conv_amx(const uint8_t* src, const int8_t* wp, const int32_t* cr, float* ds
         }
         const __m512i cv = _mm512_loadu_si512(cr + cb * 16);
         for (int i = 0; i < nb; ++i) {
-          if (mask) store(std::true_type(), i, cb, cv);
-          else store(std::false_type(), i, cb, cv);
+          if (mask && mask->live) store(std::true_type(), std::false_type(), i, cb, cv);
+          else if (mask && mask->range) store(std::false_type(), std::true_type(), i, cb, cv);
+          else store(std::false_type(), std::false_type(), i, cb, cv);
         }
       }
       nb = 0;

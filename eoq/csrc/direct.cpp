@@ -78,10 +78,10 @@ inline __m512i bcast4(const uint8_t* p) {
 
 // P output pixels of one row x 16 output channels: P accumulators in registers. With MASK, the
 // first one is element `elem` of the output (store16).
-template <int P, bool MASK>
+template <int P, bool MASK, bool RANGE>
 inline void conv_pixels(const uint8_t* in, int64_t row, int64_t cp, const int8_t* w, int64_t Co,
                         int64_t kh, int64_t kw, __m512i corr, __m512 scale, float* out, const uint8_t* live,
-                        int64_t elem, MaskAcc& m) {
+                        int64_t elem, StoreAcc& m) {
   __m512i acc[P];
   for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_si512();
   const int64_t G = cp / 4;
@@ -95,28 +95,28 @@ inline void conv_pixels(const uint8_t* in, int64_t row, int64_t cp, const int8_t
       }
     }
   }
-  for (int p = 0; p < P; ++p) store16<MASK>(out + p * Co, acc[p], corr, scale, live, elem + p * Co, true, m);
+  for (int p = 0; p < P; ++p) store16<MASK, RANGE>(out + p * Co, acc[p], corr, scale, live, elem + p * Co, true, m);
 }
 
 // One output row's pixels [0, Wo) x 16 channels from cb on, P = 16, 8, 4, 1 at a time.
-template <bool MASK>
+template <bool MASK, bool RANGE>
 inline void conv_row(const uint8_t* in, int64_t row, int64_t cp, const int8_t* wc, int64_t Co, int64_t kh,
                      int64_t kw, __m512i cv, __m512 scale, float* o, int64_t Wo, const uint8_t* live,
-                     int64_t elem, MaskAcc& m) {
+                     int64_t elem, StoreAcc& m) {
   int64_t x = 0;
   for (; x + 16 <= Wo; x += 16)
-    conv_pixels<16, MASK>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
+    conv_pixels<16, MASK, RANGE>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
   for (; x + 8 <= Wo; x += 8)
-    conv_pixels<8, MASK>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
+    conv_pixels<8, MASK, RANGE>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
   for (; x + 4 <= Wo; x += 4)
-    conv_pixels<4, MASK>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
+    conv_pixels<4, MASK, RANGE>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
   for (; x < Wo; ++x)
-    conv_pixels<1, MASK>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
+    conv_pixels<1, MASK, RANGE>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
 }
 #endif
 
 at::Tensor conv_into(const at::Tensor& xu_, const at::Tensor& w_, const at::Tensor& corr_, int64_t kh,
-                     int64_t kw, int64_t exponent, bool amx, MaskTotal* mask) {
+                     int64_t kw, int64_t exponent, bool amx, StoreTotal* mask) {
   TORCH_CHECK(available(), "direct conv: this build has no AVX-512 VNNI");
   TORCH_CHECK(xu_.scalar_type() == at::kByte && xu_.dim() == 4, "direct conv: uint8 padded NHWC input");
   const at::Tensor xu = xu_.contiguous(), w = w_.contiguous(), corr = corr_.contiguous();
@@ -149,7 +149,7 @@ at::Tensor conv_into(const at::Tensor& xu_, const at::Tensor& w_, const at::Tens
   const __m512 scale = _mm512_set1_ps(std::ldexp(1.0f, static_cast<int>(exponent)));
   const int64_t row = Wp * cp;
   at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
-    MaskAcc macc;
+    StoreAcc macc;
     for (int64_t r = b; r < e; ++r) {
       const int64_t n = r / Ho, y = r % Ho;
       const uint8_t* in = src + (n * Hp + y) * row;
@@ -157,8 +157,12 @@ at::Tensor conv_into(const at::Tensor& xu_, const at::Tensor& w_, const at::Tens
       for (int64_t cb = 0; cb < Co; cb += 16) {
         const __m512i cv = _mm512_loadu_si512(cr + cb);
         const int8_t* wc = wp + cb * 4;
-        if (mask) conv_row<true>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, mask->live, r * Wo * Co + cb, macc);
-        else conv_row<false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
+        if (mask && mask->live)
+          conv_row<true, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, mask->live, r * Wo * Co + cb, macc);
+        else if (mask && mask->range)
+          conv_row<false, true>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
+        else
+          conv_row<false, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
       }
     }
     if (mask) mask->add(macc);
@@ -179,7 +183,7 @@ inline at::Tensor f32(double v) {
 }
 
 // conv with the backward of the ReLU in front of the conv whose input gradient this is (see
-// MaskTotal): (g = out where live else +0.0, sum g, sum out, max|g|), the sums rounded once to
+// StoreTotal): (g = out where live else +0.0, sum g, sum out, max|g|), the sums rounded once to
 // float32 and max|g| a double, as masked_grad_sums (stream.cpp) returns them for out.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, double> conv_masked(const at::Tensor& xu, const at::Tensor& w,
                                                                    const at::Tensor& corr, int64_t kh, int64_t kw,
@@ -189,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, double> conv_masked(const at::Ten
 #if EOQ_DIRECT
   const int64_t Co = w.size(2), n = xu.size(0) * (xu.size(1) - kh + 1) * (xu.size(2) - kw + 1) * Co;
   TORCH_CHECK(live.numel() == (n + 7) / 8, "direct conv_masked: the mask of ", n, " elements");
-  MaskTotal mask(live.data_ptr<uint8_t>());
+  StoreTotal mask(live.data_ptr<uint8_t>(), false);
   at::Tensor out = conv_into(xu, w, corr, kh, kw, exponent, amx, &mask);
   const double scale = std::ldexp(1.0, static_cast<int>(exponent));
   uint32_t mx = mask.mx;
@@ -197,6 +201,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, double> conv_masked(const at::Ten
   std::memcpy(&amax, &mx, 4);
   return {out, f32(static_cast<double>(mask.sm) * scale), f32(static_cast<double>(mask.sa) * scale),
           static_cast<double>(amax)};
+#else
+  TORCH_CHECK(false, "direct conv: this build has no AVX-512 VNNI");
+#endif
+}
+
+// conv and the range of its output: (out, min, max) as doubles (the float32 values' ends).
+std::tuple<at::Tensor, double, double> conv_range(const at::Tensor& xu, const at::Tensor& w, const at::Tensor& corr,
+                                                  int64_t kh, int64_t kw, int64_t exponent, bool amx) {
+#if EOQ_DIRECT
+  StoreTotal range(nullptr, true);
+  at::Tensor out = conv_into(xu, w, corr, kh, kw, exponent, amx, &range);
+  if (out.numel() == 0) return {out, 0.0, 0.0};
+  const float scale = std::ldexp(1.0f, static_cast<int>(exponent));
+  return {out, static_cast<double>(static_cast<float>(range.lo) * scale),
+          static_cast<double>(static_cast<float>(range.hi) * scale)};
 #else
   TORCH_CHECK(false, "direct conv: this build has no AVX-512 VNNI");
 #endif
@@ -404,6 +423,8 @@ void register_direct(pybind11::module& m) {
         pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx") = false);
   m.def("direct_conv_masked", &conv_masked, pybind11::arg("xu"), pybind11::arg("w"), pybind11::arg("corr"),
         pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"), pybind11::arg("live"));
+  m.def("direct_conv_range", &conv_range, pybind11::arg("xu"), pybind11::arg("w"), pybind11::arg("corr"),
+        pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"));
   m.def("direct_wgrad", &wgrad, pybind11::arg("xu"), pybind11::arg("e"), pybind11::arg("kh"), pybind11::arg("kw"),
         pybind11::arg("cin"), pybind11::arg("amx") = false);
   m.def("direct_pack", &pack);

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <climits>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -23,7 +25,7 @@
 
 namespace eoq_direct {
 
-struct MaskTotal;   // (EOQ_DIRECT builds) the sums of a masked store, below
+struct StoreTotal;   // (EOQ_DIRECT builds) what a conv's store takes along, below
 
 bool amx_available();
 
@@ -82,29 +84,38 @@ inline void interleave_row(const uint8_t* src, int64_t ps, int64_t valid, int64_
   }
 }
 
-// The input gradient of a conv that follows relu(x + b_out) + b_in in a Fixup branch, with that
-// ReLU's backward done in its store (conv_masked in direct.cpp): each group of 16 output channels
-// keeps only the elements whose bit is set in `live` (the ReLU's mask, bits in the output's memory
-// order), and the store adds to the sums of the kept and of all values and to max|kept|. A sum is
-// of the stored float32 values' integers (value / 2^exponent, exact in int64), so it equals the
-// double sum of masked_grad_sums (stream.cpp) wherever that one is exact: always when the values
-// are exact float32 integers (below 2^24), which the engines' bit-for-bit agreement requires anyway.
-struct MaskAcc {
+// What a conv's store can take along as it writes each group of 16 output channels (conv_into in
+// direct.cpp), so that no later pass over the output is needed:
+//  - MASK: the input gradient of a conv that follows relu(x + b_out) + b_in in a Fixup branch, with
+//    that ReLU's backward (conv_masked): only the elements whose bit is set in `live` (the ReLU's
+//    mask, bits in the output's memory order) are kept, and the store adds to the sums of the kept
+//    and of all values and to max|kept|. A sum is of the stored float32 values' integers (value /
+//    2^exponent, exact in int64), so it equals the double sum of masked_grad_sums (stream.cpp)
+//    wherever that one is exact: always when the values are exact float32 integers (below 2^24),
+//    which the engines' bit-for-bit agreement requires anyway.
+//  - RANGE: the forward's smallest and largest output (conv_range), which the next layer's A
+//    quantizer then needs no max pass for (float32 conversion and the power-of-two scale are
+//    monotone: the ends of the integers give the ends of the values).
+struct StoreAcc {
   __m512i sm = _mm512_setzero_si512(), sa = _mm512_setzero_si512();   // int64 lanes: kept, all
   __m512i mx = _mm512_setzero_si512();                                 // bits of |kept|, uint32 lanes
+  __m512i lo = _mm512_set1_epi32(INT32_MAX), hi = _mm512_set1_epi32(INT32_MIN);   // int32 lanes
 };
 
-struct MaskTotal {
-  const uint8_t* live;
+struct StoreTotal {
+  const uint8_t* live;     // MASK when not null
+  bool range;              // RANGE
   int64_t sm = 0, sa = 0;
   uint32_t mx = 0;
+  int32_t lo = INT32_MAX, hi = INT32_MIN;
   std::mutex lock;
-  explicit MaskTotal(const uint8_t* l) : live(l) {}
-  void add(const MaskAcc& a) {
+  StoreTotal(const uint8_t* l, bool r) : live(l), range(r) {}
+  void add(const StoreAcc& a) {
     const int64_t sm_ = _mm512_reduce_add_epi64(a.sm), sa_ = _mm512_reduce_add_epi64(a.sa);
     const uint32_t mx_ = static_cast<uint32_t>(_mm512_reduce_max_epu32(a.mx));
+    const int32_t lo_ = _mm512_reduce_min_epi32(a.lo), hi_ = _mm512_reduce_max_epi32(a.hi);
     std::lock_guard<std::mutex> guard(lock);
-    sm += sm_, sa += sa_, mx = std::max(mx, mx_);
+    sm += sm_, sa += sa_, mx = std::max(mx, mx_), lo = std::min(lo, lo_), hi = std::max(hi, hi_);
   }
 };
 
@@ -115,21 +126,26 @@ inline __m512i widen_sum(__m512i acc, __m512i k) {
 
 // 16 output channels (acc - corr) * scale stored at dst; with MASK, element `elem` of the output's
 // memory order (a multiple of 16) and its 15 successors masked by `live`, and counted into `m`
-// unless `count` is false (a value written a second time).
-template <bool MASK>
+// unless `count` is false (a value written a second time); with RANGE, their ends into `m`.
+template <bool MASK, bool RANGE = false>
 inline void store16(float* dst, __m512i acc, __m512i cv, __m512 scale, const uint8_t* live, int64_t elem,
-                    bool count, MaskAcc& m) {
-  const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, cv));
+                    bool count, StoreAcc& m) {
+  const __m512i k = _mm512_sub_epi32(acc, cv);
+  const __m512 f = _mm512_cvtepi32_ps(k);
   __m512 v = _mm512_mul_ps(f, scale);
+  if constexpr (RANGE) {
+    m.lo = _mm512_min_epi32(m.lo, k);
+    m.hi = _mm512_max_epi32(m.hi, k);
+  }
   if constexpr (MASK) {
     uint16_t bits;
     std::memcpy(&bits, live + (elem >> 3), 2);
     v = _mm512_maskz_mov_ps(bits, v);
     m.mx = _mm512_max_epu32(m.mx, _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
     if (count) {
-      const __m512i k = _mm512_cvtps_epi32(f);          // the float's integer (exact: below 2^31)
-      m.sa = widen_sum(m.sa, k);
-      m.sm = widen_sum(m.sm, _mm512_maskz_mov_epi32(bits, k));
+      const __m512i kf = _mm512_cvtps_epi32(f);          // the float's integer (exact: below 2^31)
+      m.sa = widen_sum(m.sa, kf);
+      m.sm = widen_sum(m.sm, _mm512_maskz_mov_epi32(bits, kf));
     }
   }
   _mm512_storeu_ps(dst, v);
@@ -139,9 +155,9 @@ inline void store16(float* dst, __m512i acc, __m512i cv, __m512 scale, const uin
 #if EOQ_AMX
 // conv of a padded uint8 input (>= 64 * ceil(kw * cp / 64) readable bytes past its end) with the
 // VNNI-packed weights wp, written as float32 (acc - corr) * scale; needs Ho * Wp >= 16. With
-// `mask`, the store masks and sums (MaskTotal).
+// `mask`, the store also masks, sums or finds the range (StoreTotal).
 void conv_amx(const uint8_t* src, const int8_t* wp, const int32_t* cr, float* dst, int64_t N, int64_t Hp,
-              int64_t Wp, int64_t cp, int64_t Co, int64_t kh, int64_t kw, float scale, MaskTotal* mask = nullptr);
+              int64_t Wp, int64_t cp, int64_t Co, int64_t kh, int64_t kw, float scale, StoreTotal* mask = nullptr);
 // the weight gradient into total (zeroed int64 [Co, kh*kw*cin]); needs Ho * Wo <= 66,000
 void wgrad_amx(const uint8_t* xs, const int8_t* es, WgradTotal& total, int64_t N, int64_t Hp, int64_t Wp,
                int64_t cp, int64_t Ho, int64_t Wo, int64_t Co, int64_t kh, int64_t kw);

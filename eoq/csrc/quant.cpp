@@ -21,6 +21,7 @@
 #include <mutex>
 #include <string>
 #include <vector>
+#include <type_traits>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -102,6 +103,48 @@ inline void quant_block(const float* s, OUT* d, int64_t len, uint32_t i0, uint32
                         float bias = 0.0f, float mult = 1.0f, bool relu = false, float pre = 0.0f,
                         const uint32_t* given_bits = nullptr) {
   T c[BLK];
+  if constexpr (std::is_same<T, float>::value && std::is_same<INV, float>::value) {
+    if (mult != 1.0f && !relu && bias == 0.0f) {
+      // x * mult in float32 when every product is exact (an FMA finds its rounding error 0), as
+      // the error of the residual stream times a Fixup multiplier always is (a 16-bit value times
+      // an 8-bit one): the rounding below then sees the double path's values exactly, in twice the
+      // lanes. A block with one inexact product (or NaN, Inf) takes the double path.
+      float v[BLK];
+      uint32_t inexact = 0;
+      for (int64_t l = 0; l < len; ++l) {
+        v[l] = s[l] * mult;
+        inexact |= static_cast<uint32_t>(std::fma(s[l], mult, -v[l]) != 0.0f);
+      }
+      if (!inexact) {
+        quant_block<T, OUT, INV>(v, d, len, i0, di, inv, scale, m, mode, k0, k1, codes, 0.0f, 1.0f, false, 0.0f,
+                                 given_bits);
+        return;
+      }
+    } else if (mult == 1.0f && (relu || bias != 0.0f)) {
+      // x + bias and relu(x + pre) + bias the same way: each float32 sum checked exact by its
+      // error term (TwoSum: exact for any two floats without overflow), a stream value plus a Fixup
+      // bias usually is
+      float v[BLK];
+      uint32_t inexact = 0;
+      for (int64_t l = 0; l < len; ++l) {
+        float t = s[l];
+        if (relu) {
+          const float u = t + pre, bv = u - t;
+          inexact |= static_cast<uint32_t>(((t - (u - bv)) + (pre - bv)) != 0.0f);
+          t = u > 0.0f ? u : 0.0f;
+          inexact |= static_cast<uint32_t>(u != u);          // NaN: the double path decides
+        }
+        const float w = t + bias, bw = w - t;
+        inexact |= static_cast<uint32_t>(((t - (w - bw)) + (bias - bw)) != 0.0f);
+        v[l] = w;
+      }
+      if (!inexact) {
+        quant_block<T, OUT, INV>(v, d, len, i0, di, inv, scale, m, mode, k0, k1, codes, 0.0f, 1.0f, false, 0.0f,
+                                 given_bits);
+        return;
+      }
+    }
+  }
   if (relu || mult != 1.0f || bias != 0.0f) {
     // the affine value and its rounding in double: exact (see abs_max_affine), then the same
     // nearest / stochastic rounding as below on the exact value
@@ -287,13 +330,16 @@ at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code
 // SQ(x, bits) in one call: max|x|, exponent, key draw (stochastic only), round. Returns
 // (values or codes, lsb exponent); raises on NaN/Inf. ``known`` >= 0: max|x| as abs_max gives it,
 // found by the kernel that wrote x (no max pass here); only for x or x * mult, whose max|v| it
-// fixes (a bias or ReLU needs the range of x, not its largest magnitude).
+// fixes (a bias or ReLU needs the range of x, not its largest magnitude). ``known_v`` >= 0: max|v|
+// of the affine value v itself, as abs_max_affine gives it (found from x's known range).
 std::tuple<at::Tensor, int64_t> sq(const at::Tensor& x, int64_t bits, int64_t mode,
                                    c10::optional<at::Generator> gen, bool codes, double bias,
-                                   double mult, bool relu, double pre, double known) {
+                                   double mult, bool relu, double pre, double known, double known_v) {
   TORCH_CHECK(known < 0.0 || (float(bias) == 0.0f && !relu), "sq: a known max|x| with a bias or ReLU");
   double a = 0.0;
-  if (known >= 0.0 && x.numel()) {
+  if (known_v >= 0.0 && x.numel()) {
+    a = known_v;
+  } else if (known >= 0.0 && x.numel()) {
     a = std::fabs(static_cast<double>(float(mult))) * known;       // as abs_max_affine forms it
   } else if (x.numel()) {
     a = abs_max_affine(x, float(mult), float(bias), relu, float(pre));
@@ -764,6 +810,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sq", &sq, pybind11::arg("x"), pybind11::arg("bits"), pybind11::arg("mode"),
         pybind11::arg("generator"), pybind11::arg("codes"), pybind11::arg("bias") = 0.0,
         pybind11::arg("mult") = 1.0, pybind11::arg("relu") = false, pybind11::arg("pre") = 0.0,
-        pybind11::arg("known") = -1.0);
+        pybind11::arg("known") = -1.0, pybind11::arg("known_v") = -1.0);
   m.def("draw_key", [](c10::optional<at::Generator> g) { auto k = draw_key(g); return std::make_tuple(int64_t(k.first), int64_t(k.second)); });
 }

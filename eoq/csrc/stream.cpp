@@ -4,8 +4,9 @@
 // rounding (v recomputed, not stored). Each v is exact in double (a float32 times an 8-bit
 // scalar plus terms on nearby grids), so the results equal the float64 torch ops bit for bit.
 //
-//   fx_affine(x, s, b, id, relu, bits) -> (y, live, e)   v = relu?(x * s + b + id); id may be empty;
-//                                                        live = v > 0 (the ReLU's mask, before rounding)
+//   fx_affine(x, s, b, id, relu, bits) -> (y, live, e, lo, hi)   v = relu?(x * s + b + id); id may be
+//                                                        empty; live = v > 0 (the ReLU's mask, before
+//                                                        rounding); [lo, hi] = y's range (min, max)
 //   fx_sum(a, b, bits) -> (y, e)                         v = a + b (b may be empty)
 //   dot_sums(g, x) -> (sum g, sum g * x)                 in double: the Fixup scalars' gradients
 //   sum_f32(g) -> sum g                                  in double
@@ -60,26 +61,45 @@ void check_pair(const at::Tensor& x, const at::Tensor& y, const char* what) {
 // RELU: the max of relu(f(i)), i.e. of 0 and the largest f(i): a second integer max over f's
 // order keys (negative values flipped), no select per element (its branch mispredicts on a
 // ReLU's random signs).
-template <bool RELU, typename F>
-double amax_of(int64_t n, F f) {
-  constexpr uint64_t ABS = 0x7fffffffffffffffull, INF = 0x7ff0000000000000ull, SIGN = 0x8000000000000000ull;
-  using P = std::pair<uint64_t, uint64_t>;        // (max bits of |f|, max order key of f)
-  const P r = at::parallel_reduce(0, n, 1 << 14, P(0, 0), [&](int64_t lo, int64_t hi, P acc) {
-    uint64_t m = acc.first, k = acc.second;
+// RANGE: also the smallest and largest f(i) (relu?(f)'s, with RELU) into *lo and *hi, from the
+// order keys' min and max (one more integer reduction each), for the range of the rounded tensor.
+constexpr uint64_t ABS64 = 0x7fffffffffffffffull, SIGN64 = 0x8000000000000000ull;
+inline uint64_t order_key64(uint64_t u) { return u ^ (static_cast<uint64_t>(static_cast<int64_t>(u) >> 63) | SIGN64); }
+inline double from_key64(uint64_t k) {
+  const uint64_t u = (k & SIGN64) ? (k & ABS64) : ~k;
+  double d;
+  std::memcpy(&d, &u, sizeof d);
+  return d;
+}
+
+template <bool RELU, bool RANGE = false, typename F>
+double amax_of(int64_t n, F f, double* lo_out = nullptr, double* hi_out = nullptr) {
+  constexpr uint64_t INF = 0x7ff0000000000000ull;
+  struct R { uint64_t m, k, kl; };                // max bits of |f|, max and min order keys of f
+  const R r = at::parallel_reduce(0, n, 1 << 14, R{0, 0, ~0ull}, [&](int64_t lo, int64_t hi, R acc) {
+    uint64_t m = acc.m, k = acc.k, kl = acc.kl;
     for (int64_t i = lo; i < hi; ++i) {
       const double v = f(i);
       uint64_t u;
       std::memcpy(&u, &v, sizeof u);
-      m = std::max(m, u & ABS);
-      if (RELU) k = std::max(k, u ^ (static_cast<uint64_t>(static_cast<int64_t>(u) >> 63) | SIGN));
+      m = std::max(m, u & ABS64);
+      if (RELU || RANGE) k = std::max(k, order_key64(u));
+      if (RANGE) kl = std::min(kl, order_key64(u));
     }
-    return P(m, k);
-  }, [](P x, P y) { return P(std::max(x.first, y.first), std::max(x.second, y.second)); });
-  if (r.first >= INF) return std::numeric_limits<double>::infinity();
-  uint64_t u = r.first;
+    return R{m, k, kl};
+  }, [](R x, R y) { return R{std::max(x.m, y.m), std::max(x.k, y.k), std::min(x.kl, y.kl)}; });
+  if (r.m >= INF) return std::numeric_limits<double>::infinity();
+  if (RANGE && n) {
+    double lo = from_key64(r.kl), hi = from_key64(r.k);
+    if (RELU) lo = std::max(lo, 0.0), hi = std::max(hi, 0.0);
+    *lo_out = lo, *hi_out = hi;
+  } else if (RANGE) {
+    *lo_out = *hi_out = 0.0;
+  }
+  uint64_t u = r.m;
   if (RELU) {
-    if (r.second < SIGN) return 0.0;             // every f(i) negative (or no element)
-    u = r.second & ABS;                          // the largest f(i), positive
+    if (r.k < SIGN64) return 0.0;                // every f(i) negative (or no element)
+    u = r.k & ABS64;                             // the largest f(i), positive
   }
   double d;
   std::memcpy(&d, &u, sizeof d);
@@ -172,12 +192,15 @@ void fx_affine_block(const float* px, const ID* pi, float* py, uint8_t* pl, int6
   }
 }
 
+using AffineOut = std::tuple<at::Tensor, at::Tensor, int64_t, double, double>;
+
 template <typename ID, bool HAS_ID, bool RELU>
-std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine_t(const at::Tensor& x, double s, double b, const ID* pi,
-                                                        int64_t bits) {
+AffineOut fx_affine_t(const at::Tensor& x, double s, double b, const ID* pi, int64_t bits) {
   const float* px = x.data_ptr<float>();
   const int64_t n = x.numel();
-  const double amax = amax_of<RELU>(n, [&](int64_t i) { return tail_value<ID, HAS_ID, false>(px, pi, s, b, i); });
+  double lo = 0.0, hi = 0.0;
+  const double amax = amax_of<RELU, true>(n, [&](int64_t i) { return tail_value<ID, HAS_ID, false>(px, pi, s, b, i); },
+                                          &lo, &hi);
   TORCH_CHECK(std::isfinite(amax), "fx_affine: cannot round a tensor holding NaN or Inf");
   const int e = fixed_exponent(amax, bits);
   at::Tensor y = at::empty_like(x), live = new_bits(n);
@@ -188,11 +211,14 @@ std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine_t(const at::Tensor& x, dou
   for_mask_bytes(n, [&](int64_t lo, int64_t hi, int64_t byte) {
     fx_affine_block<ID, HAS_ID, RELU>(px + lo, HAS_ID ? pi + lo : pi, py + lo, pl + byte, hi - lo, s, b, down, up);
   });
-  return {y, live, e};
+  // the range of y: the rounding is monotone, so the ends of v's range round to y's (as y's own
+  // elements are rounded, to the float32 y holds)
+  auto rounded = [&](double v) { return static_cast<double>(static_cast<float>(std::nearbyint(v * down) * up)); };
+  return {y, live, e, rounded(lo), rounded(hi)};
 }
 
 template <typename ID>
-std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine_dispatch(const at::Tensor& x, double s, double b, const ID* pi,
+AffineOut fx_affine_dispatch(const at::Tensor& x, double s, double b, const ID* pi,
                                                                bool relu, int64_t bits) {
   if (pi == nullptr) {
     return relu ? fx_affine_t<ID, false, true>(x, s, b, pi, bits) : fx_affine_t<ID, false, false>(x, s, b, pi, bits);
@@ -201,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine_dispatch(const at::Tensor&
 }
 
 // identity: float32 (a stream value) or float64 (an option-A shortcut of stream + bias, exact).
-std::tuple<at::Tensor, at::Tensor, int64_t> fx_affine(const at::Tensor& x, double s, double b, const at::Tensor& id,
+AffineOut fx_affine(const at::Tensor& x, double s, double b, const at::Tensor& id,
                                                       bool relu, int64_t bits) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_non_overlapping_and_dense(), "fx_affine: a dense float32 x");
   if (!id.numel()) return fx_affine_dispatch<float>(x, s, b, nullptr, relu, bits);

@@ -161,6 +161,14 @@ def conv(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tenso
     return kern.direct_conv(xu, packed, corr, kh, kw, exponent, use_amx(kern)), xu
 
 
+def conv_range(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, kh: int, kw: int,
+               pad: int, exponent: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """:func:`conv`, and the smallest and largest output value, found by the store (no pass)."""
+    xu = pad_input(kern, codes_nhwc, pad)
+    out, lo, hi = kern.direct_conv_range(xu, packed, corr, kh, kw, exponent, use_amx(kern))
+    return out, xu, lo, hi
+
+
 def conv_masked(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, kh: int, kw: int,
                 pad: int, exponent: int, live: torch.Tensor):
     """:func:`conv` with the backward of the ReLU whose mask ``live`` (bits in the output's memory

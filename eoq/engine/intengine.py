@@ -480,7 +480,7 @@ def _codes(x: torch.Tensor, q, generator, layer=None) -> tuple[torch.Tensor, int
     affine = fusion.deferred(x, layer) or fusion.Affine()      # eoq/quant/fusion.py
     codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator, sharded=distributed.active(),
                               bias=affine.bias, relu_pre=affine.relu_pre, mult=affine.mult,
-                              amax=fusion.known_max(x))
+                              amax=fusion.known_max(x), arange=fusion.known_range(x))
     return codes.to(torch.int8), int(lsb)
 
 
@@ -610,11 +610,12 @@ def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
     layer, kern = ctx.layer, direct.module()
     dw = direct.grid_weights(kern, layer.weight, ew)
     kh, kw = layer.kernel_size
-    out, xu = direct.conv(kern, a_nhwc, dw.fwd, dw.fwd_corr, kh, kw, layer.padding[0], ea + ew)
+    out, xu, lo, hi = direct.conv_range(kern, a_nhwc, dw.fwd, dw.fwd_corr, kh, kw, layer.padding[0], ea + ew)
     if any(ctx.needs_input_grad):
         ctx.save_for_backward(xu if ctx.direct.wgrad else a_nhwc, dw.bwd, dw.bwd_corr)
     ctx.meta, ctx.wshape = _Saved(ea, ew, tuple(x.shape[2:]), cl), tuple(layer.weight.shape)
-    return _nchw_view(out, cl)
+    out = _nchw_view(out, cl)
+    return fusion.know_range(out, lo, hi) if cl else out     # (a copy otherwise: another tensor)
 
 
 def _direct_backward(ctx, e, ee):

@@ -84,10 +84,10 @@ def exact_tail(x, s, b, identity, bits: int, relu: bool = True):
     if kern is not None and dense(x):
         for f in stream.LISTENERS:
             f(x.numel(), False, False)
-        y, live, _ = stream._checked(lambda: kern.fx_affine(x.detach(), float(s), float(b),
-                                                          stream._EMPTY if identity is None else identity.detach(),
-                                                          relu, bits))
-        return y, live
+        y, live, _, lo, hi = stream._checked(lambda: kern.fx_affine(x.detach(), float(s), float(b),
+                                                                  stream._EMPTY if identity is None else identity.detach(),
+                                                                  relu, bits))
+        return fusion.know_range(y, lo, hi), live        # the next A quantizer needs no max pass
     t = x.double() * s.double() + b.double()
     if identity is not None:
         t = t + identity.double()

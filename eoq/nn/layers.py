@@ -192,7 +192,7 @@ class _DeferredBiasFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v):
         ctx.v_shape = v.shape
-        return x.view_as(x)
+        return fusion.carry(x, x.view_as(x))
 
     @staticmethod
     def backward(ctx, grad):
@@ -267,7 +267,7 @@ class _DeferredReluBiasFn(torch.autograd.Function):
         if mask.packed(live) and math.prod(pre.shape) == math.prod(bias.shape) == 1:
             handoff.live, handoff.strides = live, x.stride()      # offered to the conv (fusion.offer_relu)
             ctx.handoff = handoff
-        return x.view_as(x)
+        return fusion.carry(x, x.view_as(x))
 
     @staticmethod
     def backward(ctx, grad):

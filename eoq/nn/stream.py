@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
+from ..quant import fusion
 from ..quant.quantizers import QuantizationError, round_fixed
 
 LISTENERS: list = []     # callables f(numel, backward, summed) told of every stream rounding (the cost
@@ -91,7 +92,7 @@ class _StreamFn(torch.autograd.Function):
         ctx.set_materialize_grads(False)       # an unused output (the pooling head) hands back None
         if x.dtype != torch.float32:            # not yet a stream value (FX leaves those as they are)
             x = fx(x, bits, counted=False)
-        return x.view_as(x), x.view_as(x)
+        return fusion.carry(x, x.view_as(x)), fusion.carry(x, x.view_as(x))
 
     @staticmethod
     def backward(ctx, g_branch, g_identity):

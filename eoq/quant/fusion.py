@@ -29,6 +29,14 @@ the mark no longer counts.
                 errors of the Fixup tail, the stem and the branch's ReLU)
     read by     engine.intengine._codes (E of the conv before them)
 
+``known range`` (attribute ``_eoq_range``): (min t, max t), taken by the kernel that wrote t, with
+t's version as for the known max: a quantizer of t + bias or relu(t + pre) + bias needs no max
+pass either (quantizers.affine_amax). Views that only pass t on (the stream's split, a deferred
+bias) carry both marks over (:func:`carry`).
+    written by  nn.fixup_tail.exact_tail (a block's output, rounded to the stream) and
+                engine.intengine's direct forward (a conv's output, from its store)
+    read by     engine.intengine._codes (A of the next block's first conv, of a branch's next conv)
+
 ``ReLU backward offered to layer`` (attribute ``_eoq_relu_offer``, a :class:`ReluHandoff`): the
 tensor is relu(x + pre) + bias left to ``layer`` (above), and ``layer``'s input gradient may take
 that ReLU's backward along in its store: mask the gradient with the ReLU's mask and take the sums
@@ -89,6 +97,28 @@ def known_max(t: torch.Tensor) -> float | None:
     """max|t| marked by the kernel that wrote ``t``, or None (no mark, or t written since)."""
     mark = getattr(t, "_eoq_amax", None)
     return mark[0] if mark is not None and mark[1] == t._version else None
+
+
+def know_range(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Mark ``t`` with its (min, max) and so its max|t| (see module doc); returns ``t``."""
+    t._eoq_range = (float(lo), float(hi), t._version)
+    return know_max(t, max(abs(lo), abs(hi)))
+
+
+def known_range(t: torch.Tensor) -> tuple[float, float] | None:
+    """(min t, max t) marked by the kernel that wrote ``t``, or None (no mark, or t written since)."""
+    mark = getattr(t, "_eoq_range", None)
+    return mark[:2] if mark is not None and mark[2] == t._version else None
+
+
+def carry(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Copy ``src``'s known max and range to ``dst``, a view of it with the same values; returns ``dst``."""
+    r = known_range(src)
+    if r is not None:
+        know_range(dst, *r)
+    else:
+        know_max(dst, known_max(src))
+    return dst
 
 
 class ReluHandoff:

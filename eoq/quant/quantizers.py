@@ -168,15 +168,17 @@ def exact_codes(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, int] | N
     return scaled.to(code_dtype(bits)), lsb
 
 
-def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0, relu=False, pre=0.0, amax=None):
+def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0, relu=False, pre=0.0, amax=None,
+              amax_v=None):
     """The one-call kernel SQ (max, exponent, key draw, rounding), or None where it cannot run;
-    ``amax``: max|x| already known (no max pass; x or x * mult only)."""
+    ``amax``: max|x| already known (no max pass; x or x * mult only); ``amax_v``: max|v| of the
+    affine value itself (:func:`affine_amax`)."""
     kern = kernels.usable(x) if key is None else None
     if kern is None or (generator is not None and generator.device.type != "cpu"):
         return None
     try:
         return kern.sq(x.detach(), k, _check_rounding(rounding), generator, codes, bias, mult, relu, pre,
-                       -1.0 if amax is None else amax)
+                       -1.0 if amax is None else amax, -1.0 if amax_v is None else amax_v)
     except RuntimeError as err:
         if "NaN or Inf" in str(err):
             raise _non_finite(x) from None
@@ -227,25 +229,45 @@ def _sharded_sq(x, k, rounding, generator, codes):
     return out, lsb
 
 
+def affine_amax(lo: float, hi: float, bias: float = 0.0, relu_pre: float | None = None) -> float:
+    """max|v| of v = x + bias or relu(x + relu_pre) + bias over x in [lo, hi] (float32 ends and
+    scalars): v is monotone in x, so an end gives it; each step in double, exact, as the kernel's
+    max pass (csrc/quant.cpp abs_max_affine) forms it from x's min and max."""
+    if relu_pre is not None:
+        lo, hi = max(lo + relu_pre, 0.0), max(hi + relu_pre, 0.0)
+    return max(abs(lo + bias), abs(hi + bias))
+
+
 def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
                generator: torch.Generator | None = None, sharded: bool = False,
                bias: float | None = None, relu_pre: float | None = None,
-               mult: float | None = None, amax: float | None = None) -> tuple[torch.Tensor, int]:
+               mult: float | None = None, amax: float | None = None,
+               arange: tuple[float, float] | None = None) -> tuple[torch.Tensor, int]:
     """SQ(x, k) as (integer codes, LSB exponent e_R + 1 - k); ``sharded``: x is this process's
     part of a batch split across processes (A and E under data parallelism); ``bias``: quantize
     x + bias, without an x + bias tensor where the kernel runs; with ``relu_pre`` too: quantize
     relu(x + relu_pre) + bias; ``mult`` (alone): quantize x * mult (each step exact, see _affine_sq).
     ``amax``: max|x| as the kernel's max pass finds it, known already (eoq.quant.fusion.known_max):
-    the kernel skips that pass (the same codes); ignored with a bias, a ReLU or ``sharded``."""
+    the kernel skips that pass (the same codes); ignored with a bias, a ReLU or ``sharded``.
+    ``arange``: (min x, max x), known already (eoq.quant.fusion.known_range): with a bias or a ReLU
+    the max pass is skipped too (:func:`affine_amax`)."""
     check_bits(k)
     relu = relu_pre is not None
     if mult is not None and (relu or bias is not None):
         raise ValueError("sq_integer: mult cannot be combined with bias or relu_pre")
-    amax = None if sharded or relu or (bias is not None and bias != 0.0) else amax
+    affine = relu or (bias is not None and bias != 0.0)
+    amax_v = None
+    if arange is not None and not sharded:
+        if affine:
+            amax_v = affine_amax(arange[0], arange[1], bias or 0.0, relu_pre)
+        elif amax is None:
+            amax = max(abs(arange[0]), abs(arange[1]))
+    amax = None if sharded or affine else amax
     if relu or (bias is not None and bias != 0.0) or (mult is not None and mult != 1.0):
         b, m = (0.0 if bias is None else bias), (1.0 if mult is None else mult)
         fused = None if sharded else _fused_sq(x, k, rounding, generator, None, True, b, m,
-                                               relu=relu, pre=relu_pre if relu else 0.0, amax=amax)
+                                               relu=relu, pre=relu_pre if relu else 0.0, amax=amax,
+                                               amax_v=amax_v)
         if fused is not None:
             return fused
         x = x.double()                                   # exact (see _affine_sq)
