@@ -229,19 +229,21 @@ def test_masked_conv_equals_conv_then_masked_sums(use_amx, n, h, w, cin, cout, k
 
 @needs_direct
 @pytest.mark.parametrize("model", ["resnet20", "resnet18"])
-def test_relu_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
-    """The Fixup branch's ReLU backward taken in the next conv's input-gradient store
-    (fusion.offer_relu) ran, and every gradient equals that of the separate ReLU pass."""
+def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
+    """The Fixup branch's ReLU backward and the first bias's gradient sum taken in the next conv's
+    input-gradient store (fusion.offer_backward) ran, and every gradient equals that of the
+    separate passes."""
     from eoq.models import build_model
     from eoq.quant import fusion
     from eoq.training.loop import train_step
     from eoq.training.optimizer import EOQSGD
     grads, calls = [], []
-    real = direct.conv_masked
-    monkeypatch.setattr(direct, "conv_masked", lambda *a: calls.append(1) or real(*a))
+    for name in ("conv_masked", "conv_sum"):
+        real = getattr(direct, name)
+        monkeypatch.setattr(direct, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
     for offered in (True, False):
         if not offered:
-            monkeypatch.setattr(fusion, "relu_offered", lambda t, layer: None)
+            monkeypatch.setattr(fusion, "backward_offered", lambda t, layer: None)
         torch.manual_seed(0)
         net = build_model(model, "fixup", num_classes=10)
         gen = torch.Generator().manual_seed(1)
@@ -259,7 +261,7 @@ def test_relu_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
         train_step(net, opt, x, y)
         grads.append({n: p.clone() for n, p in net.state_dict().items()})
         if offered:
-            assert calls, "the masked store did not run"
+            assert {"conv_masked", "conv_sum"} <= set(calls), "the stores did not take the backward along"
             n_calls = len(calls)
     assert len(calls) == n_calls
     for name in grads[0]:
@@ -281,3 +283,19 @@ def test_conv_store_finds_the_output_range(use_amx, n, h, w, cin, cout, k, p):
         got, _, lo, hi = direct.conv_range(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -9)
     assert torch.equal(got, out)
     assert (lo, hi) == (float(out.min()), float(out.max())) and lo < 0 < hi
+
+
+@needs_direct
+@pytest.mark.parametrize("use_amx", [False, pytest.param(True, marks=needs_amx)])
+def test_conv_store_sums_the_output(use_amx):
+    """direct.conv_sum: the conv's output and its sum as sum_f32 forms it, bit for bit (5x7: AMX blocks
+    overlap and must not count a value twice)."""
+    g = torch.Generator().manual_seed(11)
+    kern = direct.module()
+    a, wc = codes(2, 5, 7, 32, gen=g), codes(48, 32, 3, 3, gen=g)
+    dw = direct.weights(wc)
+    with amx_switch(use_amx):
+        out, _ = direct.conv(kern, a, dw.fwd, dw.fwd_corr, 3, 3, 1, -6)
+        got, s = direct.conv_sum(kern, a, dw.fwd, dw.fwd_corr, 3, 3, 1, -6)
+    assert torch.equal(got, out) and torch.equal(s, kern.sum_f32(out))
+    assert float(s) == float(out.double().sum())

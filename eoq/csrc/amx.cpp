@@ -101,12 +101,12 @@ void conv_amx(const uint8_t* src, const int8_t* wp, const int32_t* cr, float* ds
     int64_t img[4], q0[4], own[4];     // own: the first position that is this block's (overlap: below)
     int nb = 0;
     StoreAcc macc;
-    auto store = [&](auto masked, auto ranged, int i, int64_t cb, __m512i cv) {
+    auto store = [&](auto masked, auto ranged, auto summed, int i, int64_t cb, __m512i cv) {
       for (int64_t p = 0; p < 16; ++p) {
         const int64_t q = q0[i] + p, y = q / Wp, x = q % Wp;
         if (x >= Wo) continue;
         const int64_t elem = ((img[i] * Ho + y) * Wo + x) * Co + cb * 16;
-        store16<decltype(masked)::value, decltype(ranged)::value>(
+        store16<decltype(masked)::value, decltype(ranged)::value, decltype(summed)::value>(
             dst + elem, _mm512_load_si512(scratch + i * 256 + p * 16), cv, scale, mask ? mask->live : nullptr, elem,
             q >= own[i], macc);
       }
@@ -122,9 +122,12 @@ void conv_amx(const uint8_t* src, const int8_t* wp, const int32_t* cr, float* ds
         }
         const __m512i cv = _mm512_loadu_si512(cr + cb * 16);
         for (int i = 0; i < nb; ++i) {
-          if (mask && mask->live) store(std::true_type(), std::false_type(), i, cb, cv);
-          else if (mask && mask->range) store(std::false_type(), std::true_type(), i, cb, cv);
-          else store(std::false_type(), std::false_type(), i, cb, cv);
+          using T = std::true_type;
+          using F = std::false_type;
+          if (mask && mask->live) store(T(), F(), F(), i, cb, cv);
+          else if (mask && mask->range) store(F(), T(), F(), i, cb, cv);
+          else if (mask && mask->sum) store(F(), F(), T(), i, cb, cv);
+          else store(F(), F(), F(), i, cb, cv);
         }
       }
       nb = 0;

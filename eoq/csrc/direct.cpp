@@ -78,7 +78,7 @@ inline __m512i bcast4(const uint8_t* p) {
 
 // P output pixels of one row x 16 output channels: P accumulators in registers. With MASK, the
 // first one is element `elem` of the output (store16).
-template <int P, bool MASK, bool RANGE>
+template <int P, bool MASK, bool RANGE, bool SUM>
 inline void conv_pixels(const uint8_t* in, int64_t row, int64_t cp, const int8_t* w, int64_t Co,
                         int64_t kh, int64_t kw, __m512i corr, __m512 scale, float* out, const uint8_t* live,
                         int64_t elem, StoreAcc& m) {
@@ -95,23 +95,23 @@ inline void conv_pixels(const uint8_t* in, int64_t row, int64_t cp, const int8_t
       }
     }
   }
-  for (int p = 0; p < P; ++p) store16<MASK, RANGE>(out + p * Co, acc[p], corr, scale, live, elem + p * Co, true, m);
+  for (int p = 0; p < P; ++p) store16<MASK, RANGE, SUM>(out + p * Co, acc[p], corr, scale, live, elem + p * Co, true, m);
 }
 
 // One output row's pixels [0, Wo) x 16 channels from cb on, P = 16, 8, 4, 1 at a time.
-template <bool MASK, bool RANGE>
+template <bool MASK, bool RANGE, bool SUM>
 inline void conv_row(const uint8_t* in, int64_t row, int64_t cp, const int8_t* wc, int64_t Co, int64_t kh,
                      int64_t kw, __m512i cv, __m512 scale, float* o, int64_t Wo, const uint8_t* live,
                      int64_t elem, StoreAcc& m) {
   int64_t x = 0;
   for (; x + 16 <= Wo; x += 16)
-    conv_pixels<16, MASK, RANGE>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
+    conv_pixels<16, MASK, RANGE, SUM>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
   for (; x + 8 <= Wo; x += 8)
-    conv_pixels<8, MASK, RANGE>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
+    conv_pixels<8, MASK, RANGE, SUM>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
   for (; x + 4 <= Wo; x += 4)
-    conv_pixels<4, MASK, RANGE>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
+    conv_pixels<4, MASK, RANGE, SUM>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
   for (; x < Wo; ++x)
-    conv_pixels<1, MASK, RANGE>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
+    conv_pixels<1, MASK, RANGE, SUM>(in + x * cp, row, cp, wc, Co, kh, kw, cv, scale, o + x * Co, live, elem + x * Co, m);
 }
 #endif
 
@@ -158,11 +158,14 @@ at::Tensor conv_into(const at::Tensor& xu_, const at::Tensor& w_, const at::Tens
         const __m512i cv = _mm512_loadu_si512(cr + cb);
         const int8_t* wc = wp + cb * 4;
         if (mask && mask->live)
-          conv_row<true, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, mask->live, r * Wo * Co + cb, macc);
+          conv_row<true, false, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, mask->live, r * Wo * Co + cb,
+                                       macc);
         else if (mask && mask->range)
-          conv_row<false, true>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
+          conv_row<false, true, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
+        else if (mask && mask->sum)
+          conv_row<false, false, true>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
         else
-          conv_row<false, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
+          conv_row<false, false, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
       }
     }
     if (mask) mask->add(macc);
@@ -201,6 +204,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, double> conv_masked(const at::Ten
   std::memcpy(&amax, &mx, 4);
   return {out, f32(static_cast<double>(mask.sm) * scale), f32(static_cast<double>(mask.sa) * scale),
           static_cast<double>(amax)};
+#else
+  TORCH_CHECK(false, "direct conv: this build has no AVX-512 VNNI");
+#endif
+}
+
+// conv and the sum of its output, in double, rounded once to float32 (as sum_f32 of stream.cpp
+// returns it for out, wherever that one is exact; see StoreTotal).
+std::tuple<at::Tensor, at::Tensor> conv_sum(const at::Tensor& xu, const at::Tensor& w, const at::Tensor& corr,
+                                            int64_t kh, int64_t kw, int64_t exponent, bool amx) {
+#if EOQ_DIRECT
+  StoreTotal total(nullptr, false, true);
+  at::Tensor out = conv_into(xu, w, corr, kh, kw, exponent, amx, &total);
+  return {out, f32(static_cast<double>(total.sa) * std::ldexp(1.0, static_cast<int>(exponent)))};
 #else
   TORCH_CHECK(false, "direct conv: this build has no AVX-512 VNNI");
 #endif
@@ -423,6 +439,8 @@ void register_direct(pybind11::module& m) {
         pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx") = false);
   m.def("direct_conv_masked", &conv_masked, pybind11::arg("xu"), pybind11::arg("w"), pybind11::arg("corr"),
         pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"), pybind11::arg("live"));
+  m.def("direct_conv_sum", &conv_sum, pybind11::arg("xu"), pybind11::arg("w"), pybind11::arg("corr"),
+        pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"));
   m.def("direct_conv_range", &conv_range, pybind11::arg("xu"), pybind11::arg("w"), pybind11::arg("corr"),
         pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"));
   m.def("direct_wgrad", &wgrad, pybind11::arg("xu"), pybind11::arg("e"), pybind11::arg("kh"), pybind11::arg("kw"),

@@ -96,6 +96,8 @@ inline void interleave_row(const uint8_t* src, int64_t ps, int64_t valid, int64_
 //  - RANGE: the forward's smallest and largest output (conv_range), which the next layer's A
 //    quantizer then needs no max pass for (float32 conversion and the power-of-two scale are
 //    monotone: the ends of the integers give the ends of the values).
+//  - SUM: the sum of all values (conv_sum), as MASK's: the gradient of the Fixup bias in front of
+//    the conv whose input gradient this is.
 struct StoreAcc {
   __m512i sm = _mm512_setzero_si512(), sa = _mm512_setzero_si512();   // int64 lanes: kept, all
   __m512i mx = _mm512_setzero_si512();                                 // bits of |kept|, uint32 lanes
@@ -104,12 +106,12 @@ struct StoreAcc {
 
 struct StoreTotal {
   const uint8_t* live;     // MASK when not null
-  bool range;              // RANGE
+  bool range, sum;         // RANGE, SUM
   int64_t sm = 0, sa = 0;
   uint32_t mx = 0;
   int32_t lo = INT32_MAX, hi = INT32_MIN;
   std::mutex lock;
-  StoreTotal(const uint8_t* l, bool r) : live(l), range(r) {}
+  StoreTotal(const uint8_t* l, bool r, bool s = false) : live(l), range(r), sum(s) {}
   void add(const StoreAcc& a) {
     const int64_t sm_ = _mm512_reduce_add_epi64(a.sm), sa_ = _mm512_reduce_add_epi64(a.sa);
     const uint32_t mx_ = static_cast<uint32_t>(_mm512_reduce_max_epu32(a.mx));
@@ -126,8 +128,9 @@ inline __m512i widen_sum(__m512i acc, __m512i k) {
 
 // 16 output channels (acc - corr) * scale stored at dst; with MASK, element `elem` of the output's
 // memory order (a multiple of 16) and its 15 successors masked by `live`, and counted into `m`
-// unless `count` is false (a value written a second time); with RANGE, their ends into `m`.
-template <bool MASK, bool RANGE = false>
+// unless `count` is false (a value written a second time); with RANGE, their ends into `m`; with
+// SUM, their sum (counted as MASK's).
+template <bool MASK, bool RANGE = false, bool SUM = false>
 inline void store16(float* dst, __m512i acc, __m512i cv, __m512 scale, const uint8_t* live, int64_t elem,
                     bool count, StoreAcc& m) {
   const __m512i k = _mm512_sub_epi32(acc, cv);
@@ -136,6 +139,9 @@ inline void store16(float* dst, __m512i acc, __m512i cv, __m512 scale, const uin
   if constexpr (RANGE) {
     m.lo = _mm512_min_epi32(m.lo, k);
     m.hi = _mm512_max_epi32(m.hi, k);
+  }
+  if constexpr (SUM) {
+    if (count) m.sa = widen_sum(m.sa, _mm512_cvtps_epi32(f));
   }
   if constexpr (MASK) {
     uint16_t bits;

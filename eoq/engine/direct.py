@@ -169,6 +169,14 @@ def conv_range(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch
     return out, xu, lo, hi
 
 
+def conv_sum(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, kh: int, kw: int,
+             pad: int, exponent: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`conv` (without the padded input) and the sum of its output, found by the store: a
+    one-element float32 tensor, as ``sum_f32`` gives it (tests compare the two)."""
+    xu = pad_input(kern, codes_nhwc, pad)
+    return kern.direct_conv_sum(xu, packed, corr, kh, kw, exponent, use_amx(kern))
+
+
 def conv_masked(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, kh: int, kw: int,
                 pad: int, exponent: int, live: torch.Tensor):
     """:func:`conv` with the backward of the ReLU whose mask ``live`` (bits in the output's memory

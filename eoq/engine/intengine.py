@@ -565,7 +565,7 @@ class IntConvFn(torch.autograd.Function):
         cl = _channels_last(x)
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
         ctx.layer, ctx.direct, ctx.in_dtype = layer, direct.route(layer, ctx.needs_input_grad[0], pixels), x.dtype
-        ctx.relu = fusion.relu_offered(x, layer) if ctx.direct.conv and cl else None
+        ctx.handoff = fusion.backward_offered(x, layer) if ctx.direct.conv and cl else None
         if ctx.direct.conv:
             return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
         wc = weight_mats(layer.weight, ew)
@@ -628,14 +628,17 @@ def _direct_backward(ctx, e, ee):
     _, cin, kh, kw = ctx.wshape
     gi = gw = None
     if ctx.needs_input_grad[0]:
-        relu = ctx.relu
-        if relu is not None and relu.live is not None:   # the ReLU in front of the layer, in the store
-            out, *sums = direct.conv_masked(kern, e, bwd, bwd_corr, kh, kw, kh - 1 - layer.padding[0], ee + ew,
-                                            relu.live)
+        offer = ctx.handoff           # the backward of the op in front of the layer, in the store
+        if offer is not None:
+            pad = kh - 1 - layer.padding[0]
+            if offer.kind == "relu":
+                out, *sums = direct.conv_masked(kern, e, bwd, bwd_corr, kh, kw, pad, ee + ew, offer.live)
+            else:
+                out, *sums = direct.conv_sum(kern, e, bwd, bwd_corr, kh, kw, pad, ee + ew)
             gi = _nchw_view(out, cl)
-            if gi.stride() == tuple(relu.strides):
-                relu.fill(gi, *sums)
-            else:           # another memory order than the mask's: the ReLU's backward makes its own pass
+            if gi.stride() == tuple(offer.strides):
+                offer.fill(gi, *sums)
+            elif offer.kind == "relu":    # another memory order than the mask's: the ReLU's own pass
                 gi = None
         if gi is None:
             out, _ = direct.conv(kern, e, bwd, bwd_corr, kh, kw, kh - 1 - layer.padding[0], ee + ew)

@@ -190,13 +190,18 @@ class _DeferredBiasFn(torch.autograd.Function):
     that of x + v."""
 
     @staticmethod
-    def forward(ctx, x, v):
-        ctx.v_shape = v.shape
+    def forward(ctx, x, v, handoff):
+        ctx.v_shape, ctx.handoff = v.shape, handoff
+        if math.prod(v.shape) == 1:
+            handoff.ready, handoff.strides = True, x.stride()     # offered to the layer (fusion.offer_backward)
         return fusion.carry(x, x.view_as(x))
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, exact_sum(grad, ctx.v_shape) if ctx.needs_input_grad[1] else None
+        if not ctx.needs_input_grad[1]:
+            return grad, None, None
+        done = ctx.handoff.take(grad)              # the layer took the sum in its store
+        return grad, (done[1].view(ctx.v_shape) if done is not None else exact_sum(grad, ctx.v_shape)), None
 
 
 def fused_bias_input(x, v, layer):
@@ -205,7 +210,9 @@ def fused_bias_input(x, v, layer):
     if not _fusable(layer, "A"):
         return x.double() + v if _quantized(layer) else x + v
     if layer.engine == "int":
-        return fusion.defer(_DeferredBiasFn.apply(x, v), layer, fusion.Affine(bias=float(v.detach())))
+        handoff = fusion.GradHandoff("sum")
+        out = fusion.defer(_DeferredBiasFn.apply(x, v, handoff), layer, fusion.Affine(bias=float(v.detach())))
+        return fusion.offer_backward(out, layer, handoff)
     return fusion.mark_quantized(_BiasQuantFn.apply(x, v, layer), layer)
 
 
@@ -265,8 +272,8 @@ class _DeferredReluBiasFn(torch.autograd.Function):
         ctx.save_for_backward(live)
         ctx.shapes, ctx.strides = (pre.shape, bias.shape), x.stride()
         if mask.packed(live) and math.prod(pre.shape) == math.prod(bias.shape) == 1:
-            handoff.live, handoff.strides = live, x.stride()      # offered to the conv (fusion.offer_relu)
-            ctx.handoff = handoff
+            handoff.live, handoff.strides = live, x.stride()      # offered to the conv (fusion.offer_backward)
+            handoff.ready, ctx.handoff = True, handoff
         return fusion.carry(x, x.view_as(x))
 
     @staticmethod
@@ -282,9 +289,9 @@ def fused_relu_bias_input(x, b_out: FixupScalar, b_in: FixupScalar, layer):
     pre, bias = b_out.effective(), b_in.effective()
     if layer.engine == "int":
         affine = fusion.Affine(bias=float(bias.detach()), relu_pre=float(pre.detach()))
-        handoff = fusion.ReluHandoff()
+        handoff = fusion.GradHandoff("relu")
         out = _DeferredReluBiasFn.apply(x, pre, bias, handoff)
-        return fusion.offer_relu(fusion.defer(out, layer, affine), layer, handoff)
+        return fusion.offer_backward(fusion.defer(out, layer, affine), layer, handoff)
     return fusion.mark_quantized(_ReluBiasQuantFn.apply(x, pre, bias, layer), layer)
 
 

@@ -37,13 +37,15 @@ bias) carry both marks over (:func:`carry`).
                 engine.intengine's direct forward (a conv's output, from its store)
     read by     engine.intengine._codes (A of the next block's first conv, of a branch's next conv)
 
-``ReLU backward offered to layer`` (attribute ``_eoq_relu_offer``, a :class:`ReluHandoff`): the
-tensor is relu(x + pre) + bias left to ``layer`` (above), and ``layer``'s input gradient may take
-that ReLU's backward along in its store: mask the gradient with the ReLU's mask and take the sums
-the two biases' gradients need. The layer's backward fills the handoff; the ReLU's backward then
-uses the gradient as it arrives (no pass of its own), when it is the very tensor the layer filled.
-    written by  nn.layers.fused_relu_bias_input (integer engine)
-    read by     engine.intengine (the direct kernels' input gradient: csrc/direct.cpp conv_masked)
+``backward offered to layer`` (attribute ``_eoq_offer``, a :class:`GradHandoff`): the tensor is
+relu(x + pre) + bias or x + bias left to ``layer`` (above), and ``layer``'s input gradient may take
+that op's backward along in its store: for the ReLU, mask the gradient with its mask and take the
+sums the two biases' gradients need; for the bias, take the gradient's sum. The layer's backward
+fills the handoff; the op's backward then uses the gradient as it arrives (no pass of its own),
+when it is the very tensor the layer filled.
+    written by  nn.layers.fused_relu_bias_input and fused_bias_input (integer engine)
+    read by     engine.intengine (the direct kernels' input gradient: csrc/direct.cpp conv_masked,
+                conv_sum)
 """
 from __future__ import annotations
 
@@ -121,33 +123,36 @@ def carry(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return dst
 
 
-class ReluHandoff:
-    """The ReLU mask ``live`` (bits of eoq/nn/mask.py, made from a tensor of ``strides``) offered to
-    a layer's input gradient, and what that layer's backward leaves for the ReLU's backward:
-    ``result`` = (g, sum g, sum grad, max|g|), the values of the masked gradient sums."""
+class GradHandoff:
+    """What an op in front of a layer offers the layer's input gradient (see module doc): ``kind``
+    "relu" (``live``: the ReLU's mask, bits of eoq/nn/mask.py made from a tensor of ``strides``) or
+    "sum"; ``ready`` once the op's forward found the offer usable. ``result`` is what the layer's
+    backward leaves: (g, sum g, sum grad, max|g|) for "relu", (grad, sum grad) for "sum"."""
 
-    def __init__(self):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.ready = False
         self.live = self.strides = self.result = None
 
     def take(self, grad: torch.Tensor):
         """The result if ``grad`` is the gradient the layer stored it for (unchanged since), else None."""
         r, self.result = self.result, None
-        if r is None or grad.data_ptr() != r[0].data_ptr() or grad._version != r[4] \
+        if r is None or grad.data_ptr() != r[0].data_ptr() or grad._version != r[-1] \
                 or grad.shape != r[0].shape or grad.stride() != r[0].stride():
             return None
-        return r[:4]
+        return r[:-1]
 
-    def fill(self, g: torch.Tensor, s_masked, s_all, amax: float) -> None:
-        self.result = (g, s_masked, s_all, amax, g._version)
+    def fill(self, g: torch.Tensor, *sums) -> None:
+        self.result = (g, *sums, g._version)
 
 
-def offer_relu(t: torch.Tensor, layer, handoff: ReluHandoff) -> torch.Tensor:
-    """Offer ``layer`` the backward of the ReLU in front of it (see module doc); returns ``t``."""
-    t._eoq_relu_offer = (layer, handoff)
+def offer_backward(t: torch.Tensor, layer, handoff: GradHandoff) -> torch.Tensor:
+    """Offer ``layer`` the backward of the op in front of it (see module doc); returns ``t``."""
+    t._eoq_offer = (layer, handoff)
     return t
 
 
-def relu_offered(t: torch.Tensor, layer) -> ReluHandoff | None:
-    """The ReLU backward ``t`` offers ``layer``, or None."""
-    mark = getattr(t, "_eoq_relu_offer", None)
-    return mark[1] if mark is not None and mark[0] is layer else None
+def backward_offered(t: torch.Tensor, layer) -> GradHandoff | None:
+    """The backward ``t`` offers ``layer``, or None."""
+    mark = getattr(t, "_eoq_offer", None)
+    return mark[1] if mark is not None and mark[0] is layer and mark[1].ready else None
