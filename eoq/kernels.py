@@ -50,7 +50,8 @@ _HEADERS = [_CSRC / "common.h", _CSRC / "direct.h"]
 _state: dict = {"enabled": os.environ.get("EOQ_KERNELS", "1") != "0"}
 
 
-_CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
+_CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math",
+           "-ffp-contract=off", "-fopenmp"]
 
 
 def _cpu_flags() -> bytes:
