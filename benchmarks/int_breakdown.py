@@ -24,6 +24,9 @@ from eoq.training.loop import train_step
 from eoq.training.optimizer import EOQSGD
 
 ENTRIES = [(Q, "sq_integer", "A/E quantizers"), (direct, "conv", "direct conv (fwd + input grad)"),
+           (direct, "conv_range", "direct conv (fwd + input grad)"),
+           (direct, "conv_masked", "direct conv (fwd + input grad)"),
+           (direct, "conv_sum", "direct conv (fwd + input grad)"),
            (direct, "weight_grad", "direct weight grad"), (direct, "grid_weights", "direct weight packing"),
            (intengine, "conv_float", "im2col + GEMM forward, dequantized"),
            (intengine, "input_grad_float", "im2col + GEMM input grad, dequantized"),

@@ -94,3 +94,25 @@ def test_exact_tail_equals_float64_autograd_of_the_separate_ops(engine):
         assert torch.equal(ins[0].grad, Q.sq(g * 0.8125, 8, "stochastic", torch.Generator().manual_seed(9)).float())
     else:
         assert torch.equal(ins[0].grad, g.float())
+
+
+def test_masked_sums_of_an_error_in_the_other_memory_order():
+    """The tail's backward with the error NCHW and x channels-last (the pooling head's error reaches
+    the last block so): the kernel on a copy in x's order, the same g, sums and max as the torch ops."""
+    from eoq import kernels
+    from eoq.nn import mask
+    from eoq.nn.fixup_tail import masked_exact_sums
+    from eoq.quant import fusion
+    from eoq.quant.quantizers import round_fixed
+    if kernels.load() is None:
+        pytest.skip("compiled kernels unavailable")
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(4, 16, 4, 4, generator=g) * 100).contiguous(memory_format=torch.channels_last)
+    live = mask.greater(x, 0.0)
+    grad = round_fixed(torch.randn(4, 16, 4, 4, generator=g), 16)[0]          # NCHW
+    got = masked_exact_sums(grad, live, x, x.stride())
+    bools = mask.bools(live, x.shape, x.stride())
+    with kernels.disabled():
+        ref = masked_exact_sums(grad, bools, x, x.stride())
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2])
+    assert got[0].stride() == x.stride() and fusion.known_max(got[0]) == float(ref[0].abs().max())

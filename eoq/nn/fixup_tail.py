@@ -99,6 +99,9 @@ def masked_exact_sums(grad, live, x, strides):
     """(g = grad where live, sum g, sum g * x): the sums in double, rounded once to float32.
     ``live``: a mask of eoq/nn/mask.py made from a tensor of memory layout ``strides``."""
     kern = kernels.usable(grad)
+    if kern is not None and mask.packed(live) and x.dtype == grad.dtype and x.stride() == tuple(strides) \
+            and grad.stride() != x.stride() and dense(grad) and dense(x):
+        grad = torch.empty_like(x).copy_(grad)     # x's memory order (the pooling head's error is NCHW)
     if kern is not None and mask.packed(live) and x.dtype == grad.dtype \
             and x.stride() == grad.stride() == tuple(strides) and dense(grad):
         g, sg, sgx, amax = kern.masked_sums(grad, live, x)
