@@ -230,9 +230,9 @@ def test_masked_conv_equals_conv_then_masked_sums(use_amx, n, h, w, cin, cout, k
 @needs_direct
 @pytest.mark.parametrize("model", ["resnet20", "resnet18"])
 def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
-    """The Fixup branch's ReLU backward and the first bias's gradient sum taken in the next conv's
-    input-gradient store (fusion.offer_backward) ran, and every gradient equals that of the
-    separate passes."""
+    """The Fixup branch's ReLU backward, the first bias's gradient sum and the block's error-sum
+    max taken in the next conv's input-gradient store (fusion.offer_backward, fusion.ErrorSum) ran,
+    and every gradient equals that of the separate passes."""
     from eoq.models import build_model
     from eoq.quant import fusion
     from eoq.training.loop import train_step
@@ -241,6 +241,9 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
     for name in ("conv_masked", "conv_sum"):
         real = getattr(direct, name)
         monkeypatch.setattr(direct, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    take = fusion.ErrorSum.take        # the error sum's max, found by the first conv's store
+    monkeypatch.setattr(fusion.ErrorSum, "take",
+                        lambda self, *a: (lambda r: calls.append("error sum" if r is not None else "none") or r)(take(self, *a)))
     for offered in (True, False):
         if not offered:
             monkeypatch.setattr(fusion, "backward_offered", lambda t, layer: None)
@@ -261,9 +264,10 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
         train_step(net, opt, x, y)
         grads.append({n: p.clone() for n, p in net.state_dict().items()})
         if offered:
-            assert {"conv_masked", "conv_sum"} <= set(calls), "the stores did not take the backward along"
+            assert {"conv_masked", "conv_sum", "error sum"} <= set(calls), "the stores did not take the backward along"
             n_calls = len(calls)
-    assert len(calls) == n_calls
+    assert "error sum" not in calls[n_calls:]              # switched off: every max pass ran
+    assert sum(c.startswith("conv") for c in calls[n_calls:]) == 0
     for name in grads[0]:
         assert torch.equal(grads[0][name], grads[1][name]), name
 
@@ -289,13 +293,20 @@ def test_conv_store_finds_the_output_range(use_amx, n, h, w, cin, cout, k, p):
 @pytest.mark.parametrize("use_amx", [False, pytest.param(True, marks=needs_amx)])
 def test_conv_store_sums_the_output(use_amx):
     """direct.conv_sum: the conv's output and its sum as sum_f32 forms it, bit for bit (5x7: AMX blocks
-    overlap and must not count a value twice)."""
+    overlap and must not count a value twice); with an addend, max|out + addend| in double as
+    fx_sum's max pass finds it (+inf for a NaN)."""
     g = torch.Generator().manual_seed(11)
     kern = direct.module()
     a, wc = codes(2, 5, 7, 32, gen=g), codes(48, 32, 3, 3, gen=g)
     dw = direct.weights(wc)
     with amx_switch(use_amx):
         out, _ = direct.conv(kern, a, dw.fwd, dw.fwd_corr, 3, 3, 1, -6)
-        got, s = direct.conv_sum(kern, a, dw.fwd, dw.fwd_corr, 3, 3, 1, -6)
-    assert torch.equal(got, out) and torch.equal(s, kern.sum_f32(out))
+        got, s, none = direct.conv_sum(kern, a, dw.fwd, dw.fwd_corr, 3, 3, 1, -6)
+        addend = torch.randn(out.shape, generator=g) * 1000
+        got2, s2, amax = direct.conv_sum(kern, a, dw.fwd, dw.fwd_corr, 3, 3, 1, -6, addend)
+    assert torch.equal(got, out) and torch.equal(s, kern.sum_f32(out)) and none == -1.0
     assert float(s) == float(out.double().sum())
+    assert torch.equal(got2, out) and torch.equal(s2, s)
+    assert amax == float((out.double() + addend.double()).abs().max())      # fx_sum's max pass, in double
+    addend[1, 2, 3, 4] = float("nan")
+    assert direct.conv_sum(kern, a, dw.fwd, dw.fwd_corr, 3, 3, 1, -6, addend)[2] == float("inf")

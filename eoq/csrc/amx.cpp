@@ -100,7 +100,7 @@ void conv_amx(const uint8_t* src, const int8_t* wp, const int32_t* cr, float* ds
     const uint8_t* in[4];
     int64_t img[4], q0[4], own[4];     // own: the first position that is this block's (overlap: below)
     int nb = 0;
-    StoreAcc macc;
+    StoreAcc macc = mask ? mask->acc() : StoreAcc();
     auto store = [&](auto masked, auto ranged, auto summed, int i, int64_t cb, __m512i cv) {
       for (int64_t p = 0; p < 16; ++p) {
         const int64_t q = q0[i] + p, y = q / Wp, x = q % Wp;

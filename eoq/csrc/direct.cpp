@@ -21,6 +21,7 @@
 // conv and wgrad take `amx`: compute the same integers on AMX tiles when available (amx.cpp).
 #include "direct.h"
 
+#include <limits>
 #include <tuple>
 
 namespace {
@@ -149,7 +150,7 @@ at::Tensor conv_into(const at::Tensor& xu_, const at::Tensor& w_, const at::Tens
   const __m512 scale = _mm512_set1_ps(std::ldexp(1.0f, static_cast<int>(exponent)));
   const int64_t row = Wp * cp;
   at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
-    StoreAcc macc;
+    StoreAcc macc = mask ? mask->acc() : StoreAcc();
     for (int64_t r = b; r < e; ++r) {
       const int64_t n = r / Ho, y = r % Ho;
       const uint8_t* in = src + (n * Hp + y) * row;
@@ -162,8 +163,9 @@ at::Tensor conv_into(const at::Tensor& xu_, const at::Tensor& w_, const at::Tens
                                        macc);
         else if (mask && mask->range)
           conv_row<false, true, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
-        else if (mask && mask->sum)
-          conv_row<false, false, true>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
+        else if (mask && mask->sum)     // (the element index: the addend's)
+          conv_row<false, false, true>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, r * Wo * Co + cb,
+                                       macc);
         else
           conv_row<false, false, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
       }
@@ -210,13 +212,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, double> conv_masked(const at::Ten
 }
 
 // conv and the sum of its output, in double, rounded once to float32 (as sum_f32 of stream.cpp
-// returns it for out, wherever that one is exact; see StoreTotal).
-std::tuple<at::Tensor, at::Tensor> conv_sum(const at::Tensor& xu, const at::Tensor& w, const at::Tensor& corr,
-                                            int64_t kh, int64_t kw, int64_t exponent, bool amx) {
+// returns it for out, wherever that one is exact; see StoreTotal); with an `addend` (float32, the
+// output's sizes in NHWC memory order; empty: none) also max|out + addend| as the double fx_sum's
+// max pass finds it (+inf for NaN or Inf), else -1.
+std::tuple<at::Tensor, at::Tensor, double> conv_sum(const at::Tensor& xu, const at::Tensor& w, const at::Tensor& corr,
+                                                    int64_t kh, int64_t kw, int64_t exponent, bool amx,
+                                                    const at::Tensor& addend) {
 #if EOQ_DIRECT
   StoreTotal total(nullptr, false, true);
+  if (addend.numel()) {
+    const int64_t n = xu.size(0) * (xu.size(1) - kh + 1) * (xu.size(2) - kw + 1) * w.size(2);
+    TORCH_CHECK(addend.scalar_type() == at::kFloat && addend.numel() == n && addend.is_non_overlapping_and_dense(),
+                "direct conv_sum: a dense float32 addend of the output's size");
+    total.addend = addend.data_ptr<float>();
+  }
   at::Tensor out = conv_into(xu, w, corr, kh, kw, exponent, amx, &total);
-  return {out, f32(static_cast<double>(total.sa) * std::ldexp(1.0, static_cast<int>(exponent)))};
+  double amax = -1.0;
+  if (addend.numel()) {
+    if (total.amx >= 0x7ff0000000000000ull) {
+      amax = std::numeric_limits<double>::infinity();
+    } else {
+      std::memcpy(&amax, &total.amx, sizeof amax);
+    }
+  }
+  return {out, f32(static_cast<double>(total.sa) * std::ldexp(1.0, static_cast<int>(exponent))), amax};
 #else
   TORCH_CHECK(false, "direct conv: this build has no AVX-512 VNNI");
 #endif
@@ -440,7 +459,8 @@ void register_direct(pybind11::module& m) {
   m.def("direct_conv_masked", &conv_masked, pybind11::arg("xu"), pybind11::arg("w"), pybind11::arg("corr"),
         pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"), pybind11::arg("live"));
   m.def("direct_conv_sum", &conv_sum, pybind11::arg("xu"), pybind11::arg("w"), pybind11::arg("corr"),
-        pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"));
+        pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"),
+        pybind11::arg("addend"));
   m.def("direct_conv_range", &conv_range, pybind11::arg("xu"), pybind11::arg("w"), pybind11::arg("corr"),
         pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"));
   m.def("direct_wgrad", &wgrad, pybind11::arg("xu"), pybind11::arg("e"), pybind11::arg("kh"), pybind11::arg("kw"),

@@ -97,29 +97,48 @@ inline void interleave_row(const uint8_t* src, int64_t ps, int64_t valid, int64_
 //    quantizer then needs no max pass for (float32 conversion and the power-of-two scale are
 //    monotone: the ends of the integers give the ends of the values).
 //  - SUM: the sum of all values (conv_sum), as MASK's: the gradient of the Fixup bias in front of
-//    the conv whose input gradient this is.
+//    the conv whose input gradient this is; with an `addend` (the identity's error, of the output's
+//    memory order) also max|value + addend| in double, the max pass of the stream's rounding of
+//    that sum (fx_sum in stream.cpp), as the bits of |double| (they order as the magnitudes do).
 struct StoreAcc {
   __m512i sm = _mm512_setzero_si512(), sa = _mm512_setzero_si512();   // int64 lanes: kept, all
   __m512i mx = _mm512_setzero_si512();                                 // bits of |kept|, uint32 lanes
   __m512i lo = _mm512_set1_epi32(INT32_MAX), hi = _mm512_set1_epi32(INT32_MIN);   // int32 lanes
+  __m512i amx = _mm512_setzero_si512();                                // bits of |value + addend|, uint64
+  const float* addend = nullptr;
 };
 
 struct StoreTotal {
   const uint8_t* live;     // MASK when not null
   bool range, sum;         // RANGE, SUM
+  const float* addend = nullptr;     // SUM: also max|value + addend|
   int64_t sm = 0, sa = 0;
   uint32_t mx = 0;
   int32_t lo = INT32_MAX, hi = INT32_MIN;
+  uint64_t amx = 0;
   std::mutex lock;
   StoreTotal(const uint8_t* l, bool r, bool s = false) : live(l), range(r), sum(s) {}
+  StoreAcc acc() const {
+    StoreAcc a;
+    a.addend = addend;
+    return a;
+  }
   void add(const StoreAcc& a) {
     const int64_t sm_ = _mm512_reduce_add_epi64(a.sm), sa_ = _mm512_reduce_add_epi64(a.sa);
     const uint32_t mx_ = static_cast<uint32_t>(_mm512_reduce_max_epu32(a.mx));
     const int32_t lo_ = _mm512_reduce_min_epi32(a.lo), hi_ = _mm512_reduce_max_epi32(a.hi);
+    const uint64_t amx_ = static_cast<uint64_t>(_mm512_reduce_max_epu64(a.amx));
     std::lock_guard<std::mutex> guard(lock);
     sm += sm_, sa += sa_, mx = std::max(mx, mx_), lo = std::min(lo, lo_), hi = std::max(hi, hi_);
+    amx = std::max(amx, amx_);
   }
 };
+
+// max over 8 lanes of the bits of |a + b| (a, b: 8 floats widened to double; the sum exact)
+inline __m512i abs_sum_max(__m512i acc, __m256 a, __m256 b) {
+  const __m512d v = _mm512_add_pd(_mm512_cvtps_pd(a), _mm512_cvtps_pd(b));
+  return _mm512_max_epu64(acc, _mm512_and_si512(_mm512_castpd_si512(v), _mm512_set1_epi64(0x7fffffffffffffffll)));
+}
 
 inline __m512i widen_sum(__m512i acc, __m512i k) {
   acc = _mm512_add_epi64(acc, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(k)));
@@ -142,6 +161,11 @@ inline void store16(float* dst, __m512i acc, __m512i cv, __m512 scale, const uin
   }
   if constexpr (SUM) {
     if (count) m.sa = widen_sum(m.sa, _mm512_cvtps_epi32(f));
+    if (m.addend) {
+      const float* b = m.addend + elem;
+      m.amx = abs_sum_max(m.amx, _mm512_castps512_ps256(v), _mm256_loadu_ps(b));
+      m.amx = abs_sum_max(m.amx, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)), _mm256_loadu_ps(b + 8));
+    }
   }
   if constexpr (MASK) {
     uint16_t bits;

@@ -7,7 +7,7 @@
 //   fx_affine(x, s, b, id, relu, bits) -> (y, live, e, lo, hi)   v = relu?(x * s + b + id); id may be
 //                                                        empty; live = v > 0 (the ReLU's mask, before
 //                                                        rounding); [lo, hi] = y's range (min, max)
-//   fx_sum(a, b, bits) -> (y, e)                         v = a + b (b may be empty)
+//   fx_sum(a, b, bits, known) -> (y, e)                  v = a + b (b may be empty); known >= 0: max|v|
 //   dot_sums(g, x) -> (sum g, sum g * x)                 in double: the Fixup scalars' gradients
 //   sum_f32(g) -> sum g                                  in double
 //   masked_sums(grad, live, x) -> (g, sum g, sum g * x, max|g|)  g = grad where live (the tail's backward)
@@ -381,11 +381,11 @@ MaskedOut masked_grad_sums(const at::Tensor& grad, const at::Tensor& live) {
 // fx_sum with b (HAS_B) or without it (v = a + 0.0, as the sum with an absent b always was):
 // the two loops compiled apart, without a test of b per element.
 template <bool HAS_B>
-std::tuple<at::Tensor, int64_t> fx_sum_t(const at::Tensor& a, const float* pb, int64_t bits) {
+std::tuple<at::Tensor, int64_t> fx_sum_t(const at::Tensor& a, const float* pb, int64_t bits, double known) {
   const float* pa = a.data_ptr<float>();
   auto v = [&](int64_t i) { return static_cast<double>(pa[i]) + (HAS_B ? static_cast<double>(pb[i]) : 0.0); };
   const int64_t n = a.numel();
-  const double amax = amax_of<false>(n, v);
+  const double amax = known >= 0.0 ? known : amax_of<false>(n, v);
   TORCH_CHECK(std::isfinite(amax), "fx_sum: cannot round a tensor holding NaN or Inf");
   const int e = fixed_exponent(amax, bits);
   at::Tensor y = at::empty_like(a);
@@ -398,9 +398,11 @@ std::tuple<at::Tensor, int64_t> fx_sum_t(const at::Tensor& a, const float* pb, i
   return {y, e};
 }
 
-std::tuple<at::Tensor, int64_t> fx_sum(const at::Tensor& a, const at::Tensor& b, int64_t bits) {
+// known >= 0: max|a + b| found already (the store of the conv that wrote a: direct.cpp conv_sum),
+// no max pass here.
+std::tuple<at::Tensor, int64_t> fx_sum(const at::Tensor& a, const at::Tensor& b, int64_t bits, double known) {
   check_pair(a, b, "fx_sum");
-  return b.numel() ? fx_sum_t<true>(a, b.data_ptr<float>(), bits) : fx_sum_t<false>(a, nullptr, bits);
+  return b.numel() ? fx_sum_t<true>(a, b.data_ptr<float>(), bits, known) : fx_sum_t<false>(a, nullptr, bits, known);
 }
 
 std::tuple<at::Tensor, at::Tensor> dot_sums(const at::Tensor& g, const at::Tensor& x) {
@@ -512,7 +514,8 @@ void register_stream(pybind11::module& m) {
   m.def("masked_bits", &masked_bits);
   m.def("unpack_bits", &unpack_bits);
   m.def("fx_affine", &fx_affine);
-  m.def("fx_sum", &fx_sum);
+  m.def("fx_sum", &fx_sum, pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("bits"),
+        pybind11::arg("known") = -1.0);
   m.def("dot_sums", &dot_sums);
   m.def("masked_sums", &masked_sums);
   m.def("masked_grad_sums", &masked_grad_sums);

@@ -170,11 +170,14 @@ def conv_range(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch
 
 
 def conv_sum(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, kh: int, kw: int,
-             pad: int, exponent: int) -> tuple[torch.Tensor, torch.Tensor]:
+             pad: int, exponent: int, addend: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """:func:`conv` (without the padded input) and the sum of its output, found by the store: a
-    one-element float32 tensor, as ``sum_f32`` gives it (tests compare the two)."""
+    one-element float32 tensor, as ``sum_f32`` gives it (tests compare the two); with ``addend``
+    (float32, the output's NHWC memory order) also max|out + addend| as ``fx_sum``'s max pass finds
+    it (else -1)."""
     xu = pad_input(kern, codes_nhwc, pad)
-    return kern.direct_conv_sum(xu, packed, corr, kh, kw, exponent, use_amx(kern))
+    return kern.direct_conv_sum(xu, packed, corr, kh, kw, exponent, use_amx(kern),
+                                torch.empty(0) if addend is None else addend.detach())
 
 
 def conv_masked(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, kh: int, kw: int,

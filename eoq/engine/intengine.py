@@ -614,6 +614,7 @@ def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
     if any(ctx.needs_input_grad):
         ctx.save_for_backward(xu if ctx.direct.wgrad else a_nhwc, dw.bwd, dw.bwd_corr)
     ctx.meta, ctx.wshape = _Saved(ea, ew, tuple(x.shape[2:]), cl), tuple(layer.weight.shape)
+    ctx.grad_shape = x.shape        # (the identity error a store may add: fusion.ErrorSum)
     out = _nchw_view(out, cl)
     return fusion.know_range(out, lo, hi) if cl else out     # (a copy otherwise: another tensor)
 
@@ -631,11 +632,19 @@ def _direct_backward(ctx, e, ee):
         offer = ctx.handoff           # the backward of the op in front of the layer, in the store
         if offer is not None:
             pad = kh - 1 - layer.padding[0]
+            pair = offer.error_sum if offer.kind == "sum" else None
+            ident = pair.identity if pair is not None else None    # the identity's error, if made
+            if ident is not None and not (ident.dtype == torch.float32 and ident.shape == ctx.grad_shape
+                                          and ident.is_contiguous(memory_format=torch.channels_last)):
+                ident = None
             if offer.kind == "relu":
                 out, *sums = direct.conv_masked(kern, e, bwd, bwd_corr, kh, kw, pad, ee + ew, offer.live)
             else:
-                out, *sums = direct.conv_sum(kern, e, bwd, bwd_corr, kh, kw, pad, ee + ew)
+                out, s, amax = direct.conv_sum(kern, e, bwd, bwd_corr, kh, kw, pad, ee + ew, ident)
+                sums = [s]
             gi = _nchw_view(out, cl)
+            if ident is not None:
+                pair.fill(gi, amax)
             if gi.stride() == tuple(offer.strides):
                 offer.fill(gi, *sums)
             elif offer.kind == "relu":    # another memory order than the mask's: the ReLU's own pass

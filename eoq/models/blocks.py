@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import kernels
+from ..quant import fusion
 from ..nn.batchnorm import QBatchNorm2d
 from ..nn.fixup_tail import fixup_tail
 from ..nn.layers import FixupScalar, QConv2d, fused_relu_bias_input, fusing_allowed
@@ -137,7 +138,9 @@ class ResidualBlock(nn.Module):
         if self.norm != "fixup":
             return F.relu(self.residual(x))
         bits = self.stream_bits          # a fixed-point stream: x rounded here, the rest exact (stream.py)
-        x, x_id = stream_split(x, bits)
+        # an identity shortcut: the error sum at x can take its max from the first conv's store
+        pair = fusion.ErrorSum() if bits and isinstance(self.shortcut, nn.Identity) and fusing_allowed() else None
+        x, x_id = stream_split(x, bits, pair)
         if bits and isinstance(self.shortcut, ShortcutA):     # option A after b_1a, exact (float64)
             sc = self.shortcut
             if fusing_allowed():
@@ -152,7 +155,7 @@ class ResidualBlock(nn.Module):
             identity = self.identity(x_id)
         # y = relu(x_m * scale + b_mb + identity), fused under EOQ
         return fixup_tail(self.branch(x, tail=False), self.scale, self.biases_out[-1], identity,
-                          self.convs[-1], bits)
+                          self.convs[-1], bits, pair)
 
 
 class BasicBlock(ResidualBlock):

@@ -41,7 +41,7 @@ def _tail(x: torch.Tensor, s: torch.Tensor, b: torch.Tensor, identity: torch.Ten
 
 class _FixupTailFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, s, b, identity, layer, bits):
+    def forward(ctx, x, s, b, identity, layer, bits, pair):
         if bits:           # exact, then the stream's one rounding (stream.py)
             y, live = exact_tail(x, s.detach(), b.detach(), identity, bits)
         else:
@@ -49,6 +49,7 @@ class _FixupTailFn(torch.autograd.Function):
             live = y
         ctx.save_for_backward(x, s, live)
         ctx.layer, ctx.b_shape, ctx.exact, ctx.strides = layer, b.shape, bool(bits), x.stride()
+        ctx.pair = pair
         return y
 
     @staticmethod
@@ -70,7 +71,9 @@ class _FixupTailFn(torch.autograd.Function):
             else:
                 q = layer.quant.E
                 gx = fusion.mark_quantized(Q.sq_times(g, s.detach(), q.bits, q.rounding, layer.generator), layer)
-        return gx, gs, gb, g if ctx.needs_input_grad[3] else None, None, None
+        if ctx.pair is not None and ctx.needs_input_grad[3]:
+            ctx.pair.identity = g         # the identity's error, for the block's error sum (fusion.ErrorSum)
+        return gx, gs, gb, g if ctx.needs_input_grad[3] else None, None, None, None
 
 
 def exact_tail(x, s, b, identity, bits: int, relu: bool = True):
@@ -119,14 +122,15 @@ def exact_sums(g, x):
     return torch.tensor([sg], dtype=torch.float32), torch.tensor([sgx], dtype=torch.float32)
 
 
-def fixup_tail(x, scale, bias, identity, layer, bits: int | None = None):
+def fixup_tail(x, scale, bias, identity, layer, bits: int | None = None, pair=None):
     """relu(bias(scale(x)) + identity) for ``x`` = ``layer``'s output (see module doc). ``bits``:
-    every step exact and the result rounded to the ``bits``-bit stream (eoq/nn/stream.py)."""
+    every step exact and the result rounded to the ``bits``-bit stream (eoq/nn/stream.py); ``pair``:
+    the block's eoq.quant.fusion.ErrorSum, which the backward hands the identity's error."""
     if not _fusable(layer, "E"):
         if bits:
             return to_stream(F.relu(bias(scale(x.double(), after=layer)) + identity.double()), bits)
         return F.relu(bias(scale(x, after=layer)) + identity)
-    return _FixupTailFn.apply(x, scale.effective(), bias.effective(), identity, layer, bits)
+    return _FixupTailFn.apply(x, scale.effective(), bias.effective(), identity, layer, bits, pair)
 
 
 class _FixupStemFn(torch.autograd.Function):

@@ -211,6 +211,7 @@ def fused_bias_input(x, v, layer):
         return x.double() + v if _quantized(layer) else x + v
     if layer.engine == "int":
         handoff = fusion.GradHandoff("sum")
+        handoff.error_sum = fusion.error_sum_of(x)     # a block's branch input: its error sum's max too
         out = fusion.defer(_DeferredBiasFn.apply(x, v, handoff), layer, fusion.Affine(bias=float(v.detach())))
         return fusion.offer_backward(out, layer, handoff)
     return fusion.mark_quantized(_BiasQuantFn.apply(x, v, layer), layer)

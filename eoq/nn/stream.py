@@ -69,8 +69,9 @@ def _checked(call):
         raise
 
 
-def fx_sum(a: torch.Tensor, b: torch.Tensor, bits: int) -> torch.Tensor:
-    """FX(a + b, bits), the sum exact (float64), as float32: the error at a block input."""
+def fx_sum(a: torch.Tensor, b: torch.Tensor, bits: int, amax: float | None = None) -> torch.Tensor:
+    """FX(a + b, bits), the sum exact (float64), as float32: the error at a block input. ``amax``:
+    max|a + b| known already (fusion.ErrorSum), no max pass."""
     for f in LISTENERS:
         f(a.numel(), True, True)
     _ROUNDING[0] += 1
@@ -79,7 +80,8 @@ def fx_sum(a: torch.Tensor, b: torch.Tensor, bits: int) -> torch.Tensor:
         if kern is not None and b.dtype == torch.float32 and dense(a):
             if b.stride() != a.stride():
                 b = torch.empty_like(a).copy_(b)          # the same memory order (a cheap float32 copy)
-            return _checked(lambda: kern.fx_sum(a.detach(), b.detach(), bits)[0])
+            known = -1.0 if amax is None or b.stride() != a.stride() else amax
+            return _checked(lambda: kern.fx_sum(a.detach(), b.detach(), bits, known)[0])
         return round_fixed(a.double() + b.double(), bits)[0]
     finally:
         _ROUNDING[0] -= 1
@@ -87,29 +89,31 @@ def fx_sum(a: torch.Tensor, b: torch.Tensor, bits: int) -> torch.Tensor:
 
 class _StreamFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, bits):
-        ctx.bits, ctx.dtype = bits, x.dtype
+    def forward(ctx, x, bits, pair):
+        ctx.bits, ctx.dtype, ctx.pair = bits, x.dtype, pair
         ctx.set_materialize_grads(False)       # an unused output (the pooling head) hands back None
         if x.dtype != torch.float32:            # not yet a stream value (FX leaves those as they are)
             x = fx(x, bits, counted=False)
-        return fusion.carry(x, x.view_as(x)), fusion.carry(x, x.view_as(x))
+        return fusion.mark_error_sum(fusion.carry(x, x.view_as(x)), pair), fusion.carry(x, x.view_as(x))
 
     @staticmethod
     def backward(ctx, g_branch, g_identity):
         parts = [g for g in (g_branch, g_identity) if g is not None]
         if not parts:
-            return None, None
+            return None, None, None
         if len(parts) == 1:
-            return fx(parts[0], ctx.bits, backward=True).to(ctx.dtype), None
-        return fx_sum(parts[0], parts[1], ctx.bits).to(ctx.dtype), None
+            return fx(parts[0], ctx.bits, backward=True).to(ctx.dtype), None, None
+        amax = ctx.pair.take(g_branch, g_identity) if ctx.pair is not None else None
+        return fx_sum(parts[0], parts[1], ctx.bits, amax).to(ctx.dtype), None, None
 
 
-def stream_split(x: torch.Tensor, bits: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def stream_split(x: torch.Tensor, bits: int | None, pair: fusion.ErrorSum | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x at a block boundary, as (input of the branch, input of the shortcut): both FX(x, bits),
-    their errors summed exactly and rounded to ``bits`` (see module doc); (x, x) when ``bits`` is None."""
+    their errors summed exactly and rounded to ``bits`` (see module doc); (x, x) when ``bits`` is None.
+    ``pair``: the block's :class:`eoq.quant.fusion.ErrorSum`, marked on the branch input."""
     if bits is None:
         return x, x
-    return _StreamFn.apply(x, bits)
+    return _StreamFn.apply(x, bits, pair)
 
 
 class _ToStreamFn(torch.autograd.Function):

@@ -46,6 +46,14 @@ when it is the very tensor the layer filled.
     written by  nn.layers.fused_relu_bias_input and fused_bias_input (integer engine)
     read by     engine.intengine (the direct kernels' input gradient: csrc/direct.cpp conv_masked,
                 conv_sum)
+
+``error sum`` (attribute ``_eoq_error_sum``, an :class:`ErrorSum`): the tensor is the branch input
+of a block whose shortcut is the identity; its error and the identity's meet in the stream's exact
+sum FX(e_branch + e_identity) (nn/stream.py). The block's tail backward leaves e_identity in it, the
+branch's first conv finds max|e_branch + e_identity| in its input-gradient store (as it writes
+e_branch), and the stream's backward rounds the sum without a max pass of its own.
+    written by  nn.stream.stream_split (for models.blocks.ResidualBlock)
+    read by     nn.layers.fused_bias_input (which hands it to the conv with the bias's offer)
 """
 from __future__ import annotations
 
@@ -133,6 +141,7 @@ class GradHandoff:
         self.kind = kind
         self.ready = False
         self.live = self.strides = self.result = None
+        self.error_sum: ErrorSum | None = None      # "sum": the block's error sum, if any
 
     def take(self, grad: torch.Tensor):
         """The result if ``grad`` is the gradient the layer stored it for (unchanged since), else None."""
@@ -156,3 +165,38 @@ def backward_offered(t: torch.Tensor, layer) -> GradHandoff | None:
     """The backward ``t`` offers ``layer``, or None."""
     mark = getattr(t, "_eoq_offer", None)
     return mark[1] if mark is not None and mark[0] is layer and mark[1].ready else None
+
+
+class ErrorSum:
+    """A block's error sum FX(e_branch + e_identity) (see module doc): ``identity`` is e_identity once
+    the tail's backward made it; ``fill`` records max|e_branch + e_identity| for the e_branch a conv
+    wrote, and ``take`` hands it to the stream's backward when both errors are those tensors."""
+
+    def __init__(self):
+        self.identity = self.result = None
+
+    def fill(self, branch: torch.Tensor, amax: float) -> None:
+        ident = self.identity
+        self.result = (branch, branch._version, ident, ident._version, float(amax))
+
+    def take(self, branch: torch.Tensor, identity: torch.Tensor) -> float | None:
+        r, self.result, self.identity = self.result, None, None
+        if r is None:
+            return None
+        b, bv, i, iv, amax = r
+        same = (branch.data_ptr() == b.data_ptr() and branch._version == bv and branch.stride() == b.stride()
+                and identity.data_ptr() == i.data_ptr() and identity._version == iv
+                and identity.stride() == i.stride() and branch.shape == b.shape == identity.shape)
+        return amax if same else None
+
+
+def mark_error_sum(t: torch.Tensor, pair: ErrorSum | None) -> torch.Tensor:
+    """Mark a block's branch input with its :class:`ErrorSum` (None: no mark); returns ``t``."""
+    if pair is not None:
+        t._eoq_error_sum = pair
+    return t
+
+
+def error_sum_of(t: torch.Tensor) -> ErrorSum | None:
+    """The :class:`ErrorSum` a branch input carries, or None."""
+    return getattr(t, "_eoq_error_sum", None)
