@@ -231,8 +231,9 @@ def test_masked_conv_equals_conv_then_masked_sums(use_amx, n, h, w, cin, cout, k
 @pytest.mark.parametrize("model", ["resnet20", "resnet18"])
 def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
     """The Fixup branch's ReLU backward, the first bias's gradient sum and the block's error-sum
-    max taken in the next conv's input-gradient store (fusion.offer_backward, fusion.ErrorSum) ran,
-    and every gradient equals that of the separate passes."""
+    max taken in the next conv's input-gradient store (fusion.offer_backward, fusion.ErrorSum), and
+    the block tail's max pass in the last conv's forward store (fusion.offer_tail) ran, and every
+    weight, scalar and optimizer state equals that of the separate passes."""
     from eoq.models import build_model
     from eoq.quant import fusion
     from eoq.training.loop import train_step
@@ -241,12 +242,15 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
     for name in ("conv_masked", "conv_sum"):
         real = getattr(direct, name)
         monkeypatch.setattr(direct, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    known = fusion.known_tail          # the block tail's max pass, found by the last conv's store
+    monkeypatch.setattr(fusion, "known_tail", lambda *a: (lambda r: calls.append("tail" if r else "none") or r)(known(*a)))
     take = fusion.ErrorSum.take        # the error sum's max, found by the first conv's store
     monkeypatch.setattr(fusion.ErrorSum, "take",
                         lambda self, *a: (lambda r: calls.append("error sum" if r is not None else "none") or r)(take(self, *a)))
     for offered in (True, False):
         if not offered:
             monkeypatch.setattr(fusion, "backward_offered", lambda t, layer: None)
+            monkeypatch.setattr(fusion, "tail_offered", lambda t, layer: None)
         torch.manual_seed(0)
         net = build_model(model, "fixup", num_classes=10)
         gen = torch.Generator().manual_seed(1)
@@ -264,9 +268,9 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
         train_step(net, opt, x, y)
         grads.append({n: p.clone() for n, p in net.state_dict().items()})
         if offered:
-            assert {"conv_masked", "conv_sum", "error sum"} <= set(calls), "the stores did not take the backward along"
+            assert {"conv_masked", "conv_sum", "error sum", "tail"} <= set(calls), "the stores took nothing along"
             n_calls = len(calls)
-    assert "error sum" not in calls[n_calls:]              # switched off: every max pass ran
+    assert not {"error sum", "tail"} & set(calls[n_calls:])   # switched off: every max pass ran
     assert sum(c.startswith("conv") for c in calls[n_calls:]) == 0
     for name in grads[0]:
         assert torch.equal(grads[0][name], grads[1][name]), name
@@ -277,16 +281,21 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
 @pytest.mark.parametrize("n,h,w,cin,cout,k,p", [(3, 8, 8, 16, 16, 3, 1), (2, 5, 7, 32, 48, 3, 1), (1, 1, 1, 16, 16, 3, 1)])
 def test_conv_store_finds_the_output_range(use_amx, n, h, w, cin, cout, k, p):
     """The forward's store finds the output's smallest and largest value (direct.conv_range): the
-    conv's own output and its torch min and max, bit for bit (AMX blocks overlap at 5x7)."""
+    conv's own output and its torch min and max, bit for bit (AMX blocks overlap at 5x7); with a
+    block tail's identity, s and b, also the ends and max|.| of out * s + b + identity in double."""
     g = torch.Generator().manual_seed(h * 10 + cout)
     kern = direct.module()
     a, wc = codes(n, h, w, cin, gen=g), codes(cout, cin, k, k, gen=g)
     dw = direct.weights(wc)
     with amx_switch(use_amx):
         out, _ = direct.conv(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -9)
-        got, _, lo, hi = direct.conv_range(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -9)
-    assert torch.equal(got, out)
-    assert (lo, hi) == (float(out.min()), float(out.max())) and lo < 0 < hi
+        got, _, lo, hi, none = direct.conv_range(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -9)
+        ident = torch.randn(out.shape, generator=g) * 50
+        got2, _, lo2, hi2, ends = direct.conv_range(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -9, (ident, 0.8125, -0.375))
+    assert torch.equal(got, out) and torch.equal(got2, out) and none is None
+    assert (lo, hi) == (lo2, hi2) == (float(out.min()), float(out.max())) and lo < 0 < hi
+    t = out.double() * 0.8125 + -0.375 + ident.double()          # the block tail's value, exact in double
+    assert ends == (float(t.min()), float(t.max()), float(t.abs().max()))
 
 
 @needs_direct

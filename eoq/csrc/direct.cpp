@@ -161,8 +161,9 @@ at::Tensor conv_into(const at::Tensor& xu_, const at::Tensor& w_, const at::Tens
         if (mask && mask->live)
           conv_row<true, false, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, mask->live, r * Wo * Co + cb,
                                        macc);
-        else if (mask && mask->range)
-          conv_row<false, true, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, 0, macc);
+        else if (mask && mask->range)   // (the element index: the tail identity's)
+          conv_row<false, true, false>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, r * Wo * Co + cb,
+                                       macc);
         else if (mask && mask->sum)     // (the element index: the addend's)
           conv_row<false, false, true>(in, row, cp, wc, Co, kh, kw, cv, scale, o + cb, Wo, nullptr, r * Wo * Co + cb,
                                        macc);
@@ -241,16 +242,42 @@ std::tuple<at::Tensor, at::Tensor, double> conv_sum(const at::Tensor& xu, const 
 #endif
 }
 
-// conv and the range of its output: (out, min, max) as doubles (the float32 values' ends).
-std::tuple<at::Tensor, double, double> conv_range(const at::Tensor& xu, const at::Tensor& w, const at::Tensor& corr,
-                                                  int64_t kh, int64_t kw, int64_t exponent, bool amx) {
+inline double from_key64(uint64_t k) {
+  const uint64_t u = (k & 0x8000000000000000ull) ? (k & 0x7fffffffffffffffull) : ~k;
+  double d;
+  std::memcpy(&d, &u, sizeof d);
+  return d;
+}
+
+// conv and the range of its output: (out, min, max) as doubles (the float32 values' ends); with a
+// tail identity `tail_id` (float32, the output's NHWC memory order; empty: none) also the tail's
+// (min t, max t, max|t|) for t = out * ts + tb + tail_id (max|t| +inf for NaN or Inf), else zeros
+// and -1.
+std::tuple<at::Tensor, double, double, double, double, double> conv_range(
+    const at::Tensor& xu, const at::Tensor& w, const at::Tensor& corr, int64_t kh, int64_t kw, int64_t exponent,
+    bool amx, const at::Tensor& tail_id, double ts, double tb) {
 #if EOQ_DIRECT
   StoreTotal range(nullptr, true);
+  const int64_t n = xu.size(0) * (xu.size(1) - kh + 1) * (xu.size(2) - kw + 1) * w.size(2);
+  if (tail_id.numel()) {
+    TORCH_CHECK(tail_id.scalar_type() == at::kFloat && tail_id.numel() == n && tail_id.is_non_overlapping_and_dense(),
+                "direct conv_range: a dense float32 tail identity of the output's size");
+    range.tail_id = tail_id.data_ptr<float>(), range.ts = ts, range.tb = tb;
+  }
   at::Tensor out = conv_into(xu, w, corr, kh, kw, exponent, amx, &range);
-  if (out.numel() == 0) return {out, 0.0, 0.0};
+  if (out.numel() == 0) return {out, 0.0, 0.0, 0.0, 0.0, -1.0};
   const float scale = std::ldexp(1.0f, static_cast<int>(exponent));
+  double tmin = 0.0, tmax = 0.0, tabs = -1.0;
+  if (tail_id.numel()) {
+    tmin = from_key64(range.tl), tmax = from_key64(range.tk);
+    if (range.ta >= 0x7ff0000000000000ull) {
+      tabs = std::numeric_limits<double>::infinity();
+    } else {
+      std::memcpy(&tabs, &range.ta, sizeof tabs);
+    }
+  }
   return {out, static_cast<double>(static_cast<float>(range.lo) * scale),
-          static_cast<double>(static_cast<float>(range.hi) * scale)};
+          static_cast<double>(static_cast<float>(range.hi) * scale), tmin, tmax, tabs};
 #else
   TORCH_CHECK(false, "direct conv: this build has no AVX-512 VNNI");
 #endif
@@ -462,7 +489,8 @@ void register_direct(pybind11::module& m) {
         pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"),
         pybind11::arg("addend"));
   m.def("direct_conv_range", &conv_range, pybind11::arg("xu"), pybind11::arg("w"), pybind11::arg("corr"),
-        pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"));
+        pybind11::arg("kh"), pybind11::arg("kw"), pybind11::arg("exponent"), pybind11::arg("amx"),
+        pybind11::arg("tail_id"), pybind11::arg("ts") = 1.0, pybind11::arg("tb") = 0.0);
   m.def("direct_wgrad", &wgrad, pybind11::arg("xu"), pybind11::arg("e"), pybind11::arg("kh"), pybind11::arg("kw"),
         pybind11::arg("cin"), pybind11::arg("amx") = false);
   m.def("direct_pack", &pack);

@@ -95,7 +95,10 @@ inline void interleave_row(const uint8_t* src, int64_t ps, int64_t valid, int64_
 //    which the engines' bit-for-bit agreement requires anyway.
 //  - RANGE: the forward's smallest and largest output (conv_range), which the next layer's A
 //    quantizer then needs no max pass for (float32 conversion and the power-of-two scale are
-//    monotone: the ends of the integers give the ends of the values).
+//    monotone: the ends of the integers give the ends of the values). With a Fixup block tail
+//    after the conv (`tail_id`: the block's identity, float32 in the output's memory order), also
+//    the ends of t = value * s + b + identity (each step exact in double) and max|t|, as the max
+//    pass of the tail's rounding (fx_affine in stream.cpp) finds them.
 //  - SUM: the sum of all values (conv_sum), as MASK's: the gradient of the Fixup bias in front of
 //    the conv whose input gradient this is; with an `addend` (the identity's error, of the output's
 //    memory order) also max|value + addend| in double, the max pass of the stream's rounding of
@@ -106,21 +109,27 @@ struct StoreAcc {
   __m512i lo = _mm512_set1_epi32(INT32_MAX), hi = _mm512_set1_epi32(INT32_MIN);   // int32 lanes
   __m512i amx = _mm512_setzero_si512();                                // bits of |value + addend|, uint64
   const float* addend = nullptr;
+  __m512i tk = _mm512_setzero_si512(), tl = _mm512_set1_epi64(-1), ta = _mm512_setzero_si512();  // tail t:
+  const float* tail_id = nullptr;                                     // max, min order keys, max bits of |t|
+  double ts = 1.0, tb = 0.0;
 };
 
 struct StoreTotal {
   const uint8_t* live;     // MASK when not null
   bool range, sum;         // RANGE, SUM
   const float* addend = nullptr;     // SUM: also max|value + addend|
+  const float* tail_id = nullptr;    // RANGE: also the tail's t = value * ts + tb + tail_id
+  double ts = 1.0, tb = 0.0;
   int64_t sm = 0, sa = 0;
   uint32_t mx = 0;
   int32_t lo = INT32_MAX, hi = INT32_MIN;
-  uint64_t amx = 0;
+  uint64_t amx = 0, tk = 0, tl = ~0ull, ta = 0;
   std::mutex lock;
   StoreTotal(const uint8_t* l, bool r, bool s = false) : live(l), range(r), sum(s) {}
   StoreAcc acc() const {
     StoreAcc a;
     a.addend = addend;
+    a.tail_id = tail_id, a.ts = ts, a.tb = tb;
     return a;
   }
   void add(const StoreAcc& a) {
@@ -128,11 +137,26 @@ struct StoreTotal {
     const uint32_t mx_ = static_cast<uint32_t>(_mm512_reduce_max_epu32(a.mx));
     const int32_t lo_ = _mm512_reduce_min_epi32(a.lo), hi_ = _mm512_reduce_max_epi32(a.hi);
     const uint64_t amx_ = static_cast<uint64_t>(_mm512_reduce_max_epu64(a.amx));
+    const uint64_t tk_ = _mm512_reduce_max_epu64(a.tk), tl_ = _mm512_reduce_min_epu64(a.tl);
+    const uint64_t ta_ = _mm512_reduce_max_epu64(a.ta);
     std::lock_guard<std::mutex> guard(lock);
     sm += sm_, sa += sa_, mx = std::max(mx, mx_), lo = std::min(lo, lo_), hi = std::max(hi, hi_);
-    amx = std::max(amx, amx_);
+    amx = std::max(amx, amx_), tk = std::max(tk, tk_), tl = std::min(tl, tl_), ta = std::max(ta, ta_);
   }
 };
+
+// the tail's t = v * s + b + id for 8 lanes (each step in double, exact, as stream.cpp's
+// tail_value), folded into the max and min order keys and the max bits of |t|
+inline void tail_keys(StoreAcc& m, __m256 v, __m256 id) {
+  const __m512d t = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(_mm512_cvtps_pd(v), _mm512_set1_pd(m.ts)),
+                                                _mm512_set1_pd(m.tb)), _mm512_cvtps_pd(id));
+  const __m512i u = _mm512_castpd_si512(t);
+  const __m512i sign = _mm512_set1_epi64(static_cast<int64_t>(0x8000000000000000ull));
+  const __m512i key = _mm512_xor_si512(u, _mm512_or_si512(_mm512_srai_epi64(u, 63), sign));   // order key
+  m.tk = _mm512_max_epu64(m.tk, key);
+  m.tl = _mm512_min_epu64(m.tl, key);
+  m.ta = _mm512_max_epu64(m.ta, _mm512_andnot_si512(sign, u));
+}
 
 // max over 8 lanes of the bits of |a + b| (a, b: 8 floats widened to double; the sum exact)
 inline __m512i abs_sum_max(__m512i acc, __m256 a, __m256 b) {
@@ -158,6 +182,11 @@ inline void store16(float* dst, __m512i acc, __m512i cv, __m512 scale, const uin
   if constexpr (RANGE) {
     m.lo = _mm512_min_epi32(m.lo, k);
     m.hi = _mm512_max_epi32(m.hi, k);
+    if (m.tail_id) {
+      const float* id = m.tail_id + elem;
+      tail_keys(m, _mm512_castps512_ps256(v), _mm256_loadu_ps(id));
+      tail_keys(m, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)), _mm256_loadu_ps(id + 8));
+    }
   }
   if constexpr (SUM) {
     if (count) m.sa = widen_sum(m.sa, _mm512_cvtps_epi32(f));

@@ -6,7 +6,9 @@
 //
 //   fx_affine(x, s, b, id, relu, bits) -> (y, live, e, lo, hi)   v = relu?(x * s + b + id); id may be
 //                                                        empty; live = v > 0 (the ReLU's mask, before
-//                                                        rounding); [lo, hi] = y's range (min, max)
+//                                                        rounding); [lo, hi] = y's range (min, max);
+//                                                        tabs >= 0: (tmin, tmax, tabs) = min, max and
+//                                                        max| | of x * s + b + id, known: no max pass
 //   fx_sum(a, b, bits, known) -> (y, e)                  v = a + b (b may be empty); known >= 0: max|v|
 //   dot_sums(g, x) -> (sum g, sum g * x)                 in double: the Fixup scalars' gradients
 //   sum_f32(g) -> sum g                                  in double
@@ -194,13 +196,22 @@ void fx_affine_block(const float* px, const ID* pi, float* py, uint8_t* pl, int6
 
 using AffineOut = std::tuple<at::Tensor, at::Tensor, int64_t, double, double>;
 
+// The max pass's results from a known (min t, max t, max|t|) of t = x * s + b + id (found by the
+// store of the conv that wrote x: direct.cpp conv_range), as amax_of<RELU, true> gives them.
+double known_amax(bool relu, double tmin, double tmax, double tabs, double* lo, double* hi) {
+  if (!std::isfinite(tabs)) return std::numeric_limits<double>::infinity();
+  *lo = relu ? std::max(tmin, 0.0) : tmin;
+  *hi = relu ? std::max(tmax, 0.0) : tmax;
+  return relu ? std::max(tmax, 0.0) : tabs;
+}
+
 template <typename ID, bool HAS_ID, bool RELU>
-AffineOut fx_affine_t(const at::Tensor& x, double s, double b, const ID* pi, int64_t bits) {
+AffineOut fx_affine_t(const at::Tensor& x, double s, double b, const ID* pi, int64_t bits, const double* known) {
   const float* px = x.data_ptr<float>();
   const int64_t n = x.numel();
   double lo = 0.0, hi = 0.0;
-  const double amax = amax_of<RELU, true>(n, [&](int64_t i) { return tail_value<ID, HAS_ID, false>(px, pi, s, b, i); },
-                                          &lo, &hi);
+  const double amax = known != nullptr && n ? known_amax(RELU, known[0], known[1], known[2], &lo, &hi)
+      : amax_of<RELU, true>(n, [&](int64_t i) { return tail_value<ID, HAS_ID, false>(px, pi, s, b, i); }, &lo, &hi);
   TORCH_CHECK(std::isfinite(amax), "fx_affine: cannot round a tensor holding NaN or Inf");
   const int e = fixed_exponent(amax, bits);
   at::Tensor y = at::empty_like(x), live = new_bits(n);
@@ -218,23 +229,25 @@ AffineOut fx_affine_t(const at::Tensor& x, double s, double b, const ID* pi, int
 }
 
 template <typename ID>
-AffineOut fx_affine_dispatch(const at::Tensor& x, double s, double b, const ID* pi,
-                                                               bool relu, int64_t bits) {
+AffineOut fx_affine_dispatch(const at::Tensor& x, double s, double b, const ID* pi, bool relu, int64_t bits,
+                             const double* k) {
   if (pi == nullptr) {
-    return relu ? fx_affine_t<ID, false, true>(x, s, b, pi, bits) : fx_affine_t<ID, false, false>(x, s, b, pi, bits);
+    return relu ? fx_affine_t<ID, false, true>(x, s, b, pi, bits, k) : fx_affine_t<ID, false, false>(x, s, b, pi, bits, k);
   }
-  return relu ? fx_affine_t<ID, true, true>(x, s, b, pi, bits) : fx_affine_t<ID, true, false>(x, s, b, pi, bits);
+  return relu ? fx_affine_t<ID, true, true>(x, s, b, pi, bits, k) : fx_affine_t<ID, true, false>(x, s, b, pi, bits, k);
 }
 
 // identity: float32 (a stream value) or float64 (an option-A shortcut of stream + bias, exact).
-AffineOut fx_affine(const at::Tensor& x, double s, double b, const at::Tensor& id,
-                                                      bool relu, int64_t bits) {
+AffineOut fx_affine(const at::Tensor& x, double s, double b, const at::Tensor& id, bool relu, int64_t bits,
+                    double tmin, double tmax, double tabs) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_non_overlapping_and_dense(), "fx_affine: a dense float32 x");
-  if (!id.numel()) return fx_affine_dispatch<float>(x, s, b, nullptr, relu, bits);
+  const double known[3] = {tmin, tmax, tabs};
+  const double* k = tabs >= 0.0 ? known : nullptr;      // (min t, max t, max|t|) known: no max pass
+  if (!id.numel()) return fx_affine_dispatch<float>(x, s, b, nullptr, relu, bits, k);
   TORCH_CHECK(id.sizes() == x.sizes() && id.strides() == x.strides(), "fx_affine: identity of x's sizes and strides");
-  if (id.scalar_type() == at::kDouble) return fx_affine_dispatch<double>(x, s, b, id.data_ptr<double>(), relu, bits);
+  if (id.scalar_type() == at::kDouble) return fx_affine_dispatch<double>(x, s, b, id.data_ptr<double>(), relu, bits, k);
   TORCH_CHECK(id.scalar_type() == at::kFloat, "fx_affine: identity float32 or float64");
-  return fx_affine_dispatch<float>(x, s, b, id.data_ptr<float>(), relu, bits);
+  return fx_affine_dispatch<float>(x, s, b, id.data_ptr<float>(), relu, bits, k);
 }
 
 // g where live (a 0/1 byte), else +0.0: a bit mask, not a select whose branch would mispredict.
@@ -513,7 +526,9 @@ void register_stream(pybind11::module& m) {
   m.def("live_bits", &live_bits);
   m.def("masked_bits", &masked_bits);
   m.def("unpack_bits", &unpack_bits);
-  m.def("fx_affine", &fx_affine);
+  m.def("fx_affine", &fx_affine, pybind11::arg("x"), pybind11::arg("s"), pybind11::arg("b"), pybind11::arg("id"),
+        pybind11::arg("relu"), pybind11::arg("bits"), pybind11::arg("tmin") = 0.0, pybind11::arg("tmax") = 0.0,
+        pybind11::arg("tabs") = -1.0);
   m.def("fx_sum", &fx_sum, pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("bits"),
         pybind11::arg("known") = -1.0);
   m.def("dot_sums", &dot_sums);

@@ -162,11 +162,16 @@ def conv(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tenso
 
 
 def conv_range(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, kh: int, kw: int,
-               pad: int, exponent: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """:func:`conv`, and the smallest and largest output value, found by the store (no pass)."""
+               pad: int, exponent: int, tail=None) -> tuple:
+    """(:func:`conv`'s output, its padded input, the smallest and largest output value, found by the
+    store; no pass), and with ``tail`` = (identity float32 in the output's NHWC memory order, s, b)
+    the ends (min t, max t, max|t|) of t = out * s + b + identity as fx_affine's max pass finds them
+    (else None)."""
     xu = pad_input(kern, codes_nhwc, pad)
-    out, lo, hi = kern.direct_conv_range(xu, packed, corr, kh, kw, exponent, use_amx(kern))
-    return out, xu, lo, hi
+    ident, s, b = tail if tail is not None else (torch.empty(0), 1.0, 0.0)
+    out, lo, hi, tmin, tmax, tabs = kern.direct_conv_range(xu, packed, corr, kh, kw, exponent, use_amx(kern),
+                                                           ident.detach(), s, b)
+    return out, xu, lo, hi, ((tmin, tmax, tabs) if tail is not None else None)
 
 
 def conv_sum(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, kh: int, kw: int,

@@ -566,6 +566,7 @@ class IntConvFn(torch.autograd.Function):
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
         ctx.layer, ctx.direct, ctx.in_dtype = layer, direct.route(layer, ctx.needs_input_grad[0], pixels), x.dtype
         ctx.handoff = fusion.backward_offered(x, layer) if ctx.direct.conv and cl else None
+        ctx.tail = fusion.tail_offered(x, layer) if ctx.direct.conv and cl else None
         if ctx.direct.conv:
             return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
         wc = weight_mats(layer.weight, ew)
@@ -610,12 +611,21 @@ def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
     layer, kern = ctx.layer, direct.module()
     dw = direct.grid_weights(kern, layer.weight, ew)
     kh, kw = layer.kernel_size
-    out, xu, lo, hi = direct.conv_range(kern, a_nhwc, dw.fwd, dw.fwd_corr, kh, kw, layer.padding[0], ea + ew)
+    tail = ctx.tail                   # the block tail after the layer: its max pass in the store
+    p = layer.padding[0]
+    out_shape = (x.shape[0], layer.out_channels, x.shape[2] + 2 * p - kh + 1, x.shape[3] + 2 * p - kw + 1)
+    if tail is not None and not (tail[0].dtype == torch.float32 and cl and tuple(tail[0].shape) == out_shape
+                                 and tail[0].is_contiguous(memory_format=torch.channels_last)):
+        tail = None
+    out, xu, lo, hi, ends = direct.conv_range(kern, a_nhwc, dw.fwd, dw.fwd_corr, kh, kw, layer.padding[0], ea + ew,
+                                              tail)
     if any(ctx.needs_input_grad):
         ctx.save_for_backward(xu if ctx.direct.wgrad else a_nhwc, dw.bwd, dw.bwd_corr)
     ctx.meta, ctx.wshape = _Saved(ea, ew, tuple(x.shape[2:]), cl), tuple(layer.weight.shape)
     ctx.grad_shape = x.shape        # (the identity error a store may add: fusion.ErrorSum)
     out = _nchw_view(out, cl)
+    if ends is not None:
+        fusion.know_tail(out, tail[0], tail[1], tail[2], ends)
     return fusion.know_range(out, lo, hi) if cl else out     # (a copy otherwise: another tensor)
 
 

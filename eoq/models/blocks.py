@@ -102,14 +102,17 @@ class ResidualBlock(nn.Module):
             self.scale = FixupScalar("scale")
         self.shortcut = shortcut
 
-    def branch(self, x, tail: bool = True):
+    def branch(self, x, tail: bool = True, offer=None):
         """F(x); for Fixup, x is the input before b_1a (b_1a is the first bias applied here).
-        ``tail=False``: stop at the last conv's output (before the Fixup multiplier and bias)."""
+        ``tail=False``: stop at the last conv's output (before the Fixup multiplier and bias);
+        ``offer``: (identity, s, b) of the block tail after it, offered to the last conv's store."""
         last = len(self.convs) - 1
         fixup = self.norm == "fixup"
         if fixup:
             x = self.biases_in[0](x, feeds=self.convs[0])
         for i, conv in enumerate(self.convs):
+            if i == last and offer is not None:
+                fusion.offer_tail(x, conv, *offer)
             x = conv(x)
             if self.norm == "bn":
                 x = self.bns[i](x)
@@ -153,8 +156,12 @@ class ResidualBlock(nn.Module):
             identity = self.shortcut(self.biases_in[0](x_id, feeds=self.shortcut))
         else:              # an identity (no copy), or any shortcut outside the fixed-point stream
             identity = self.identity(x_id)
-        # y = relu(x_m * scale + b_mb + identity), fused under EOQ
-        return fixup_tail(self.branch(x, tail=False), self.scale, self.biases_out[-1], identity,
+        # y = relu(x_m * scale + b_mb + identity), fused under EOQ; the last conv's store may find
+        # the ends of x_m * scale + b_mb + identity (the tail's max pass) as it writes x_m
+        offer = None
+        if bits and fusing_allowed() and identity.dtype == torch.float32:
+            offer = (identity, float(self.scale.effective().detach()), float(self.biases_out[-1].effective().detach()))
+        return fixup_tail(self.branch(x, tail=False, offer=offer), self.scale, self.biases_out[-1], identity,
                           self.convs[-1], bits, pair)
 
 

@@ -82,14 +82,18 @@ def exact_tail(x, s, b, identity, bits: int, relu: bool = True):
     where x and identity share a layout, else the float64 torch ops (a bool mask). ``identity``
     may be None (the stem)."""
     kern = kernels.usable(x)
+    ends = None
+    if identity is not None and relu:      # the max pass found by the conv that wrote x (fusion.know_tail)
+        ends = fusion.known_tail(x, identity, float(s), float(b))
     if kern is not None and dense(x) and identity is not None and identity.stride() != x.stride():
         identity = torch.empty_like(x, dtype=identity.dtype).copy_(identity)    # x's memory order
     if kern is not None and dense(x):
         for f in stream.LISTENERS:
             f(x.numel(), False, False)
+        known = ends or (0.0, 0.0, -1.0)
         y, live, _, lo, hi = stream._checked(lambda: kern.fx_affine(x.detach(), float(s), float(b),
                                                                   stream._EMPTY if identity is None else identity.detach(),
-                                                                  relu, bits))
+                                                                  relu, bits, *known))
         return fusion.know_range(y, lo, hi), live        # the next A quantizer needs no max pass
     t = x.double() * s.double() + b.double()
     if identity is not None:

@@ -47,6 +47,14 @@ when it is the very tensor the layer filled.
     read by     engine.intengine (the direct kernels' input gradient: csrc/direct.cpp conv_masked,
                 conv_sum)
 
+``tail offered to layer`` (attribute ``_eoq_tail_offer``): the tensor is the input of the last conv
+of a Fixup branch, whose output x then meets the block tail relu(x * s + b + identity) (nn/
+fixup_tail.py): the conv's forward store may find the ends of t = x * s + b + identity as it writes
+x, the max pass of the tail's rounding. Its output then carries them (``_eoq_tail``), for that
+identity, s and b only.
+    written by  models.blocks.ResidualBlock (offer), engine.intengine's direct forward (result)
+    read by     engine.intengine (offer), nn.fixup_tail.exact_tail (result)
+
 ``error sum`` (attribute ``_eoq_error_sum``, an :class:`ErrorSum`): the tensor is the branch input
 of a block whose shortcut is the identity; its error and the identity's meet in the stream's exact
 sum FX(e_branch + e_identity) (nn/stream.py). The block's tail backward leaves e_identity in it, the
@@ -200,3 +208,30 @@ def mark_error_sum(t: torch.Tensor, pair: ErrorSum | None) -> torch.Tensor:
 def error_sum_of(t: torch.Tensor) -> ErrorSum | None:
     """The :class:`ErrorSum` a branch input carries, or None."""
     return getattr(t, "_eoq_error_sum", None)
+
+
+def offer_tail(t: torch.Tensor, layer, identity: torch.Tensor, s: float, b: float) -> torch.Tensor:
+    """Offer ``layer`` the max pass of the block tail after it (see module doc); returns ``t``."""
+    t._eoq_tail_offer = (layer, identity, float(s), float(b))
+    return t
+
+
+def tail_offered(t: torch.Tensor, layer):
+    """(identity, s, b) of the tail ``t`` offers ``layer``, or None."""
+    mark = getattr(t, "_eoq_tail_offer", None)
+    return mark[1:] if mark is not None and mark[0] is layer else None
+
+
+def know_tail(x: torch.Tensor, identity: torch.Tensor, s: float, b: float, ends: tuple) -> torch.Tensor:
+    """Mark a conv's output ``x`` with ``ends`` = (min t, max t, max|t|) of t = x * s + b + identity."""
+    x._eoq_tail = (identity.data_ptr(), identity._version, float(s), float(b), tuple(ends), x._version)
+    return x
+
+
+def known_tail(x: torch.Tensor, identity: torch.Tensor, s: float, b: float) -> tuple | None:
+    """The ends of x * s + b + identity marked on ``x``, if for these identity, s and b (unchanged)."""
+    mark = getattr(x, "_eoq_tail", None)
+    if mark is None or mark[5] != x._version or mark[0] != identity.data_ptr() or mark[1] != identity._version \
+            or mark[2] != float(s) or mark[3] != float(b):
+        return None
+    return mark[4]
