@@ -150,3 +150,25 @@ def test_stream_kernel_max_on_edge_values(case):
         assert torch.equal(sum_k, sum_t) and torch.equal(sum_k.signbit(), sum_t.signbit())
         if case == "all_negative" and relu:
             assert not y_k.any()
+
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_fx_sum_masked_equals_fx_sum_then_masked_sums(known):
+    """One pass (csrc/stream.cpp fx_sum_masked) == fx_sum, then masked_sums on its result: g, both
+    sums (the same ranges and lanes) and max|g|, bit for bit; with max|a + b| given, too."""
+    if kernels.load() is None:
+        pytest.skip("compiled kernels unavailable")
+    kern = kernels.load()
+    g = torch.Generator().manual_seed(9)
+    shape = (64, 16, 16, 16)                      # several ranges of the parallel reduction
+    a = (torch.randn(shape, generator=g) * 300).contiguous(memory_format=torch.channels_last)
+    b = round_fixed(torch.randn(shape, generator=g) * 50, 16)[0].contiguous(memory_format=torch.channels_last)
+    x = (torch.randn(shape, generator=g) * 1e4).contiguous(memory_format=torch.channels_last)
+    live = mask.greater(x, 0.0)
+    amax = float((a.double() + b.double()).abs().max()) if known else -1.0
+    got = kern.fx_sum_masked(a, b, 16, amax, live, x)
+    e = kern.fx_sum(a, b, 16)[0]
+    ref = kern.masked_sums(e, live, x)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2])
+    assert got[3] == ref[3]

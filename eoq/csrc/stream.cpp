@@ -14,6 +14,7 @@
 //   sum_f32(g) -> sum g                                  in double
 //   masked_sums(grad, live, x) -> (g, sum g, sum g * x, max|g|)  g = grad where live (the tail's backward)
 //   masked_grad_sums(grad, live) -> (g, sum g, sum grad, max|g|)
+//   fx_sum_masked(a, b, bits, known, live, x) -> masked_sums(fx_sum(a, b, bits), live, x), in one pass
 //     each sum formed in double and handed out rounded once to float32, as a one-element tensor
 //     (no Python float -> tensor per gradient)
 //   live_bits(x, t) -> live                              x > t (float32 compare)
@@ -418,6 +419,44 @@ std::tuple<at::Tensor, int64_t> fx_sum(const at::Tensor& a, const at::Tensor& b,
   return b.numel() ? fx_sum_t<true>(a, b.data_ptr<float>(), bits, known) : fx_sum_t<false>(a, nullptr, bits, known);
 }
 
+// fx_sum, then masked_sums on its result: (g, sum g, sum g * x, max|g|) for g = FX(a + b) where live,
+// with the previous block's tail mask `live` and conv output `x` (the stream's error at a block
+// input is only ever that tail's gradient). FX(a + b) is never written: each range of the reduction
+// is rounded into g, then masked and summed in place by masked_block, in the ranges and lanes of
+// masked_sums, so the sums are those of the two calls bit for bit. known >= 0: max|a + b| as in fx_sum.
+MaskedOut fx_sum_masked(const at::Tensor& a, const at::Tensor& b, int64_t bits, double known, const at::Tensor& live,
+                        const at::Tensor& x) {
+  check_pair(a, b, "fx_sum_masked");
+  check_pair(a, x, "fx_sum_masked");
+  TORCH_CHECK(x.numel() == a.numel(), "fx_sum_masked: x of a's size");
+  check_bits(live, a.numel(), "fx_sum_masked");
+  const float* pa = a.data_ptr<float>();
+  const float* pb = b.numel() ? b.data_ptr<float>() : nullptr;
+  auto v = [&](int64_t i) { return static_cast<double>(pa[i]) + (pb ? static_cast<double>(pb[i]) : 0.0); };
+  const int64_t n = a.numel();
+  const double amax = known >= 0.0 ? known : amax_of<false>(n, v);
+  TORCH_CHECK(std::isfinite(amax), "fx_sum: cannot round a tensor holding NaN or Inf");
+  const int e = fixed_exponent(amax, bits);
+  const double down = std::ldexp(1.0, -e), up = std::ldexp(1.0, e);
+  at::Tensor g = at::empty_like(a);
+  TORCH_CHECK(g.strides() == a.strides(), "fx_sum_masked: output strides");
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  float* py = g.data_ptr<float>();          // masked_block reads and writes the same element (no restrict)
+#else
+  at::Tensor y = at::empty_like(a);         // masked_bytes takes restrict pointers: a buffer apart
+  float* py = y.data_ptr<float>();
+#endif
+  float* po = g.data_ptr<float>();
+  const uint8_t* pl = live.data_ptr<uint8_t>();
+  const float* px = x.data_ptr<float>();
+  const Sums r = at::parallel_reduce(0, n, 1 << 14, Sums(), [&](int64_t lo, int64_t hi, Sums acc) {
+    for (int64_t i = lo; i < hi; ++i) py[i] = static_cast<float>(std::nearbyint(v(i) * down) * up);
+    const Sums d = masked_block<true>(py + lo, pl, lo, px + lo, po + lo, hi - lo);
+    return Sums{acc.sg + d.sg, acc.sx + d.sx, std::max(acc.mx, d.mx)};
+  }, [](Sums p, Sums q) { return Sums{p.sg + q.sg, p.sx + q.sx, std::max(p.mx, q.mx)}; });
+  return {g, f32(r.sg), f32(r.sx), from_abs_bits(r.mx)};
+}
+
 std::tuple<at::Tensor, at::Tensor> dot_sums(const at::Tensor& g, const at::Tensor& x) {
   check_pair(g, x, "dot_sums");
   const float* pg = g.data_ptr<float>();
@@ -533,6 +572,7 @@ void register_stream(pybind11::module& m) {
         pybind11::arg("known") = -1.0);
   m.def("dot_sums", &dot_sums);
   m.def("masked_sums", &masked_sums);
+  m.def("fx_sum_masked", &fx_sum_masked);
   m.def("masked_grad_sums", &masked_grad_sums);
   m.def("sum_f32", &sum_f32);
 }

@@ -611,7 +611,8 @@ def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
     layer, kern = ctx.layer, direct.module()
     dw = direct.grid_weights(kern, layer.weight, ew)
     kh, kw = layer.kernel_size
-    tail = ctx.tail                   # the block tail after the layer: its max pass in the store
+    tail, ctx.tail = ctx.tail, None   # the block tail after the layer: its max pass in the store
+                                      # (not kept: the identity would outlive the forward)
     p = layer.padding[0]
     out_shape = (x.shape[0], layer.out_channels, x.shape[2] + 2 * p - kh + 1, x.shape[3] + 2 * p - kw + 1)
     if tail is not None and not (tail[0].dtype == torch.float32 and cl and tuple(tail[0].shape) == out_shape
@@ -639,7 +640,7 @@ def _direct_backward(ctx, e, ee):
     _, cin, kh, kw = ctx.wshape
     gi = gw = None
     if ctx.needs_input_grad[0]:
-        offer = ctx.handoff           # the backward of the op in front of the layer, in the store
+        offer, ctx.handoff = ctx.handoff, None    # the backward of the op in front of the layer, in the store
         if offer is not None:
             pad = kh - 1 - layer.padding[0]
             pair = offer.error_sum if offer.kind == "sum" else None

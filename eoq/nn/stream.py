@@ -91,6 +91,7 @@ class _StreamFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bits, pair):
         ctx.bits, ctx.dtype, ctx.pair = bits, x.dtype, pair
+        ctx.tail = fusion.backward_offered(x, None)      # the previous block's tail: its backward here
         ctx.set_materialize_grads(False)       # an unused output (the pooling head) hands back None
         if x.dtype != torch.float32:            # not yet a stream value (FX leaves those as they are)
             x = fx(x, bits, counted=False)
@@ -104,7 +105,33 @@ class _StreamFn(torch.autograd.Function):
         if len(parts) == 1:
             return fx(parts[0], ctx.bits, backward=True).to(ctx.dtype), None, None
         amax = ctx.pair.take(g_branch, g_identity) if ctx.pair is not None else None
+        tail, ctx.tail = ctx.tail, None
+        if tail is not None and tail.kind == "tail":
+            g = _fx_sum_masked(parts[0], parts[1], ctx.bits, amax, tail)
+            if g is not None:
+                return g, None, None
         return fx_sum(parts[0], parts[1], ctx.bits, amax).to(ctx.dtype), None, None
+
+
+def _fx_sum_masked(a, b, bits, amax, tail):
+    """FX(a + b, bits) masked by the previous block's tail and its sums, in the one pass
+    (``fx_sum_masked``) that hands them to that tail's backward (fusion.GradHandoff "tail"); None
+    where the kernel cannot take the tensors (then the two ops run apart)."""
+    kern = kernels.usable(a)
+    if kern is None or not (a.dtype == b.dtype == torch.float32 and a.stride() == b.stride() == tuple(tail.strides)
+                            and dense(a) and tail.x.dtype == torch.float32 and tail.x.shape == a.shape):
+        return None
+    for f in LISTENERS:
+        f(a.numel(), True, True)
+    _ROUNDING[0] += 1
+    try:
+        g, sg, sgx, gmax = _checked(lambda: kern.fx_sum_masked(a.detach(), b.detach(), bits,
+                                                               -1.0 if amax is None else amax, tail.live,
+                                                               tail.x.detach()))
+    finally:
+        _ROUNDING[0] -= 1
+    tail.fill(g, sg, sgx, gmax)
+    return g
 
 
 def stream_split(x: torch.Tensor, bits: int | None, pair: fusion.ErrorSum | None = None) -> tuple[torch.Tensor, torch.Tensor]:

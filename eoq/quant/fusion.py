@@ -46,6 +46,10 @@ when it is the very tensor the layer filled.
     written by  nn.layers.fused_relu_bias_input and fused_bias_input (integer engine)
     read by     engine.intengine (the direct kernels' input gradient: csrc/direct.cpp conv_masked,
                 conv_sum)
+The same mark with no layer (kind "tail"): the output y of a Fixup block tail offers its backward
+(mask, sums; nn/fixup_tail.py) to the stream's rounding of y's error at the next block's input
+(nn/stream.py, csrc/stream.cpp fx_sum_masked); written by nn.fixup_tail._FixupTailFn, read by
+nn.stream._StreamFn.
 
 ``tail offered to layer`` (attribute ``_eoq_tail_offer``): the tensor is the input of the last conv
 of a Fixup branch, whose output x then meets the block tail relu(x * s + b + identity) (nn/
@@ -141,19 +145,24 @@ def carry(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
 
 class GradHandoff:
     """What an op in front of a layer offers the layer's input gradient (see module doc): ``kind``
-    "relu" (``live``: the ReLU's mask, bits of eoq/nn/mask.py made from a tensor of ``strides``) or
-    "sum"; ``ready`` once the op's forward found the offer usable. ``result`` is what the layer's
-    backward leaves: (g, sum g, sum grad, max|g|) for "relu", (grad, sum grad) for "sum"."""
+    "relu" (``live``: the ReLU's mask, bits of eoq/nn/mask.py made from a tensor of ``strides``),
+    "sum", or "tail" (``live`` and the tail's input ``x``, offered to the stream's rounding); ``ready``
+    once the op's forward found the offer usable. ``result`` is what the consumer leaves:
+    (g, sum g, sum grad, max|g|) for "relu", (grad, sum grad) for "sum", (g, sum g, sum g x, max|g|)
+    for "tail"."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self.ready = False
-        self.live = self.strides = self.result = None
+        self.live = self.strides = self.result = self.x = None
         self.error_sum: ErrorSum | None = None      # "sum": the block's error sum, if any
 
     def take(self, grad: torch.Tensor):
-        """The result if ``grad`` is the gradient the layer stored it for (unchanged since), else None."""
+        """The result if ``grad`` is the gradient the layer stored it for (unchanged since), else None.
+        The offer ends here: its tensors are let go (they would outlive the op's own saved ones)."""
         r, self.result = self.result, None
+        self.live = self.x = self.error_sum = None
+        self.ready = False
         if r is None or grad.data_ptr() != r[0].data_ptr() or grad._version != r[-1] \
                 or grad.shape != r[0].shape or grad.stride() != r[0].stride():
             return None
