@@ -231,9 +231,10 @@ def test_masked_conv_equals_conv_then_masked_sums(use_amx, n, h, w, cin, cout, k
 @pytest.mark.parametrize("model", ["resnet20", "resnet18"])
 def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
     """The Fixup branch's ReLU backward, the first bias's gradient sum and the block's error-sum
-    max taken in the next conv's input-gradient store (fusion.offer_backward, fusion.ErrorSum), and
-    the block tail's max pass in the last conv's forward store (fusion.offer_tail) ran, and every
-    weight, scalar and optimizer state equals that of the separate passes."""
+    max taken in the next conv's input-gradient store (fusion.offer_backward, fusion.ErrorSum), the
+    block tail's max pass in the last conv's forward store (fusion.offer_tail), the tail's backward
+    in the stream's rounding and the next block's A codes in the tail's pass (fusion.know_codes)
+    ran, and every weight, scalar and optimizer state equals that of the separate passes."""
     from eoq.models import build_model
     from eoq.quant import fusion
     from eoq.training.loop import train_step
@@ -245,6 +246,8 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
     from eoq.nn import stream
     fused = stream._fx_sum_masked      # the tail's backward in the stream's rounding of its error
     monkeypatch.setattr(stream, "_fx_sum_masked", lambda *a: (lambda r: calls.append("tail bwd" if r is not None else "none") or r)(fused(*a)))
+    ahead = fusion.known_codes         # the next block's first A codes, made in the tail's pass
+    monkeypatch.setattr(fusion, "known_codes", lambda *a: (lambda r: calls.append("codes" if r else "none") or r)(ahead(*a)))
     known = fusion.known_tail          # the block tail's max pass, found by the last conv's store
     monkeypatch.setattr(fusion, "known_tail", lambda *a: (lambda r: calls.append("tail" if r else "none") or r)(known(*a)))
     take = fusion.ErrorSum.take        # the error sum's max, found by the first conv's store
@@ -254,6 +257,8 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
         if not offered:
             monkeypatch.setattr(fusion, "backward_offered", lambda t, layer: None)
             monkeypatch.setattr(fusion, "tail_offered", lambda t, layer: None)
+            from eoq.models.blocks import ResidualBlock
+            monkeypatch.setattr(ResidualBlock, "ahead_of", lambda self: None)
         torch.manual_seed(0)
         net = build_model(model, "fixup", num_classes=10)
         gen = torch.Generator().manual_seed(1)
@@ -271,9 +276,9 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
         train_step(net, opt, x, y)
         grads.append({n: p.clone() for n, p in net.state_dict().items()})
         if offered:
-            assert {"conv_masked", "conv_sum", "error sum", "tail", "tail bwd"} <= set(calls), "nothing fused"
+            assert {"conv_masked", "conv_sum", "error sum", "tail", "tail bwd", "codes"} <= set(calls), "nothing fused"
             n_calls = len(calls)
-    assert not {"error sum", "tail", "tail bwd"} & set(calls[n_calls:])   # switched off: every pass ran
+    assert not {"error sum", "tail", "tail bwd", "codes"} & set(calls[n_calls:])   # switched off: every pass ran
     assert sum(c.startswith("conv") for c in calls[n_calls:]) == 0
     for name in grads[0]:
         assert torch.equal(grads[0][name], grads[1][name]), name

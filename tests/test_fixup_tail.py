@@ -51,7 +51,7 @@ def test_backward_equals_autograd_of_the_separate_ops(engine, rounding):
     s, b = torch.tensor([0.9]), torch.tensor([0.05])
     ins = [t.clone().requires_grad_() for t in (x, s, b, identity)]
     layer.generator = torch.Generator().manual_seed(9)
-    _FixupTailFn.apply(*ins, layer, None, None).backward(grad)
+    _FixupTailFn.apply(*ins, layer, None, None, None).backward(grad)
     ref = [t.clone().requires_grad_() for t in (x, s, b, identity)]
     torch.relu(ref[0] * ref[1] + ref[2] + ref[3]).backward(grad)
     for a, r in zip(ins[1:], ref[1:]):                          # d s, d b, d identity
@@ -78,7 +78,7 @@ def test_exact_tail_equals_float64_autograd_of_the_separate_ops(engine):
     s, b = torch.tensor([0.8125]), torch.tensor([0.046875])
     ins = [t.clone().requires_grad_() for t in (x, s, b, identity)]
     layer.generator = torch.Generator().manual_seed(9)
-    y = _FixupTailFn.apply(*ins, layer, 16, None)
+    y = _FixupTailFn.apply(*ins, layer, 16, None, None)
     ref = [t.clone().double().requires_grad_() for t in (x, s, b, identity)]
     y_ref = torch.relu(ref[0] * ref[1] + ref[2] + ref[3])
     assert not torch.equal(torch.relu(x * s + b + identity).double(), y_ref)   # float32 rounds

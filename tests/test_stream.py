@@ -172,3 +172,22 @@ def test_fx_sum_masked_equals_fx_sum_then_masked_sums(known):
     ref = kern.masked_sums(e, live, x)
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2])
     assert got[3] == ref[3]
+
+
+
+@pytest.mark.parametrize("bias,bits", [(0.0, 8), (0.3125, 8), (-7.5, 8), (1.0, 4), (0.1, 8)])   # 0.1: inexact sums
+def test_tail_makes_the_next_layers_codes(bias, bits):
+    """exact_tail(ahead=(bias, bits)) marks y with the nearest SQ codes of y + bias: those the A
+    quantizer computes from y (its own max pass), bit for bit, exponent included."""
+    if kernels.load() is None:
+        pytest.skip("compiled kernels unavailable")
+    from eoq.quant import fusion
+    from eoq.quant import quantizers as Q
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(4, 16, 8, 8, generator=g) * 1000).contiguous(memory_format=torch.channels_last)
+    ident = round_fixed(torch.randn(4, 16, 8, 8, generator=g) * 3, 16)[0].contiguous(memory_format=torch.channels_last)
+    y, _ = exact_tail(x, torch.tensor([0.8125]), torch.tensor([-0.046875]), ident, 16, ahead=(bias, bits))
+    codes, lsb = fusion.known_codes(y, bias, bits)
+    ref, ref_lsb = Q.sq_integer(y.clone(), bits, "nearest", bias=bias or None)
+    assert lsb == ref_lsb and torch.equal(codes.to(torch.int8), ref.to(torch.int8))
+    assert codes.stride() == y.stride() and fusion.known_codes(y, bias + 1, bits) is None

@@ -8,7 +8,9 @@
 //                                                        empty; live = v > 0 (the ReLU's mask, before
 //                                                        rounding); [lo, hi] = y's range (min, max);
 //                                                        tabs >= 0: (tmin, tmax, tabs) = min, max and
-//                                                        max| | of x * s + b + id, known: no max pass
+//                                                        max| | of x * s + b + id, known: no max pass;
+//                                                        ahead_bits > 0: also (codes, lsb), the next
+//                                                        layer's nearest A codes of y + ahead_bias
 //   fx_sum(a, b, bits, known) -> (y, e)                  v = a + b (b may be empty); known >= 0: max|v|
 //   dot_sums(g, x) -> (sum g, sum g * x)                 in double: the Fixup scalars' gradients
 //   sum_f32(g) -> sum g                                  in double
@@ -184,18 +186,45 @@ inline void pack_bytes(const uint8_t* __restrict__ in, int64_t n, uint8_t* __res
 // with their mask as bytes on the stack, then packed to bits.
 constexpr int64_t MASK_BLOCK = 1024;
 
+// The next layer's A codes of a block of y (see Ahead): nearbyint(clamp((y + b) / 2^lsb, -m, m)), in
+// double as the quantizer's affine path (quant.cpp quant_block) forms them.
+struct Ahead {
+  int8_t* codes = nullptr;   // none: no codes
+  double bias = 0.0, dinv = 1.0, m = 127.0;
+};
+
+// In float32 where every y + b is exact (TwoSum's error 0: a stream value plus an 8-bit Fixup bias
+// usually is), the same codes in twice the lanes; a block with an inexact sum in double.
+inline void ahead_codes(const float* __restrict__ py, int8_t* __restrict__ pc, int64_t n, const Ahead& a) {
+  const float fb = static_cast<float>(a.bias), finv = static_cast<float>(a.dinv), fm = static_cast<float>(a.m);
+  uint32_t inexact = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float t = py[i], w = t + fb, bw = w - t;
+    inexact |= static_cast<uint32_t>(((t - (w - bw)) + (fb - bw)) != 0.0f);
+    float v = w * finv;
+    v = v < -fm ? -fm : (v > fm ? fm : v);
+    pc[i] = static_cast<int8_t>(std::nearbyint(v));
+  }
+  if (!inexact) return;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = std::min(std::max((static_cast<double>(py[i]) + a.bias) * a.dinv, -a.m), a.m);
+    pc[i] = static_cast<int8_t>(std::nearbyint(v));
+  }
+}
+
 template <typename ID, bool HAS_ID, bool RELU>
 void fx_affine_block(const float* px, const ID* pi, float* py, uint8_t* pl, int64_t n, double s, double b,
-                     double down, double up) {
+                     double down, double up, const Ahead& ahead, int64_t first) {
   uint8_t bytes[MASK_BLOCK];
   for (int64_t c = 0; c < n; c += MASK_BLOCK) {
     const int64_t m = std::min(MASK_BLOCK, n - c);
     fx_affine_bytes<ID, HAS_ID, RELU>(px + c, HAS_ID ? pi + c : pi, py + c, bytes, m, s, b, down, up);
     pack_bytes(bytes, m, pl + (c >> 3));
+    if (ahead.codes) ahead_codes(py + c, ahead.codes + first + c, m, ahead);     // y still in L1
   }
 }
 
-using AffineOut = std::tuple<at::Tensor, at::Tensor, int64_t, double, double>;
+using AffineOut = std::tuple<at::Tensor, at::Tensor, int64_t, double, double, at::Tensor, int64_t>;
 
 // The max pass's results from a known (min t, max t, max|t|) of t = x * s + b + id (found by the
 // store of the conv that wrote x: direct.cpp conv_range), as amax_of<RELU, true> gives them.
@@ -207,7 +236,8 @@ double known_amax(bool relu, double tmin, double tmax, double tabs, double* lo, 
 }
 
 template <typename ID, bool HAS_ID, bool RELU>
-AffineOut fx_affine_t(const at::Tensor& x, double s, double b, const ID* pi, int64_t bits, const double* known) {
+AffineOut fx_affine_t(const at::Tensor& x, double s, double b, const ID* pi, int64_t bits, const double* known,
+                      int64_t ahead_bits, double ahead_bias) {
   const float* px = x.data_ptr<float>();
   const int64_t n = x.numel();
   double lo = 0.0, hi = 0.0;
@@ -220,35 +250,56 @@ AffineOut fx_affine_t(const at::Tensor& x, double s, double b, const ID* pi, int
   float* py = y.data_ptr<float>();
   uint8_t* pl = live.data_ptr<uint8_t>();
   const double down = std::ldexp(1.0, -e), up = std::ldexp(1.0, e);
-  for_mask_bytes(n, [&](int64_t lo, int64_t hi, int64_t byte) {
-    fx_affine_block<ID, HAS_ID, RELU>(px + lo, HAS_ID ? pi + lo : pi, py + lo, pl + byte, hi - lo, s, b, down, up);
-  });
   // the range of y: the rounding is monotone, so the ends of v's range round to y's (as y's own
   // elements are rounded, to the float32 y holds)
   auto rounded = [&](double v) { return static_cast<double>(static_cast<float>(std::nearbyint(v * down) * up)); };
-  return {y, live, e, rounded(lo), rounded(hi)};
+  const double ylo = rounded(lo), yhi = rounded(hi);
+  // the next layer's A codes of y + ahead_bias, nearest rounding: its exponent from y's range, as
+  // quant.cpp's sq forms it from a known max|v|
+  Ahead ahead;
+  at::Tensor codes;
+  int64_t lsb = 0;
+  if (ahead_bits > 0) {
+    const double a = n ? std::max(std::fabs(ylo + ahead_bias), std::fabs(yhi + ahead_bias)) : 0.0;
+    lsb = eoqk::exponent_of(a) + 1 - ahead_bits;
+    codes = at::empty_like(x, x.options().dtype(at::kChar));
+    TORCH_CHECK(codes.strides() == x.strides(), "fx_affine: codes strides");
+    ahead.codes = codes.data_ptr<int8_t>();
+    ahead.bias = ahead_bias;
+    ahead.dinv = static_cast<double>(std::ldexp(1.0f, static_cast<int>(-lsb)));
+    ahead.m = static_cast<double>((int64_t(1) << (ahead_bits - 1)) - 1);
+  }
+  for_mask_bytes(n, [&](int64_t lo, int64_t hi, int64_t byte) {
+    fx_affine_block<ID, HAS_ID, RELU>(px + lo, HAS_ID ? pi + lo : pi, py + lo, pl + byte, hi - lo, s, b, down, up,
+                                      ahead, lo);
+  });
+  return {y, live, e, ylo, yhi, codes, lsb};
 }
 
 template <typename ID>
 AffineOut fx_affine_dispatch(const at::Tensor& x, double s, double b, const ID* pi, bool relu, int64_t bits,
-                             const double* k) {
+                             const double* k, int64_t ab, double abias) {
   if (pi == nullptr) {
-    return relu ? fx_affine_t<ID, false, true>(x, s, b, pi, bits, k) : fx_affine_t<ID, false, false>(x, s, b, pi, bits, k);
+    return relu ? fx_affine_t<ID, false, true>(x, s, b, pi, bits, k, ab, abias)
+                : fx_affine_t<ID, false, false>(x, s, b, pi, bits, k, ab, abias);
   }
-  return relu ? fx_affine_t<ID, true, true>(x, s, b, pi, bits, k) : fx_affine_t<ID, true, false>(x, s, b, pi, bits, k);
+  return relu ? fx_affine_t<ID, true, true>(x, s, b, pi, bits, k, ab, abias)
+              : fx_affine_t<ID, true, false>(x, s, b, pi, bits, k, ab, abias);
 }
 
 // identity: float32 (a stream value) or float64 (an option-A shortcut of stream + bias, exact).
 AffineOut fx_affine(const at::Tensor& x, double s, double b, const at::Tensor& id, bool relu, int64_t bits,
-                    double tmin, double tmax, double tabs) {
+                    double tmin, double tmax, double tabs, int64_t ab, double abias) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_non_overlapping_and_dense(), "fx_affine: a dense float32 x");
+  TORCH_CHECK(ab >= 0 && ab <= 8, "fx_affine: the next layer's A codes have 1-8 bits");
   const double known[3] = {tmin, tmax, tabs};
   const double* k = tabs >= 0.0 ? known : nullptr;      // (min t, max t, max|t|) known: no max pass
-  if (!id.numel()) return fx_affine_dispatch<float>(x, s, b, nullptr, relu, bits, k);
+  if (!id.numel()) return fx_affine_dispatch<float>(x, s, b, nullptr, relu, bits, k, ab, abias);
   TORCH_CHECK(id.sizes() == x.sizes() && id.strides() == x.strides(), "fx_affine: identity of x's sizes and strides");
-  if (id.scalar_type() == at::kDouble) return fx_affine_dispatch<double>(x, s, b, id.data_ptr<double>(), relu, bits, k);
+  if (id.scalar_type() == at::kDouble)
+    return fx_affine_dispatch<double>(x, s, b, id.data_ptr<double>(), relu, bits, k, ab, abias);
   TORCH_CHECK(id.scalar_type() == at::kFloat, "fx_affine: identity float32 or float64");
-  return fx_affine_dispatch<float>(x, s, b, id.data_ptr<float>(), relu, bits, k);
+  return fx_affine_dispatch<float>(x, s, b, id.data_ptr<float>(), relu, bits, k, ab, abias);
 }
 
 // g where live (a 0/1 byte), else +0.0: a bit mask, not a select whose branch would mispredict.
@@ -567,7 +618,7 @@ void register_stream(pybind11::module& m) {
   m.def("unpack_bits", &unpack_bits);
   m.def("fx_affine", &fx_affine, pybind11::arg("x"), pybind11::arg("s"), pybind11::arg("b"), pybind11::arg("id"),
         pybind11::arg("relu"), pybind11::arg("bits"), pybind11::arg("tmin") = 0.0, pybind11::arg("tmax") = 0.0,
-        pybind11::arg("tabs") = -1.0);
+        pybind11::arg("tabs") = -1.0, pybind11::arg("ahead_bits") = 0, pybind11::arg("ahead_bias") = 0.0);
   m.def("fx_sum", &fx_sum, pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("bits"),
         pybind11::arg("known") = -1.0);
   m.def("dot_sums", &dot_sums);

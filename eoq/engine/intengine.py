@@ -478,6 +478,10 @@ def _codes(x: torch.Tensor, q, generator, layer=None) -> tuple[torch.Tensor, int
     quantized as x + bias or relu(x + pre) + bias, an error marked by the Fixup tail as x * s; an
     error whose max|x| its kernel marked skips the quantizer's max pass."""
     affine = fusion.deferred(x, layer) or fusion.Affine()      # eoq/quant/fusion.py
+    if q.rounding == "nearest" and affine.relu_pre is None and affine.mult is None and not distributed.active():
+        ahead = fusion.known_codes(x, affine.bias or 0.0, q.bits)     # made by the block tail's pass
+        if ahead is not None:
+            return ahead[0], ahead[1]
     codes, lsb = Q.sq_integer(x, q.bits, q.rounding, generator, sharded=distributed.active(),
                               bias=affine.bias, relu_pre=affine.relu_pre, mult=affine.mult,
                               amax=fusion.known_max(x), arange=fusion.known_range(x))

@@ -137,7 +137,23 @@ class ResidualBlock(nn.Module):
         identity = self.identity(x)
         return self.branch(x) + identity
 
-    def forward(self, x):
+    def ahead_of(self) -> tuple[float, int] | None:
+        """(bias, bits) of this block's first A quantizer, for the block before it to make the codes
+        in its tail's pass (exact_tail ``ahead``): a Fixup block on the integer engine whose first
+        conv's A is a nearest SQ of at most 8 bits and may be fused; else None."""
+        if self.norm != "fixup" or not self.stream_bits or not fusing_allowed():
+            return None
+        conv = self.convs[0]
+        q = getattr(conv, "quant", None)
+        if getattr(conv, "engine", None) != "int" or q is None or not q.any:
+            return None
+        a = q.A
+        if not (a.enabled and a.quantizer == "sq" and a.rounding == "nearest" and a.bits <= 8):
+            return None
+        return float(self.biases_in[0].effective().detach()), a.bits
+
+    def forward(self, x, ahead: "ResidualBlock | None" = None):
+        """``ahead``: the block after this one (its first A codes made in this tail's pass)."""
         if self.norm != "fixup":
             return F.relu(self.residual(x))
         bits = self.stream_bits          # a fixed-point stream: x rounded here, the rest exact (stream.py)
@@ -161,8 +177,9 @@ class ResidualBlock(nn.Module):
         offer = None
         if bits and fusing_allowed() and identity.dtype == torch.float32:
             offer = (identity, float(self.scale.effective().detach()), float(self.biases_out[-1].effective().detach()))
+        nxt = ahead.ahead_of() if isinstance(ahead, ResidualBlock) else None
         return fixup_tail(self.branch(x, tail=False, offer=offer), self.scale, self.biases_out[-1], identity,
-                          self.convs[-1], bits, pair)
+                          self.convs[-1], bits, pair, nxt)
 
 
 class BasicBlock(ResidualBlock):

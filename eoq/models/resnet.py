@@ -93,8 +93,9 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         x = self.stem(x)
-        for block in self.blocks():
-            x = block(x)
+        blocks = self.blocks()
+        for i, block in enumerate(blocks):     # each block's tail may make the next one's first A codes
+            x = block(x, blocks[i + 1] if i + 1 < len(blocks) else None)
         return self.head(x)
 
 

@@ -41,9 +41,9 @@ def _tail(x: torch.Tensor, s: torch.Tensor, b: torch.Tensor, identity: torch.Ten
 
 class _FixupTailFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, s, b, identity, layer, bits, pair):
+    def forward(ctx, x, s, b, identity, layer, bits, pair, ahead):
         if bits:           # exact, then the stream's one rounding (stream.py)
-            y, live = exact_tail(x, s.detach(), b.detach(), identity, bits)
+            y, live = exact_tail(x, s.detach(), b.detach(), identity, bits, ahead=ahead)
         else:
             y = _tail(x, s.detach(), b.detach(), identity)
             live = y
@@ -82,14 +82,15 @@ class _FixupTailFn(torch.autograd.Function):
                 gx = fusion.mark_quantized(Q.sq_times(g, s.detach(), q.bits, q.rounding, layer.generator), layer)
         if ctx.pair is not None and ctx.needs_input_grad[3]:
             ctx.pair.identity = g         # the identity's error, for the block's error sum (fusion.ErrorSum)
-        return gx, gs, gb, g if ctx.needs_input_grad[3] else None, None, None, None
+        return gx, gs, gb, g if ctx.needs_input_grad[3] else None, None, None, None, None
 
 
-def exact_tail(x, s, b, identity, bits: int, relu: bool = True):
+def exact_tail(x, s, b, identity, bits: int, relu: bool = True, ahead=None):
     """(FX(relu(x * s + b + identity), bits) as float32, the mask of the ReLU before rounding):
     one kernel call (``csrc/stream.cpp``, the mask as bits in x's memory order, eoq/nn/mask.py)
     where x and identity share a layout, else the float64 torch ops (a bool mask). ``identity``
-    may be None (the stem)."""
+    may be None (the stem). ``ahead`` = (bias, bits): the kernel also makes the nearest SQ codes
+    of y + bias, which the next block's first conv takes (fusion.know_codes)."""
     kern = kernels.usable(x)
     ends = None
     if identity is not None and relu:      # the max pass found by the conv that wrote x (fusion.know_tail)
@@ -100,9 +101,12 @@ def exact_tail(x, s, b, identity, bits: int, relu: bool = True):
         for f in stream.LISTENERS:
             f(x.numel(), False, False)
         known = ends or (0.0, 0.0, -1.0)
-        y, live, _, lo, hi = stream._checked(lambda: kern.fx_affine(x.detach(), float(s), float(b),
-                                                                  stream._EMPTY if identity is None else identity.detach(),
-                                                                  relu, bits, *known))
+        a_bias, a_bits = ahead if ahead is not None else (0.0, 0)
+        y, live, _, lo, hi, codes, lsb = stream._checked(
+            lambda: kern.fx_affine(x.detach(), float(s), float(b), stream._EMPTY if identity is None else identity.detach(),
+                                   relu, bits, *known, a_bits, a_bias))
+        if a_bits:
+            fusion.know_codes(y, a_bias, a_bits, codes, lsb)
         return fusion.know_range(y, lo, hi), live        # the next A quantizer needs no max pass
     t = x.double() * s.double() + b.double()
     if identity is not None:
@@ -135,15 +139,16 @@ def exact_sums(g, x):
     return torch.tensor([sg], dtype=torch.float32), torch.tensor([sgx], dtype=torch.float32)
 
 
-def fixup_tail(x, scale, bias, identity, layer, bits: int | None = None, pair=None):
+def fixup_tail(x, scale, bias, identity, layer, bits: int | None = None, pair=None, ahead=None):
     """relu(bias(scale(x)) + identity) for ``x`` = ``layer``'s output (see module doc). ``bits``:
     every step exact and the result rounded to the ``bits``-bit stream (eoq/nn/stream.py); ``pair``:
-    the block's eoq.quant.fusion.ErrorSum, which the backward hands the identity's error."""
+    the block's eoq.quant.fusion.ErrorSum, which the backward hands the identity's error; ``ahead``:
+    (bias, bits) of the next block's first A quantizer (exact_tail)."""
     if not _fusable(layer, "E"):
         if bits:
             return to_stream(F.relu(bias(scale(x.double(), after=layer)) + identity.double()), bits)
         return F.relu(bias(scale(x, after=layer)) + identity)
-    return _FixupTailFn.apply(x, scale.effective(), bias.effective(), identity, layer, bits, pair)
+    return _FixupTailFn.apply(x, scale.effective(), bias.effective(), identity, layer, bits, pair, ahead)
 
 
 class _FixupStemFn(torch.autograd.Function):

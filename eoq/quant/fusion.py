@@ -59,6 +59,13 @@ identity, s and b only.
     written by  models.blocks.ResidualBlock (offer), engine.intengine's direct forward (result)
     read by     engine.intengine (offer), nn.fixup_tail.exact_tail (result)
 
+``codes ahead`` (attribute ``_eoq_codes``): (bias, bits, codes, lsb) for t: the nearest-rounded SQ
+codes of t + bias in ``bits`` bits, made by the kernel that wrote t (the block tail's rounding pass,
+for the next block's first conv), so that quantizer needs no pass at all. Carried by views as the
+known max is.
+    written by  nn.fixup_tail.exact_tail (asked by models.blocks.ResidualBlock: ``ahead``)
+    read by     engine.intengine._codes
+
 ``error sum`` (attribute ``_eoq_error_sum``, an :class:`ErrorSum`): the tensor is the branch input
 of a block whose shortcut is the identity; its error and the identity's meet in the stream's exact
 sum FX(e_branch + e_identity) (nn/stream.py). The block's tail backward leaves e_identity in it, the
@@ -134,13 +141,31 @@ def known_range(t: torch.Tensor) -> tuple[float, float] | None:
 
 
 def carry(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """Copy ``src``'s known max and range to ``dst``, a view of it with the same values; returns ``dst``."""
+    """Copy ``src``'s known max, range and codes ahead to ``dst``, a view of it with the same values;
+    returns ``dst``."""
     r = known_range(src)
     if r is not None:
         know_range(dst, *r)
     else:
         know_max(dst, known_max(src))
+    mark = getattr(src, "_eoq_codes", None)
+    if mark is not None and mark[4] == src._version:
+        dst._eoq_codes = mark
     return dst
+
+
+def know_codes(t: torch.Tensor, bias: float, bits: int, codes: torch.Tensor, lsb: int) -> torch.Tensor:
+    """Mark ``t`` with the nearest SQ codes of t + bias in ``bits`` bits (see module doc); returns ``t``."""
+    t._eoq_codes = (float(bias), int(bits), codes, int(lsb), t._version)
+    return t
+
+
+def known_codes(t: torch.Tensor, bias: float, bits: int) -> tuple[torch.Tensor, int] | None:
+    """(codes, lsb) of t + bias in ``bits`` bits, nearest, if the kernel that wrote ``t`` made them."""
+    mark = getattr(t, "_eoq_codes", None)
+    if mark is None or mark[4] != t._version or mark[0] != float(bias) or mark[1] != bits:
+        return None
+    return mark[2], mark[3]
 
 
 class GradHandoff:

@@ -259,14 +259,14 @@ class Recorder:
             return wrapper
 
         def tail(fn):
-            def wrapper(x, scale, bias, identity, layer, bits=None, pair=None):
+            def wrapper(x, scale, bias, identity, layer, bits=None, pair=None, ahead=None):
                 pre = (x.detach().double() * scale.effective().detach().double() + bias.effective().detach().double()
                        + identity.detach().double())
                 codes, e = _exact_codes(pre)
                 rec.g.put(rec.name(f"{rec.names[layer]}.pre"), codes, e, "exact (x s + b + identity)",
                           "the block tail's pre-activation: the last conv's accumulator times the Fixup multiplier, "
                           "plus the last bias and the shortcut, exact (before the ReLU and FX16)", 54)
-                return fn(x, scale, bias, identity, layer, bits, pair)
+                return fn(x, scale, bias, identity, layer, bits, pair, ahead)
             return wrapper
 
         patch(intengine, "_codes", codes_of)
