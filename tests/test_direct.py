@@ -240,6 +240,7 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
     from eoq.training.loop import train_step
     from eoq.training.optimizer import EOQSGD
     grads, calls = [], []
+    expect = {"conv_masked", "conv_sum", "error sum", "tail", "tail bwd", "codes", "gemm stats"}
     for name in ("conv_masked", "conv_sum"):
         real = getattr(direct, name)
         monkeypatch.setattr(direct, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
@@ -250,6 +251,9 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
     monkeypatch.setattr(fusion, "known_codes", lambda *a: (lambda r: calls.append("codes" if r else "none") or r)(ahead(*a)))
     known = fusion.known_tail          # the block tail's max pass, found by the last conv's store
     monkeypatch.setattr(fusion, "known_tail", lambda *a: (lambda r: calls.append("tail" if r else "none") or r)(known(*a)))
+    from eoq.engine import intengine
+    stats = intengine.stats_of         # the GEMM paths' dequantization: a bias's sum, a forward's range
+    monkeypatch.setattr(intengine, "stats_of", lambda *a: calls.append("gemm stats") or stats(*a))
     take = fusion.ErrorSum.take        # the error sum's max, found by the first conv's store
     monkeypatch.setattr(fusion.ErrorSum, "take",
                         lambda self, *a: (lambda r: calls.append("error sum" if r is not None else "none") or r)(take(self, *a)))
@@ -259,6 +263,7 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
             monkeypatch.setattr(fusion, "tail_offered", lambda t, layer: None)
             from eoq.models.blocks import ResidualBlock
             monkeypatch.setattr(ResidualBlock, "ahead_of", lambda self: None)
+            monkeypatch.setattr(fusion, "known_range", lambda t: None)      # every A quantizer's max pass
         torch.manual_seed(0)
         net = build_model(model, "fixup", num_classes=10)
         gen = torch.Generator().manual_seed(1)
@@ -276,9 +281,10 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
         train_step(net, opt, x, y)
         grads.append({n: p.clone() for n, p in net.state_dict().items()})
         if offered:
-            assert {"conv_masked", "conv_sum", "error sum", "tail", "tail bwd", "codes"} <= set(calls), "nothing fused"
+            assert expect <= set(calls), f"not fused: {expect - set(calls)}"
             n_calls = len(calls)
     assert not {"error sum", "tail", "tail bwd", "codes"} & set(calls[n_calls:])   # switched off: every pass ran
+    assert calls[n_calls:].count("gemm stats") < calls[:n_calls].count("gemm stats")   # (forward ranges remain)
     assert sum(c.startswith("conv") for c in calls[n_calls:]) == 0
     for name in grads[0]:
         assert torch.equal(grads[0][name], grads[1][name]), name

@@ -374,3 +374,26 @@ def test_an_error_with_a_known_max_is_quantized_without_the_max_pass():
     stale = fusion.know_max(err.clone(), 8 * float(err.abs().max()))
     stale.mul_(1.0)
     assert codes_of(stale)[1] == want[1]
+
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_dequant_stats_equal_the_values_sum_min_and_max(strided):
+    """dequant_stats writes what dequant writes, and returns the sum of the values' integers (the
+    float32 of each accumulator: rounded above 2^24, as the values are) and the accumulators' ends;
+    stats_of turns them into the float32 sum and the values' ends, as sum_f32 and min/max give."""
+    from eoq import kernels
+    kern = kernels.load()
+    if kern is None:
+        pytest.skip("compiled kernels unavailable")
+    g = torch.Generator().manual_seed(3)
+    acc = torch.randint(-2 ** 26, 2 ** 26, (2 * 6 * 4, 8), generator=g, dtype=torch.int32)
+    out = torch.empty(2, 12, 8, 8)
+    dst = out[:, ::2, ::2] if strided else out[:, :6, :4]
+    got = kern.dequant_stats(acc, -9, dst)
+    ref = torch.empty_like(dst)
+    kern.dequant(acc, -9, out=ref)
+    assert torch.equal(dst, ref)
+    assert got == (int(acc.float().double().sum()), int(acc.min()), int(acc.max()))
+    st = IE.stats_of([got], -9)
+    assert torch.equal(st.total, kern.sum_f32(ref.contiguous())) and (st.lo, st.hi) == (float(ref.min()), float(ref.max()))

@@ -4,6 +4,7 @@
 //       `dilation` (zeros between pixels, for transposed convolutions) and zero-padded, without
 //       materialising either; writes into `out` when given (a reused buffer: no page faults).
 //   dequant(acc, exponent)          int32 -> float32 acc * 2^exponent in one pass
+//   dequant_stats(acc, e, out)      the same into a 4-d out, and (sum of the values' integers, min, max)
 //   weight_mats(w, exponent)
 //       float32 weights [Co, Ci, kh, kw] on the grid 2^exponent -> int8 codes as the forward GEMM
 //       operand [kh*kw*Ci, Co] and the input-gradient operand [kh*kw*Co, Ci] (kernel rotated by
@@ -18,6 +19,7 @@
 //       SQ(acc * 2^exp_in, bits) of an int64 tensor (logical order) computed on the integers:
 //       exact exponent, then round half to even or floor((floor(acc 2^(16-s)) + b) / 2^16).
 #include <torch/extension.h>
+#include <climits>
 #include <ATen/Parallel.h>
 #include <cstring>
 #if defined(__SSE2__)
@@ -177,6 +179,41 @@ at::Tensor dequant(const at::Tensor& acc_, int64_t exponent, c10::optional<at::T
   return out;
 }
 
+// dequant into `out` (as dequant) and, along, the sum of the written values' integers (value /
+// 2^exponent: the float32 of each accumulator, exact in int64) and the accumulators' min and max
+// (their floats' order): what the Fixup bias in front of an input gradient needs (its sum, as
+// sum_f32 forms it wherever that is exact) and the next quantizer's max pass (a forward's range).
+std::tuple<int64_t, int64_t, int64_t> dequant_stats(const at::Tensor& acc_, int64_t exponent, at::Tensor out) {
+  TORCH_CHECK(acc_.scalar_type() == at::kInt, "dequant_stats: int32 input");
+  const at::Tensor acc = acc_.contiguous();
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.numel() == acc.numel() && out.dim() == 4 && out.stride(3) == 1,
+              "dequant_stats: out must be a 4-d float32 tensor of the accumulator's size, its last dimension contiguous");
+  const int32_t* p = acc.data_ptr<int32_t>();
+  float* d = out.data_ptr<float>();
+  const float scale = std::ldexp(1.0f, static_cast<int>(exponent));
+  const int64_t n1 = out.size(1), n2 = out.size(2), c = out.size(3);
+  const int64_t s0 = out.stride(0), s1 = out.stride(1), s2 = out.stride(2);
+  struct R { int64_t sum; int32_t lo, hi; };
+  const R r = at::parallel_reduce(0, out.size(0) * n1 * n2, 64, R{0, INT32_MAX, INT32_MIN},
+                                  [&](int64_t b, int64_t e, R acc_r) {
+    int64_t sum = acc_r.sum;
+    int32_t lo = acc_r.lo, hi = acc_r.hi;
+    for (int64_t row = b; row < e; ++row) {
+      float* dr = d + (row / (n1 * n2)) * s0 + ((row / n2) % n1) * s1 + (row % n2) * s2;
+      const int32_t* pr = p + row * c;
+      for (int64_t l = 0; l < c; ++l) {
+        const float f = static_cast<float>(pr[l]);
+        dr[l] = f * scale;
+        sum += static_cast<int64_t>(f);
+        lo = std::min(lo, pr[l]);
+        hi = std::max(hi, pr[l]);
+      }
+    }
+    return R{sum, lo, hi};
+  }, [](R a, R b) { return R{a.sum + b.sum, std::min(a.lo, b.lo), std::max(a.hi, b.hi)}; });
+  return {r.sum, r.lo, r.hi};
+}
+
 // d[j * ds + i] = s[i * ss + j] for a 16 x 16 block of bytes: four rounds of SSE2 unpacks
 // (bytes, 16-bit pairs, 32-bit quads, 64-bit halves), 16 loads and 16 stores.
 inline void transpose16(const int8_t* s, int64_t ss, int8_t* d, int64_t ds) {
@@ -302,6 +339,7 @@ std::tuple<at::Tensor, int64_t> sq_int_conv(const at::Tensor& acc_, int64_t exp_
 
 void register_intops(pybind11::module& m) {
   m.def("dequant", &dequant, pybind11::arg("acc"), pybind11::arg("exponent"), pybind11::arg("out") = pybind11::none());
+  m.def("dequant_stats", &dequant_stats, pybind11::arg("acc"), pybind11::arg("exponent"), pybind11::arg("out"));
   m.def("im2col", &im2col);
   m.def("sq_int", &sq_int);
   m.def("weight_mats", &weight_mats);

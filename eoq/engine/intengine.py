@@ -230,25 +230,53 @@ def _images_per_block(rows_per_image: int, k: int) -> int:
     return max(1, BLOCK_BYTES // max(1, rows_per_image * k))
 
 
-def _blocked_gemm(kern, x, kh, kw, stride, pad, dilation, mat, out_hw, exponent) -> torch.Tensor:
+def _dequant(kern, acc, exponent, out, stats):
+    """acc * 2^exponent into ``out`` (4-d); with a ``stats`` list, also its (sum, min, max) appended
+    (``dequant_stats``)."""
+    if stats is None:
+        kern.dequant(acc, exponent, out=out)
+    else:
+        stats.append(kern.dequant_stats(acc, exponent, out))
+
+
+class Stats(NamedTuple):
+    """What a GEMM path's dequantization found along: the output's sum (one-element float32, as
+    ``sum_f32`` forms it) and its smallest and largest value."""
+
+    total: torch.Tensor
+    lo: float
+    hi: float
+
+
+def stats_of(parts: list, exponent: int) -> Stats:
+    """The :class:`Stats` of dequantized blocks' (sum of integers, min, max) at 2^exponent."""
+    scale = torch.tensor([2.0 ** exponent], dtype=torch.float64)
+    total = (torch.tensor([float(sum(p[0] for p in parts))], dtype=torch.float64) * scale).float()
+    ends = torch.tensor([min(p[1] for p in parts), max(p[2] for p in parts)], dtype=torch.int32).float()
+    ends = ends * torch.tensor(2.0 ** exponent, dtype=torch.float32)        # as the float32 values are
+    return Stats(total, float(ends[0]), float(ends[1]))
+
+
+def _blocked_gemm(kern, x, kh, kw, stride, pad, dilation, mat, out_hw, exponent, stats=None) -> torch.Tensor:
     """float32 NHWC (im2col(x) @ mat) * 2^exponent, a block of images at a time: each block's
     im2col matrix and int32 accumulator are only BLOCK_BYTES-sized (a whole batch's would be kh*kw
     bytes per input value and 4 per output value), and the accumulator is written once into its
-    place in the float output. Rows are independent sums: the same integers as one GEMM."""
+    place in the float output. Rows are independent sums: the same integers as one GEMM.
+    ``stats``: a list the blocks' (sum, min, max) are appended to (:func:`stats_of`)."""
     n, cout = x.shape[0], mat.shape[1]
     out = torch.empty((n, out_hw[0], out_hw[1], cout), dtype=torch.float32)
     step = _images_per_block(out_hw[0] * out_hw[1], mat.shape[0])
     for i in range(0, n, step):
         cols = im2col(x[i:i + step], kh, kw, stride, pad, dilation)
         acc = int_mm(cols, mat, pooled=True)
-        kern.dequant(acc, exponent, out=out[i:i + step].view(-1, cout))
+        _dequant(kern, acc, exponent, out[i:i + step], stats)
         _give(acc)
         POOL.give(cols)
     return out
 
 
 def conv_float(a: torch.Tensor, w: WeightMats, stride: int, padding: int, exponent: int,
-               channels_last: bool = True) -> torch.Tensor:
+               channels_last: bool = True, stats: list | None = None) -> torch.Tensor:
     """float32 conv(a, w) * 2^exponent of NHWC codes, logical NCHW (:func:`_nchw_view`): in blocks
     of images (:func:`_blocked_gemm`), or one :func:`conv_forward` GEMM without the compiled
     kernels or for K > SAFE_K."""
@@ -262,12 +290,12 @@ def conv_float(a: torch.Tensor, w: WeightMats, stride: int, padding: int, expone
         return out
     ho = (a.shape[1] + 2 * padding - kh) // stride + 1
     wo = (a.shape[2] + 2 * padding - kw) // stride + 1
-    out = _blocked_gemm(kern, a, kh, kw, stride, (padding,) * 4, 1, w.fwd, (ho, wo), exponent)
+    out = _blocked_gemm(kern, a, kh, kw, stride, (padding,) * 4, 1, w.fwd, (ho, wo), exponent, stats)
     return _nchw_view(out, channels_last)
 
 
 def input_grad_float(e: torch.Tensor, w: WeightMats, stride: int, padding: int, in_hw: tuple[int, int],
-                     exponent: int, channels_last: bool = True) -> torch.Tensor:
+                     exponent: int, channels_last: bool = True, stats: list | None = None) -> torch.Tensor:
     """float32 dL/dinput * 2^exponent of NHWC codes E (the transposed convolution of
     :func:`conv_input_grad`), logical NCHW: stride 1 in blocks of images, stride > 1 phase by
     phase, each accumulator dequantized into place; one :func:`conv_input_grad` without the
@@ -278,17 +306,19 @@ def input_grad_float(e: torch.Tensor, w: WeightMats, stride: int, padding: int, 
         acc = conv_input_grad(e, w, stride, padding, in_hw)
         out = _to_float_nchw(acc, exponent, channels_last)
         _give(acc)
+        if stats is not None:
+            stats.clear()          # (no statistics on this path)
         return out
     if stride > 1:
         if in_hw[0] % stride == 0 and in_hw[1] % stride == 0 and kh == kw \
                 and all(_s2d_taps(kh, padding, stride, p) for p in range(stride)):   # no all-zero phase
-            return _nchw_view(_input_grad_s2d(kern, e, w, stride, padding, in_hw, exponent), channels_last)
-        return _nchw_view(_input_grad_phases(e, w, stride, padding, in_hw, exponent, kern), channels_last)
+            return _nchw_view(_input_grad_s2d(kern, e, w, stride, padding, in_hw, exponent, stats), channels_last)
+        return _nchw_view(_input_grad_phases(e, w, stride, padding, in_hw, exponent, kern, stats), channels_last)
     _, ho, wo, _ = e.shape
     extra_h = in_hw[0] - ((ho - 1) - 2 * padding + kh)
     extra_w = in_hw[1] - ((wo - 1) - 2 * padding + kw)
     ph, pw = kh - 1 - padding, kw - 1 - padding
-    out = _blocked_gemm(kern, e, kh, kw, 1, (pw, pw + extra_w, ph, ph + extra_h), 1, w.bwd, in_hw, exponent)
+    out = _blocked_gemm(kern, e, kh, kw, 1, (pw, pw + extra_w, ph, ph + extra_h), 1, w.bwd, in_hw, exponent, stats)
     return _nchw_view(out, channels_last)
 
 
@@ -331,7 +361,7 @@ def _phase_taps(k: int, padding: int, stride: int, phase: int, out_len: int, e_l
     return taps, j, (-first, j - 1 + first + len(taps) - e_len)
 
 
-def _input_grad_phases(e, w: WeightMats, stride, padding, in_hw, exponent=None, kern=None):
+def _input_grad_phases(e, w: WeightMats, stride, padding, in_hw, exponent=None, kern=None, stats=None):
     """The strided conv's input gradient phase by phase: positions (py + s*j, px + s*i) take only
     the kernel taps of their phase (a 3x3 stride-2 conv: 1, 2, 2 and 4 taps instead of 9 on a
     4x larger, mostly zero input). Integer sums of the same products: identical results. With
@@ -348,7 +378,9 @@ def _input_grad_phases(e, w: WeightMats, stride, padding, in_hw, exponent=None, 
             tx, jx, (pl, pr) = _phase_taps(kw, padding, stride, px, in_hw[1], wo)
             dst = out[:, py::stride, px::stride]
             if not ty or not tx:
-                dst.zero_()
+                dst.zero_()              # (zeros: nothing to add to the statistics but 0)
+                if stats is not None:
+                    stats.append((0, 0, 0))
                 continue
             if not jy or not jx:
                 continue
@@ -358,7 +390,7 @@ def _input_grad_phases(e, w: WeightMats, stride, padding, in_hw, exponent=None, 
             if exponent is None:
                 dst.copy_(res.view(n, jy, jx, cin))
             else:                                   # written straight into the strided phase
-                kern.dequant(res, exponent, out=dst)
+                _dequant(kern, res, exponent, dst, stats)
             _give(res)
             POOL.give(cols)
     return out
@@ -391,7 +423,7 @@ def s2d_input_grad_matrix(w: WeightMats, stride: int, padding: int) -> tuple[tor
     return mat.view(t * t * cout, stride * stride * cin), t, d0
 
 
-def _input_grad_s2d(kern, e, w: WeightMats, stride, padding, in_hw, exponent):
+def _input_grad_s2d(kern, e, w: WeightMats, stride, padding, in_hw, exponent, stats=None):
     """float32 NHWC input gradient * 2^exponent of a strided conv (H and W multiples of the stride),
     as one GEMM per block of images over im2col(E) with the space-to-depth matrix
     (:func:`s2d_input_grad_matrix`): each output row holds the stride * stride input pixels of
@@ -413,7 +445,7 @@ def _input_grad_s2d(kern, e, w: WeightMats, stride, padding, in_hw, exponent):
         acc = int_mm(cols, mat, pooled=True)
         m = out[i:i + step].shape[0]
         dst = out[i:i + step].view(m * jh, stride, jw, stride * cin).permute(0, 2, 1, 3)
-        kern.dequant(acc.view(-1, stride * cin), exponent, out=dst)
+        _dequant(kern, acc.view(-1, stride * cin), exponent, dst, stats)
         _give(acc)
         POOL.give(cols)
     return out
@@ -569,13 +601,17 @@ class IntConvFn(torch.autograd.Function):
         cl = _channels_last(x)
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
         ctx.layer, ctx.direct, ctx.in_dtype = layer, direct.route(layer, ctx.needs_input_grad[0], pixels), x.dtype
-        ctx.handoff = fusion.backward_offered(x, layer) if ctx.direct.conv and cl else None
+        ctx.handoff = fusion.backward_offered(x, layer) if cl else None
         ctx.tail = fusion.tail_offered(x, layer) if ctx.direct.conv and cl else None
         if ctx.direct.conv:
             return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
         wc = weight_mats(layer.weight, ew)
         a = to_nhwc(a)
-        out = conv_float(a, wc, layer.stride[0], layer.padding[0], ea + ew, cl)
+        parts = [] if cl else None       # the output's range, for the next A quantizer's max pass
+        out = conv_float(a, wc, layer.stride[0], layer.padding[0], ea + ew, cl, parts)
+        if parts:
+            st = stats_of(parts, ea + ew)
+            fusion.know_range(out, st.lo, st.hi)
         if any(ctx.needs_input_grad):      # the codes, not their kh*kw times larger im2col matrix
             ctx.save_for_backward(a, wc.bwd)
         ctx.meta, ctx.wshape = _Saved(ea, ew, tuple(x.shape[2:]), cl), wc.shape
@@ -600,7 +636,11 @@ class IntConvFn(torch.autograd.Function):
         gi = gw = None
         wc = WeightMats(None, wbwd, ctx.wshape)
         if ctx.needs_input_grad[0]:
-            gi = input_grad_float(e, wc, layer.stride[0], layer.padding[0], in_hw, ee + ew, cl)
+            offer, ctx.handoff = ctx.handoff, None        # a Fixup bias's sum, taken by the dequantization
+            parts = [] if offer is not None and offer.kind == "sum" else None
+            gi = input_grad_float(e, wc, layer.stride[0], layer.padding[0], in_hw, ee + ew, cl, parts)
+            if parts and gi.stride() == tuple(offer.strides):
+                offer.fill(gi, stats_of(parts, ee + ew).total)
         if ctx.needs_input_grad[1]:
             _, _, kh, kw = wc.shape
             acc = conv_weight_grad(a, e, kh, kw, layer.stride[0], layer.padding[0])
