@@ -36,6 +36,7 @@ ENTRIES = [(Q, "sq_integer", "A/E quantizers"), (direct, "conv", "direct conv (f
            (fixup_tail, "exact_tail", "stream: exact tail + FX16"),
            (fixup_tail, "masked_exact_sums", "stream: tail backward (mask, sums)"),
            (stream, "fx", "stream: FX16 of an error"), (stream, "fx_sum", "stream: FX16 of an error sum"),
+           (stream, "_fx_sum_masked", "stream: FX16 of an error sum + tail backward"),
            (layers, "exact_sum", "Fixup scalar gradient sums"), (EOQSGD, "step", "optimizer step")]
 
 
