@@ -40,6 +40,11 @@ width compute twice the output, tie with the GEMMs), but the weight gradient doe
 ``AMX_WGRAD_MAX_CHANNELS`` (128; at 256 channels the GEMM's takes 0.84-0.88 of its time): there a layer's
 :class:`Route` keeps the weight gradient on the GEMM path, which reads the unpadded codes the
 forward then saves instead of the padded input. Same integers on every route (tests).
+
+A conv's store can take work along as it writes its output (``csrc/direct.h`` StoreTotal):
+:func:`conv_range` the forward's output range (and a following block tail's maximum),
+:func:`conv_masked` the ReLU backward in front of the layer, :func:`conv_sum` a Fixup bias's
+gradient sum (and a block's error-sum maximum); eoq/quant/fusion.py says who asks and who reads.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ Per quantized layer, with codes in channels-last (NHWC) order and K the GEMM's i
                    im2col(A) [N*Ho*Wo, kh*kw*Cin] @ W^T -> int32     ``torch._int_mm``
     error          E codes (int8, SQ of dL/dout, stochastic rounding with the simulator's bits)
                    im2col(dilate(E)) @ rot180(W)^T -> int32            (a transposed convolution;
-                   for stride s > 1, s*s sub-convolutions of the undilated E, one per phase)
+                   for stride s > 1 one GEMM whose s*s column groups are the input phases, space to
+                   depth, or s*s sub-convolutions of the undilated E where a phase meets no tap)
     weight grad    E^T @ im2col(A) -> int32 per chunk of rows, summed in int64, then
                    (the forward keeps A's int8 codes, and backward builds im2col(A) again: a
                    3x3 layer would otherwise hold 9 bytes per input value, twice fp32's 4)
