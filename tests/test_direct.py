@@ -202,6 +202,13 @@ def test_eligibility(cin, cout, k, p, s, input_grad, expected):
 
 
 
+def _store_case(seed, n, h, w, cin, cout, k):
+    """(generator, kernels, NHWC input codes, packed weights) of a random direct conv."""
+    g = torch.Generator().manual_seed(seed)
+    a, wc = codes(n, h, w, cin, gen=g), codes(cout, cin, k, k, gen=g)
+    return g, direct.module(), a, direct.weights(wc)
+
+
 @needs_direct
 @pytest.mark.parametrize("use_amx", [False, pytest.param(True, marks=needs_amx)])
 @pytest.mark.parametrize("n,h,w,cin,cout,k,p", [(3, 8, 8, 16, 16, 3, 1), (2, 5, 7, 32, 48, 3, 1),
@@ -211,10 +218,7 @@ def test_masked_conv_equals_conv_then_masked_sums(use_amx, n, h, w, cin, cout, k
     then the masked_grad_sums pass it replaces: the masked values, both sums and max|g|, bit for
     bit, also where AMX blocks overlap (Ho * Wp not a multiple of 16)."""
     from eoq.nn import mask
-    g = torch.Generator().manual_seed(h * 100 + cout)
-    kern = direct.module()
-    a, wc = codes(n, h, w, cin, gen=g), codes(cout, cin, k, k, gen=g)
-    dw = direct.weights(wc)
+    g, kern, a, dw = _store_case(h * 100 + cout, n, h, w, cin, cout, k)
     with amx_switch(use_amx):
         out, _ = direct.conv(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -7)
         x = torch.randn(out.shape, generator=g).permute(0, 3, 1, 2)      # NCHW view of channels-last memory
@@ -297,10 +301,7 @@ def test_conv_store_finds_the_output_range(use_amx, n, h, w, cin, cout, k, p):
     """The forward's store finds the output's smallest and largest value (direct.conv_range): the
     conv's own output and its torch min and max, bit for bit (AMX blocks overlap at 5x7); with a
     block tail's identity, s and b, also the ends and max|.| of out * s + b + identity in double."""
-    g = torch.Generator().manual_seed(h * 10 + cout)
-    kern = direct.module()
-    a, wc = codes(n, h, w, cin, gen=g), codes(cout, cin, k, k, gen=g)
-    dw = direct.weights(wc)
+    g, kern, a, dw = _store_case(h * 10 + cout, n, h, w, cin, cout, k)
     with amx_switch(use_amx):
         out, _ = direct.conv(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -9)
         got, _, lo, hi, none = direct.conv_range(kern, a, dw.fwd, dw.fwd_corr, k, k, p, -9)

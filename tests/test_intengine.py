@@ -47,6 +47,17 @@ def test_int_conv_gemms_equal_float64_convolution(shape, seed):
     assert torch.equal(gw.double(), gw_ref)
 
 
+def _strided_case(k, p, s, hw, n, cout, cin=5):
+    """(E codes NCHW, weight codes, float64 input gradient) of a random strided conv."""
+    g = torch.Generator().manual_seed(k * 100 + s * 10 + p)
+    a, wc = codes(n, cin, *hw, gen=g), codes(cout, cin, k, k, gen=g)
+    ref = F.conv2d(a.double(), wc.double(), None, s, p)
+    e = codes(*ref.shape, gen=g)
+    gi_ref = torch.ops.aten.convolution_backward(e.double(), a.double(), wc.double(), None, [s, s], [p, p],
+                                                 [1, 1], False, [0, 0], 1, [True, False, False])[0]
+    return e, wc, gi_ref
+
+
 @pytest.mark.parametrize("use_kernels", [True, False])
 @pytest.mark.parametrize("k,p,s,hw", [(3, 1, 2, (8, 8)), (3, 1, 2, (7, 9)), (1, 0, 2, (8, 7)), (3, 0, 3, (10, 11)),
                                       (5, 2, 2, (9, 6)), (1, 1, 3, (5, 7))])
@@ -54,12 +65,7 @@ def test_strided_input_gradient_phases_equal_float64(use_kernels, k, p, s, hw):
     """The phase-by-phase input gradient of strided convs (C++ and torch im2col; negative padding
     crops) == float64 convolution_backward, including phases that no kernel tap reaches."""
     from eoq import kernels
-    g = torch.Generator().manual_seed(k * 100 + s * 10 + p)
-    a, wc = codes(2, 5, *hw, gen=g), codes(4, 5, k, k, gen=g)
-    ref = F.conv2d(a.double(), wc.double(), None, s, p)
-    e = codes(*ref.shape, gen=g)
-    gi_ref = torch.ops.aten.convolution_backward(e.double(), a.double(), wc.double(), None, [s, s], [p, p],
-                                                 [1, 1], False, [0, 0], 1, [True, False, False])[0]
+    e, wc, gi_ref = _strided_case(k, p, s, hw, 2, 4)
     with contextlib.nullcontext() if use_kernels else kernels.disabled():
         gi = IE.conv_input_grad(IE.to_nhwc(e), wc, s, p, hw)
     assert torch.equal(gi.permute(0, 3, 1, 2).double(), gi_ref)
@@ -80,12 +86,7 @@ def test_space_to_depth_input_gradient_equals_float64(monkeypatch, k, p, s, hw, 
     real = IE._input_grad_s2d
     monkeypatch.setattr(IE, "_input_grad_s2d", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(IE, "BLOCK_BYTES", block)
-    g = torch.Generator().manual_seed(k * 100 + s * 10 + p)
-    a, wc = codes(3, 5, *hw, gen=g), codes(6, 5, k, k, gen=g)
-    ref = F.conv2d(a.double(), wc.double(), None, s, p)
-    e = codes(*ref.shape, gen=g)
-    gi_ref = torch.ops.aten.convolution_backward(e.double(), a.double(), wc.double(), None, [s, s], [p, p],
-                                                 [1, 1], False, [0, 0], 1, [True, False, False])[0]
+    e, wc, gi_ref = _strided_case(k, p, s, hw, 3, 6)
     gi = IE.input_grad_float(IE.to_nhwc(e), IE.weight_mats(wc), s, p, hw, -4)
     assert torch.equal(gi.double(), gi_ref * 2.0 ** -4)
     expected = k > 1 and hw[0] % s == 0 and hw[1] % s == 0
