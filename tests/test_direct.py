@@ -237,14 +237,18 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
     """The Fixup branch's ReLU backward, the first bias's gradient sum and the block's error-sum
     max taken in the next conv's input-gradient store (fusion.offer_backward, fusion.ErrorSum), the
     block tail's max pass in the last conv's forward store (fusion.offer_tail), the tail's backward
-    in the stream's rounding and the next block's A codes in the tail's pass (fusion.know_codes)
-    ran, and every weight, scalar and optimizer state equals that of the separate passes."""
+    in the stream's rounding, the next block's A codes in the tail's pass (fusion.know_codes) and
+    the padded input written by the quantizer ran, and every weight, scalar and optimizer state
+    equals that of the separate passes."""
     from eoq.models import build_model
     from eoq.quant import fusion
     from eoq.training.loop import train_step
     from eoq.training.optimizer import EOQSGD
     grads, calls = [], []
-    expect = {"conv_masked", "conv_sum", "error sum", "tail", "tail bwd", "codes", "gemm stats"}
+    expect = {"conv_masked", "conv_sum", "error sum", "tail", "tail bwd", "codes", "gemm stats", "padded"}
+    from eoq.quant import quantizers as Q
+    padded = Q.sq_integer_padded       # the quantizer writing the direct kernels' padded input
+    monkeypatch.setattr(Q, "sq_integer_padded", lambda *a, **k: (lambda r: calls.append("padded" if r else "none") or r)(padded(*a, **k)))
     for name in ("conv_masked", "conv_sum"):
         real = getattr(direct, name)
         monkeypatch.setattr(direct, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
@@ -268,6 +272,8 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
             from eoq.models.blocks import ResidualBlock
             monkeypatch.setattr(ResidualBlock, "ahead_of", lambda self: None)
             monkeypatch.setattr(fusion, "known_range", lambda t: None)      # every A quantizer's max pass
+            from eoq.quant import quantizers as Q
+            monkeypatch.setattr(Q, "sq_integer_padded", lambda *a, **k: None)  # codes, then pad_u8
         torch.manual_seed(0)
         net = build_model(model, "fixup", num_classes=10)
         gen = torch.Generator().manual_seed(1)
@@ -287,7 +293,7 @@ def test_backward_in_the_conv_store_changes_no_bit(model, monkeypatch):
         if offered:
             assert expect <= set(calls), f"not fused: {expect - set(calls)}"
             n_calls = len(calls)
-    assert not {"error sum", "tail", "tail bwd", "codes"} & set(calls[n_calls:])   # switched off: every pass ran
+    assert not {"error sum", "tail", "tail bwd", "codes", "padded"} & set(calls[n_calls:])   # off: every pass ran
     assert calls[n_calls:].count("gemm stats") < calls[:n_calls].count("gemm stats")   # (forward ranges remain)
     assert sum(c.startswith("conv") for c in calls[n_calls:]) == 0
     for name in grads[0]:
@@ -334,3 +340,22 @@ def test_conv_store_sums_the_output(use_amx):
     assert amax == float((out.double() + addend.double()).abs().max())      # fx_sum's max pass, in double
     addend[1, 2, 3, 4] = float("nan")
     assert direct.conv_sum(kern, a, dw.fwd, dw.fwd_corr, 3, 3, 1, -6, addend)[2] == float("inf")
+
+
+@needs_direct
+@pytest.mark.parametrize("c,pad", [(16, 1), (3, 1), (32, 0), (20, 2)])
+@pytest.mark.parametrize("affine", [{}, {"bias": 0.3125}, {"bias": 0.25, "relu_pre": -0.5}])
+def test_quantizer_writes_the_padded_input(c, pad, affine):
+    """Q.sq_integer_padded == the direct kernels' padding (pad_u8) of sq_integer's nearest codes: the
+    same bytes (code + 128, 128 in the border and the extra channels) and exponent, with a known
+    range too."""
+    from eoq.quant import quantizers as Q
+    g = torch.Generator().manual_seed(c * 10 + pad)
+    x = (torch.randn(3, c, 5, 7, generator=g) * 3).contiguous(memory_format=torch.channels_last)
+    kern = direct.module()
+    cp = direct.channels_padded(c)
+    codes, lsb = Q.sq_integer(x, 8, "nearest", **affine)
+    ref = direct.pad_input(kern, IE.to_nhwc(codes.to(torch.int8)), pad)
+    for known in ({}, {"arange": (float(x.min()), float(x.max()))}):
+        xu, lsb2 = Q.sq_integer_padded(x, 8, pad, cp, **affine, **known)
+        assert lsb2 == lsb and torch.equal(xu, ref)

@@ -6,9 +6,10 @@
 //       c = clamp(x * 2^-e, -m, m) rounded: r = 0 half-to-even, r = 1 stochastic,
 //       SR(y) = floor((floor(y * 2^16) + b) / 2^16) with b the 16 random bits of element i;
 //       returns c * 2^e (float32, same layout) or c as integer codes.
-//   sq(x, bits, mode, generator, codes, bias, mult, relu, pre)
+//   sq(x, bits, mode, generator, codes, bias, mult, relu, pre, known, known_v, pad, cp)
 //       SQ of x + bias, x * mult or (relu) max(x + pre, 0) + bias in one call, the affine value
-//       formed exactly (in double) before its rounding
+//       formed exactly (in double) before its rounding; pad >= 0: nearest codes written as the
+//       direct kernels' padded input (code + 128, border 128; round_padded)
 //   grid_step(...)                   the integer-weight optimizer step (see eoq/training/optimizer.py)
 //   random_bits(n, k0, k1)           the 16-bit random numbers b_0 .. b_{n-1} (for tests)
 // Element i is the row-major index in the *logical* shape (mod 2^32), so NCHW and channels-last
@@ -332,9 +333,51 @@ at::Tensor round_scaled(const at::Tensor& x_, int64_t exponent, int64_t max_code
 // found by the kernel that wrote x (no max pass here); only for x or x * mult, whose max|v| it
 // fixes (a bias or ReLU needs the range of x, not its largest magnitude). ``known_v`` >= 0: max|v|
 // of the affine value v itself, as abs_max_affine gives it (found from x's known range).
+// Nearest codes of a channels-last float32 x (N, C, H, W) written as the direct kernels' padded
+// input (direct.cpp pad_u8): uint8 [N, H+2p, W+2p, cp] holding code + 128, 128 in the border and in
+// channels C..cp-1, 256 readable bytes past the end; each row quantized in blocks of BLK as
+// round_scaled does (the same codes) and offset on its way out.
+at::Tensor round_padded(const at::Tensor& x, int64_t exponent, int64_t max_code, float bias, float mult, bool relu,
+                        float pre, int64_t pad, int64_t cp) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(cp >= C && cp % 4 == 0 && pad >= 0 && max_code <= 127, "sq: padded codes need cp >= C, cp % 4 == 0, <= 8 bits");
+  const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad;
+  at::Tensor out = at::empty({N * Hp * Wp * cp + 256}, x.options().dtype(at::kByte)).narrow(0, 0, N * Hp * Wp * cp)
+                       .view({N, Hp, Wp, cp});
+  const float* src = x.data_ptr<float>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  const float inv = std::ldexp(1.0f, static_cast<int>(-exponent)), scale = std::ldexp(1.0f, static_cast<int>(exponent));
+  const float m = static_cast<float>(max_code);
+  at::parallel_for(0, N * Hp, 4, [&](int64_t b, int64_t e) {
+    int8_t tmp[BLK];
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / Hp, y = r % Hp - pad;
+      uint8_t* d = dst + r * Wp * cp;
+      if (y < 0 || y >= H) { std::memset(d, 128, Wp * cp); continue; }
+      std::memset(d, 128, pad * cp);
+      std::memset(d + (pad + W) * cp, 128, pad * cp);
+      const float* s = src + (n * H + y) * W * C;           // channels-last: a row is W * C values
+      uint8_t* dd = d + pad * cp;
+      for (int64_t i = 0; i < W * C; i += BLK) {
+        const int64_t len = std::min<int64_t>(BLK, W * C - i);
+        quant_block<float, int8_t>(s + i, tmp, len, 0, 0, inv, scale, m, 0, 0, 0, true, bias, mult, relu, pre);
+        if (cp == C) {
+          for (int64_t l = 0; l < len; ++l) dd[i + l] = static_cast<uint8_t>(tmp[l]) ^ 0x80u;
+        } else {
+          for (int64_t l = 0; l < len; ++l) dd[((i + l) / C) * cp + (i + l) % C] = static_cast<uint8_t>(tmp[l]) ^ 0x80u;
+        }
+      }
+      if (cp != C)
+        for (int64_t px = 0; px < W; ++px) std::memset(dd + px * cp + C, 128, cp - C);
+    }
+  });
+  return out;
+}
+
 std::tuple<at::Tensor, int64_t> sq(const at::Tensor& x, int64_t bits, int64_t mode,
                                    c10::optional<at::Generator> gen, bool codes, double bias,
-                                   double mult, bool relu, double pre, double known, double known_v) {
+                                   double mult, bool relu, double pre, double known, double known_v,
+                                   int64_t pad, int64_t cp) {
   TORCH_CHECK(known < 0.0 || (float(bias) == 0.0f && !relu), "sq: a known max|x| with a bias or ReLU");
   double a = 0.0;
   if (known_v >= 0.0 && x.numel()) {
@@ -346,6 +389,11 @@ std::tuple<at::Tensor, int64_t> sq(const at::Tensor& x, int64_t bits, int64_t mo
   }
   TORCH_CHECK(std::isfinite(a), "cannot quantize a tensor holding NaN or Inf");
   const int64_t lsb = exponent_of(a) + 1 - bits, m = (int64_t(1) << (bits - 1)) - 1;
+  if (pad >= 0) {      // the direct kernels' padded input (nearest codes of a channels-last x)
+    TORCH_CHECK(mode == 0 && codes && x.dim() == 4 && x.scalar_type() == at::kFloat &&
+                x.is_contiguous(at::MemoryFormat::ChannelsLast), "sq: padded codes of a channels-last x, nearest");
+    return {round_padded(x, lsb, m, float(bias), float(mult), relu, float(pre), pad, cp), lsb};
+  }
   std::pair<uint32_t, uint32_t> k{0, 0};
   if (mode) k = draw_key(gen);
   return {round_scaled(x, lsb, m, mode, k.first, k.second, codes, bias, mult, 0, relu, pre), lsb};
@@ -810,6 +858,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sq", &sq, pybind11::arg("x"), pybind11::arg("bits"), pybind11::arg("mode"),
         pybind11::arg("generator"), pybind11::arg("codes"), pybind11::arg("bias") = 0.0,
         pybind11::arg("mult") = 1.0, pybind11::arg("relu") = false, pybind11::arg("pre") = 0.0,
-        pybind11::arg("known") = -1.0, pybind11::arg("known_v") = -1.0);
+        pybind11::arg("known") = -1.0, pybind11::arg("known_v") = -1.0, pybind11::arg("pad") = -1,
+        pybind11::arg("cp") = 0);
   m.def("draw_key", [](c10::optional<at::Generator> g) { auto k = draw_key(g); return std::make_tuple(int64_t(k.first), int64_t(k.second)); });
 }

@@ -166,13 +166,13 @@ def conv(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tenso
     return kern.direct_conv(xu, packed, corr, kh, kw, exponent, use_amx(kern)), xu
 
 
-def conv_range(kern, codes_nhwc: torch.Tensor, packed: torch.Tensor, corr: torch.Tensor, kh: int, kw: int,
-               pad: int, exponent: int, tail=None) -> tuple:
+def conv_range(kern, codes_nhwc: torch.Tensor | None, packed: torch.Tensor, corr: torch.Tensor, kh: int, kw: int,
+               pad: int, exponent: int, tail=None, xu: torch.Tensor | None = None) -> tuple:
     """(:func:`conv`'s output, its padded input, the smallest and largest output value, found by the
     store; no pass), and with ``tail`` = (identity float32 in the output's NHWC memory order, s, b)
     the ends (min t, max t, max|t|) of t = out * s + b + identity as fx_affine's max pass finds them
-    (else None)."""
-    xu = pad_input(kern, codes_nhwc, pad)
+    (else None). ``xu``: the padded input, made already (by the quantizer), instead of the codes."""
+    xu = pad_input(kern, codes_nhwc, pad) if xu is None else xu
     ident, s, b = tail if tail is not None else (torch.empty(0), 1.0, 0.0)
     out, lo, hi, tmin, tmax, tabs = kern.direct_conv_range(xu, packed, corr, kh, kw, exponent, use_amx(kern),
                                                            ident.detach(), s, b)

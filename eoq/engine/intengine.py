@@ -521,6 +521,19 @@ def _codes(x: torch.Tensor, q, generator, layer=None) -> tuple[torch.Tensor, int
     return codes.to(torch.int8), int(lsb)
 
 
+def _padded_codes(x: torch.Tensor, q, layer) -> tuple[torch.Tensor, int] | None:
+    """(the direct kernels' padded input, LSB exponent) of A, made by the quantizer in its one pass
+    (Q.sq_integer_padded) where A is a nearest SQ and no codes were made ahead; else None."""
+    if q.rounding != "nearest" or distributed.active():
+        return None
+    affine = fusion.deferred(x, layer) or fusion.Affine()
+    if affine.mult is not None or fusion.known_codes(x, affine.bias or 0.0, q.bits) is not None:
+        return None
+    return Q.sq_integer_padded(x, q.bits, layer.padding[0], direct.channels_padded(x.shape[1]),
+                               bias=affine.bias, relu_pre=affine.relu_pre, amax=fusion.known_max(x),
+                               arange=fusion.known_range(x))
+
+
 def _notify(kind, q, x, codes, lsb, owner):
     for obs in OBSERVERS:
         obs.after(kind, q, x, codes.to(torch.float32) * 2.0 ** lsb, owner)
@@ -596,12 +609,18 @@ class IntConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, layer):
         q = layer.quant
-        a, ea = _codes(x, q.A, layer.generator, layer)
-        _notify("A", q.A, x, a, ea, layer)
         ew = int(layer.weight_exp)
         cl = _channels_last(x)
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
         ctx.layer, ctx.direct, ctx.in_dtype = layer, direct.route(layer, ctx.needs_input_grad[0], pixels), x.dtype
+        if ctx.direct.wgrad and cl and not OBSERVERS:      # the quantizer writes the padded input itself
+            padded = _padded_codes(x, q.A, layer)
+            if padded is not None:
+                ctx.handoff = fusion.backward_offered(x, layer)
+                ctx.tail = fusion.tail_offered(x, layer)
+                return _direct_forward(ctx, x, None, padded[1], ew, cl, xu=padded[0])
+        a, ea = _codes(x, q.A, layer.generator, layer)
+        _notify("A", q.A, x, a, ea, layer)
         ctx.handoff = fusion.backward_offered(x, layer) if cl else None
         ctx.tail = fusion.tail_offered(x, layer) if ctx.direct.conv and cl else None
         if ctx.direct.conv:
@@ -649,7 +668,7 @@ class IntConvFn(torch.autograd.Function):
         return gi if gi is None else gi.to(ctx.in_dtype), gw, None
 
 
-def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
+def _direct_forward(ctx, x, a_nhwc, ea, ew, cl, xu=None):
     """IntConvFn.forward through the direct kernels (eoq/engine/direct.py): no im2col, float32 output
     written by the kernel; the padded input codes are kept for the weight gradient (the unpadded
     codes where it runs on the GEMM path)."""
@@ -664,7 +683,7 @@ def _direct_forward(ctx, x, a_nhwc, ea, ew, cl):
                                  and tail[0].is_contiguous(memory_format=torch.channels_last)):
         tail = None
     out, xu, lo, hi, ends = direct.conv_range(kern, a_nhwc, dw.fwd, dw.fwd_corr, kh, kw, layer.padding[0], ea + ew,
-                                              tail)
+                                              tail, xu)
     if any(ctx.needs_input_grad):
         ctx.save_for_backward(xu if ctx.direct.wgrad else a_nhwc, dw.bwd, dw.bwd_corr)
     ctx.meta, ctx.wshape = _Saved(ea, ew, tuple(x.shape[2:]), cl), tuple(layer.weight.shape)

@@ -169,7 +169,7 @@ def exact_codes(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, int] | N
 
 
 def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0, relu=False, pre=0.0, amax=None,
-              amax_v=None):
+              amax_v=None, pad=None):
     """The one-call kernel SQ (max, exponent, key draw, rounding), or None where it cannot run;
     ``amax``: max|x| already known (no max pass; x or x * mult only); ``amax_v``: max|v| of the
     affine value itself (:func:`affine_amax`)."""
@@ -178,7 +178,8 @@ def _fused_sq(x, k, rounding, generator, key, codes, bias=0.0, mult=1.0, relu=Fa
         return None
     try:
         return kern.sq(x.detach(), k, _check_rounding(rounding), generator, codes, bias, mult, relu, pre,
-                       -1.0 if amax is None else amax, -1.0 if amax_v is None else amax_v)
+                       -1.0 if amax is None else amax, -1.0 if amax_v is None else amax_v,
+                       *((-1, 0) if pad is None else pad))
     except RuntimeError as err:
         if "NaN or Inf" in str(err):
             raise _non_finite(x) from None
@@ -281,6 +282,29 @@ def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
         return fused
     lsb = shift_exponent(x) + (1 - k)
     return round_scaled(x, lsb, max_code(k), rounding, generator, codes=True), lsb
+
+
+def sq_integer_padded(x: torch.Tensor, k: int, pad: int, cp: int, bias: float | None = None,
+                      relu_pre: float | None = None, amax: float | None = None,
+                      arange: tuple[float, float] | None = None) -> tuple[torch.Tensor, int] | None:
+    """:func:`sq_integer` (nearest rounding) of a channels-last [N, C, H, W] x, written as the direct
+    convolutions' padded input (uint8 [N, H+2 pad, W+2 pad, cp] holding code + 128, 128 in the border
+    and in channels C..cp-1: eoq.engine.direct.pad_input of the codes) in the quantizer's one pass;
+    None where the kernels cannot (then quantize and pad apart)."""
+    if kernels.usable(x) is None or x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last) \
+            or x.dtype != torch.float32:
+        return None
+    check_bits(k)
+    relu = relu_pre is not None
+    affine = relu or (bias is not None and bias != 0.0)
+    amax_v = None
+    if arange is not None:
+        if affine:
+            amax_v = affine_amax(arange[0], arange[1], bias or 0.0, relu_pre)
+        elif amax is None:
+            amax = max(abs(arange[0]), abs(arange[1]))
+    return _fused_sq(x, k, "nearest", None, None, True, bias or 0.0, 1.0, relu=relu,
+                     pre=relu_pre if relu else 0.0, amax=None if affine else amax, amax_v=amax_v, pad=(pad, cp))
 
 
 def sq(x: torch.Tensor, k: int, rounding: str = "nearest",
