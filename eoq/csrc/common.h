@@ -72,6 +72,23 @@ inline void fill_bits(uint32_t* bits, int64_t len, uint32_t i0, uint32_t di, uin
   for (int64_t l = 0; l < len; ++l) bits[l] = rbits32(i0 + static_cast<uint32_t>(l) * di, k0, k1);
 }
 
+// Row r of a padded input uint8 [N, H+2 pad, W+2 pad, cp] (the direct kernels' operand, code +
+// 128): a border row is set to 128 (the code 0) and nullptr returned; else its border columns are,
+// (n, y) is the source row and the row's first interior byte is returned.
+inline uint8_t* padded_row(uint8_t* dst, int64_t r, int64_t H, int64_t W, int64_t pad, int64_t cp, int64_t& n,
+                           int64_t& y) {
+  const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad;
+  n = r / Hp, y = r % Hp - pad;
+  uint8_t* d = dst + r * Wp * cp;
+  if (y < 0 || y >= H) {
+    std::memset(d, 128, Wp * cp);
+    return nullptr;
+  }
+  std::memset(d, 128, pad * cp);
+  std::memset(d + (pad + W) * cp, 128, pad * cp);
+  return d + pad * cp;
+}
+
 // The bits of |v| as an unsigned integer: they order as the magnitudes do, NaN and Inf above every
 // finite value, so a max over them is an integer reduction that vectorizes.
 inline uint32_t abs_bits(float v) {

@@ -20,6 +20,7 @@
 //   amx_available()        AMX tiles usable here (CPU, compiler, and the kernel's permission)
 // conv and wgrad take `amx`: compute the same integers on AMX tiles when available (amx.cpp).
 #include "direct.h"
+#include "common.h"
 
 #include <limits>
 #include <tuple>
@@ -44,13 +45,10 @@ at::Tensor pad_u8(const at::Tensor& x_, int64_t pad, int64_t cp) {
   uint8_t* dst = out.data_ptr<uint8_t>();
   at::parallel_for(0, N * Hp, 16, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      const int64_t n = r / Hp, y = r % Hp - pad;
-      uint8_t* d = dst + r * Wp * cp;
-      if (y < 0 || y >= H) { std::memset(d, 128, Wp * cp); continue; }
-      std::memset(d, 128, pad * cp);
-      std::memset(d + (pad + W) * cp, 128, pad * cp);
+      int64_t n, y;
+      uint8_t* dd = eoqk::padded_row(dst, r, H, W, pad, cp, n, y);
+      if (dd == nullptr) continue;
       const int8_t* s = src + (n * H + y) * W * C;
-      uint8_t* dd = d + pad * cp;
       if (cp == C) {
         int64_t i = 0;
 #if EOQ_DIRECT

@@ -351,13 +351,10 @@ at::Tensor round_padded(const at::Tensor& x, int64_t exponent, int64_t max_code,
   at::parallel_for(0, N * Hp, 4, [&](int64_t b, int64_t e) {
     int8_t tmp[BLK];
     for (int64_t r = b; r < e; ++r) {
-      const int64_t n = r / Hp, y = r % Hp - pad;
-      uint8_t* d = dst + r * Wp * cp;
-      if (y < 0 || y >= H) { std::memset(d, 128, Wp * cp); continue; }
-      std::memset(d, 128, pad * cp);
-      std::memset(d + (pad + W) * cp, 128, pad * cp);
+      int64_t n, y;
+      uint8_t* dd = eoqk::padded_row(dst, r, H, W, pad, cp, n, y);
+      if (dd == nullptr) continue;
       const float* s = src + (n * H + y) * W * C;           // channels-last: a row is W * C values
-      uint8_t* dd = d + pad * cp;
       for (int64_t i = 0; i < W * C; i += BLK) {
         const int64_t len = std::min<int64_t>(BLK, W * C - i);
         quant_block<float, int8_t>(s + i, tmp, len, 0, 0, inv, scale, m, 0, 0, 0, true, bias, mult, relu, pre);
