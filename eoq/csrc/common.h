@@ -89,6 +89,32 @@ inline uint8_t* padded_row(uint8_t* dst, int64_t r, int64_t H, int64_t W, int64_
   return d + pad * cp;
 }
 
+// v rounded once to float32, as the one-element tensor a Fixup scalar's gradient is.
+inline at::Tensor f32(double v) {
+  at::Tensor t = at::empty({1}, at::TensorOptions().dtype(at::kFloat));
+  *t.data_ptr<float>() = static_cast<float>(v);
+  return t;
+}
+
+// A double's bits as an order key (negative values flipped): unsigned integer order is the values'
+// order (a min or max over keys vectorizes), and back.
+constexpr uint64_t ABS64 = 0x7fffffffffffffffull, SIGN64 = 0x8000000000000000ull;
+inline uint64_t order_key64(uint64_t u) { return u ^ (static_cast<uint64_t>(static_cast<int64_t>(u) >> 63) | SIGN64); }
+inline double from_key64(uint64_t k) {
+  const uint64_t u = (k & SIGN64) ? (k & ABS64) : ~k;
+  double d;
+  std::memcpy(&d, &u, sizeof d);
+  return d;
+}
+
+// The double whose bits are r (a max of the bits of |v|), or +inf when r is NaN/Inf.
+inline double from_abs_bits64(uint64_t r) {
+  if (r >= 0x7ff0000000000000ull) return std::numeric_limits<double>::infinity();
+  double d;
+  std::memcpy(&d, &r, sizeof d);
+  return d;
+}
+
 // The bits of |v| as an unsigned integer: they order as the magnitudes do, NaN and Inf above every
 // finite value, so a max over them is an integer reduction that vectorizes.
 inline uint32_t abs_bits(float v) {

@@ -27,6 +27,7 @@
 
 namespace {
 using namespace eoq_direct;
+using eoqk::f32;
 
 bool available() { return EOQ_DIRECT; }
 
@@ -180,12 +181,6 @@ at::Tensor conv(const at::Tensor& xu, const at::Tensor& w, const at::Tensor& cor
   return conv_into(xu, w, corr, kh, kw, exponent, amx, nullptr);
 }
 
-inline at::Tensor f32(double v) {
-  at::Tensor t = at::empty({1}, at::TensorOptions().dtype(at::kFloat));
-  *t.data_ptr<float>() = static_cast<float>(v);
-  return t;
-}
-
 // conv with the backward of the ReLU in front of the conv whose input gradient this is (see
 // StoreTotal): (g = out where live else +0.0, sum g, sum out, max|g|), the sums rounded once to
 // float32 and max|g| a double, as masked_grad_sums (stream.cpp) returns them for out.
@@ -226,25 +221,11 @@ std::tuple<at::Tensor, at::Tensor, double> conv_sum(const at::Tensor& xu, const 
     total.addend = addend.data_ptr<float>();
   }
   at::Tensor out = conv_into(xu, w, corr, kh, kw, exponent, amx, &total);
-  double amax = -1.0;
-  if (addend.numel()) {
-    if (total.amx >= 0x7ff0000000000000ull) {
-      amax = std::numeric_limits<double>::infinity();
-    } else {
-      std::memcpy(&amax, &total.amx, sizeof amax);
-    }
-  }
+  const double amax = addend.numel() ? eoqk::from_abs_bits64(total.amx) : -1.0;
   return {out, f32(static_cast<double>(total.sa) * std::ldexp(1.0, static_cast<int>(exponent))), amax};
 #else
   TORCH_CHECK(false, "direct conv: this build has no AVX-512 VNNI");
 #endif
-}
-
-inline double from_key64(uint64_t k) {
-  const uint64_t u = (k & 0x8000000000000000ull) ? (k & 0x7fffffffffffffffull) : ~k;
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
 }
 
 // conv and the range of its output: (out, min, max) as doubles (the float32 values' ends); with a
@@ -267,12 +248,8 @@ std::tuple<at::Tensor, double, double, double, double, double> conv_range(
   const float scale = std::ldexp(1.0f, static_cast<int>(exponent));
   double tmin = 0.0, tmax = 0.0, tabs = -1.0;
   if (tail_id.numel()) {
-    tmin = from_key64(range.tl), tmax = from_key64(range.tk);
-    if (range.ta >= 0x7ff0000000000000ull) {
-      tabs = std::numeric_limits<double>::infinity();
-    } else {
-      std::memcpy(&tabs, &range.ta, sizeof tabs);
-    }
+    tmin = eoqk::from_key64(range.tl), tmax = eoqk::from_key64(range.tk);
+    tabs = eoqk::from_abs_bits64(range.ta);
   }
   return {out, static_cast<double>(static_cast<float>(range.lo) * scale),
           static_cast<double>(static_cast<float>(range.hi) * scale), tmin, tmax, tabs};

@@ -68,14 +68,11 @@ void check_pair(const at::Tensor& x, const at::Tensor& y, const char* what) {
 // ReLU's random signs).
 // RANGE: also the smallest and largest f(i) (relu?(f)'s, with RELU) into *lo and *hi, from the
 // order keys' min and max (one more integer reduction each), for the range of the rounded tensor.
-constexpr uint64_t ABS64 = 0x7fffffffffffffffull, SIGN64 = 0x8000000000000000ull;
-inline uint64_t order_key64(uint64_t u) { return u ^ (static_cast<uint64_t>(static_cast<int64_t>(u) >> 63) | SIGN64); }
-inline double from_key64(uint64_t k) {
-  const uint64_t u = (k & SIGN64) ? (k & ABS64) : ~k;
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
-}
+using eoqk::ABS64;
+using eoqk::SIGN64;
+using eoqk::f32;
+using eoqk::from_key64;
+using eoqk::order_key64;
 
 template <bool RELU, bool RANGE = false, typename F>
 double amax_of(int64_t n, F f, double* lo_out = nullptr, double* hi_out = nullptr) {
@@ -399,13 +396,6 @@ Sums masked_block(const float* pg, const uint8_t* pb, int64_t lo, const float* p
   Sums r;
   for (int l = 0; l < Lanes::L; ++l) r.sg += a.sg[l], r.sx += a.sx[l], r.mx = std::max(r.mx, a.mx[l]);
   return r;
-}
-
-// v rounded once to float32, as the one-element tensor a Fixup scalar's gradient is.
-inline at::Tensor f32(double v) {
-  at::Tensor t = at::empty({1}, at::TensorOptions().dtype(at::kFloat));
-  *t.data_ptr<float>() = static_cast<float>(v);
-  return t;
 }
 
 // g = grad where live, else 0 (the ReLU backward), with sum g and (DOT) sum g * x or sum grad, in

@@ -307,8 +307,6 @@ def input_grad_float(e: torch.Tensor, w: WeightMats, stride: int, padding: int, 
         acc = conv_input_grad(e, w, stride, padding, in_hw)
         out = _to_float_nchw(acc, exponent, channels_last)
         _give(acc)
-        if stats is not None:
-            stats.clear()          # (no statistics on this path)
         return out
     if stride > 1:
         if in_hw[0] % stride == 0 and in_hw[1] % stride == 0 and kh == kw \
@@ -613,16 +611,14 @@ class IntConvFn(torch.autograd.Function):
         cl = _channels_last(x)
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
         ctx.layer, ctx.direct, ctx.in_dtype = layer, direct.route(layer, ctx.needs_input_grad[0], pixels), x.dtype
+        ctx.handoff = fusion.backward_offered(x, layer) if cl else None
+        ctx.tail = fusion.tail_offered(x, layer) if ctx.direct.conv and cl else None
         if ctx.direct.wgrad and cl and not OBSERVERS:      # the quantizer writes the padded input itself
             padded = _padded_codes(x, q.A, layer)
             if padded is not None:
-                ctx.handoff = fusion.backward_offered(x, layer)
-                ctx.tail = fusion.tail_offered(x, layer)
                 return _direct_forward(ctx, x, None, padded[1], ew, cl, xu=padded[0])
         a, ea = _codes(x, q.A, layer.generator, layer)
         _notify("A", q.A, x, a, ea, layer)
-        ctx.handoff = fusion.backward_offered(x, layer) if cl else None
-        ctx.tail = fusion.tail_offered(x, layer) if ctx.direct.conv and cl else None
         if ctx.direct.conv:
             return _direct_forward(ctx, x, to_nhwc(a), ea, ew, cl)
         wc = weight_mats(layer.weight, ew)
@@ -694,6 +690,13 @@ def _direct_forward(ctx, x, a_nhwc, ea, ew, cl, xu=None):
     return fusion.know_range(out, lo, hi) if cl else out     # (a copy otherwise: another tensor)
 
 
+def _nhwc_view_strides(shape) -> tuple:
+    """The strides of a channels-last tensor of logical ``shape`` [N, C, H, W] (a direct layer's
+    gradient view: NHWC memory, :func:`_nchw_view`)."""
+    _, c, h, w = shape
+    return (h * w * c, 1, w * c, c)
+
+
 def _direct_backward(ctx, e, ee):
     """IntConvFn.backward through the direct kernels: the input gradient is the stride-1
     convolution of E (padded by k - 1 - p) with the rotated kernel, the weight gradient an int64
@@ -705,28 +708,25 @@ def _direct_backward(ctx, e, ee):
     gi = gw = None
     if ctx.needs_input_grad[0]:
         offer, ctx.handoff = ctx.handoff, None    # the backward of the op in front of the layer, in the store
+        pad = kh - 1 - layer.padding[0]
+        if offer is not None and offer.strides != _nhwc_view_strides(ctx.grad_shape):
+            offer = None                  # another memory order than the offer's: the op's own pass
+        pair = offer.error_sum if offer is not None and offer.kind == "sum" else None
+        ident = pair.identity if pair is not None else None    # the identity's error, if made
+        if ident is not None and not (ident.dtype == torch.float32 and ident.shape == ctx.grad_shape
+                                      and ident.is_contiguous(memory_format=torch.channels_last)):
+            ident = None
+        if offer is None:
+            out, _ = direct.conv(kern, e, bwd, bwd_corr, kh, kw, pad, ee + ew)
+        elif offer.kind == "relu":
+            out, *sums = direct.conv_masked(kern, e, bwd, bwd_corr, kh, kw, pad, ee + ew, offer.live)
+        else:
+            out, *sums, amax = direct.conv_sum(kern, e, bwd, bwd_corr, kh, kw, pad, ee + ew, ident)
+        gi = _nchw_view(out, cl)
         if offer is not None:
-            pad = kh - 1 - layer.padding[0]
-            pair = offer.error_sum if offer.kind == "sum" else None
-            ident = pair.identity if pair is not None else None    # the identity's error, if made
-            if ident is not None and not (ident.dtype == torch.float32 and ident.shape == ctx.grad_shape
-                                          and ident.is_contiguous(memory_format=torch.channels_last)):
-                ident = None
-            if offer.kind == "relu":
-                out, *sums = direct.conv_masked(kern, e, bwd, bwd_corr, kh, kw, pad, ee + ew, offer.live)
-            else:
-                out, s, amax = direct.conv_sum(kern, e, bwd, bwd_corr, kh, kw, pad, ee + ew, ident)
-                sums = [s]
-            gi = _nchw_view(out, cl)
-            if ident is not None:
-                pair.fill(gi, amax)
-            if gi.stride() == tuple(offer.strides):
-                offer.fill(gi, *sums)
-            elif offer.kind == "relu":    # another memory order than the mask's: the ReLU's own pass
-                gi = None
-        if gi is None:
-            out, _ = direct.conv(kern, e, bwd, bwd_corr, kh, kw, kh - 1 - layer.padding[0], ee + ew)
-            gi = _nchw_view(out, cl)
+            offer.fill(gi, *sums)
+        if ident is not None:
+            pair.fill(gi, amax)
     if ctx.needs_input_grad[1]:
         acc = (direct.weight_grad(kern, a, e, kh, kw, cin) if ctx.direct.wgrad
                else conv_weight_grad(a, e, kh, kw, 1, layer.padding[0]))

@@ -175,7 +175,7 @@ class ResidualBlock(nn.Module):
         # y = relu(x_m * scale + b_mb + identity), fused under EOQ; the last conv's store may find
         # the ends of x_m * scale + b_mb + identity (the tail's max pass) as it writes x_m
         offer = None
-        if bits and fusing_allowed() and identity.dtype == torch.float32:
+        if bits and fusing_allowed() and identity.dtype == torch.float32 and getattr(self.convs[-1], "engine", None) == "int":
             offer = (identity, float(self.scale.effective().detach()), float(self.biases_out[-1].effective().detach()))
         nxt = ahead.ahead_of() if isinstance(ahead, ResidualBlock) else None
         return fixup_tail(self.branch(x, tail=False, offer=offer), self.scale, self.biases_out[-1], identity,

@@ -80,8 +80,7 @@ def fx_sum(a: torch.Tensor, b: torch.Tensor, bits: int, amax: float | None = Non
         if kern is not None and b.dtype == torch.float32 and dense(a):
             if b.stride() != a.stride():
                 b = torch.empty_like(a).copy_(b)          # the same memory order (a cheap float32 copy)
-            known = -1.0 if amax is None or b.stride() != a.stride() else amax
-            return _checked(lambda: kern.fx_sum(a.detach(), b.detach(), bits, known)[0])
+            return _checked(lambda: kern.fx_sum(a.detach(), b.detach(), bits, -1.0 if amax is None else amax)[0])
         return round_fixed(a.double() + b.double(), bits)[0]
     finally:
         _ROUNDING[0] -= 1

@@ -239,6 +239,15 @@ def affine_amax(lo: float, hi: float, bias: float = 0.0, relu_pre: float | None 
     return max(abs(lo + bias), abs(hi + bias))
 
 
+def _known_maxes(arange, amax, affine: bool, bias, relu_pre) -> tuple[float | None, float | None]:
+    """(max|x|, max|affine(x)|) as the kernel takes them from a known range (either may stay None)."""
+    if arange is None:
+        return amax, None
+    if affine:
+        return amax, affine_amax(arange[0], arange[1], bias or 0.0, relu_pre)
+    return (max(abs(arange[0]), abs(arange[1])) if amax is None else amax), None
+
+
 def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
                generator: torch.Generator | None = None, sharded: bool = False,
                bias: float | None = None, relu_pre: float | None = None,
@@ -257,12 +266,7 @@ def sq_integer(x: torch.Tensor, k: int, rounding: str = "nearest",
     if mult is not None and (relu or bias is not None):
         raise ValueError("sq_integer: mult cannot be combined with bias or relu_pre")
     affine = relu or (bias is not None and bias != 0.0)
-    amax_v = None
-    if arange is not None and not sharded:
-        if affine:
-            amax_v = affine_amax(arange[0], arange[1], bias or 0.0, relu_pre)
-        elif amax is None:
-            amax = max(abs(arange[0]), abs(arange[1]))
+    amax, amax_v = _known_maxes(None if sharded else arange, amax, affine, bias, relu_pre)
     amax = None if sharded or affine else amax
     if relu or (bias is not None and bias != 0.0) or (mult is not None and mult != 1.0):
         b, m = (0.0 if bias is None else bias), (1.0 if mult is None else mult)
@@ -297,12 +301,7 @@ def sq_integer_padded(x: torch.Tensor, k: int, pad: int, cp: int, bias: float | 
     check_bits(k)
     relu = relu_pre is not None
     affine = relu or (bias is not None and bias != 0.0)
-    amax_v = None
-    if arange is not None:
-        if affine:
-            amax_v = affine_amax(arange[0], arange[1], bias or 0.0, relu_pre)
-        elif amax is None:
-            amax = max(abs(arange[0]), abs(arange[1]))
+    amax, amax_v = _known_maxes(arange, amax, affine, bias, relu_pre)
     return _fused_sq(x, k, "nearest", None, None, True, bias or 0.0, 1.0, relu=relu,
                      pre=relu_pre if relu else 0.0, amax=None if affine else amax, amax_v=amax_v, pad=(pad, cp))
 
