@@ -52,7 +52,7 @@ from ..quant import fusion, rng
 from ..quant import quantizers as Q
 from ..quant.observe import OBSERVERS, listening
 from ..quant.spec import LayerQuant, SpecError
-from . import allocator, direct
+from . import allocator, direct, int_gemm
 
 SAFE_K = (2 ** 31 - 1) // (127 * 127)   # 133,144 int8 products always fit in int32
 BLOCK_BYTES = 1 << 22                    # im2col bytes per GEMM of the blocked convolutions
@@ -104,19 +104,21 @@ def _row_major(t: torch.Tensor) -> torch.Tensor:
 
 
 def int_mm(a: torch.Tensor, b: torch.Tensor, pooled: bool = False) -> torch.Tensor:
-    """``torch._int_mm`` (int8 x int8 -> int32), for K <= SAFE_K.
+    """``torch._int_mm`` (int8 x int8 -> int32), for K <= SAFE_K; on CPUs without int8 dot
+    products exact float32 GEMMs instead (:mod:`eoq.engine.int_gemm`: the same integers).
 
     torch 2.13's CPU kernel returns wrong results (uninitialised memory) for some shapes when an
     operand is a transposed view, and for an inner size K = 1 (both found by the tests here):
     operands are copied to canonical row-major strides (``contiguous()`` keeps odd strides on
     size-1 dimensions, which the kernel misreads), and K = 1 is padded to 2 with a zero column."""
+    out = POOL.take((a.shape[0], b.shape[1]), torch.int32) if pooled else None
+    if int_gemm.route() is int_gemm.Route.FLOAT32:
+        return int_gemm.float_mm(a, b, out)
     a, b = _row_major(a), _row_major(b)
     if a.shape[1] == 1:
         a = F.pad(a, (0, 1))
         b = F.pad(b, (0, 0, 0, 1))
-    if not pooled:
-        return torch._int_mm(a, b)
-    return torch._int_mm(a, b, out=POOL.take((a.shape[0], b.shape[1]), torch.int32))
+    return torch._int_mm(a, b) if out is None else torch._int_mm(a, b, out=out)
 
 
 def checked_int_mm(a: torch.Tensor, b: torch.Tensor, pooled: bool = False) -> torch.Tensor:
