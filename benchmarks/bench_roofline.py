@@ -4,8 +4,9 @@ convolution ran at it, and where the measured fp32, simulated-EOQ and integer-EO
     python benchmarks/bench_roofline.py                  # ResNet-20 and ResNet-18 (32x32), batch 128, 2 threads
 
 Throughput: the median of ``--repeats`` timed products (after a warm-up) of a large GEMM,
-[M, K] @ [K, N] with M = N = K = ``--size``: ``torch.mm`` in float32 and ``torch._int_mm``
-(int8 x int8 -> int32), in multiply-accumulates per second. Also each model's own GEMMs: every
+[M, K] @ [K, N] with M = N = K = ``--size``: ``torch.mm`` in float32 and the engine's int8 x int8
+-> int32 product (``torch._int_mm``, or on CPUs without int8 dot products the exact float32 route
+of :mod:`eoq.engine.int_gemm`, which the engine takes there), in multiply-accumulates per second. Also each model's own GEMMs: every
 conv's forward product as im2col would shape it (M = batch x output pixels, K = Cin x kh x kw,
 N = Cout), timed one by one and summed, so the "layer GEMMs" column is what the step's shapes
 reach, below the large product's roof.
@@ -26,12 +27,16 @@ import torch.nn.functional as F
 from bench_int import measure
 from common import median_time, setup
 
+from eoq.engine import int_gemm
+from eoq.engine import intengine as IE
 from eoq.nn.layers import QConv2d, QLinear
 from eoq.training.setup import setup as eoq_setup
 
 
 def gemm_seconds(m: int, k: int, n: int, dtype, repeats: int) -> float:
-    """Median seconds of one [m, k] @ [k, n] product in ``dtype`` (float32: torch.mm; int8: _int_mm)."""
+    """Median seconds of one [m, k] @ [k, n] product in ``dtype`` (float32: torch.mm; int8: the
+    engine's ``int_mm``, on its route: ``torch._int_mm``, or exact float32 chunks where the CPU has
+    no int8 dot products, :mod:`eoq.engine.int_gemm`)."""
     g = torch.Generator().manual_seed(0)
     if dtype == torch.int8:
         a = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
@@ -39,7 +44,7 @@ def gemm_seconds(m: int, k: int, n: int, dtype, repeats: int) -> float:
         # _int_mm wants N a multiple of 8 and K > 1; pad like the engine's int_mm would need
         if n % 8:
             b = F.pad(b, (0, 8 - n % 8))
-        return median_time(lambda: torch._int_mm(a, b), repeats)
+        return median_time(lambda: IE.int_mm(a, b), repeats)
     a = torch.randn(m, k, generator=g)
     b = torch.randn(k, n, generator=g)
     return median_time(lambda: torch.mm(a, b), repeats)
@@ -80,7 +85,8 @@ def main() -> None:
     n = args.size
     roof = {d: n ** 3 / gemm_seconds(n, n, n, d, args.repeats) for d in (torch.float32, torch.int8)}
     print(f"CPU: {cpu}; {args.threads} threads; {n}^3 GEMM: fp32 {roof[torch.float32] / 1e9:.1f} GMAC/s, "
-          f"int8 {roof[torch.int8] / 1e9:.1f} GMAC/s (int8/fp32 {roof[torch.int8] / roof[torch.float32]:.2f})")
+          f"int8 {roof[torch.int8] / 1e9:.1f} GMAC/s (int8/fp32 {roof[torch.int8] / roof[torch.float32]:.2f}; "
+          f"int8 GEMM route: {int_gemm.route().value})")
     lines = []
     for model in args.models:
         shapes, fwd = layer_shapes(model, args.batch_size)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eoq.engine import int_gemm
 from eoq.engine import intengine as IE
 from eoq.models import build_model
 from eoq.nn.layers import FixupScalar, QConv2d, QLinear
@@ -71,6 +72,15 @@ def test_strided_input_gradient_phases_equal_float64(use_kernels, k, p, s, hw):
     assert torch.equal(gi.permute(0, 3, 1, 2).double(), gi_ref)
 
 
+@pytest.fixture
+def int8_gemms():
+    """The GEMM paths themselves (on CPUs without int8 dot products the engine's float32 route
+    would run float32 convolutions instead of them)."""
+    with int_gemm.using("int8"):
+        yield
+
+
+@pytest.mark.usefixtures("int8_gemms")
 @pytest.mark.parametrize("k,p,s,hw", [(3, 1, 2, (8, 10)), (3, 0, 2, (8, 8)), (5, 2, 2, (6, 8)), (4, 1, 2, (8, 8)),
                                       (3, 1, 3, (9, 12)), (1, 0, 2, (8, 8)), (3, 1, 2, (9, 8))])
 @pytest.mark.parametrize("block", [1, 1 << 22])
@@ -93,14 +103,17 @@ def test_space_to_depth_input_gradient_equals_float64(monkeypatch, k, p, s, hw, 
     assert bool(calls) == expected
 
 
+@pytest.mark.parametrize("route", ["int8", "float32"])
 @pytest.mark.parametrize("k,p,s", [(3, 1, 1), (3, 1, 2), (1, 0, 2), (5, 2, 1)])
-def test_blocked_convolutions_equal_float64(monkeypatch, k, p, s):
+def test_blocked_convolutions_equal_float64(monkeypatch, k, p, s, route):
     """The blocked forward, input gradient and weight gradient (a block of images per GEMM, here
     one to three images: BLOCK_BYTES made tiny) == float64 convolution, times 2^exponent; the
-    weight gradient keeps the whole-batch GEMM's int32 type."""
+    weight gradient keeps the whole-batch GEMM's int32 type. On the float32 route: the float32
+    convolutions of eoq.engine.float_conv, the same numbers."""
     from eoq import kernels
     if kernels.load() is None:
         pytest.skip("the blocked paths need the compiled kernels")
+    monkeypatch.setitem(int_gemm._state, "route", int_gemm.Route(route))
     g = torch.Generator().manual_seed(k * 10 + s)
     n, cin, cout, h, w = 7, 5, 6, 9, 8
     a, wc = codes(n, cin, h, w, gen=g), codes(cout, cin, k, k, gen=g)

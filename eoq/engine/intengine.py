@@ -52,7 +52,7 @@ from ..quant import fusion, rng
 from ..quant import quantizers as Q
 from ..quant.observe import OBSERVERS, listening
 from ..quant.spec import LayerQuant, SpecError
-from . import allocator, direct, int_gemm
+from . import allocator, direct, float_conv, int_gemm
 
 SAFE_K = (2 ** 31 - 1) // (127 * 127)   # 133,144 int8 products always fit in int32
 BLOCK_BYTES = 1 << 22                    # im2col bytes per GEMM of the blocked convolutions
@@ -242,6 +242,14 @@ def _dequant(kern, acc, exponent, out, stats):
         stats.append(kern.dequant_stats(acc, exponent, out))
 
 
+def _dequantized(kern, acc: torch.Tensor, exponent: int, stats) -> torch.Tensor:
+    """A new float32 NHWC tensor acc * 2^exponent of an int32 NHWC accumulator (``stats``: as
+    :func:`_dequant`)."""
+    out = torch.empty(acc.shape, dtype=torch.float32)
+    _dequant(kern, acc, exponent, out, stats)
+    return out
+
+
 class Stats(NamedTuple):
     """What a GEMM path's dequantization found along: the output's sum (one-element float32, as
     ``sum_f32`` forms it) and its smallest and largest value."""
@@ -291,6 +299,10 @@ def conv_float(a: torch.Tensor, w: WeightMats, stride: int, padding: int, expone
         _give(acc)
         _give(cols)
         return out
+    if int_gemm.route() is int_gemm.Route.FLOAT32:
+        acc = float_conv.forward(a, float_conv.weights_fwd(w.fwd, w.shape), stride, padding)
+        if acc is not None:
+            return _nchw_view(_dequantized(kern, acc, exponent, stats), channels_last)
     ho = (a.shape[1] + 2 * padding - kh) // stride + 1
     wo = (a.shape[2] + 2 * padding - kw) // stride + 1
     out = _blocked_gemm(kern, a, kh, kw, stride, (padding,) * 4, 1, w.fwd, (ho, wo), exponent, stats)
@@ -310,6 +322,10 @@ def input_grad_float(e: torch.Tensor, w: WeightMats, stride: int, padding: int, 
         out = _to_float_nchw(acc, exponent, channels_last)
         _give(acc)
         return out
+    if int_gemm.route() is int_gemm.Route.FLOAT32:
+        acc = float_conv.input_grad(e, float_conv.weights_bwd(w.bwd, w.shape), stride, padding, in_hw)
+        if acc is not None:
+            return _nchw_view(_dequantized(kern, acc, exponent, stats), channels_last)
     if stride > 1:
         if in_hw[0] % stride == 0 and in_hw[1] % stride == 0 and kh == kw \
                 and all(_s2d_taps(kh, padding, stride, p) for p in range(stride)):   # no all-zero phase
@@ -338,6 +354,10 @@ def conv_weight_grad(a: torch.Tensor, e: torch.Tensor, kh: int, kw: int, stride:
         _give(cols)
         return acc
     dtype = torch.int32 if n * rows <= SAFE_K else torch.int64
+    if int_gemm.route() is int_gemm.Route.FLOAT32:
+        acc = float_conv.weight_grad(a, e, (cout, a.shape[3], kh, kw), stride, padding, dtype)
+        if acc is not None:
+            return acc
     per_block = max(BLOCK_BYTES, WGRAD_BLOCK_BYTES, cout * k * 4)   # at least the int32 sum it adds into
     step = min(max(1, per_block // max(1, rows * k)), SAFE_K // rows)
     acc = None
