@@ -108,21 +108,24 @@ def input_grad(e: torch.Tensor, w: torch.Tensor, stride: int, padding: int,
 
 def image_groups(a: torch.Tensor, e: torch.Tensor) -> list[slice] | None:
     """Consecutive images whose weight-gradient partial sums stay within 2^24 (module doc), or
-    None where one image alone may exceed it."""
-    a_max = int(a.abs().max()) if a.numel() else 0
-    if a_max == 0:
-        return [slice(0, e.shape[0])]
-    per_image = e.abs().sum(dim=(1, 2), dtype=torch.int32)          # [N, Cout]: sum |e| per channel
+    None where one image alone may exceed it. Greedy: each group as long as the bound allows."""
+    n = e.shape[0]
+    lo, hi = torch.aminmax(a) if a.numel() else (torch.tensor(0), torch.tensor(0))
+    a_max = max(-int(lo), int(hi))
+    if a_max == 0 or n == 0:
+        return [slice(0, n)]
     budget = LIMIT // a_max
+    per_image = e.abs().sum(dim=(1, 2), dtype=torch.int64)          # [N, Cout]: sum |e| per channel
     if int(per_image.max()) > budget:
         return None
-    groups, start, acc = [], 0, torch.zeros(e.shape[3], dtype=torch.int32)
-    for i in range(e.shape[0]):
-        acc = acc + per_image[i]
-        if int(acc.max()) > budget:
-            groups.append(slice(start, i))
-            start, acc = i, per_image[i].clone()
-    groups.append(slice(start, e.shape[0]))
+    cum = torch.cat([torch.zeros(1, e.shape[3], dtype=torch.int64), per_image.cumsum(0)])
+    groups, start = [], 0
+    while start < n:
+        # the largest end whose group start..end-1 keeps every channel's sum within the budget
+        within = ((cum[start + 1:] - cum[start]).amax(dim=1) <= budget)
+        end = start + int(within.sum())            # the channel sums only grow: a prefix is within
+        groups.append(slice(start, end))
+        start = end
     return groups
 
 
