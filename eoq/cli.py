@@ -30,7 +30,8 @@ def _add_train(sub):
                    help="fp32 | eoq | eoq-shift | eoq-float-ends | wageubn, or a JSON spec file ('eoq presets')")
     p.add_argument("--engine", default=d.engine,
                    help="sim: float simulation of the integer arithmetic; int: int8 x int8 -> int32 "
-                        "(direct AMX/VNNI kernels, or GEMMs in torch._int_mm), bit-exact with sim; needs "
+                        "(direct AMX/VNNI kernels, GEMMs in torch._int_mm, or exact float32 sums on CPUs "
+                        "without int8 dot products), bit-exact with sim; needs "
                         "8-bit SQ A/E/G/W, e.g. eoq")
     p.add_argument("--channels-last", action="store_true",
                    help="NHWC activations (faster on CPU; always on with --engine int)")

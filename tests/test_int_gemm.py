@@ -81,7 +81,7 @@ def test_int_mm_takes_the_route_and_agrees_with_torch_int_mm():
 
 def test_a_bad_route_in_the_environment_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("EOQ_INT_GEMM", "fp16")
-    with pytest.raises(ValueError, match="EOQ_INT_GEMM='fp16': expected one of auto, int8, float32"):
+    with pytest.raises(ValueError, match="unknown EOQ_INT_GEMM 'fp16'; choose one of: auto, int8, float32"):
         int_gemm._route_from_env()
 
 

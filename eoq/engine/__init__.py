@@ -4,6 +4,8 @@ Imports ``eoq.quant``, ``eoq.kernels`` and ``eoq.distributed``; nothing of ``nn`
 
     intengine    the forward and backward of a quantized conv/linear on int8 codes
     direct       direct VNNI/AMX int8 convolutions (no im2col) for stride-1 layers of 16-64 channels
+    int_gemm     the int8 GEMM: torch._int_mm, or exact float32 chunks on CPUs without int8 dot products
+    float_conv   there, the convolutions' integer sums as exact float32 convolutions (oneDNN)
     allocator    keeps freed activation-sized blocks in the process (no page faults on reuse)
 """
 from ..quant.formats import Choice

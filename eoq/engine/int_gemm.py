@@ -23,15 +23,16 @@ float64 reference).
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 
 import torch
 
+from ..quant.formats import Choice
+
 F32_CHUNK = 1024   # 1024 * 128 * 128 = 2^24: every partial sum exact in float32
 
 
-class Route(str, enum.Enum):
+class Route(Choice):
     """How :func:`int_mm` computes: oneDNN's int8 kernels, or exact float32 GEMMs."""
     AUTO = "auto"
     INT8 = "int8"
@@ -39,12 +40,7 @@ class Route(str, enum.Enum):
 
 
 def _route_from_env() -> Route:
-    value = os.environ.get("EOQ_INT_GEMM", "auto")
-    try:
-        return Route(value)
-    except ValueError:
-        raise ValueError(f"EOQ_INT_GEMM={value!r}: expected one of "
-                         f"{', '.join(r.value for r in Route)}") from None
+    return Route.parse(os.environ.get("EOQ_INT_GEMM", "auto"), what="EOQ_INT_GEMM")
 
 
 _state = {"route": _route_from_env()}

@@ -22,7 +22,10 @@ once, and rows (and integer partial sums) are the same integers as one whole-bat
 
 Stride-1 convolutions with 16-64 output channels (16-256 on AMX tiles, whose weight gradient
 stays on the GEMM above 128) run on direct AMX / VNNI kernels instead (:mod:`eoq.engine.direct`: no
-im2col matrix, the same integer sums); the rest use the GEMMs above.
+im2col matrix, the same integer sums); the rest use the GEMMs above. On CPUs without int8 dot
+products (AVX2 only), where ``torch._int_mm`` is a scalar loop, the integer sums are formed in
+float32, exactly: the convolutions as float32 oneDNN convolutions (:mod:`eoq.engine.float_conv`),
+other GEMMs in chunks of 1024 products (:mod:`eoq.engine.int_gemm`); ``EOQ_INT_GEMM`` chooses.
 
 The int32 accumulator never overflows silently: a product of two 8-bit codes is at most
 127 * 127, so a GEMM is split along K into chunks of at most ``SAFE_K`` = (2^31 - 1) // 127^2 =
