@@ -30,9 +30,11 @@ def _check(a, w, e, ref, gi_ref, gw_ref, s, p, dtype=torch.int32):
     mats = IE.weight_mats(w)
     cout, cin, k, _ = w.shape
     out = FC.forward(IE.to_nhwc(a), FC.weights_fwd(mats.fwd, mats.shape), s, p)
-    assert out.dtype == torch.int32 and torch.equal(out.permute(0, 3, 1, 2).double(), ref)
+    assert out.dtype == (torch.float32 if cin * k * k <= int_gemm.F32_CHUNK else torch.int32)
+    assert torch.equal(out.permute(0, 3, 1, 2).double(), ref)
     gi = FC.input_grad(IE.to_nhwc(e), FC.weights_bwd(mats.bwd, mats.shape), s, p, tuple(a.shape[2:]))
-    assert gi.dtype == torch.int32 and torch.equal(gi.permute(0, 3, 1, 2).double(), gi_ref)
+    assert gi.dtype == (torch.float32 if cout * k * k <= int_gemm.F32_CHUNK else torch.int32)
+    assert torch.equal(gi.permute(0, 3, 1, 2).double(), gi_ref)
     gw = FC.weight_grad(IE.to_nhwc(a), IE.to_nhwc(e), tuple(w.shape), s, p, dtype)
     assert gw.dtype == dtype and torch.equal(gw.view(cout, k, k, cin).permute(0, 3, 1, 2).double(), gw_ref)
 
@@ -121,3 +123,24 @@ def test_pytorch_runs_the_engines_convolutions_on_exact_kernels():
         assert FC.runs_exactly(x, w, s, p)
         e = torch.zeros(128, cout, hw // s, hw // s).contiguous(memory_format=torch.channels_last)
         assert FC.runs_exactly(e, w, s, p, transposed=True, output_padding=s - 1)
+
+
+@pytest.mark.parametrize("exponent", [-9, 0, 3, -140])
+def test_scaling_exact_float_sums_in_place_equals_the_int32_dequantization(exponent):
+    """scale_exact_ on float32 integers (|v| <= 2^24) writes dequant's floats for the same int32
+    values and finds dequant_stats' (sum, min, max); -140: subnormal results, rounded alike."""
+    from eoq import kernels
+    kern = kernels.load()
+    if kern is None:
+        pytest.skip("compiled kernels unavailable")
+    g = torch.Generator().manual_seed(4)
+    acc = torch.randint(-2 ** 24, 2 ** 24 + 1, (2, 6, 5, 8), generator=g, dtype=torch.int32)
+    acc[0, 0, 0, :2] = torch.tensor([-2 ** 24, 2 ** 24], dtype=torch.int32)
+    want = torch.empty(acc.shape)
+    stats = kern.dequant_stats(acc, exponent, want)
+    y = acc.float()
+    assert kern.scale_exact_(y, exponent, True) == stats
+    assert torch.equal(y, want)
+    y = acc.float()
+    kern.scale_exact_(y, exponent, False)
+    assert torch.equal(y, want)

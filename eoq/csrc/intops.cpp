@@ -5,6 +5,7 @@
 //       materialising either; writes into `out` when given (a reused buffer: no page faults).
 //   dequant(acc, exponent)          int32 -> float32 acc * 2^exponent in one pass
 //   dequant_stats(acc, e, out)      the same into a 4-d out, and (sum of the values' integers, min, max)
+//   scale_exact_(y, e, stats)       dequant's floats in place from exact float32 integers (and the stats)
 //   weight_mats(w, exponent)
 //       float32 weights [Co, Ci, kh, kw] on the grid 2^exponent -> int8 codes as the forward GEMM
 //       operand [kh*kw*Ci, Co] and the input-gradient operand [kh*kw*Co, Ci] (kernel rotated by
@@ -214,6 +215,35 @@ std::tuple<int64_t, int64_t, int64_t> dequant_stats(const at::Tensor& acc_, int6
   return {r.sum, r.lo, r.hi};
 }
 
+// y *= 2^exponent in place, for a contiguous float32 y holding integers of magnitude <= 2^24 (an
+// exact float32 convolution's sums, eoq/engine/float_conv.py): the floats dequant writes for the
+// same integers as int32, and along, with `stats`, dequant_stats' (sum of the integers, min, max).
+std::tuple<int64_t, int64_t, int64_t> scale_exact_(at::Tensor y, int64_t exponent, bool stats) {
+  TORCH_CHECK(y.scalar_type() == at::kFloat && y.is_contiguous(), "scale_exact_: a contiguous float32 tensor");
+  float* d = y.data_ptr<float>();
+  const float scale = std::ldexp(1.0f, static_cast<int>(exponent));
+  struct R { int64_t sum; int32_t lo, hi; };
+  const R r = at::parallel_reduce(0, y.numel(), 1 << 14, R{0, INT32_MAX, INT32_MIN},
+                                  [&](int64_t b, int64_t e, R acc_r) {
+    int64_t sum = acc_r.sum;
+    int32_t lo = acc_r.lo, hi = acc_r.hi;
+    if (!stats) {
+      for (int64_t i = b; i < e; ++i) d[i] = d[i] * scale;
+      return acc_r;
+    }
+    for (int64_t i = b; i < e; ++i) {
+      const float f = d[i];
+      const int32_t v = static_cast<int32_t>(f);
+      d[i] = f * scale;
+      sum += v;
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
+    }
+    return R{sum, lo, hi};
+  }, [](R a, R b) { return R{a.sum + b.sum, std::min(a.lo, b.lo), std::max(a.hi, b.hi)}; });
+  return {r.sum, r.lo, r.hi};
+}
+
 // d[j * ds + i] = s[i * ss + j] for a 16 x 16 block of bytes: four rounds of SSE2 unpacks
 // (bytes, 16-bit pairs, 32-bit quads, 64-bit halves), 16 loads and 16 stores.
 inline void transpose16(const int8_t* s, int64_t ss, int8_t* d, int64_t ds) {
@@ -340,6 +370,7 @@ std::tuple<at::Tensor, int64_t> sq_int_conv(const at::Tensor& acc_, int64_t exp_
 void register_intops(pybind11::module& m) {
   m.def("dequant", &dequant, pybind11::arg("acc"), pybind11::arg("exponent"), pybind11::arg("out") = pybind11::none());
   m.def("dequant_stats", &dequant_stats, pybind11::arg("acc"), pybind11::arg("exponent"), pybind11::arg("out"));
+  m.def("scale_exact_", &scale_exact_, pybind11::arg("y"), pybind11::arg("exponent"), pybind11::arg("stats"));
   m.def("im2col", &im2col);
   m.def("sq_int", &sq_int);
   m.def("weight_mats", &weight_mats);

@@ -73,7 +73,11 @@ def _channel_groups(c: int, taps: int) -> list[slice]:
 
 
 def _summed(parts) -> torch.Tensor:
-    """int32 sum of exact float32 partial results (each an integer below 2^24)."""
+    """The sum of exact float32 partial results (each an integer of magnitude <= 2^24): one part as
+    it is (float32), several added exactly in int32."""
+    parts = list(parts)
+    if len(parts) == 1:
+        return parts[0]
     total = None
     for p in parts:
         total = p.to(torch.int32) if total is None else total.add_(p.to(torch.int32))
@@ -81,8 +85,9 @@ def _summed(parts) -> torch.Tensor:
 
 
 def forward(a: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor | None:
-    """int32 NHWC conv(a, w) of int8 NHWC codes ``a`` and float32 weight codes ``w`` [Cout, Cin,
-    kh, kw]; None where PyTorch would not run it exactly."""
+    """NHWC conv(a, w) of int8 NHWC codes ``a`` and float32 weight codes ``w`` [Cout, Cin, kh, kw]:
+    the integer sums as float32 (one channel group: exact, <= 2^24) or int32 (several); None where
+    PyTorch would not run it exactly."""
     x = _as_float(a)
     if not runs_exactly(x, w, stride, padding):
         return None
@@ -93,8 +98,9 @@ def forward(a: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torc
 
 def input_grad(e: torch.Tensor, w: torch.Tensor, stride: int, padding: int,
                in_hw: tuple[int, int]) -> torch.Tensor | None:
-    """int32 NHWC dL/dinput (the transposed convolution) of int8 NHWC error codes ``e`` and float32
-    weight codes ``w`` [Cout, Cin, kh, kw]; None where PyTorch would not run it exactly."""
+    """NHWC dL/dinput (the transposed convolution) of int8 NHWC error codes ``e`` and float32 weight
+    codes ``w`` [Cout, Cin, kh, kw], as :func:`forward`'s sums (float32 or int32); None where
+    PyTorch would not run it exactly."""
     x = _as_float(e)
     kh, kw = w.shape[2:]
     extra = (in_hw[0] - ((e.shape[1] - 1) * stride - 2 * padding + kh),

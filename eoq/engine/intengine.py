@@ -246,8 +246,14 @@ def _dequant(kern, acc, exponent, out, stats):
 
 
 def _dequantized(kern, acc: torch.Tensor, exponent: int, stats) -> torch.Tensor:
-    """A new float32 NHWC tensor acc * 2^exponent of an int32 NHWC accumulator (``stats``: as
-    :func:`_dequant`)."""
+    """float32 NHWC acc * 2^exponent of NHWC integer sums: int32 into a new tensor, or float32
+    holding exact integers (:mod:`eoq.engine.float_conv`) in place, the same floats either way
+    (``stats``: as :func:`_dequant`)."""
+    if acc.dtype == torch.float32:
+        found = kern.scale_exact_(acc, exponent, stats is not None)
+        if stats is not None:
+            stats.append(found)
+        return acc
     out = torch.empty(acc.shape, dtype=torch.float32)
     _dequant(kern, acc, exponent, out, stats)
     return out
