@@ -12,7 +12,8 @@ every partial sum it can form is an integer of magnitude at most 2^24, which flo
 A partial sum is at most the sum of its terms' magnitudes. For the forward and input gradient
 that is K * 127^2, within 2^24 for K <= ``F32_CHUNK`` (1024): a wider layer is split into groups
 of input (output) channels of at most 1024 / (kh*kw) channels, each an exact convolution, whose
-integer results are added in int32. For the weight gradient the bound is
+integer results are added in int32 (one group's float32 result is dequantized in place by the
+``scale_exact_`` kernel: the same floats). For the weight gradient the bound is
 
     max|a| * sum over the group's pixels of |e[p, co]|   <= 2^24            (every co)
 
