@@ -113,6 +113,23 @@ def test_the_engine_takes_its_gemms_where_the_float_convolution_may_not_be_exact
     assert bool(gemms) != exact
 
 
+@pytest.mark.parametrize("op", ["conv", "matmul"])
+def test_reduced_float32_precision_is_not_exact(op):
+    """oneDNN's float32 convolutions with bfloat16 allowed (for convolutions, or for matmuls, which
+    PyTorch's im2col path runs) are not taken: the engine's exact GEMMs run instead."""
+    x = torch.zeros(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    w = torch.zeros(16, 16, 3, 3)
+    assert FC.runs_exactly(x, w, 1, 1)
+    backend = getattr(torch.backends.mkldnn, op)
+    before = backend.fp32_precision
+    try:
+        backend.fp32_precision = "bf16"
+        assert not FC.runs_exactly(x, w, 1, 1)
+    finally:
+        backend.fp32_precision = before
+    assert FC.runs_exactly(x, w, 1, 1)
+
+
 def test_pytorch_runs_the_engines_convolutions_on_exact_kernels():
     """The shapes of ResNet-20 and ResNet-18 (channels-last float32) go to oneDNN or PyTorch's
     im2col GEMM here, never to NNPACK's Winograd transforms."""

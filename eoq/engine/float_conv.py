@@ -21,7 +21,8 @@ so images are taken in groups as large as that allows (one 32x32 image always fi
 1024 * 127^2 < 2^24; the errors' codes are mostly small, so groups are usually much larger), and
 the groups' integer results are added in int32 (int64 beyond ``SAFE_K`` pixels). Where one image
 alone may exceed the bound, or PyTorch would not run the convolution on oneDNN or its im2col GEMM
-(NNPACK's Winograd transforms are not exact), the callers take the exact float32 GEMM route.
+(NNPACK's Winograd transforms are not exact) or would run it at reduced precision, the callers
+take the exact float32 GEMM route.
 
 Tests compare every function here with float64 convolutions and with ``torch._int_mm``.
 """
@@ -30,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .int_gemm import F32_CHUNK
+from .int_gemm import F32_CHUNK, float32_reduced
 
 LIMIT = 2 ** 24
 _EXACT_BACKENDS = ("Mkldnn", "MkldnnEmpty", "Slow2d", "SlowDilated2d", "SlowTranspose2d")
@@ -43,7 +44,10 @@ def _as_float(codes_nhwc: torch.Tensor) -> torch.Tensor:
 
 def runs_exactly(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, transposed: bool = False,
                  output_padding: int = 0) -> bool:
-    """Whether PyTorch runs this float32 convolution on oneDNN or its im2col GEMM (direct sums)."""
+    """Whether PyTorch runs this float32 convolution on oneDNN or its im2col GEMM (direct sums), at
+    full float32 precision."""
+    if float32_reduced("conv") or float32_reduced("matmul"):      # the im2col GEMM is a matmul
+        return False
     backend = torch._C._select_conv_backend(x, w, None, [stride] * 2, [padding] * 2, [1, 1], transposed,
                                             [output_padding] * 2, 1, None)
     kinds = torch._C._ConvBackend.__members__

@@ -12,8 +12,8 @@ sum a float32 GEMM forms over a chunk of at most ``F32_CHUNK`` = 1024 terms is a
 magnitude at most 2^24, which float32 holds exactly: whatever order or blocking the BLAS library
 chooses, every rounding is exact, and the chunk's result is the integer sum. The chunks' results
 are added in int32 (the callers keep K within ``SAFE_K``, where the total fits). Where PyTorch
-may run float32 GEMMs at reduced precision (``torch.set_float32_matmul_precision`` other than
-"highest" lets oneDNN use bfloat16), the route takes float64, exact for any K here (< 2^53 / 2^14).
+may run float32 GEMMs at reduced precision (:func:`float32_reduced`: oneDNN may then use
+bfloat16), the route takes float64, exact for any K here (< 2^53 / 2^14).
 
 ``EOQ_INT_GEMM`` in the environment (read at import) chooses the route: ``int8``, ``float32`` or
 ``auto`` (the default: int8 where :func:`has_int8_dot` says the CPU has int8 dot products).
@@ -23,6 +23,7 @@ float64 reference).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -46,9 +47,19 @@ def _route_from_env() -> Route:
 _state = {"route": _route_from_env()}
 
 
+def float32_reduced(op: str) -> bool:
+    """Whether PyTorch may run float32 ``op`` ("matmul" or "conv") at reduced precision (bfloat16 or
+    TF32 inputs in oneDNN): ``torch.backends.mkldnn.<op>.fp32_precision`` set, which
+    ``torch.set_float32_matmul_precision`` below "highest" also sets for matmuls. Then float32
+    sums of codes are not exact."""
+    backend = getattr(torch.backends.mkldnn, op, None)
+    return getattr(backend, "fp32_precision", "none") not in ("none", "ieee")
+
+
+@functools.cache
 def has_int8_dot() -> bool:
     """Whether the CPU has int8 dot-product instructions (VNNI or AMX) that ``torch._int_mm``'s
-    oneDNN kernels use; without them its CPU kernel is a scalar loop."""
+    oneDNN kernels use; without them its CPU kernel is a scalar loop. Asked once per process."""
     cpu = torch.cpu
     for probe in ("_is_vnni_supported", "_is_amx_tile_supported"):
         fn = getattr(cpu, probe, None)
@@ -83,7 +94,7 @@ def float_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) 
     n = b.shape[1]
     if out is None:
         out = torch.empty(m, n, dtype=torch.int32)
-    if torch.get_float32_matmul_precision() != "highest":
+    if float32_reduced("matmul"):
         return out.copy_(torch.mm(a.to(torch.float64), b.to(torch.float64)))
     af, bf = a.to(torch.float32), b.to(torch.float32)
     if k <= F32_CHUNK:
