@@ -428,3 +428,33 @@ def test_fused_update_on_a_grid_coarser_than_the_update_matches_the_reference(mo
     w_ref, e_ref, s_ref = run(False)
     assert torch.equal(w_fast, w_ref) and e_fast == e_ref
     assert s_fast.keys() == s_ref.keys() and all(torch.equal(s_fast[k], s_ref[k]) for k in s_fast)
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="fused kernels not built here")
+@pytest.mark.parametrize("rows", [4, 520])
+def test_fused_update_of_a_large_tensor_matches_the_reference(rows):
+    """The kernel keeps the update's sum S between its two passes for tensors of at most 2^17 weights
+    and forms it twice, a block at a time, for larger ones (520 x 256 = 133,120 > 2^17 = 131,072,
+    with a last block shorter than the rest): both give the torch reference's weights, momentum codes
+    and update codes, bit for bit, with weight decay, momentum and gradients spanning 2^-14 .. 2^-4."""
+    def run(use_kernels):
+        with contextlib.nullcontext() if use_kernels else kernels.disabled():
+            torch.manual_seed(0)                          # nn.Linear's initial weights
+            layer = QLinear(256, rows, bias=False)
+            spec = get_preset("eoq")
+            prepare(layer, spec, torch.Generator().manual_seed(0))
+            opt = EOQSGD(layer, spec, lr=0.3, momentum=0.875, weight_decay=5e-4,
+                         generator=torch.Generator().manual_seed(3))
+            for step in range(3):
+                gen = torch.Generator().manual_seed(5 + step)
+                scale = torch.exp2(torch.randint(-14, -3, (rows, 1), generator=gen).float())
+                layer.weight.grad = torch.randint(-127, 128, (rows, 256), generator=gen).float() * scale
+                opt.step()
+            state = opt.state[layer.weight]
+            return layer.weight.detach().clone(), float(layer.weight_exp), {k: v.clone() for k, v in state.items()
+                                                                              if isinstance(v, torch.Tensor)}
+    w_fast, e_fast, s_fast = run(True)
+    w_ref, e_ref, s_ref = run(False)
+    assert int(s_ref["last_update"].count_nonzero()) > 0
+    assert torch.equal(w_fast, w_ref) and e_fast == e_ref
+    assert s_fast.keys() == s_ref.keys() and all(torch.equal(s_fast[k], s_ref[k]) for k in s_fast)

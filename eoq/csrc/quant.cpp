@@ -424,28 +424,29 @@ inline int64_t sr_clamped(int64_t y, int64_t f, int64_t m, uint32_t b) {
 
 // out[l] = sr_clamped(y[l], f, m, b[l]) for a block: the same integers, with the branches on f
 // taken once per block so that each loop is straight-line and vectorizes.
+template <typename OUT>
 inline void sr_clamped_block(const int64_t* __restrict y, const uint32_t* __restrict b, int64_t len, int64_t f,
-                             int64_t m, int64_t* __restrict out) {
+                             int64_t m, OUT* __restrict out) {
   if (f >= 0) {
     const int64_t lim = f >= 62 - 24 ? (int64_t(1) << 62) : std::min((m + 1) << f, int64_t(1) << 62);
     if (f <= 16) {
       const int64_t mul = int64_t(1) << (16 - f);
       for (int64_t l = 0; l < len; ++l) {
         const int64_t r = (std::min(std::max(y[l], -lim), lim) * mul + int64_t(b[l])) >> 16;
-        out[l] = std::min(std::max(r, -m), m);
+        out[l] = static_cast<OUT>(std::min(std::max(r, -m), m));
       }
     } else {
       const int64_t sh = f - 16;
       for (int64_t l = 0; l < len; ++l) {
         const int64_t r = ((std::min(std::max(y[l], -lim), lim) >> sh) + int64_t(b[l])) >> 16;
-        out[l] = std::min(std::max(r, -m), m);
+        out[l] = static_cast<OUT>(std::min(std::max(r, -m), m));
       }
     }
     return;
   }
   const int64_t mul = int64_t(1) << std::min<int64_t>(-f, 32);
   for (int64_t l = 0; l < len; ++l)
-    out[l] = std::min(std::max(std::min(std::max(y[l], -(m + 1)), m + 1) * mul, -m), m);
+    out[l] = static_cast<OUT>(std::min(std::max(std::min(std::max(y[l], -(m + 1)), m + 1) * mul, -m), m));
 }
 
 // round(log2(m * 2^e)) for an integer m >= 0, exactly: 2 m^2 >= 4^bitlength(m) decides; floored at -100.
@@ -480,6 +481,7 @@ int64_t max_abs_code(const T* x, int64_t n) {
   return m;
 }
 
+// acc[j] += floor(x[j] * mult * scale): |x * mult| < 2^53 (exact in double), |result| < 2^62
 template <typename T>
 void add_term(int64_t* __restrict acc, const T* __restrict x, int64_t n, double mult, double scale) {
   for (int64_t j = 0; j < n; ++j) {            // floor(v) as trunc(v) - (trunc(v) > v): vectorizes
@@ -632,11 +634,19 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
     // their max and saturation count
     const int64_t mm = s_mu ? (int64_t(1) << (m_bits - 1)) - 1 : 0;
     int64_t lsb = 1 - m_bits, f = 0;
-    int64_t sblk[BLK];
+    // a tensor of at most KEEP_S weights keeps S from the first pass (at most 1 MiB, in cache) for
+    // the second instead of forming it again; a larger one forms it twice, a block at a time
+    constexpr int64_t KEEP_S = int64_t(1) << 17;
+    int64_t sblk_[BLK];
+    int64_t* sblk = sblk_;
+    std::vector<int64_t> kept;
+    const bool keep = s_mu && any && n <= KEEP_S;
+    if (keep) kept.resize(n);
     if (s_mu && any) {
       uint64_t amax = 0;
       for (int64_t j0 = 0; j0 < n; j0 += BLK) {
         const int64_t len = std::min(BLK, n - j0);
+        if (keep) sblk = kept.data() + j0;
         sum_block(terms, scales, j0, len, sblk);
         for (int64_t l = 0; l < len; ++l) amax = std::max<uint64_t>(amax, uint64_t(sblk[l] < 0 ? -sblk[l] : sblk[l]));
       }
@@ -652,10 +662,14 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
     const float inv = std::ldexp(1.0f, static_cast<int>(-e)), w_scale = std::ldexp(1.0f, static_cast<int>(e));
     int64_t amax_c = 0, nsat = 0;
     uint32_t mbits[BLK], ubits[BLK];
-    int64_t y[BLK], uu[BLK];
+    int64_t y[BLK];
+    int32_t uu[BLK];                  // |U| <= 2^23 - 1 and |codes| <= 2^23 - 1 (bits <= 24): int32 vectorizes on AVX2
+    const int32_t ikm = static_cast<int32_t>(k_max);
+    const int32_t lr32 = static_cast<int32_t>(lr_mant);           // < 2^24
     for (int64_t j0 = 0; j0 < n; j0 += BLK) {
       const int64_t len = std::min(BLK, n - j0);
-      if (any) sum_block(terms, scales, j0, len, sblk);   // before this block's weights change
+      if (keep) sblk = kept.data() + j0;
+      else if (any) sum_block(terms, scales, j0, len, sblk);   // before this block's weights change
       if (s_mu) {
         if (any) {
           fill_bits(mbits, len, uint32_t(j0), 1u, m0, m1);
@@ -664,23 +678,31 @@ void grid_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, st
           for (int64_t l = 0; l < len; ++l) y[l] = 0;
         }
         store_codes(j0, y, len);
-        for (int64_t l = 0; l < len; ++l) y[l] *= lr_mant;
+        for (int64_t l = 0; l < len; ++l) y[l] = int64_t(int32_t(y[l])) * lr32;   // |M codes| < 2^23: a 32 x 32 product
       } else {
         for (int64_t l = 0; l < len; ++l) y[l] = any ? sblk[l] : 0;
       }
       fill_bits(ubits, len, uint32_t(j0), 1u, u0, u1);
       sr_clamped_block(y, ubits, len, f, u_max, uu);
       if (u8) for (int64_t l = 0; l < len; ++l) up8[j0 + l] = static_cast<int8_t>(uu[l]);
-      else for (int64_t l = 0; l < len; ++l) up32[j0 + l] = static_cast<int32_t>(uu[l]);
+      else for (int64_t l = 0; l < len; ++l) up32[j0 + l] = uu[l];
       float* __restrict pw = pp + j0;
+      int32_t bmax = 0, bsat = 0;
       for (int64_t l = 0; l < len; ++l) {
-        int64_t w = static_cast<int64_t>(std::nearbyint(pw[l] * inv)) - uu[l];
-        w = std::min(std::max(w, -k_max), k_max);
+        // the weight's code (an integer of at most 24 bits; held to +-2^30 first, which changes no
+        // clamped result, so that the int32 conversion cannot overflow; ternaries, not fmin/fmax,
+        // which GCC does not vectorize)
+        float c = pw[l] * inv;
+        c = !(c >= -0x1p30f) ? -0x1p30f : (c > 0x1p30f ? 0x1p30f : c);
+        int32_t w = static_cast<int32_t>(std::nearbyint(c)) - uu[l];
+        w = w < -ikm ? -ikm : (w > ikm ? ikm : w);
         pw[l] = static_cast<float>(w) * w_scale;       // the policy below rewrites it only on a move up
-        const int64_t aw = w < 0 ? -w : w;
-        amax_c = std::max(amax_c, aw);
-        nsat += aw >= k_max;
+        const int32_t aw = w < 0 ? -w : w;
+        bmax = aw > bmax ? aw : bmax;
+        bsat += aw >= ikm;
       }
+      amax_c = std::max<int64_t>(amax_c, bmax);
+      nsat += bsat;
     }
     if (s_mu) *bexp = static_cast<int32_t>(lsb);
     apply_policy_codes(pp, ep, n, e, amax_c, nsat, bits, shrink, min_exp, sat_num, sat_den, key(3, 0), key(3, 1));
