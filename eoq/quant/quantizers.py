@@ -110,9 +110,14 @@ def round_(y: torch.Tensor, rounding: str, generator: torch.Generator | None = N
     return stochastic_round(y, generator)
 
 
+_ROUNDING_CODES = {m: m.code for m in Rounding}      # a member and its string hash alike
+
+
 def _check_rounding(rounding: str) -> int:
-    """The kernels' mode number of ``rounding`` (a Rounding or its string)."""
-    return Rounding.parse(rounding, QuantizationError, "rounding").code
+    """The kernels' mode number of ``rounding`` (a Rounding or its string); a dict lookup on every
+    quantizer call, the parse (and its error naming the choices) only for an unknown one."""
+    code = _ROUNDING_CODES.get(rounding) if isinstance(rounding, str) else None
+    return code if code is not None else Rounding.parse(rounding, QuantizationError, "rounding").code
 
 
 def round_scaled(x: torch.Tensor, exponent: int, m: int, rounding: str = "nearest",
