@@ -24,7 +24,7 @@ from .counter import PHASES, CostTally, count_training_step
 
 BEGIN, END = "<!-- step-table: python -m analysis.cost.step_table --write README.md -->", "<!-- /step-table -->"
 
-_INT = "int8 x int8 -> int32 (direct VNNI/AMX kernels or torch._int_mm)"
+_INT = "int8 x int8 -> int32 (direct VNNI/AMX kernels, torch._int_mm, or exact float32 sums without int8 dot products)"
 _EXACT = "exact (float64 holding integers x 2^e)"
 _ON_EXACT = "rounds the exact value (float64 in the kernel)"
 
