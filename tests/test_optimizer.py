@@ -401,33 +401,50 @@ def test_gradient_reads_packed_codes_as_values():
     assert not opt.packed
 
 
+def _linear_steps(use_kernels, rows, cols, momentum, lr, weights, gradient):
+    """Three EOQSGD steps (wd 5e-4) of a QLinear(cols, rows), fused kernel or torch reference:
+    ``weights(layer)`` may set its weights, ``gradient(step)`` gives each step's gradient; returns
+    (weights, exponent, the optimizer's tensors)."""
+    with contextlib.nullcontext() if use_kernels else kernels.disabled():
+        torch.manual_seed(0)                          # nn.Linear's initial weights
+        layer = QLinear(cols, rows, bias=False)
+        spec = get_preset("eoq")
+        prepare(layer, spec, torch.Generator().manual_seed(0))
+        weights(layer)
+        opt = EOQSGD(layer, spec, lr=lr, momentum=momentum, weight_decay=5e-4,
+                     generator=torch.Generator().manual_seed(3))
+        for step in range(3):
+            layer.weight.grad = gradient(step)
+            opt.step()
+        state = opt.state[layer.weight]
+        return layer.weight.detach().clone(), float(layer.weight_exp), {k: v.clone() for k, v in state.items()
+                                                                          if isinstance(v, torch.Tensor)}
+
+
+def _assert_fused_is_the_reference(**steps) -> dict:
+    """The fused kernel's weights, exponent and optimizer tensors equal the reference's; returns the latter's."""
+    w_fast, e_fast, s_fast = _linear_steps(True, **steps)
+    w_ref, e_ref, s_ref = _linear_steps(False, **steps)
+    assert torch.equal(w_fast, w_ref) and e_fast == e_ref
+    assert s_fast.keys() == s_ref.keys() and all(torch.equal(s_fast[k], s_ref[k]) for k in s_fast)
+    return s_ref
+
+
 @pytest.mark.skipif(kernels.load() is None, reason="fused kernels not built here")
 @pytest.mark.parametrize("momentum", [0.875, 0.0])
 def test_fused_update_on_a_grid_coarser_than_the_update_matches_the_reference(momentum):
     """Weights at 2^-30 and gradients near 1: the update's rounding shift is negative (U saturates),
     the branch whole-network steps never reach; fused kernel == torch reference, bit for bit."""
-    def run(use_kernels):
-        with contextlib.nullcontext() if use_kernels else kernels.disabled():
-            layer = QLinear(16, 4, bias=False)
-            spec = get_preset("eoq")
-            prepare(layer, spec, torch.Generator().manual_seed(0))
-            with torch.no_grad():
-                layer.weight_exp.fill_(-30)
-                layer.weight.copy_(torch.randint(-127, 128, (4, 16), generator=torch.Generator().manual_seed(1))
-                                   .float() * 2.0 ** -30)
-            opt = EOQSGD(layer, spec, lr=0.1, momentum=momentum, weight_decay=5e-4,
-                         generator=torch.Generator().manual_seed(3))
-            for step in range(3):
-                layer.weight.grad = torch.randint(-127, 128, (4, 16), generator=torch.Generator().manual_seed(5 + step)
-                                                  ).float() * 2.0 ** -7
-                opt.step()
-            state = opt.state[layer.weight]
-            return layer.weight.detach().clone(), float(layer.weight_exp), {k: v.clone() for k, v in state.items()
-                                                                              if isinstance(v, torch.Tensor)}
-    w_fast, e_fast, s_fast = run(True)
-    w_ref, e_ref, s_ref = run(False)
-    assert torch.equal(w_fast, w_ref) and e_fast == e_ref
-    assert s_fast.keys() == s_ref.keys() and all(torch.equal(s_fast[k], s_ref[k]) for k in s_fast)
+    @torch.no_grad()
+    def weights(layer):
+        layer.weight_exp.fill_(-30)
+        layer.weight.copy_(torch.randint(-127, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+                           .float() * 2.0 ** -30)
+
+    def gradient(step):
+        return torch.randint(-127, 128, (4, 16), generator=torch.Generator().manual_seed(5 + step)).float() * 2.0 ** -7
+
+    _assert_fused_is_the_reference(rows=4, cols=16, momentum=momentum, lr=0.1, weights=weights, gradient=gradient)
 
 
 @pytest.mark.skipif(kernels.load() is None, reason="fused kernels not built here")
@@ -437,24 +454,11 @@ def test_fused_update_of_a_large_tensor_matches_the_reference(rows):
     and forms it twice, a block at a time, for larger ones (520 x 256 = 133,120 > 2^17 = 131,072,
     with a last block shorter than the rest): both give the torch reference's weights, momentum codes
     and update codes, bit for bit, with weight decay, momentum and gradients spanning 2^-14 .. 2^-4."""
-    def run(use_kernels):
-        with contextlib.nullcontext() if use_kernels else kernels.disabled():
-            torch.manual_seed(0)                          # nn.Linear's initial weights
-            layer = QLinear(256, rows, bias=False)
-            spec = get_preset("eoq")
-            prepare(layer, spec, torch.Generator().manual_seed(0))
-            opt = EOQSGD(layer, spec, lr=0.3, momentum=0.875, weight_decay=5e-4,
-                         generator=torch.Generator().manual_seed(3))
-            for step in range(3):
-                gen = torch.Generator().manual_seed(5 + step)
-                scale = torch.exp2(torch.randint(-14, -3, (rows, 1), generator=gen).float())
-                layer.weight.grad = torch.randint(-127, 128, (rows, 256), generator=gen).float() * scale
-                opt.step()
-            state = opt.state[layer.weight]
-            return layer.weight.detach().clone(), float(layer.weight_exp), {k: v.clone() for k, v in state.items()
-                                                                              if isinstance(v, torch.Tensor)}
-    w_fast, e_fast, s_fast = run(True)
-    w_ref, e_ref, s_ref = run(False)
-    assert int(s_ref["last_update"].count_nonzero()) > 0
-    assert torch.equal(w_fast, w_ref) and e_fast == e_ref
-    assert s_fast.keys() == s_ref.keys() and all(torch.equal(s_fast[k], s_ref[k]) for k in s_fast)
+    def gradient(step):
+        gen = torch.Generator().manual_seed(5 + step)
+        scale = torch.exp2(torch.randint(-14, -3, (rows, 1), generator=gen).float())
+        return torch.randint(-127, 128, (rows, 256), generator=gen).float() * scale
+
+    state = _assert_fused_is_the_reference(rows=rows, cols=256, momentum=0.875, lr=0.3, weights=lambda layer: None,
+                                           gradient=gradient)
+    assert int(state["last_update"].count_nonzero()) > 0
