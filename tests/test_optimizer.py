@@ -401,14 +401,14 @@ def test_gradient_reads_packed_codes_as_values():
     assert not opt.packed
 
 
-def _linear_steps(use_kernels, rows, cols, momentum, lr, weights, gradient):
+def _linear_steps(use_kernels, rows, cols, momentum, lr, weights, gradient, spec=None):
     """Three EOQSGD steps (wd 5e-4) of a QLinear(cols, rows), fused kernel or torch reference:
-    ``weights(layer)`` may set its weights, ``gradient(step)`` gives each step's gradient; returns
-    (weights, exponent, the optimizer's tensors)."""
+    ``weights(layer)`` may set its weights, ``gradient(step)`` gives each step's gradient; ``spec``
+    (default eoq); returns (weights, exponent, the optimizer's tensors)."""
     with contextlib.nullcontext() if use_kernels else kernels.disabled():
         torch.manual_seed(0)                          # nn.Linear's initial weights
         layer = QLinear(cols, rows, bias=False)
-        spec = get_preset("eoq")
+        spec = spec or get_preset("eoq")
         prepare(layer, spec, torch.Generator().manual_seed(0))
         weights(layer)
         opt = EOQSGD(layer, spec, lr=lr, momentum=momentum, weight_decay=5e-4,
@@ -462,3 +462,21 @@ def test_fused_update_of_a_large_tensor_matches_the_reference(rows):
     state = _assert_fused_is_the_reference(rows=rows, cols=256, momentum=0.875, lr=0.3, weights=lambda layer: None,
                                            gradient=gradient)
     assert int(state["last_update"].count_nonzero()) > 0
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="fused kernels not built here")
+@pytest.mark.parametrize("lr", [0.3, 2.0 ** -20])
+def test_fused_update_in_the_widest_formats_matches_the_reference(lr):
+    """24-bit weights, updates (int32) and momentum codes and a 24-bit lr mantissa, the widest a spec
+    takes: the kernel's int32 weight loop and its 32 x 32-bit product of M codes and the lr mantissa
+    hold them (codes and updates below 2^23, the mantissa below 2^24); fused == reference, bit for
+    bit, with large updates (lr 0.3) and small ones (2^-20)."""
+    wide = get_preset("eoq").with_changes(name="eoq-24", store_bits=24, W=24, U=24, M=24, lr_bits=24)
+
+    def gradient(step):
+        gen = torch.Generator().manual_seed(7 + step)
+        return torch.randint(-127, 128, (8, 64), generator=gen).float() * 2.0 ** -6
+
+    state = _assert_fused_is_the_reference(rows=8, cols=64, momentum=0.875, lr=lr, weights=lambda layer: None,
+                                           gradient=gradient, spec=wide)
+    assert state["last_update"].dtype == torch.int32 and int(state["last_update"].abs().max()) > 127
