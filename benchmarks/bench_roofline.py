@@ -6,10 +6,10 @@ convolution ran at it, and where the measured fp32, simulated-EOQ and integer-EO
 Throughput: the median of ``--repeats`` timed products (after a warm-up) of a large GEMM,
 [M, K] @ [K, N] with M = N = K = ``--size``: ``torch.mm`` in float32 and the engine's int8 x int8
 -> int32 product (``torch._int_mm``, or on CPUs without int8 dot products the exact float32 route
-of :mod:`eoq.engine.int_gemm`, which the engine takes there), in multiply-accumulates per second. Also each model's own GEMMs: every
-conv's forward product as im2col would shape it (M = batch x output pixels, K = Cin x kh x kw,
-N = Cout), timed one by one and summed, so the "layer GEMMs" column is what the step's shapes
-reach, below the large product's roof.
+of :mod:`eoq.engine.int_gemm`, which the engine takes there), in multiply-accumulates per second.
+Also each model's own GEMMs: every conv's forward product as im2col would shape it (M = batch x
+output pixels, K = Cin x kh x kw, N = Cout), timed one by one and summed, so the "layer GEMMs"
+column is what the step's shapes reach, below the large product's roof.
 
 A step's multiply-accumulates are counted from the model (forward hooks on every conv and linear:
 output elements x Cin x kh x kw); a training step does three times that (forward, error to the
